@@ -1,0 +1,171 @@
+#include "asio_xen/evtchn.hpp"
+
+#include "asio_xen/xen.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <unistd.h>
+
+namespace xbd::asio_xen {
+
+namespace asio = boost::asio;
+
+namespace {
+
+class libxenevtchn_driver final : public evtchn_driver {
+ public:
+  explicit libxenevtchn_driver(xenevtchn_handle* h) : h_(h) {}
+  ~libxenevtchn_driver() override { xenevtchn_close(h_); }
+
+  int fd() override { return xenevtchn_fd(h_); }
+  result<evtchn_port> bind_interdomain(unsigned remote_domid, evtchn_port remote_port) override {
+    xenevtchn_port_or_error_t p = xenevtchn_bind_interdomain(h_, remote_domid, remote_port);
+    if (p < 0) return xen_error(call::xenevtchn_bind_interdomain);
+    return static_cast<evtchn_port>(p);
+  }
+  result<evtchn_port> bind_unbound_port(unsigned remote_domid) override {
+    xenevtchn_port_or_error_t p = xenevtchn_bind_unbound_port(h_, remote_domid);
+    if (p < 0) return xen_error(call::xenevtchn_bind_unbound_port);
+    return static_cast<evtchn_port>(p);
+  }
+  error_code unbind(evtchn_port port) override {
+    if (xenevtchn_unbind(h_, port) < 0) return xen_error(call::xenevtchn_unbind);
+    return {};
+  }
+  error_code notify(evtchn_port port) override {
+    if (xenevtchn_notify(h_, port) < 0) return xen_error(call::xenevtchn_notify);
+    return {};
+  }
+  result<std::optional<evtchn_port>> pending() override {
+    xenevtchn_port_or_error_t p = xenevtchn_pending(h_);
+    if (p < 0) {
+      if (errno == EAGAIN) return std::optional<evtchn_port>{};
+      return xen_error(call::xenevtchn_pending);
+    }
+    return std::optional<evtchn_port>{static_cast<evtchn_port>(p)};
+  }
+  error_code unmask(evtchn_port port) override {
+    if (xenevtchn_unmask(h_, port) < 0) return xen_error(call::xenevtchn_unmask);
+    return {};
+  }
+
+ private:
+  xenevtchn_handle* h_;
+};
+
+}  // namespace
+
+result<std::unique_ptr<evtchn_driver>> open_libxenevtchn() {
+  xenevtchn_handle* h = xenevtchn_open(nullptr, 0);
+  if (!h) return xen_error(call::xenevtchn_open);
+  return std::unique_ptr<evtchn_driver>(new libxenevtchn_driver(h));
+}
+
+event_channel::event_channel(asio::any_io_executor ex, std::unique_ptr<evtchn_driver> d, evtchn_port port,
+                             int fd)
+    : driver_(std::move(d)), port_(port) {
+  fd_.emplace(std::move(ex), fd);
+  // pending() reads the device: it must answer EAGAIN rather than block when
+  // the readiness was spurious. The flag is on the open file description, so
+  // it covers the library's own descriptor too.
+  error_code ignored;
+  fd_->non_blocking(true, ignored);
+}
+
+namespace {
+
+// The descriptor Asio waits on is a dup, so that Asio and the library each
+// close their own.
+result<int> dup_fd(evtchn_driver& d) {
+  int fd = ::dup(d.fd());
+  if (fd < 0) return xen_error(call::dup);
+  return fd;
+}
+
+}  // namespace
+
+result<event_channel> event_channel::bind_interdomain(asio::any_io_executor ex,
+                                                      std::unique_ptr<evtchn_driver> driver,
+                                                      unsigned remote_domid, evtchn_port remote_port) {
+  auto port = driver->bind_interdomain(remote_domid, remote_port);
+  if (!port) return port.error();
+  auto fd = dup_fd(*driver);
+  if (!fd) {
+    (void)driver->unbind(*port);
+    return fd.error();
+  }
+  return event_channel(std::move(ex), std::move(driver), *port, *fd);
+}
+
+result<event_channel> event_channel::bind_unbound(asio::any_io_executor ex, std::unique_ptr<evtchn_driver> driver,
+                                                  unsigned remote_domid) {
+  auto port = driver->bind_unbound_port(remote_domid);
+  if (!port) return port.error();
+  auto fd = dup_fd(*driver);
+  if (!fd) {
+    (void)driver->unbind(*port);
+    return fd.error();
+  }
+  return event_channel(std::move(ex), std::move(driver), *port, *fd);
+}
+
+event_channel& event_channel::operator=(event_channel&& other) noexcept {
+  if (this != &other) {
+    close();
+    driver_ = std::move(other.driver_);
+    port_ = other.port_;
+    fd_ = std::move(other.fd_);
+    other.fd_.reset();
+    events_ = other.events_;
+  }
+  return *this;
+}
+
+event_channel::~event_channel() { close(); }
+
+void event_channel::close() {
+  if (fd_) {
+    error_code ignored;
+    fd_->close(ignored);
+    fd_.reset();
+  }
+  if (driver_) {
+    (void)driver_->unbind(port_);
+    driver_.reset();
+  }
+}
+
+error_code event_channel::notify() {
+  if (!driver_) return make_error_code(errc::closed);
+  return driver_->notify(port_);
+}
+
+void event_channel::cancel() {
+  if (fd_) {
+    error_code ignored;
+    fd_->cancel(ignored);
+  }
+}
+
+asio::awaitable<error_code> event_channel::wait() {
+  for (;;) {
+    if (!driver_ || !fd_) co_return make_error_code(errc::closed);
+    auto p = driver_->pending();
+    if (!p) co_return p.error();
+    if (*p) {
+      // Re-arm first, then let the caller drain: see the header.
+      if (error_code ec = driver_->unmask(**p)) co_return ec;
+      // A handle serves one port; another one here would be a stale event
+      // from an earlier binding, which the unmask above cleared.
+      if (**p != port_) continue;
+      ++events_;
+      co_return error_code{};
+    }
+    auto [ec] = co_await fd_->async_wait(asio::posix::descriptor_base::wait_read,
+                                         asio::as_tuple(asio::use_awaitable));
+    if (ec) co_return ec;
+  }
+}
+
+}  // namespace xbd::asio_xen
