@@ -257,6 +257,9 @@ struct xenstore::impl : std::enable_shared_from_this<xenstore::impl> {
     if (fd) {
       error_code ignored;
       fd->close(ignored);
+      // Released now: a pump frame that outlives us may be destroyed with the
+      // io_context, after the I/O service a descriptor needs.
+      fd.reset();
     }
     driver.reset();
   }
