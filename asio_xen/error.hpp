@@ -18,6 +18,13 @@ using boost::system::error_code;
 template <class T>
 using result = boost::system::result<T, error_code>;
 
+// An error as a result<T>, unambiguous even for T = bool or optional<bool>
+// (which an error_code would otherwise convert to).
+template <class T>
+result<T> failure(error_code ec) {
+  return result<T>(boost::system::in_place_error, ec);
+}
+
 // A category per Xen call: name() is the call, values are errno values.
 class xen_call_category final : public boost::system::error_category {
  public:
@@ -71,6 +78,7 @@ inline const xen_call_category xs_watch{"xs_watch"};
 inline const xen_call_category xs_unwatch{"xs_unwatch"};
 inline const xen_call_category xs_check_watch{"xs_check_watch"};
 inline const xen_call_category xs_fileno{"xs_fileno"};
+inline const xen_call_category xs_is_domain_introduced{"xs_is_domain_introduced"};
 inline const xen_call_category xenevtchn_open{"xenevtchn_open"};
 inline const xen_call_category xenevtchn_bind_interdomain{"xenevtchn_bind_interdomain"};
 inline const xen_call_category xenevtchn_bind_unbound_port{"xenevtchn_bind_unbound_port"};

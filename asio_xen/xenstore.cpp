@@ -118,6 +118,13 @@ class libxenstore_driver final : public xs_driver {
     return {};
   }
   int watch_fd() override { return xs_fileno(h_); }
+  result<bool> is_domain_introduced(unsigned domid) override {
+    errno = 0;
+    bool known = xs_is_domain_introduced(h_, domid);
+    // false with errno set is a failed call, not an answer.
+    if (!known && errno != 0 && errno != ENOENT) return result<bool>(boost::system::in_place_error, xen_error(call::xs_is_domain_introduced));
+    return known;
+  }
   result<std::optional<xs_watch_event>> check_watch() override {
     std::unique_ptr<char*, free_deleter> v(xs_check_watch(h_));
     if (!v) {
@@ -280,6 +287,10 @@ watch::~watch() {
 const std::string& watch::token() const { return state_->token; }
 
 bool watch::pending() const { return state_->signal.ready(); }
+
+void watch::poke() {
+  if (state_) (void)state_->signal.try_send(error_code{});
+}
 
 error_code watch::add(std::string_view path) {
   if (state_->owner->closed) return make_error_code(errc::closed);

@@ -70,6 +70,9 @@ class xs_driver {
   virtual int watch_fd() = 0;
   // The next queued watch event, or nullopt when none is queued.
   virtual result<std::optional<xs_watch_event>> check_watch() = 0;
+  // Whether xenstored knows domain `domid` (false once it has died and been
+  // released: what @releaseDomain watchers check).
+  virtual result<bool> is_domain_introduced(unsigned domid) = 0;
 };
 
 // libxenstore: xs_open(0), which honours XENSTORED_PATH.
@@ -100,8 +103,7 @@ result<T> parse_value(std::string_view text) {
     // xenbus booleans are "0" and "1"; nothing else is accepted.
     if (text == "1") return true;
     if (text == "0") return false;
-    // (result<bool> cannot tell an error_code from a bool by conversion.)
-    return result<bool>(boost::system::in_place_error, make_error_code(errc::malformed_value));
+    return failure<bool>(make_error_code(errc::malformed_value));
   } else {
     return parse_integer<T>(text);
   }
@@ -115,7 +117,7 @@ class xs_view {
   template <class T>
   result<T> read(std::string_view path) const {
     auto text = read(path);
-    if (!text) return text.error();
+    if (!text) return failure<T>(text.error());
     return parse_value<T>(*text);
   }
   // ENOENT -> nullopt; any other failure stays an error.
@@ -124,10 +126,10 @@ class xs_view {
     auto text = read(path);
     if (!text) {
       if (text.error() == boost::system::errc::no_such_file_or_directory) return std::optional<T>{};
-      return text.error();
+      return failure<std::optional<T>>(text.error());
     }
     auto v = parse_value<T>(*text);
-    if (!v) return v.error();
+    if (!v) return failure<std::optional<T>>(v.error());
     return std::optional<T>{std::move(*v)};
   }
   error_code write(std::string_view path, std::string_view value) const;
@@ -174,6 +176,9 @@ class watch {
   boost::asio::awaitable<error_code> changed();
   // Whether a change is pending (changed() would return at once).
   bool pending() const;
+  // Wakes the waiter as a change would (for owners that have other reasons
+  // to re-read their state: a shutdown, a domain's death).
+  void poke();
   const std::string& token() const;
 
   struct state;
@@ -212,6 +217,8 @@ class xenstore : public xs_view {
 
   // A new watch on `path`.
   result<watch> watch_path(std::string_view path);
+
+  result<bool> is_domain_introduced(unsigned domid) { return driver_->is_domain_introduced(domid); }
 
   // Number of watch events read from the connection so far (for tests and
   // statistics).

@@ -205,6 +205,11 @@ class fake_xenstore::connection final : public asio_xen::xs_driver {
 
   int watch_fd() override { return efd_; }
 
+  result<bool> is_domain_introduced(unsigned domid) override {
+    std::lock_guard lock(store_.mu_);
+    return store_.dead_.count(domid) == 0;
+  }
+
   result<std::optional<xs_watch_event>> check_watch() override {
     std::lock_guard lock(store_.mu_);
     if (queue_.empty()) return std::optional<xs_watch_event>{};
@@ -330,6 +335,12 @@ void fake_xenstore::fail_next_commits(unsigned n) {
 void fake_xenstore::fire_special(const std::string& path) {
   std::lock_guard lock(mu_);
   fire_locked(path, false);
+}
+
+void fake_xenstore::kill_domain(unsigned domid) {
+  std::lock_guard lock(mu_);
+  dead_.insert(domid);
+  fire_locked("@releaseDomain", false);
 }
 
 void fake_xenstore::fire_locked(const std::string& path, bool removed) {

@@ -42,6 +42,8 @@ class fake_xenstore {
   void fail_next_commits(unsigned n);
   // Fires a special watch ("@releaseDomain", "@introduceDomain").
   void fire_special(const std::string& path);
+  // Domains are introduced until killed; killing one fires @releaseDomain.
+  void kill_domain(unsigned domid);
 
   // Direct access for test setup and checks, as dom0, firing watches.
   void write(const std::string& path, const std::string& value);
@@ -71,6 +73,7 @@ class fake_xenstore {
   unsigned commits_ = 0;
   unsigned conflicts_ = 0;
   std::set<connection*> connections_;
+  std::set<unsigned> dead_;
 
   void fire_locked(const std::string& path, bool removed);
 };

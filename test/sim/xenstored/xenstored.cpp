@@ -197,7 +197,8 @@ exec_plan make_plan(const xenstored_options& o, const std::filesystem::path& dir
     std::string_view v(*e);
     // Our preload only: the daemon is not instrumented, so a sanitizer
     // runtime preloaded for the tests must not follow it.
-    if (v.starts_with("LD_PRELOAD=") || v.starts_with("XENSTORED_RUNDIR=")) continue;
+    if (v.starts_with("LD_PRELOAD=") || v.starts_with("XENSTORED_RUNDIR=") || v.starts_with("XENSTORED_PATH="))
+      continue;  // xenstored binds XENSTORED_PATH: another instance's socket
     p.env.emplace_back(v);
   }
   p.env.push_back("LD_PRELOAD=" + o.shim.string());

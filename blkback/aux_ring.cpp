@@ -1,0 +1,151 @@
+#include "blkback/aux_ring.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <liburing.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <deque>
+#include <optional>
+
+namespace xbd::blkback {
+
+namespace asio = boost::asio;
+using asio_xen::error_code;
+
+namespace {
+
+const asio_xen::xen_call_category uring_call{"io_uring"};
+
+struct op {
+  enum kind { fdatasync, fallocate } what;
+  int fd;
+  int mode;
+  std::uint64_t offset;
+  std::uint64_t length;
+  aux_completion* done;
+};
+
+}  // namespace
+
+struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
+  io_uring ring{};
+  bool ring_ready = false;
+  int efd = -1;
+  asio::any_io_executor ex;
+  std::optional<asio::posix::stream_descriptor> wake;
+  std::deque<op> backlog;  // waiting for a submission entry
+  unsigned in_flight = 0;
+  bool reaping = false;
+  bool closed = false;
+
+  ~impl() {
+    if (ring_ready) io_uring_queue_exit(&ring);
+    if (efd >= 0) ::close(efd);
+  }
+
+  void submit(const op& o) {
+    if (closed) {
+      complete(*o.done, make_error_code(asio_xen::errc::closed));
+      return;
+    }
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring);
+    if (!sqe) {
+      backlog.push_back(o);
+      return;
+    }
+    if (o.what == op::fdatasync)
+      io_uring_prep_fsync(sqe, o.fd, IORING_FSYNC_DATASYNC);
+    else
+      io_uring_prep_fallocate(sqe, o.fd, o.mode, o.offset, o.length);
+    io_uring_sqe_set_data(sqe, o.done);
+    int rc = io_uring_submit(&ring);
+    if (rc < 0) {
+      complete(*o.done, error_code(-rc, uring_call));
+      return;
+    }
+    ++in_flight;
+    start_reaper();
+  }
+
+  // Never inline from submit(): the caller's bookkeeping must be done
+  // before its completion runs.
+  void complete(aux_completion& done, error_code ec) {
+    asio::post(ex, [&done, ec] { done.aux_complete(ec); });
+  }
+
+  void start_reaper() {
+    if (reaping) return;
+    reaping = true;
+    asio::co_spawn(ex, reap(shared_from_this()), asio::detached);
+  }
+
+  // Runs while operations are in flight.
+  static asio::awaitable<void> reap(std::shared_ptr<impl> self) {
+    while (self->in_flight > 0 && !self->closed) {
+      auto [ec] = co_await self->wake->async_wait(asio::posix::descriptor_base::wait_read,
+                                                  asio::as_tuple(asio::use_awaitable));
+      if (ec || self->closed) break;
+      std::uint64_t count;
+      (void)!::read(self->efd, &count, sizeof count);
+      io_uring_cqe* cqe = nullptr;
+      while (io_uring_peek_cqe(&self->ring, &cqe) == 0) {
+        auto* done = static_cast<aux_completion*>(io_uring_cqe_get_data(cqe));
+        int res = cqe->res;
+        io_uring_cqe_seen(&self->ring, cqe);
+        --self->in_flight;
+        done->aux_complete(res < 0 ? error_code(-res, boost::system::generic_category()) : error_code{});
+      }
+      while (!self->backlog.empty() && io_uring_sq_space_left(&self->ring) > 0) {
+        op o = self->backlog.front();
+        self->backlog.pop_front();
+        self->submit(o);
+      }
+    }
+    self->reaping = false;
+    if (self->in_flight > 0 && !self->closed) self->start_reaper();
+  }
+};
+
+asio_xen::result<std::shared_ptr<aux_ring>> aux_ring::create(asio::any_io_executor ex, unsigned entries) {
+  auto i = std::make_shared<impl>();
+  i->ex = ex;
+  int rc = io_uring_queue_init(entries, &i->ring, 0);
+  if (rc < 0) return error_code(-rc, uring_call);
+  i->ring_ready = true;
+  i->efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (i->efd < 0) return asio_xen::xen_error(uring_call);
+  rc = io_uring_register_eventfd(&i->ring, i->efd);
+  if (rc < 0) return error_code(-rc, uring_call);
+  int wfd = ::dup(i->efd);
+  if (wfd < 0) return asio_xen::xen_error(uring_call);
+  i->wake.emplace(ex, wfd);
+  return std::shared_ptr<aux_ring>(new aux_ring(std::move(i)));
+}
+
+aux_ring::~aux_ring() {
+  // The owners drained before this; anything still in the kernel completes
+  // there and is forgotten.
+  impl_->closed = true;
+  if (impl_->wake) {
+    error_code ignored;
+    impl_->wake->close(ignored);
+    impl_->wake.reset();
+  }
+}
+
+void aux_ring::fdatasync(int fd, aux_completion& done) { impl_->submit({op::fdatasync, fd, 0, 0, 0, &done}); }
+
+void aux_ring::fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t length, aux_completion& done) {
+  impl_->submit({op::fallocate, fd, mode, offset, length, &done});
+}
+
+unsigned aux_ring::in_flight() const { return impl_->in_flight; }
+
+}  // namespace xbd::blkback

@@ -1,0 +1,114 @@
+// Configuration: the TOML file, read into typed settings with defaults.
+//
+// Read at start-up and again on SIGHUP. A mistake in the file is never
+// guessed around: it ends start-up (or is refused on reload) with
+// FILE:LINE:COL and what is wrong, because a daemon that silently ignores a
+// misspelt key serves guests with settings nobody chose.
+//
+// The layout, key by key, is documented in conf/xen-blkbackd.toml and
+// docs/configuration.md.
+#pragma once
+
+#include "blkback/log.hpp"
+
+#include <filesystem>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace xbd::blkback {
+
+// How the backing store is opened (blkif.md §1). follow_key honours the
+// toolstack's `direct-io-safe`; the other two override it for the host.
+enum class direct_io_policy { follow_key /* "auto" */, never, always };
+
+// The ring ABI assumed when the frontend writes no `protocol` key.
+enum class ring_protocol { native, x86_32, x86_64 };
+
+// "auto", "never", "always": the spelling of the config file.
+std::string_view to_string(direct_io_policy p);
+// "native", "x86_32-abi", "x86_64-abi": the spelling of protocols.h.
+std::string_view to_string(ring_protocol p);
+
+// Bounds of the numeric settings, for whoever needs to agree with them.
+namespace limits {
+// Far beyond what Linux blkfront (order 4) or QEMU (order 4) use, and still a
+// ring of bounded size (256 pages, 8192 requests).
+inline constexpr unsigned max_ring_page_order = 8;
+inline constexpr unsigned max_worker_threads = 256;
+inline constexpr unsigned max_queues = 256;
+// blkif.h: BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST (8) pages of 512 segment
+// descriptors each.
+inline constexpr unsigned max_indirect_segments = 4096;
+// blkif.h: BLKIF_MAX_SEGMENTS_PER_REQUEST. An indirect limit at or below it
+// gives a frontend nothing a direct request cannot carry; Linux blkfront then
+// does not use indirect requests at all.
+inline constexpr unsigned direct_segments = 11;
+// xen.h: DOMID_FIRST_RESERVED - 1.
+inline constexpr unsigned max_domid = 0x7FEF;
+inline constexpr unsigned max_resize_poll_seconds = 24 * 60 * 60;
+}  // namespace limits
+
+struct log_settings {
+  severity level = severity::info;
+  // "stderr", "syslog", or "file:" followed by an absolute path.
+  std::string sink = "stderr";
+
+  friend bool operator==(const log_settings&, const log_settings&) = default;
+};
+
+struct settings {
+  // The xenstore backend directories (backend/<type>) to serve: non-empty,
+  // unique, each [a-z0-9_-]+.
+  std::vector<std::string> backend_types{"qdisk"};
+  // Our own domid; absent -> read from xenstore.
+  std::optional<unsigned> domid;
+  // blkif.h: the frontend's ring-page-order may not exceed what we advertise.
+  unsigned max_ring_page_order = 4;
+  direct_io_policy direct_io = direct_io_policy::follow_key;
+  // 0 = one per online CPU.
+  unsigned worker_threads = 0;
+  // multi-queue-max-queues; 0 = as many as worker threads.
+  unsigned max_queues = 0;
+  // feature-max-indirect-segments; 0 = indirect requests not offered.
+  unsigned max_indirect_segments = 256;
+  ring_protocol default_protocol = ring_protocol::native;
+  // Advertise discard where the backing store supports it.
+  bool discard = true;
+  // 0 = look at the backing size only on SIGHUP.
+  unsigned resize_poll_seconds = 0;
+  log_settings log;
+
+  friend bool operator==(const settings&, const settings&) = default;
+};
+
+// A configuration the daemon will not run with. what() is
+// "FILE:LINE:COL: message" for a problem inside the file and
+// "FILE: message" when the file cannot be read at all (line() is then 0).
+class config_error : public std::runtime_error {
+ public:
+  config_error(std::string_view source, unsigned line, unsigned column, std::string_view message);
+  config_error(std::string_view source, std::string_view message);
+
+  unsigned line() const noexcept { return line_; }
+  unsigned column() const noexcept { return column_; }
+
+ private:
+  unsigned line_ = 0;
+  unsigned column_ = 0;
+};
+
+// Throw config_error for syntax errors, unknown keys (anywhere), wrong types,
+// out-of-range values and bad enum strings. When the file has several
+// problems, the first in file order is reported. An empty file is all
+// defaults.
+settings load_settings(const std::filesystem::path& file);
+settings parse_settings(std::string_view toml_text, std::string_view source_name);
+
+// One line for the start-up log, every setting as key=value with the keys
+// of the file.
+std::string describe(const settings& s);
+
+}  // namespace xbd::blkback

@@ -1,0 +1,468 @@
+#include "blkback/vbd.hpp"
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/channel.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/use_awaitable.hpp>
+
+#include <iomanip>
+#include <sstream>
+
+namespace xbd::blkback {
+
+namespace asio = boost::asio;
+using asio_xen::error_code;
+using asio_xen::result;
+
+namespace {
+
+error_code invalid() { return {EINVAL, boost::system::generic_category()}; }
+bool is_enoent(const error_code& ec) { return ec == boost::system::errc::no_such_file_or_directory; }
+
+}  // namespace
+
+std::string_view to_string(xenbus_state s) {
+  switch (s) {
+    case xenbus_state::unknown: return "Unknown";
+    case xenbus_state::initialising: return "Initialising";
+    case xenbus_state::init_wait: return "InitWait";
+    case xenbus_state::initialised: return "Initialised";
+    case xenbus_state::connected: return "Connected";
+    case xenbus_state::closing: return "Closing";
+    case xenbus_state::closed: return "Closed";
+    case xenbus_state::reconfiguring: return "Reconfiguring";
+    case xenbus_state::reconfigured: return "Reconfigured";
+  }
+  return "?";
+}
+
+struct vbd::backend_keys {
+  std::filesystem::path path;
+  bool writable = true;
+  bool cdrom = false;
+  bool removable = false;
+  direct_io_key direct_io = direct_io_key::absent;
+  std::string frontend;
+  std::string dev;
+};
+
+// The rings of one connection, each served on a worker thread.
+struct vbd::connection {
+  std::vector<std::unique_ptr<queue>> queues;
+  std::vector<worker> workers;
+  // Each queue's run() reports here (on the control thread) when it ends.
+  asio::experimental::channel<void(error_code, error_code)> exited;
+  unsigned running = 0;
+
+  explicit connection(asio::any_io_executor control) : exited(control, 64) {}
+};
+
+vbd::vbd(vbd_context& ctx, vbd_id id)
+    : ctx_(ctx),
+      id_(std::move(id)),
+      be_("/local/domain/" + std::to_string(ctx.own_domid) + "/backend/" + id_.type + "/" +
+          std::to_string(id_.frontend_domid) + "/" + std::to_string(id_.devid)),
+      log_(device_logger(id_.frontend_domid, id_.devid)) {}
+
+vbd::~vbd() = default;
+
+void vbd::shutdown() {
+  shutdown_ = true;
+  if (watch_) watch_->poke();
+}
+
+void vbd::check_domain() {
+  check_domain_ = true;
+  if (watch_) watch_->poke();
+}
+
+result<vbd::backend_keys> vbd::read_backend_keys() {
+  auto& xs = ctx_.xs;
+  backend_keys k;
+  // params: "<format>:<path>" (libxl writes aio: for raw images; raw: is
+  // QEMU's spelling), or a plain path as other toolstacks write it.
+  auto params = xs.read(be_ + "/params");
+  if (!params) return params.error();
+  std::string_view p = *params;
+  if (!p.empty() && p.front() != '/') {
+    auto colon = p.find(':');
+    std::string_view fmt = colon == std::string_view::npos ? p : p.substr(0, colon);
+    if ((fmt != "raw" && fmt != "aio") || colon == std::string_view::npos) {
+      XBD_LOG(log_, error) << "params " << std::quoted(*params) << ": only raw images are served (raw: or aio:)";
+      return error_code(EPROTONOSUPPORT, boost::system::generic_category());
+    }
+    p.remove_prefix(colon + 1);
+  }
+  if (p.empty() || p.front() != '/') {
+    XBD_LOG(log_, error) << "params " << std::quoted(*params) << ": the path must be absolute";
+    return invalid();
+  }
+  k.path = std::string(p);
+
+  auto mode = xs.read_optional<std::string>(be_ + "/mode");
+  if (!mode) return mode.error();
+  if (*mode && **mode != "w" && **mode != "r") {
+    XBD_LOG(log_, error) << "mode " << std::quoted(**mode) << " is neither w nor r";
+    return invalid();
+  }
+  k.writable = !*mode || **mode == "w";
+
+  auto type = xs.read_optional<std::string>(be_ + "/device-type");
+  if (!type) return type.error();
+  if (*type && **type != "disk" && **type != "cdrom") {
+    XBD_LOG(log_, error) << "device-type " << std::quoted(**type) << " is neither disk nor cdrom";
+    return invalid();
+  }
+  k.cdrom = *type && **type == "cdrom";
+  if (k.cdrom) k.writable = false;  // blkif.h: a cdrom is read-only
+
+  auto removable = xs.read_optional<bool>(be_ + "/removable");
+  k.removable = removable && *removable && **removable;
+
+  auto dio = xs.read_optional<std::string>(be_ + "/direct-io-safe");
+  if (!dio) return dio.error();
+  k.direct_io = parse_direct_io_safe(*dio);
+  if (k.direct_io == direct_io_key::malformed)
+    XBD_LOG(log_, warning) << "direct-io-safe " << std::quoted(**dio) << " is not 0 or 1; treated as absent";
+
+  auto fe = xs.read(be_ + "/frontend");
+  if (!fe) return fe.error();
+  k.frontend = *fe;
+  // The frontend must be the domain this directory is for.
+  auto fe_id = xs.read_optional<unsigned>(be_ + "/frontend-id");
+  if (!fe_id) return fe_id.error();
+  if (*fe_id && **fe_id != id_.frontend_domid) {
+    XBD_LOG(log_, error) << "frontend-id " << **fe_id << " does not match the directory's domain";
+    return invalid();
+  }
+  auto dev = xs.read_optional<std::string>(be_ + "/dev");
+  if (dev && *dev) k.dev = **dev;
+  return k;
+}
+
+error_code vbd::switch_state(xenbus_state s) {
+  if (error_code ec = ctx_.xs.write(be_ + "/state", static_cast<unsigned>(s))) return ec;
+  if (s != state_) XBD_LOG(log_, info) << "state " << to_string(state_) << " -> " << to_string(s);
+  state_ = s;
+  return {};
+}
+
+void vbd::fail(const std::string& what, error_code ec) {
+  XBD_LOG(log_, error) << what << ": " << ec.message() << " (" << ec.category().name() << " " << ec.value()
+                       << "); the device is closed";
+  // xenbus convention: the reason where the toolstack looks for it.
+  std::ostringstream msg;
+  msg << ec.value() << " " << what << ": " << ec.message();
+  (void)ctx_.xs.write(be_ + "/error", msg.str());
+  (void)switch_state(xenbus_state::closed);
+}
+
+error_code vbd::publish_features() {
+  const unsigned order = ctx_.cfg.max_ring_page_order;
+  error_code ec = ctx_.xs.transact([&](asio_xen::transaction& t) -> error_code {
+    // Copy backend: guest pages are never mapped persistently.
+    if (auto e = t.write(be_ + "/feature-persistent", "0")) return e;
+    if (auto e = t.write(be_ + "/feature-flush-cache", "1")) return e;
+    if (auto e = t.write(be_ + "/feature-barrier", "0")) return e;
+    if (auto e = t.write(be_ + "/max-ring-page-order", order)) return e;
+    // We run no hotplug script; libxl and others wait for this key.
+    if (auto e = t.write(be_ + "/hotplug-status", "connected")) return e;
+    return {};
+  });
+  if (ec) return ec;
+  return switch_state(xenbus_state::init_wait);
+}
+
+xenbus_state vbd::frontend_state() {
+  auto s = ctx_.xs.read<unsigned>(fe_ + "/state");
+  if (!s) {
+    if (!is_enoent(s.error()))
+      XBD_LOG(log_, warning) << "frontend state unreadable: " << s.error().what();
+    return xenbus_state::unknown;
+  }
+  if (*s > static_cast<unsigned>(xenbus_state::reconfigured)) return xenbus_state::unknown;
+  return static_cast<xenbus_state>(*s);
+}
+
+asio::awaitable<void> vbd::run() {
+  auto keys = read_backend_keys();
+  if (!keys) {
+    if (is_enoent(keys.error())) co_return;  // removed before we got to it
+    fail("reading the toolstack's keys", keys.error());
+    co_return;
+  }
+  fe_ = keys->frontend;
+  if (!keys->dev.empty()) log_ = device_logger(id_.frontend_domid, id_.devid, keys->dev);
+
+  auto w = ctx_.xs.watch_path(be_ + "/state");
+  if (!w) {
+    XBD_LOG(log_, error) << "cannot watch " << be_ << ": " << w.error().what();
+    co_return;
+  }
+  watch_.emplace(std::move(*w));
+  for (const auto& p : {be_ + "/online", fe_ + "/state"}) {
+    if (error_code ec = watch_->add(p)) {
+      XBD_LOG(log_, error) << "cannot watch " << p << ": " << ec.what();
+      co_return;
+    }
+  }
+  auto known = ctx_.xs.is_domain_introduced(id_.frontend_domid);
+  domain_was_known_ = known && *known;
+
+  // Open the backing store the way its key and our policy allow.
+  open_mode mode = choose_open_mode(ctx_.cfg.direct_io, keys->direct_io);
+  auto store = backing_store::open(keys->path, keys->writable, mode.direct);
+  if (!store) {
+    fail("opening " + keys->path.string(), store.error());
+    co_return;
+  }
+  store_ = std::make_unique<backing_store>(std::move(*store));
+  const auto& props = store_->properties();
+  if (!store_->fallback_reason().empty())
+    XBD_LOG(log_, warning) << keys->path.string() << ": " << store_->fallback_reason();
+  XBD_LOG(log_, info) << "opened " << keys->path.string() << (keys->writable ? " read-write" : " read-only")
+                      << (props.direct ? " with O_DIRECT" : " buffered") << " (" << mode.reason << "), "
+                      << props.size << " bytes, sector " << props.logical_sector << "/" << props.physical_sector;
+  limits_.sectors = props.size / 512;
+  limits_.sector_size = props.logical_sector;
+  limits_.readonly = !keys->writable;
+  limits_.flush = true;
+  info_ = (keys->cdrom ? VDISK_CDROM : 0u) | (keys->removable ? VDISK_REMOVABLE : 0u) |
+          (keys->writable ? 0u : VDISK_READONLY);
+
+  // A daemon that restarts finds its devices as the previous one left them:
+  // a connected one is re-attached without the guest noticing, a closed one
+  // waits for the frontend to start over.
+  auto current = ctx_.xs.read_optional<unsigned>(be_ + "/state");
+  const unsigned cur = current && *current ? **current : 0;
+  const xenbus_state fe_now = frontend_state();
+  if (cur == static_cast<unsigned>(xenbus_state::connected) &&
+      (fe_now == xenbus_state::connected || fe_now == xenbus_state::initialised)) {
+    state_ = xenbus_state::connected;
+    if (error_code ec = co_await connect(true)) {
+      fail("re-attaching to the frontend", ec);
+      co_return;
+    }
+  } else if (cur == static_cast<unsigned>(xenbus_state::closed) && fe_now != xenbus_state::initialising) {
+    state_ = xenbus_state::closed;
+  } else if (error_code ec = publish_features()) {
+    fail("publishing features", ec);
+    co_return;
+  }
+
+  for (;;) {
+    if (error_code ec = co_await watch_->changed()) {
+      XBD_LOG(log_, debug) << "watch ended: " << ec.message();
+      co_await disconnect();
+      co_return;
+    }
+    if (shutdown_) {
+      // Daemon shutdown: guest-visible state stays as it is.
+      co_await disconnect();
+      co_return;
+    }
+    if (check_domain_) {
+      check_domain_ = false;
+      auto alive = ctx_.xs.is_domain_introduced(id_.frontend_domid);
+      if (domain_was_known_ && alive && !*alive) {
+        XBD_LOG(log_, info) << "guest domain died";
+        co_await disconnect();
+        (void)switch_state(xenbus_state::closed);
+        co_return;
+      }
+    }
+    auto be_state = ctx_.xs.read_optional<unsigned>(be_ + "/state");
+    if (be_state && !*be_state) {
+      XBD_LOG(log_, info) << "backend directory removed";
+      co_await disconnect();
+      co_return;
+    }
+    auto online_key = ctx_.xs.read_optional<bool>(be_ + "/online");
+    const bool online = !online_key || !*online_key || **online_key;
+    const xenbus_state fe = frontend_state();
+
+    if (fe == xenbus_state::unknown) {
+      XBD_LOG(log_, info) << "frontend gone";
+      co_await disconnect();
+      (void)switch_state(xenbus_state::closed);
+      co_return;
+    }
+    if (!online && (fe == xenbus_state::initialising || fe == xenbus_state::init_wait ||
+                    fe == xenbus_state::closed || !conn_)) {
+      // Unplugged and nobody is using the ring: close and go.
+      XBD_LOG(log_, info) << "unplugged by the toolstack";
+      co_await disconnect();
+      (void)switch_state(xenbus_state::closed);
+      co_return;
+    }
+
+    switch (fe) {
+      case xenbus_state::initialising:
+        // The guest starts over (reboot, kexec, driver reload).
+        if (state_ == xenbus_state::closed) {
+          XBD_LOG(log_, info) << "frontend reinitialising";
+          (void)ctx_.xs.rm(be_ + "/error");
+          if (error_code ec = publish_features()) fail("publishing features", ec);
+        }
+        break;
+      case xenbus_state::initialised:
+      case xenbus_state::connected:
+        if (!conn_ && state_ != xenbus_state::closing) {
+          if (state_ == xenbus_state::closed) (void)ctx_.xs.rm(be_ + "/error");
+          if (error_code ec = co_await connect(false)) {
+            fail("connecting to the frontend", ec);
+            co_await disconnect();
+          }
+        }
+        break;
+      case xenbus_state::closing:
+        // Keep serving: the frontend may still have requests in the ring.
+        if (state_ != xenbus_state::closing && state_ != xenbus_state::closed)
+          (void)switch_state(xenbus_state::closing);
+        break;
+      case xenbus_state::closed:
+        co_await disconnect();
+        if (state_ != xenbus_state::closed) (void)switch_state(xenbus_state::closed);
+        if (!online) {
+          XBD_LOG(log_, info) << "unplugged by the toolstack";
+          co_return;
+        }
+        break;
+      default:
+        break;
+    }
+  }
+}
+
+asio::awaitable<error_code> vbd::connect(bool reattach) {
+  auto& xs = ctx_.xs;
+  // Every transport key is read once (XSA-155 applies to xenstore too).
+  auto order = xs.read_optional<unsigned>(fe_ + "/ring-page-order");
+  if (!order) co_return order.error();
+  std::vector<asio_xen::grant_ref> refs;
+  if (*order) {
+    if (**order > ctx_.cfg.max_ring_page_order) {
+      XBD_LOG(log_, error) << "ring-page-order " << **order << " is above our maximum "
+                           << ctx_.cfg.max_ring_page_order;
+      co_return invalid();
+    }
+    for (unsigned i = 0; i < (1u << **order); ++i) {
+      auto ref = xs.read<asio_xen::grant_ref>(fe_ + "/ring-ref" + std::to_string(i));
+      if (!ref && i == 0 && **order == 0) ref = xs.read<asio_xen::grant_ref>(fe_ + "/ring-ref");
+      if (!ref) {
+        XBD_LOG(log_, error) << "ring-ref" << i << ": " << ref.error().message();
+        co_return ref.error();
+      }
+      refs.push_back(*ref);
+    }
+  } else {
+    auto ref = xs.read<asio_xen::grant_ref>(fe_ + "/ring-ref");
+    if (!ref) {
+      XBD_LOG(log_, error) << "ring-ref: " << ref.error().message();
+      co_return ref.error();
+    }
+    refs.push_back(*ref);
+  }
+  auto port = xs.read<asio_xen::evtchn_port>(fe_ + "/event-channel");
+  if (!port) {
+    XBD_LOG(log_, error) << "event-channel: " << port.error().message();
+    co_return port.error();
+  }
+  auto nq = xs.read_optional<unsigned>(fe_ + "/multi-queue-num-queues");
+  if (!nq) co_return nq.error();
+  if (*nq && **nq != 1) {
+    // We do not advertise multi-queue-max-queues yet.
+    XBD_LOG(log_, error) << "multi-queue-num-queues " << **nq << " but multi-queue is not offered";
+    co_return invalid();
+  }
+  auto proto = xs.read_optional<std::string>(fe_ + "/protocol");
+  if (!proto) co_return proto.error();
+  abi layout = native_abi;
+  if (*proto) {
+    auto a = parse_protocol(**proto);
+    if (!a) {
+      XBD_LOG(log_, error) << "unknown protocol " << std::quoted(**proto);
+      co_return error_code(EPROTONOSUPPORT, boost::system::generic_category());
+    }
+    layout = *a;
+  } else if (ctx_.cfg.default_protocol == ring_protocol::x86_32) {
+    layout = abi::x86_32;
+  }
+
+  queue_params qp;
+  qp.frontend_domid = id_.frontend_domid;
+  qp.layout = layout;
+  qp.ring_refs = refs;
+  qp.remote_port = *port;
+  qp.limits = limits_;
+  worker w = ctx_.pick_worker();
+  auto q = queue::connect(w.ex, ctx_.xen, qp, *store_, w.aux, log_);
+  if (!q) {
+    XBD_LOG(log_, error) << "cannot map the ring or bind its event channel: " << q.error().what();
+    co_return q.error();
+  }
+  auto executor = co_await asio::this_coro::executor;
+  auto c = std::make_shared<connection>(executor);
+  const std::uint32_t entries = (*q)->ring_size();
+  const auto local_port = (*q)->local_port();
+  queue* raw = q->get();
+  c->queues.push_back(std::move(*q));
+  c->workers.push_back(w);
+  c->running = 1;
+  asio::co_spawn(w.ex, raw->run(), [c, executor](std::exception_ptr e, error_code ec) {
+    if (e) ec = error_code(EFAULT, boost::system::generic_category());
+    asio::post(executor, [c, ec] { (void)c->exited.try_send(error_code{}, ec); });
+  });
+  conn_ = c;
+
+  if (!reattach) {
+    error_code ec = xs.transact([&](asio_xen::transaction& t) -> error_code {
+      const auto& props = store_->properties();
+      if (auto e = t.write(be_ + "/sectors", props.size / 512)) return e;  // always 512-byte units
+      if (auto e = t.write(be_ + "/info", info_)) return e;
+      if (auto e = t.write(be_ + "/sector-size", props.logical_sector)) return e;
+      if (auto e = t.write(be_ + "/physical-sector-size", props.physical_sector)) return e;
+      return {};
+    });
+    if (ec) co_return ec;
+    if (error_code e = switch_state(xenbus_state::connected)) co_return e;
+  }
+  XBD_LOG(log_, info) << (reattach ? "re-attached" : "connected") << ": " << refs.size() << " ring page(s), "
+                      << entries << " entries, event channel " << *port << " (local " << local_port << "), "
+                      << to_string(layout);
+  co_return error_code{};
+}
+
+asio::awaitable<void> vbd::disconnect() {
+  auto c = std::move(conn_);
+  if (!c) co_return;
+  for (std::size_t i = 0; i < c->queues.size(); ++i) {
+    queue* q = c->queues[i].get();
+    asio::post(c->workers[i].ex, [q] { q->stop(); });
+  }
+  while (c->running > 0) {
+    auto [ec, result] = co_await c->exited.async_receive(asio::as_tuple(asio::use_awaitable));
+    if (ec) break;
+    --c->running;
+    if (result && result != asio_xen::make_error_code(asio_xen::errc::ring_overflow))
+      XBD_LOG(log_, warning) << "ring ended with " << result.what();
+  }
+  queue_stats total;
+  for (auto& q : c->queues) {
+    const auto& s = q->stats();
+    total.requests += s.requests;
+    total.rejected += s.rejected;
+    total.failed += s.failed;
+    total.bytes_read += s.bytes_read;
+    total.bytes_written += s.bytes_written;
+  }
+  XBD_LOG(log_, info) << "disconnected after " << total.requests << " requests (" << total.bytes_read
+                      << " bytes read, " << total.bytes_written << " written, " << total.rejected << " rejected, "
+                      << total.failed << " failed)";
+  // Each queue goes away on its own thread, where its I/O objects live.
+  for (std::size_t i = 0; i < c->queues.size(); ++i)
+    asio::post(c->workers[i].ex, [q = std::shared_ptr<queue>(std::move(c->queues[i]))] {});
+}
+
+}  // namespace xbd::blkback

@@ -1,0 +1,118 @@
+// vbd: the control plane of one virtual block device.
+//
+// One coroutine (run()) per <frontend-domid>/<devid> under our backend
+// directory, written to read like the xenbus protocol (blkif.md §3): read
+// the toolstack's keys, open the backing store, publish features, wait in
+// InitWait; on the frontend's Initialised or Connected read its transport
+// keys, map and bind, publish the disk, go Connected; follow the frontend to
+// Closing and Closed; reconnect when it initialises again; go away when the
+// toolstack unplugs it or the guest dies.
+#pragma once
+
+#include "asio_xen/xenstore.hpp"
+#include "blkback/abi.hpp"
+#include "blkback/aux_ring.hpp"
+#include "blkback/backing.hpp"
+#include "blkback/config.hpp"
+#include "blkback/log.hpp"
+#include "blkback/platform.hpp"
+#include "blkback/queue.hpp"
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace xbd::blkback {
+
+// xenbus.h's XenbusState values.
+enum class xenbus_state : unsigned {
+  unknown = 0,
+  initialising = 1,
+  init_wait = 2,
+  initialised = 3,
+  connected = 4,
+  closing = 5,
+  closed = 6,
+  reconfiguring = 7,
+  reconfigured = 8,
+};
+std::string_view to_string(xenbus_state s);
+
+// A thread that runs queues: its executor and its aux_ring.
+struct worker {
+  boost::asio::any_io_executor ex;
+  std::shared_ptr<aux_ring> aux;
+};
+
+// What every vbd shares: the xenstore connection (control thread), the Xen
+// handles' source, the settings, and the workers that run rings.
+struct vbd_context {
+  asio_xen::xenstore& xs;
+  xen_platform xen;
+  settings cfg;
+  unsigned own_domid = 0;
+  std::function<worker()> pick_worker;
+};
+
+struct vbd_id {
+  std::string type;  // backend directory name: qdisk, vbd, ...
+  unsigned frontend_domid = 0;
+  unsigned devid = 0;
+  friend auto operator<=>(const vbd_id&, const vbd_id&) = default;
+};
+
+class vbd {
+ public:
+  vbd(vbd_context& ctx, vbd_id id);
+  ~vbd();
+  vbd(const vbd&) = delete;
+  vbd& operator=(const vbd&) = delete;
+
+  // The device's whole life. Returns when it has been unplugged, has
+  // failed, its guest died, or shutdown() was called.
+  boost::asio::awaitable<void> run();
+
+  // Daemon shutdown: answer what is in flight, release the rings, and
+  // return from run() without writing to xenstore, so that a new daemon can
+  // pick the device up where this one left it.
+  void shutdown();
+  // The guest may have died (@releaseDomain fired): check.
+  void check_domain();
+
+  const vbd_id& id() const { return id_; }
+  const std::string& backend_path() const { return be_; }
+
+  struct connection;
+
+ private:
+  struct backend_keys;
+  asio_xen::result<backend_keys> read_backend_keys();
+  asio_xen::error_code publish_features();
+  asio_xen::error_code switch_state(xenbus_state s);
+  void fail(const std::string& what, asio_xen::error_code ec);
+  boost::asio::awaitable<asio_xen::error_code> connect(bool reattach);
+  boost::asio::awaitable<void> disconnect();
+  xenbus_state frontend_state();
+
+  vbd_context& ctx_;
+  vbd_id id_;
+  std::string be_;   // our directory
+  std::string fe_;   // the frontend's directory (from our `frontend` key)
+  logger log_;
+  std::optional<asio_xen::watch> watch_;
+  std::unique_ptr<backing_store> store_;
+  std::shared_ptr<connection> conn_;
+  xenbus_state state_ = xenbus_state::unknown;  // what we last wrote
+  device_limits limits_;
+  unsigned info_ = 0;
+  bool shutdown_ = false;
+  bool check_domain_ = false;
+  bool domain_was_known_ = false;
+};
+
+}  // namespace xbd::blkback

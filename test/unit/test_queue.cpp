@@ -1,0 +1,316 @@
+// The data plane against the fakes: a frontend played by the test on fake
+// guest memory, the real queue code in between, a real file behind it.
+#include "asio_xen/ring.hpp"
+#include "blkback/queue.hpp"
+#include "test/fakes/fake_evtchn.hpp"
+#include "test/fakes/fake_gnttab.hpp"
+#include "test/unit/run.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <doctest/doctest.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <unistd.h>
+
+using namespace xbd;
+using namespace xbd::blkback;
+using asio_xen::grant_ref;
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr std::size_t page = xen::page_size;
+constexpr unsigned guest_domid = 5;
+constexpr std::size_t data_frames = 64;
+
+std::byte pattern(std::uint64_t disk_offset) {
+  return std::byte(static_cast<std::uint8_t>((disk_offset >> 9) * 31 + (disk_offset & 511)));
+}
+
+struct temp_file {
+  std::string path;
+  explicit temp_file(std::uint64_t size) {
+    char tmpl[] = "/tmp/xbd-queue-XXXXXX";
+    int fd = ::mkstemp(tmpl);
+    REQUIRE(fd >= 0);
+    path = tmpl;
+    std::vector<std::byte> buf(size);
+    for (std::uint64_t i = 0; i < size; ++i) buf[i] = pattern(i);
+    REQUIRE(::write(fd, buf.data(), size) == static_cast<ssize_t>(size));
+    ::close(fd);
+  }
+  ~temp_file() { ::unlink(path.c_str()); }
+  std::vector<std::byte> read(std::uint64_t off, std::size_t len) const {
+    std::vector<std::byte> b(len);
+    int fd = ::open(path.c_str(), O_RDONLY);
+    (void)!::pread(fd, b.data(), len, static_cast<off_t>(off));
+    ::close(fd);
+    return b;
+  }
+};
+
+struct rig {
+  asio::io_context ioc;
+  fakes::fake_grant_tables tables;
+  fakes::fake_evtchn_bus bus;
+  std::size_t ring_pages;
+  fakes::fake_guest& guest;
+  std::vector<grant_ref> ring_refs;
+  std::vector<grant_ref> data_refs;
+  std::optional<asio_xen::front_ring<blkif_request, blkif_response>> front;
+  std::optional<asio_xen::event_channel> front_evtchn;
+  temp_file file;
+  std::optional<backing_store> store;
+  std::unique_ptr<queue> q;
+  std::future<asio_xen::error_code> running;
+
+  explicit rig(std::size_t pages = 1, device_limits lim = {}, std::uint64_t disk_bytes = 1 << 20, bool readonly = false)
+      : ring_pages(pages), guest(tables.add_guest(guest_domid, pages + data_frames)), file(disk_bytes) {
+    for (std::size_t i = 0; i < pages; ++i) ring_refs.push_back(guest.grant(i, 0));
+    for (std::size_t i = 0; i < data_frames; ++i) data_refs.push_back(guest.grant(pages + i, 0));
+    front.emplace(*asio_xen::front_ring<blkif_request, blkif_response>::init({guest.page(0).data(), pages * page}));
+    front_evtchn.emplace(*asio_xen::event_channel::bind_unbound(ioc.get_executor(), bus.open(guest_domid), 0));
+    auto st = backing_store::open(file.path, !readonly, false);
+    REQUIRE(st.has_value());
+    store.emplace(std::move(*st));
+    if (lim.sectors == 0) lim.sectors = disk_bytes / 512;
+    lim.readonly = readonly;
+    queue_params p;
+    p.frontend_domid = guest_domid;
+    p.ring_refs = ring_refs;
+    p.remote_port = front_evtchn->local_port();
+    p.limits = lim;
+    xen_platform xp{[this] { return asio_xen::result<std::unique_ptr<asio_xen::evtchn_driver>>(bus.open(0)); },
+                    [this] { return asio_xen::result<std::unique_ptr<asio_xen::gnttab_driver>>(tables.open(0)); }};
+    auto aux = aux_ring::create(ioc.get_executor());
+    REQUIRE(aux.has_value());
+    auto qq = queue::connect(ioc.get_executor(), xp, p, *store, *aux, device_logger(guest_domid, 51712));
+    REQUIRE(qq.has_value());
+    q = std::move(*qq);
+    running = asio::co_spawn(ioc, q->run(), asio::use_future);
+  }
+
+  std::span<std::byte> data_page(std::size_t i) { return guest.page(ring_pages + i); }
+
+  void submit(const blkif_request& r) {
+    front->put_request(r);
+  }
+  void kick() {
+    if (front->push_requests()) REQUIRE_FALSE(front_evtchn->notify());
+  }
+
+  // Runs the backend until `n` responses are there.
+  std::vector<blkif_response> responses(std::size_t n, std::chrono::milliseconds limit = std::chrono::seconds(5)) {
+    std::vector<blkif_response> out;
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    while (out.size() < n) {
+      while (front->unconsumed_responses() > 0 && out.size() < n) out.push_back(front->consume_response());
+      if (out.size() >= n) break;
+      if (std::chrono::steady_clock::now() > deadline) break;
+      ioc.restart();
+      ioc.run_for(std::chrono::milliseconds(5));
+    }
+    return out;
+  }
+
+  // Stops the queue and returns what run() returned.
+  asio_xen::error_code stop() {
+    asio::post(ioc, [this] { q->stop(); });
+    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    while (running.wait_for(std::chrono::seconds(0)) != std::future_status::ready &&
+           std::chrono::steady_clock::now() < deadline) {
+      ioc.restart();
+      ioc.run_for(std::chrono::milliseconds(5));
+    }
+    REQUIRE(running.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+    return running.get();
+  }
+};
+
+blkif_request make(std::uint8_t op, std::uint64_t id, std::uint64_t sector,
+                   std::vector<std::tuple<grant_ref, int, int>> segs) {
+  blkif_request r{};
+  r.operation = op;
+  r.id = id;
+  r.sector_number = sector;
+  r.nr_segments = static_cast<std::uint8_t>(segs.size());
+  for (std::size_t i = 0; i < segs.size(); ++i) {
+    r.seg[i].gref = std::get<0>(segs[i]);
+    r.seg[i].first_sect = static_cast<std::uint8_t>(std::get<1>(segs[i]));
+    r.seg[i].last_sect = static_cast<std::uint8_t>(std::get<2>(segs[i]));
+  }
+  return r;
+}
+
+}  // namespace
+
+TEST_CASE("a read copies the right disk bytes into the guest's segments") {
+  rig r;
+  r.submit(make(BLKIF_OP_READ, 7, 16, {{r.data_refs[0], 0, 7}, {r.data_refs[1], 2, 3}}));
+  r.kick();
+  auto rs = r.responses(1);
+  REQUIRE(rs.size() == 1u);
+  CHECK(rs[0].id == 7u);
+  CHECK(rs[0].operation == BLKIF_OP_READ);
+  CHECK(rs[0].status == BLKIF_RSP_OKAY);
+  for (std::size_t i = 0; i < page; ++i) REQUIRE(r.data_page(0)[i] == pattern(16 * 512 + i));
+  for (std::size_t i = 0; i < 1024; ++i) REQUIRE(r.data_page(1)[1024 + i] == pattern(16 * 512 + page + i));
+  // Outside the segment nothing was written.
+  CHECK(r.data_page(1)[0] == std::byte{0});
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("a write lands at its offset, and a flush after it succeeds") {
+  rig r;
+  std::memset(r.data_page(2).data(), 0xab, page);
+  r.submit(make(BLKIF_OP_WRITE, 1, 8, {{r.data_refs[2], 4, 7}}));
+  r.submit(make(BLKIF_OP_FLUSH_DISKCACHE, 2, 0, {}));
+  r.kick();
+  auto rs = r.responses(2);
+  REQUIRE(rs.size() == 2u);
+  for (auto& x : rs) CHECK(x.status == BLKIF_RSP_OKAY);
+  auto disk = r.file.read(8 * 512, 2048);
+  for (auto b : disk) REQUIRE(b == std::byte{0xab});
+  CHECK(r.file.read(8 * 512 + 2048, 1)[0] == pattern(8 * 512 + 2048));
+  CHECK(r.q->stats().flushes == 1u);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("a flush with data writes and then flushes") {
+  rig r;
+  std::memset(r.data_page(0).data(), 0x3c, page);
+  r.submit(make(BLKIF_OP_FLUSH_DISKCACHE, 11, 0, {{r.data_refs[0], 0, 7}}));
+  r.kick();
+  auto rs = r.responses(1);
+  REQUIRE(rs.size() == 1u);
+  CHECK(rs[0].status == BLKIF_RSP_OKAY);
+  CHECK(rs[0].operation == BLKIF_OP_FLUSH_DISKCACHE);
+  CHECK(r.file.read(0, 1)[0] == std::byte{0x3c});
+  CHECK(r.q->stats().writes == 1u);
+  CHECK(r.q->stats().flushes == 1u);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("each bad request gets its own status and the ring goes on serving") {
+  rig r;
+  r.submit(make(42, 1, 0, {{r.data_refs[0], 0, 7}}));                     // unknown op
+  r.submit(make(BLKIF_OP_READ, 2, 1u << 30, {{r.data_refs[0], 0, 7}}));     // beyond the disk
+  r.submit(make(BLKIF_OP_READ, 3, 0, {{r.data_refs[0], 0, 9}}));           // segment outside its page
+  r.submit(make(BLKIF_OP_READ, 4, 0, {{99999, 0, 7}}));                    // no such grant
+  r.submit(make(BLKIF_OP_READ, 5, 0, {{r.data_refs[0], 0, 7}}));           // fine
+  r.kick();
+  auto rs = r.responses(5);
+  REQUIRE(rs.size() == 5u);
+  std::map<std::uint64_t, std::int16_t> by_id;
+  for (auto& x : rs) by_id[x.id] = x.status;
+  CHECK(by_id[1] == BLKIF_RSP_EOPNOTSUPP);
+  CHECK(by_id[2] == BLKIF_RSP_ERROR);
+  CHECK(by_id[3] == BLKIF_RSP_ERROR);
+  CHECK(by_id[4] == BLKIF_RSP_ERROR);
+  CHECK(by_id[5] == BLKIF_RSP_OKAY);
+  CHECK(r.q->stats().rejected == 3u);
+  CHECK(r.q->stats().failed == 1u);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("a read-only vbd refuses writes and leaves the disk untouched") {
+  rig r(1, {}, 1 << 20, /*readonly*/ true);
+  std::memset(r.data_page(0).data(), 0xee, page);
+  r.submit(make(BLKIF_OP_WRITE, 1, 0, {{r.data_refs[0], 0, 7}}));
+  r.submit(make(BLKIF_OP_READ, 2, 0, {{r.data_refs[1], 0, 7}}));
+  r.kick();
+  auto rs = r.responses(2);
+  REQUIRE(rs.size() == 2u);
+  for (auto& x : rs) CHECK(x.status == (x.id == 1 ? BLKIF_RSP_ERROR : BLKIF_RSP_OKAY));
+  CHECK(r.file.read(0, 1)[0] == pattern(0));
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("a write from a read-only grant fails the copy, not the daemon") {
+  rig r;
+  grant_ref ro = r.guest.grant(r.ring_pages + 10, 0, /*readonly*/ true);
+  // Reading the disk into a read-only grant must fail: we may not write it.
+  r.submit(make(BLKIF_OP_READ, 1, 0, {{ro, 0, 7}}));
+  r.kick();
+  auto rs = r.responses(1);
+  REQUIRE(rs.size() == 1u);
+  CHECK(rs[0].status == BLKIF_RSP_ERROR);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("a read past the end of a file that shrank is an I/O error for that request only") {
+  rig r;
+  REQUIRE(::truncate(r.file.path.c_str(), 4096) == 0);
+  r.submit(make(BLKIF_OP_READ, 1, 64, {{r.data_refs[0], 0, 7}}));
+  r.submit(make(BLKIF_OP_READ, 2, 0, {{r.data_refs[1], 0, 7}}));
+  r.kick();
+  auto rs = r.responses(2);
+  REQUIRE(rs.size() == 2u);
+  for (auto& x : rs) CHECK(x.status == (x.id == 1 ? BLKIF_RSP_ERROR : BLKIF_RSP_OKAY));
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("a full 16-page ring: 512 requests in flight at once, all answered") {
+  rig r(16, {}, 8 << 20);
+  for (std::uint64_t i = 0; i < 512; ++i)
+    r.submit(make(BLKIF_OP_READ, i, (i % 64) * 8, {{r.data_refs[i % data_frames], 0, 7}}));
+  r.kick();
+  auto rs = r.responses(512);
+  REQUIRE(rs.size() == 512u);
+  std::set<std::uint64_t> ids;
+  for (auto& x : rs) {
+    CHECK(x.status == BLKIF_RSP_OKAY);
+    ids.insert(x.id);
+  }
+  CHECK(ids.size() == 512u);
+  CHECK(r.q->ring_size() == 512u);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("responses are pushed with one notification per batch") {
+  rig r;
+  for (std::uint64_t i = 0; i < 20; ++i) r.submit(make(BLKIF_OP_READ, i, 0, {{r.data_refs[i], 0, 7}}));
+  r.kick();
+  auto before = r.bus.notifications();
+  auto rs = r.responses(20);
+  REQUIRE(rs.size() == 20u);
+  // The backend notifies far less often than once per response.
+  CHECK(r.bus.notifications() - before < 20u);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("a frontend that claims more requests than the ring holds halts its ring after the in-flight ones are answered") {
+  rig r;
+  r.submit(make(BLKIF_OP_READ, 1, 0, {{r.data_refs[0], 0, 7}}));
+  r.kick();
+  REQUIRE(r.responses(1).size() == 1u);
+  r.front->set_shared_req_prod(r.front->req_prod_pvt() + 100);
+  REQUIRE_FALSE(r.front_evtchn->notify());
+  auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  while (r.running.wait_for(std::chrono::seconds(0)) != std::future_status::ready &&
+         std::chrono::steady_clock::now() < deadline) {
+    r.ioc.restart();
+    r.ioc.run_for(std::chrono::milliseconds(5));
+  }
+  REQUIRE(r.running.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
+  CHECK(r.running.get() == asio_xen::make_error_code(asio_xen::errc::ring_overflow));
+}
+
+TEST_CASE("stop answers every request already taken, then run() returns") {
+  rig r;
+  for (std::uint64_t i = 0; i < 30; ++i) r.submit(make(BLKIF_OP_WRITE, i, i * 8, {{r.data_refs[i], 0, 7}}));
+  r.kick();
+  // Let the backend take them, then stop at once.
+  r.ioc.restart();
+  r.ioc.poll();
+  CHECK_FALSE(r.stop());
+  std::size_t answered = 0;
+  while (r.front->unconsumed_responses() > 0) {
+    (void)r.front->consume_response();
+    ++answered;
+  }
+  CHECK(answered == 30u);
+  CHECK(r.q->in_flight() == 0u);
+}
