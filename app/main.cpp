@@ -1,0 +1,254 @@
+// xen-blkbackd: the daemon. Glue only: command line, configuration,
+// logging, signals and threads; the protocol lives in blkback/.
+#include "app/logging.hpp"
+#include "asio_xen/xenstore.hpp"
+#include "blkback/backend.hpp"
+#include "blkback/config.hpp"
+#include "blkback/log.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/signal_set.hpp>
+
+#include <atomic>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <fcntl.h>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <sys/resource.h>
+#include <thread>
+#include <unistd.h>
+#include <vector>
+
+namespace asio = boost::asio;
+using namespace xbd;
+
+namespace {
+
+constexpr const char* version = "0.1.0";
+constexpr const char* default_config = "/etc/xen-blkbackd.toml";
+
+struct options {
+  std::string config = default_config;
+  bool config_given = false;
+  bool foreground = false;
+  bool check_config = false;
+  std::optional<blkback::severity> log_level;
+};
+
+void usage(std::ostream& os) {
+  os << "usage: xen-blkbackd [--config FILE] [--foreground] [--log-level LEVEL] [--check-config] [--version]\n"
+        "  --config FILE     settings (default " << default_config << "; a missing default file means defaults)\n"
+        "  --foreground      stay attached to the terminal (as under systemd)\n"
+        "  --log-level L     trace, debug, info, warning or error (overrides the file)\n"
+        "  --check-config    read the configuration, print it, and exit\n"
+        "  --version         print the version and exit\n";
+}
+
+// Exit status 2 for usage errors, as getopt-style tools do.
+std::optional<options> parse_args(int argc, char** argv) {
+  options o;
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&](const char* name) -> std::optional<std::string> {
+      if (i + 1 >= argc) {
+        std::cerr << "xen-blkbackd: " << name << " needs a value\n";
+        return std::nullopt;
+      }
+      return std::string(argv[++i]);
+    };
+    if (a == "--config") {
+      auto v = value("--config");
+      if (!v) return std::nullopt;
+      o.config = *v;
+      o.config_given = true;
+    } else if (a == "--foreground") {
+      o.foreground = true;
+    } else if (a == "--check-config") {
+      o.check_config = true;
+    } else if (a == "--log-level") {
+      auto v = value("--log-level");
+      if (!v) return std::nullopt;
+      blkback::severity s;
+      if (!blkback::parse_severity(*v, s)) {
+        std::cerr << "xen-blkbackd: unknown log level '" << *v << "'\n";
+        return std::nullopt;
+      }
+      o.log_level = s;
+    } else if (a == "--version") {
+      std::cout << "xen-blkbackd " << version << "\n";
+      std::exit(0);
+    } else if (a == "--help" || a == "-h") {
+      usage(std::cout);
+      std::exit(0);
+    } else {
+      std::cerr << "xen-blkbackd: unknown argument '" << a << "'\n";
+      usage(std::cerr);
+      return std::nullopt;
+    }
+  }
+  return o;
+}
+
+blkback::settings load(const options& o) {
+  // The packaged default file is optional; a file named on the command line
+  // is not.
+  if (!o.config_given && ::access(o.config.c_str(), F_OK) != 0) return blkback::settings{};
+  return blkback::load_settings(o.config);
+}
+
+// Every in-flight request slot has its own dup of the backing descriptor
+// (io.md), so a busy host needs far more descriptors than the default soft
+// limit of 1024.
+void raise_fd_limit(blkback::logger& lg) {
+  rlimit rl{};
+  if (::getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+    rl.rlim_cur = rl.rlim_max;
+    if (::setrlimit(RLIMIT_NOFILE, &rl) != 0)
+      XBD_LOG(lg, warning) << "cannot raise the descriptor limit: " << std::strerror(errno);
+  }
+}
+
+void daemonize() {
+  if (pid_t p = ::fork(); p < 0) {
+    std::perror("xen-blkbackd: fork");
+    std::exit(1);
+  } else if (p > 0) {
+    std::_Exit(0);
+  }
+  ::setsid();
+  if (pid_t p = ::fork(); p > 0) std::_Exit(0);
+  (void)!::chdir("/");
+  int null = ::open("/dev/null", O_RDWR);
+  if (null >= 0) {
+    ::dup2(null, 0);
+    ::dup2(null, 1);
+    ::close(null);
+  }
+}
+
+struct worker_thread {
+  asio::io_context ioc{1};
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> guard;
+  std::shared_ptr<blkback::aux_ring> aux;
+  std::thread thread;
+};
+
+// Runs the backend on the control thread; `done` when it has finished.
+void start_backend(asio::io_context& control, blkback::backend& be, std::function<void()> done) {
+  asio::co_spawn(control, be.run(), [done = std::move(done)](std::exception_ptr e) {
+    if (e) {
+      blkback::logger lg;
+      try {
+        std::rethrow_exception(e);
+      } catch (const std::exception& x) {
+        XBD_LOG(lg, error) << "internal error: " << x.what();
+      }
+    }
+    done();
+  });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  auto opts = parse_args(argc, argv);
+  if (!opts) return 2;
+
+  blkback::settings cfg;
+  try {
+    cfg = load(*opts);
+  } catch (const std::exception& e) {
+    std::cerr << "xen-blkbackd: " << e.what() << "\n";
+    return 1;
+  }
+  if (opts->log_level) cfg.log.level = *opts->log_level;
+  if (opts->check_config) {
+    std::cout << blkback::describe(cfg) << "\n";
+    return 0;
+  }
+
+  try {
+    app::setup_logging(cfg.log);
+  } catch (const std::exception& e) {
+    std::cerr << "xen-blkbackd: cannot set up logging: " << e.what() << "\n";
+    return 1;
+  }
+  blkback::logger lg;
+  if (!opts->foreground) daemonize();
+  raise_fd_limit(lg);
+
+  asio::io_context control(1);
+  auto driver = asio_xen::open_libxenstore();
+  if (!driver) {
+    XBD_LOG(lg, error) << "cannot connect to xenstore: " << driver.error().what();
+    return 1;
+  }
+  asio_xen::xenstore xs(control.get_executor(), std::move(*driver));
+
+  const unsigned threads = cfg.worker_threads ? cfg.worker_threads : std::max(1u, std::thread::hardware_concurrency());
+  std::vector<std::unique_ptr<worker_thread>> workers;
+  for (unsigned i = 0; i < threads; ++i) {
+    auto w = std::make_unique<worker_thread>();
+    w->guard.emplace(w->ioc.get_executor());
+    auto aux = blkback::aux_ring::create(w->ioc.get_executor());
+    if (!aux) {
+      XBD_LOG(lg, error) << "cannot create an io_uring: " << aux.error().what();
+      return 1;
+    }
+    w->aux = *aux;
+    workers.push_back(std::move(w));
+  }
+  for (auto& w : workers) w->thread = std::thread([io = &w->ioc] { io->run(); });
+
+  std::atomic<unsigned> next{0};
+  blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, 0, {}};
+  ctx.own_domid = blkback::resolve_own_domid(xs, cfg, lg);
+  ctx.pick_worker = [&]() {
+    auto& w = *workers[next++ % workers.size()];
+    return blkback::worker{w.ioc.get_executor(), w.aux};
+  };
+  XBD_LOG(lg, info) << "xen-blkbackd " << version << " starting as domain " << ctx.own_domid << ", "
+                    << threads << " worker thread(s); " << blkback::describe(cfg);
+
+  blkback::backend be(ctx);
+  asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);
+  std::function<void()> arm = [&] {
+    signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+      if (ec) return;
+      if (sig == SIGHUP) {
+        try {
+          auto fresh = load(*opts);
+          if (opts->log_level) fresh.log.level = *opts->log_level;
+          app::reload_logging(fresh.log);
+          XBD_LOG(lg, info) << "SIGHUP: logging settings reloaded";
+        } catch (const std::exception& e) {
+          XBD_LOG(lg, error) << "SIGHUP: keeping the running settings: " << e.what();
+        }
+        arm();
+        return;
+      }
+      XBD_LOG(lg, info) << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
+                        << ": answering requests in flight, then exiting";
+      be.shutdown();
+    });
+  };
+  arm();
+  start_backend(control, be, [&] {
+    signals.cancel();
+    control.stop();
+  });
+  control.run();
+
+  for (auto& w : workers) {
+    w->guard.reset();
+    w->ioc.stop();
+    w->thread.join();
+  }
+  XBD_LOG(lg, info) << "exiting";
+  return 0;
+}

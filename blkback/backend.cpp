@@ -1,0 +1,137 @@
+#include "blkback/backend.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/this_coro.hpp>
+
+#include <set>
+
+namespace xbd::blkback {
+
+namespace asio = boost::asio;
+using asio_xen::error_code;
+
+namespace {
+
+logger& backend_log() {
+  static logger lg;
+  return lg;
+}
+
+// Directory entries that are numbers; anything else a toolstack (or worse)
+// put there is ignored.
+std::vector<unsigned> numeric_children(asio_xen::xenstore& xs, const std::string& path) {
+  std::vector<unsigned> out;
+  auto names = xs.directory(path);
+  if (!names) return out;
+  for (const auto& n : *names) {
+    auto v = asio_xen::parse_value<unsigned>(n);
+    if (v) out.push_back(*v);
+  }
+  return out;
+}
+
+}  // namespace
+
+unsigned resolve_own_domid(asio_xen::xenstore& xs, const settings& cfg, logger& lg) {
+  if (cfg.domid) return *cfg.domid;
+  // A relative path is resolved against our own home by xenstored.
+  auto id = xs.read<unsigned>("domid");
+  if (id) return *id;
+  XBD_LOG(lg, info) << "no domid key in our xenstore home (" << id.error().message() << "); assuming dom0";
+  return 0;
+}
+
+std::size_t backend::active() const {
+  std::size_t n = 0;
+  for (const auto& [id, e] : devices_) n += e.finished ? 0 : 1;
+  return n;
+}
+
+void backend::shutdown() {
+  shutdown_ = true;
+  for (auto& [id, e] : devices_)
+    if (!e.finished) e.device->shutdown();
+  if (watch_) watch_->poke();
+}
+
+void backend::start(const vbd_id& id) {
+  auto& e = devices_[id];
+  e.device = std::make_unique<vbd>(ctx_, id);
+  e.finished = false;
+  vbd* v = e.device.get();
+  asio::co_spawn(ex_, v->run(), [this, id](std::exception_ptr ex) {
+    auto it = devices_.find(id);
+    if (it != devices_.end()) it->second.finished = true;
+    if (ex) {
+      try {
+        std::rethrow_exception(ex);
+      } catch (const std::exception& x) {
+        XBD_LOG(backend_log(), error) << "device " << id.type << "/" << id.frontend_domid << "/" << id.devid
+                                      << " ended with an internal error: " << x.what();
+      }
+    }
+    if (watch_) watch_->poke();  // rescan: the directory may be gone already
+  });
+}
+
+void backend::scan() {
+  const std::string base = "/local/domain/" + std::to_string(ctx_.own_domid) + "/backend/";
+  std::set<vbd_id> present;
+  for (const auto& type : ctx_.cfg.backend_types)
+    for (unsigned dom : numeric_children(ctx_.xs, base + type))
+      for (unsigned dev : numeric_children(ctx_.xs, base + type + "/" + std::to_string(dom)))
+        present.insert(vbd_id{type, dom, dev});
+  for (auto it = devices_.begin(); it != devices_.end();) {
+    // A finished device is forgotten once its directory is gone, so that a
+    // new one at the same place starts afresh.
+    if (it->second.finished && !present.count(it->first))
+      it = devices_.erase(it);
+    else
+      ++it;
+  }
+  for (const auto& id : present)
+    if (!devices_.count(id)) start(id);
+}
+
+asio::awaitable<void> backend::run() {
+  using namespace asio::experimental::awaitable_operators;
+  auto& lg = backend_log();
+  ex_ = co_await asio::this_coro::executor;
+  const std::string base = "/local/domain/" + std::to_string(ctx_.own_domid) + "/backend/";
+  auto w = ctx_.xs.watch_path(base + ctx_.cfg.backend_types.at(0));
+  if (!w) {
+    XBD_LOG(lg, error) << "cannot watch " << base << ctx_.cfg.backend_types[0] << ": " << w.error().what();
+    co_return;
+  }
+  watch_.emplace(std::move(*w));
+  for (std::size_t i = 1; i < ctx_.cfg.backend_types.size(); ++i)
+    if (error_code ec = watch_->add(base + ctx_.cfg.backend_types[i]))
+      XBD_LOG(lg, error) << "cannot watch " << base << ctx_.cfg.backend_types[i] << ": " << ec.what();
+  auto released = ctx_.xs.watch_path("@releaseDomain");
+  if (!released) XBD_LOG(lg, warning) << "cannot watch @releaseDomain: " << released.error().what();
+
+  XBD_LOG(lg, info) << "serving " << base << "{" << [&] {
+    std::string s;
+    for (const auto& t : ctx_.cfg.backend_types) s += (s.empty() ? "" : ",") + t;
+    return s;
+  }() << "}";
+
+  while (!shutdown_) {
+    scan();
+    if (released) {
+      auto which = co_await (watch_->changed() || released->changed());
+      if (which.index() == 1) {
+        for (auto& [id, e] : devices_)
+          if (!e.finished) e.device->check_domain();
+      }
+    } else {
+      co_await watch_->changed();
+    }
+  }
+  // Shutdown: every vbd answers what it has in flight and lets go.
+  while (active() > 0) co_await watch_->changed();
+  XBD_LOG(lg, info) << "all devices released";
+}
+
+}  // namespace xbd::blkback

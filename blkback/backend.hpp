@@ -1,0 +1,50 @@
+// backend: finds the devices the toolstack asks us to serve and runs one vbd
+// coroutine for each.
+//
+// It watches /local/domain/<own domid>/backend/<type> for every configured
+// type and @releaseDomain. Devices already present at start-up are picked up
+// like new ones (a restarted daemon serves them). A device whose coroutine
+// ended (unplugged, failed, guest dead) is not started again until its
+// directory has gone and come back.
+#pragma once
+
+#include "blkback/vbd.hpp"
+
+#include <boost/asio/awaitable.hpp>
+
+#include <map>
+#include <memory>
+
+namespace xbd::blkback {
+
+class backend {
+ public:
+  explicit backend(vbd_context& ctx) : ctx_(ctx) {}
+
+  // Serves until shutdown(), then waits for every vbd to let go.
+  boost::asio::awaitable<void> run();
+  void shutdown();
+
+  // Devices being served now.
+  std::size_t active() const;
+
+ private:
+  struct entry {
+    std::unique_ptr<vbd> device;
+    bool finished = false;
+  };
+  void scan();
+  void start(const vbd_id& id);
+
+  vbd_context& ctx_;
+  boost::asio::any_io_executor ex_;
+  std::map<vbd_id, entry> devices_;
+  std::optional<asio_xen::watch> watch_;
+  bool shutdown_ = false;
+};
+
+// Our own domain id: the configured one, else xenstore's `domid` key of our
+// home, else 0 (dom0).
+unsigned resolve_own_domid(asio_xen::xenstore& xs, const settings& cfg, logger& lg);
+
+}  // namespace xbd::blkback

@@ -1,0 +1,307 @@
+#include "blkfront/runner.hpp"
+
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <random>
+#include <sstream>
+
+#include "blkfront/engine.hpp"
+#include "blkfront/frontend.hpp"
+#include "blkfront/script.hpp"
+#include "blkfront/summary.hpp"
+#include "blkfront/xen_platform.hpp"
+
+namespace xbd::sim::blkfront {
+namespace {
+
+// One verify generation per block of the region: cap the table at 1 GiB.
+constexpr std::uint64_t max_verify_blocks = std::uint64_t{1} << 28;
+
+class signal_fd {
+ public:
+  // Blocked in every thread (libxenstore starts a reader thread), taken
+  // from a signalfd the wait loop polls.
+  signal_fd() {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, nullptr);
+    fd_ = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
+  }
+  ~signal_fd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int fd() const { return fd_; }
+
+ private:
+  int fd_ = -1;
+};
+
+std::optional<std::string> slurp(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return std::nullopt;
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
+struct program {
+  const options& o;
+  summary s;
+  xenstore xs;
+  signal_fd sig;
+  std::unique_ptr<xen_platform> plat;
+  std::unique_ptr<frontend> fe;
+  std::unique_ptr<generation_tracker> tracker;
+  std::uint64_t region_offset = 0, region_bytes = 0;
+  bool interrupted = false;
+
+  void log(const std::string& msg) const {
+    if (!o.quiet && !o.json) std::fprintf(stderr, "blkfront-sim: %s\n", msg.c_str());
+  }
+
+  bool setup_failed(std::string msg) {
+    s.setup_failed = true;
+    s.end = "setup_failed";
+    s.error = std::move(msg);
+    return false;
+  }
+
+  // Checks the workload against the disk the backend offers.
+  bool check_workload(const disk_properties& d) {
+    if (!o.workload) return true;
+    if (o.bs % d.sector_size != 0)
+      return setup_failed("--bs " + std::to_string(o.bs) + " is not a multiple of sector-size " +
+                          std::to_string(d.sector_size));
+    if (o.offset % d.sector_size != 0) return setup_failed("--offset is not a multiple of sector-size");
+    const std::uint64_t disk_bytes = d.bytes();
+    if (o.offset >= disk_bytes) return setup_failed("--offset is beyond the end of the disk");
+    const std::uint64_t bytes = o.size.value_or(disk_bytes - o.offset);
+    if (bytes > disk_bytes - o.offset) return setup_failed("--offset + --size is beyond the end of the disk");
+    if (bytes < o.bs) return setup_failed("the I/O region is smaller than one block");
+    if (o.flush_every && !d.flush)
+      return setup_failed("--flush-every, but the backend does not advertise feature-flush-cache");
+    if (tracker && (region_offset != o.offset || region_bytes != bytes))
+      return setup_failed("the disk changed size across a reconnect; verify cannot continue");
+    region_offset = o.offset;
+    region_bytes = bytes;
+    if (o.verify && !tracker) {
+      const std::uint64_t blocks = bytes / verify_block_size(o.bs);
+      if (blocks > max_verify_blocks)
+        return setup_failed("the region has too many verify blocks (" + std::to_string(blocks) +
+                            "); restrict it with --size");
+      tracker = std::make_unique<generation_tracker>(blocks);
+    }
+    return true;
+  }
+
+  workload_spec spec() const {
+    workload_spec w;
+    w.random = o.random;
+    w.read_pct = o.read_pct;
+    w.region_offset = region_offset;
+    w.region_bytes = region_bytes;
+    w.bs = o.bs;
+    w.flush_every = o.flush_every;
+    w.max_ios = o.ios;
+    w.max_bytes = o.bytes;
+    w.seed = o.seed;
+    return w;
+  }
+
+  // Returns false when the remaining cycles must be skipped.
+  bool run_workload(connection& c, bool first_cycle) {
+    engine_params p;
+    p.layout = c.layout.get();
+    p.handle = static_cast<std::uint16_t>(o.devid);
+    p.backend_domid = fe->backend_id();
+    p.neg = c.neg;
+    p.qd = o.qd;
+    p.bs = o.bs;
+    p.verify = o.verify;
+    p.policy = o.unwritten;
+    p.run_id = s.run_id;
+    p.region_offset = region_offset;
+    p.response_timeout = o.timeout;
+    engine e(*plat, c.queue_ptrs(), p, tracker.get());
+    std::string err;
+    if (!e.prepare(err)) return setup_failed(err);
+    s.effective_qd = e.effective_qd();
+    s.requests_per_io = e.requests_per_io();
+    s.indirect_in_use = e.uses_indirect();
+    auto watch = [this] { return fe->backend_left(); };
+
+    if (o.prefill && first_cycle) {
+      workload_spec w = spec();
+      w.random = false;
+      w.read_pct = 0;
+      w.flush_every = 0;
+      w.max_bytes = 0;
+      w.max_ios = region_bytes / o.bs;
+      workload fill(w);
+      run_stats ps;
+      log("prefilling " + std::to_string(w.max_ios) + " blocks");
+      const run_end end = e.run(fill, std::nullopt, ps, watch);
+      s.prefill_ios = ps.ops[1];
+      // Only what went wrong counts: the prefill is not part of the measurement.
+      s.stats.io_errors += ps.io_errors;
+      s.stats.eopnotsupp += ps.eopnotsupp;
+      for (const auto& m : ps.protocol_messages) s.stats.protocol_error("prefill: " + m);
+      if (end != run_end::completed) {
+        s.end = std::string(to_string(end));
+        interrupted = end == run_end::interrupted;
+        return false;
+      }
+    }
+
+    workload w(spec());
+    std::optional<clock::time_point> deadline;
+    if (o.runtime) deadline = clock::now() + std::chrono::duration_cast<clock::duration>(
+                                                 std::chrono::duration<double>(*o.runtime));
+    run_stats rs;
+    const run_end end = e.run(w, deadline, rs, watch);
+    s.stats.merge(rs);
+    if (end != run_end::completed) {
+      s.end = std::string(to_string(end));
+      interrupted = end == run_end::interrupted;
+      return false;
+    }
+    return true;
+  }
+
+  bool run_script(connection& c) {
+    std::variant<std::vector<command>, script_error> parsed;
+    if (o.script) {
+      auto text = slurp(*o.script);
+      if (!text) return setup_failed("cannot read " + *o.script);
+      parsed = parse_script(*text);
+    } else {
+      auto bytes = slurp(*o.raw_file);
+      if (!bytes) return setup_failed("cannot read " + *o.raw_file);
+      parsed = raw_file_script(*bytes, c.layout->slot_size(), o.timeout);
+    }
+    if (auto* e = std::get_if<script_error>(&parsed))
+      return setup_failed("script line " + std::to_string(e->line) + ": " + e->message);
+    script_runner::environment env;
+    env.plat = plat.get();
+    env.backend_domid = fe->backend_id();
+    env.queues = c.queue_ptrs();
+    env.layout = c.layout.get();
+    env.handle = static_cast<std::uint16_t>(o.devid);
+    env.backend_state = [this] { return fe->backend_state(); };
+    s.raw = script_runner(env).run(std::get<std::vector<command>>(parsed));
+    for (const auto& f : s.raw->failures) log("script: " + f);
+    return true;
+  }
+
+  void hold() {
+    std::optional<clock::time_point> deadline;
+    if (*o.hold > 0)
+      deadline = clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(*o.hold));
+    log("holding the connection");
+    for (;;) {
+      auto timeout = std::chrono::milliseconds(500);
+      if (deadline) {
+        const auto now = clock::now();
+        if (now >= *deadline) return;
+        timeout = std::min(timeout, std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - now) +
+                                        std::chrono::milliseconds(1));
+      }
+      const wait_result r = plat->wait(timeout);
+      if (r.signal) {
+        interrupted = true;
+        return;
+      }
+      // Like Linux's blkfront: a backend that goes Closing is followed to
+      // Closed by the close that comes next.
+      if (r.xenstore && fe->backend_left()) {
+        s.end = "backend_left";
+        return;
+      }
+    }
+  }
+
+  int main() {
+    s.domid = o.domid;
+    s.devid = o.devid;
+    s.allow_io_errors = o.allow_io_errors;
+    s.workload = o.workload;
+    s.rw = o.rw;
+    s.read_pct = o.read_pct;
+    s.bs = o.bs;
+    s.qd = o.qd;
+    s.verify = o.verify;
+    s.run_id = o.run_id ? *o.run_id : (std::uint64_t{std::random_device{}()} << 32 | std::random_device{}());
+    s.protocol = o.protocol_key ? *o.protocol_key : o.write_protocol_key ? o.protocol : "(none)";
+    run_cycles();
+    s.backend_states = fe ? fe->backend_states_seen() : std::vector<unsigned>{};
+    std::printf("%s\n", to_json(s).c_str());
+    std::fflush(stdout);
+    if (!o.quiet && !o.json) std::fputs(to_text(s).c_str(), stderr);
+    return exit_status(s);
+  }
+
+  void run_cycles() {
+    std::string err;
+    if (!xs.open(err)) return (void)setup_failed(err);
+    plat = std::make_unique<xen_platform>(&xs, sig.fd());
+    if (!plat->open(err)) return (void)setup_failed(err);
+    fe = std::make_unique<frontend>(xs, *plat, o);
+    if (!fe->discover(err)) return (void)setup_failed(err);
+    s.frontend = fe->frontend_dir();
+    s.backend = fe->backend_dir();
+    s.backend_id = fe->backend_id();
+
+    for (unsigned cycle = 0; cycle <= o.reconnect; ++cycle) {
+      s.cycles = cycle + 1;
+      connection c;
+      std::vector<std::string> perrs;
+      log("connecting (cycle " + std::to_string(cycle + 1) + ")");
+      if (!fe->connect(c, err, perrs)) {
+        for (const auto& m : perrs) s.stats.protocol_error(m);
+        if (cycle == 0) {
+          setup_failed(err);
+        } else {
+          // Reconnecting is the backend's job to get right.
+          s.end = "reconnect_failed";
+          s.error = err;
+        }
+        std::string ignored;
+        fe->close(c, ignored);
+        return;
+      }
+      for (const auto& m : perrs) s.stats.protocol_error(m);
+      s.features = c.features;
+      s.neg = c.neg;
+      s.disk = c.disk;
+      s.ring_entries = c.queues.empty() ? 0 : c.queues[0]->ring.size();
+      log("connected: " + std::to_string(c.disk.sectors) + " sectors, " +
+          std::to_string(c.neg.queues) + " queue(s), ring order " + std::to_string(c.neg.ring_page_order));
+
+      bool go_on = check_workload(c.disk);
+      if (go_on && cycle == 0 && (o.script || o.raw_file)) go_on = run_script(c);
+      if (go_on && o.workload) go_on = run_workload(c, cycle == 0);
+      const bool last = !go_on || cycle == o.reconnect || interrupted;
+      if (last && o.hold && !interrupted && go_on) hold();
+
+      if (last && o.no_close) return;
+      if (!fe->close(c, err)) s.stats.protocol_error("closing: " + err);
+      if (last) return;
+      ++s.reconnects;
+    }
+  }
+};
+
+}  // namespace
+
+int run_blkfront(const options& o) {
+  program p{o, {}, {}, {}, {}, {}, {}, 0, 0, false};
+  return p.main();
+}
+
+}  // namespace xbd::sim::blkfront

@@ -1,0 +1,243 @@
+#include "fake_backend.hpp"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <thread>
+
+#include "asio_xen/xen.hpp"
+
+namespace xbd::sim::blkfront::testing {
+
+shared_pages fake_platform::share(std::uint32_t domid, unsigned count, bool writable) {
+  if (count == 0 || shares_ >= fail_share_after) {
+    last_error_ = "fake: share refused";
+    return {};
+  }
+  ++shares_;
+  auto* mem = static_cast<std::byte*>(std::aligned_alloc(4096, std::size_t{count} * 4096));
+  std::memset(mem, 0, std::size_t{count} * 4096);
+  std::vector<std::uint32_t> refs;
+  for (unsigned i = 0; i < count; ++i) {
+    const std::uint32_t ref = next_gref_++;
+    grants_[ref] = grant{mem + std::size_t{i} * 4096, domid, writable};
+    refs.push_back(ref);
+  }
+  regions_[mem] = refs;
+  return shared_pages(this, mem, std::move(refs), writable);
+}
+
+void fake_platform::unshare(std::byte* addr, std::size_t count) {
+  auto it = regions_.find(addr);
+  if (it == regions_.end() || it->second.size() != count) throw std::logic_error("fake: bad unshare");
+  for (auto ref : it->second) grants_.erase(ref);
+  regions_.erase(it);
+  std::free(addr);
+}
+
+std::byte* fake_platform::map(std::uint32_t gref, std::uint32_t domid, bool write) const {
+  auto it = grants_.find(gref);
+  if (it == grants_.end() || it->second.domid != domid || (write && !it->second.writable)) return nullptr;
+  return it->second.page;
+}
+
+bound_port fake_platform::bind_unbound_port(std::uint32_t) {
+  const std::uint32_t p = next_port_++;
+  ports_.insert(p);
+  return bound_port(this, p);
+}
+
+void fake_platform::unbind(std::uint32_t port) { ports_.erase(port); }
+
+bool fake_platform::notify(std::uint32_t port) {
+  if (!ports_.contains(port)) {
+    last_error_ = "fake: notify on an unbound port";
+    return false;
+  }
+  ++notifications;
+  kicked.insert(port);
+  return true;
+}
+
+wait_result fake_platform::wait(std::chrono::milliseconds timeout) {
+  wait_result r;
+  if (backend) r.ports = backend();
+  // Let time pass when nothing happened, as a real wait would, so timeouts
+  // in the code under test can expire.
+  if (r.ports.empty()) std::this_thread::sleep_for(std::min(timeout, std::chrono::milliseconds(1)));
+  return r;
+}
+
+struct fake_backend::ring {
+  ring_queue* q = nullptr;
+  blkif_back_ring_t br{};
+  bool awake = false;
+  bool dead = false;
+};
+
+fake_backend::fake_backend(fake_platform& p, std::uint32_t self_domid, std::uint64_t sectors)
+    : disk(sectors * 512), p_(p), self_(self_domid) {}
+
+fake_backend::~fake_backend() = default;
+
+void fake_backend::attach(ring_queue& q) {
+  auto r = std::make_unique<ring>();
+  r->q = &q;
+  const auto& refs = q.ring_pages.refs();
+  std::byte* base = p_.map(refs.at(0), self_, true);
+  if (!base) throw std::logic_error("fake: ring page not granted to the backend");
+  for (std::size_t i = 1; i < refs.size(); ++i)
+    if (p_.map(refs[i], self_, true) != base + i * 4096) throw std::logic_error("fake: ring pages not contiguous");
+  auto* sring = reinterpret_cast<blkif_sring_t*>(base);
+  BACK_RING_INIT(&r->br, sring, refs.size() * 4096);
+  rings_.push_back(std::move(r));
+}
+
+std::int16_t fake_backend::handle_rw(std::uint8_t op, std::uint64_t sector,
+                                     const std::vector<std::array<std::uint32_t, 3>>& segs) {
+  if (segs.empty()) {
+    ++bad_requests;
+    return BLKIF_RSP_ERROR;
+  }
+  const bool read = op == BLKIF_OP_READ;
+  if (read && faults.stale_reads && snapshot_.empty()) snapshot_ = disk;
+  std::uint64_t off = sector * 512;
+  if (!read && faults.misdirect_writes) off += 8 * 512;
+  for (const auto& [gref, first, last] : segs) {
+    std::byte* page = p_.map(gref, self_, read);
+    if (!page || first > last || last > 7) {
+      ++bad_requests;
+      return BLKIF_RSP_ERROR;
+    }
+    const std::size_t len = (last - first + 1) * 512;
+    if (off + len > disk.size()) {
+      ++bad_requests;
+      return BLKIF_RSP_ERROR;
+    }
+    if (read) {
+      if (!faults.skip_read_data) {
+        const auto& src = faults.stale_reads ? snapshot_ : disk;
+        std::memcpy(page + first * 512, src.data() + off, len);
+        if (faults.corrupt_reads) page[first * 512 + 100] ^= std::byte{0x10};
+      }
+    } else if (!faults.drop_writes) {
+      std::memcpy(disk.data() + off, page + first * 512, len);
+    }
+    off += len;
+  }
+  if (!read && faults.error_writes) return BLKIF_RSP_ERROR;
+  return BLKIF_RSP_OKAY;
+}
+
+std::vector<std::uint32_t> fake_backend::service() {
+  std::vector<std::uint32_t> kick;
+  for (auto& rp : rings_) {
+    auto& r = *rp;
+    const std::uint32_t port = r.q->port.port();
+    if (p_.kicked.erase(port)) r.awake = true;
+    if (!r.awake || r.dead) continue;
+
+    const RING_IDX prod = r.br.sring->req_prod;
+    xen_rmb();
+    if (prod - r.br.req_cons > RING_SIZE(&r.br)) {
+      // What a real backend must do with a hostile index: stop this ring.
+      ++bad_requests;
+      r.dead = true;
+      continue;
+    }
+    struct answer {
+      std::uint64_t id;
+      std::uint8_t op;
+      std::int16_t status;
+    };
+    std::vector<answer> answers;
+    unsigned taken = 0;
+    while (r.br.req_cons != prod && (faults.batch_limit == 0 || taken < faults.batch_limit)) {
+      blkif_request_t req;
+      std::memcpy(&req, RING_GET_REQUEST(&r.br, r.br.req_cons), sizeof req);
+      ++r.br.req_cons;
+      ++taken;
+      ++ops_seen[req.operation];
+      ids_seen.push_back(req.id);
+      answer a{req.id, req.operation, BLKIF_RSP_OKAY};
+      std::vector<std::array<std::uint32_t, 3>> segs;
+      switch (req.operation) {
+        case BLKIF_OP_READ:
+        case BLKIF_OP_WRITE:
+          if (req.nr_segments > BLKIF_MAX_SEGMENTS_PER_REQUEST) {
+            ++bad_requests;
+            a.status = BLKIF_RSP_ERROR;
+            break;
+          }
+          for (unsigned i = 0; i < req.nr_segments; ++i)
+            segs.push_back({req.seg[i].gref, req.seg[i].first_sect, req.seg[i].last_sect});
+          max_segments_seen = std::max<std::uint64_t>(max_segments_seen, segs.size());
+          a.status = handle_rw(req.operation, req.sector_number, segs);
+          break;
+        case BLKIF_OP_INDIRECT: {
+          blkif_request_indirect_t ind;
+          std::memcpy(&ind, &req, sizeof ind);
+          ++indirect_seen;
+          a.op = faults.echo_indirect_op ? BLKIF_OP_INDIRECT : ind.indirect_op;
+          const unsigned per_page = 4096 / sizeof(struct blkif_request_segment);
+          const unsigned pages = (ind.nr_segments + per_page - 1) / per_page;
+          if (pages > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST ||
+              (ind.indirect_op != BLKIF_OP_READ && ind.indirect_op != BLKIF_OP_WRITE)) {
+            ++bad_requests;
+            a.status = BLKIF_RSP_ERROR;
+            break;
+          }
+          bool ok = true;
+          for (unsigned i = 0; i < ind.nr_segments && ok; ++i) {
+            const std::byte* page = p_.map(ind.indirect_grefs[i / per_page], self_, false);
+            if (!page) {
+              ok = false;
+              break;
+            }
+            struct blkif_request_segment s;
+            std::memcpy(&s, page + (i % per_page) * sizeof s, sizeof s);
+            segs.push_back({s.gref, s.first_sect, s.last_sect});
+          }
+          if (!ok) {
+            ++bad_requests;
+            a.status = BLKIF_RSP_ERROR;
+            break;
+          }
+          max_segments_seen = std::max<std::uint64_t>(max_segments_seen, segs.size());
+          a.status = handle_rw(ind.indirect_op, ind.sector_number, segs);
+          break;
+        }
+        case BLKIF_OP_FLUSH_DISKCACHE:
+          break;
+        default:
+          a.status = BLKIF_RSP_EOPNOTSUPP;
+      }
+      if (faults.wrong_id) a.id += 1;
+      answers.push_back(a);
+    }
+    if (faults.silent) {
+      r.awake = false;
+      continue;
+    }
+    if (faults.reverse_order) std::reverse(answers.begin(), answers.end());
+    if (faults.extra_response && !answers.empty()) answers.push_back({12345, 0, 0});
+    for (const auto& a : answers) {
+      blkif_response_t* rsp = RING_GET_RESPONSE(&r.br, r.br.rsp_prod_pvt);
+      std::memset(rsp, 0, sizeof *rsp);
+      rsp->id = a.id;
+      rsp->operation = a.op;
+      rsp->status = a.status;
+      ++r.br.rsp_prod_pvt;
+    }
+    int notify = 0;
+    RING_PUSH_RESPONSES_AND_CHECK_NOTIFY(&r.br, notify);
+    if (notify) kick.push_back(port);
+    int more = 0;
+    RING_FINAL_CHECK_FOR_REQUESTS(&r.br, more);
+    r.awake = more != 0;
+  }
+  return kick;
+}
+
+}  // namespace xbd::sim::blkfront::testing

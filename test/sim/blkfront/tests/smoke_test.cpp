@@ -1,0 +1,499 @@
+// blkfront-sim end to end, the way the integration tests will run it: a real
+// xenstored (test/sim/xenstored), the vbd nodes libxl writes
+// (test/sim/toolstack), libxensim for event channels and grants
+// (test/sim/xensim), and the real blkfront-sim binary as domain 5. The
+// backend is a tiny one in this process (domain 0) on the public Xen
+// libraries, standing in until the daemon exists.
+#include <doctest/doctest.h>
+#include <poll.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <thread>
+#include <vector>
+
+#include "asio_xen/xen.hpp"
+#include "toolstack.hpp"
+#include "xenstored.hpp"
+
+extern char** environ;
+
+namespace {
+
+constexpr unsigned guest = 5;
+constexpr std::uint64_t disk_sectors = 16384;  // 8 MiB
+
+std::optional<std::string> xs_get(xs_handle* h, const std::string& path) {
+  unsigned len = 0;
+  void* v = xs_read(h, XBT_NULL, path.c_str(), &len);
+  if (!v) return std::nullopt;
+  std::string s(static_cast<char*>(v), len);
+  free(v);
+  return s;
+}
+
+void xs_put(xs_handle* h, const std::string& path, const std::string& v) {
+  REQUIRE(xs_write(h, XBT_NULL, path.c_str(), v.data(), static_cast<unsigned>(v.size())));
+}
+
+unsigned xs_num(xs_handle* h, const std::string& path, unsigned def) {
+  auto v = xs_get(h, path);
+  return v ? static_cast<unsigned>(std::stoul(*v)) : def;
+}
+
+// A minimal blkback: publishes limits, connects the rings the frontend
+// offers, serves READ/WRITE/INDIRECT/FLUSH from memory by mapping each
+// segment's grant, and follows the frontend through Closing/Closed and back
+// to Initialising.
+class tiny_backend {
+ public:
+  tiny_backend(std::string be, std::string fe) : be_(std::move(be)), fe_(std::move(fe)), disk_(disk_sectors * 512) {}
+  ~tiny_backend() { stop(); }
+
+  void start() { thread_ = std::thread([this] { run(); }); }
+  void stop() {
+    stop_ = true;
+    if (thread_.joinable()) thread_.join();
+  }
+
+  std::atomic<unsigned> connects{0};
+  std::atomic<unsigned> closes{0};
+  std::atomic<std::uint64_t> requests{0};
+  std::atomic<std::uint64_t> indirect{0};
+  std::atomic<std::uint64_t> flushes{0};
+  std::atomic<std::uint64_t> errors{0};
+  std::map<std::string, std::string> seen_keys;  // frontend keys at the last connect
+
+ private:
+  struct ring {
+    void* mem = nullptr;
+    unsigned pages = 0;
+    blkif_back_ring_t br{};
+    evtchn_port_t port = 0;
+  };
+
+  void set_state(unsigned s) {
+    state_ = s;
+    xs_put(xs_, be_ + "/state", std::to_string(s));
+  }
+
+  void publish_limits() {
+    xs_put(xs_, be_ + "/max-ring-page-order", "2");
+    xs_put(xs_, be_ + "/multi-queue-max-queues", "4");
+    xs_put(xs_, be_ + "/feature-max-indirect-segments", "32");
+    xs_put(xs_, be_ + "/feature-flush-cache", "1");
+    xs_put(xs_, be_ + "/feature-persistent", "0");
+    set_state(XenbusStateInitWait);
+  }
+
+  bool connect() {
+    seen_keys.clear();
+    unsigned n = 0;
+    char** list = xs_directory(xs_, XBT_NULL, fe_.c_str(), &n);
+    for (unsigned i = 0; i < n; ++i)
+      if (auto v = xs_get(xs_, fe_ + "/" + list[i])) seen_keys[list[i]] = *v;
+    free(list);
+
+    const unsigned order = xs_num(xs_, fe_ + "/ring-page-order", 0);
+    const unsigned queues = xs_num(xs_, fe_ + "/multi-queue-num-queues", 1);
+    if (order > 2 || queues == 0 || queues > 4) return false;
+    for (unsigned q = 0; q < queues; ++q) {
+      const std::string dir = queues == 1 ? fe_ : fe_ + "/queue-" + std::to_string(q);
+      ring r;
+      r.pages = 1u << order;
+      std::vector<std::uint32_t> refs;
+      if (!xs_get(xs_, fe_ + "/ring-page-order")) {
+        refs.push_back(xs_num(xs_, dir + "/ring-ref", 0));
+      } else {
+        for (unsigned i = 0; i < r.pages; ++i) refs.push_back(xs_num(xs_, dir + "/ring-ref" + std::to_string(i), 0));
+      }
+      r.mem = xengnttab_map_domain_grant_refs(gt_, r.pages, guest, refs.data(), PROT_READ | PROT_WRITE);
+      if (!r.mem) return false;
+      BACK_RING_INIT(&r.br, static_cast<blkif_sring_t*>(r.mem), r.pages * 4096);
+      const int p = xenevtchn_bind_interdomain(ev_, guest, xs_num(xs_, dir + "/event-channel", 0));
+      if (p < 0) return false;
+      r.port = static_cast<evtchn_port_t>(p);
+      rings_.push_back(r);
+    }
+    xs_put(xs_, be_ + "/sectors", std::to_string(disk_sectors));
+    xs_put(xs_, be_ + "/info", "0");
+    xs_put(xs_, be_ + "/sector-size", "512");
+    set_state(XenbusStateConnected);
+    ++connects;
+    return true;
+  }
+
+  void disconnect() {
+    for (auto& r : rings_) {
+      xengnttab_unmap(gt_, r.mem, r.pages);
+      xenevtchn_unbind(ev_, r.port);
+    }
+    rings_.clear();
+  }
+
+  std::int16_t transfer(std::uint8_t op, std::uint64_t sector,
+                        const std::vector<struct blkif_request_segment>& segs) {
+    std::uint64_t off = sector * 512;
+    for (const auto& s : segs) {
+      const bool read = op == BLKIF_OP_READ;
+      if (s.first_sect > s.last_sect || s.last_sect > 7) return BLKIF_RSP_ERROR;
+      const std::size_t len = (s.last_sect - s.first_sect + 1) * 512u;
+      if (off + len > disk_.size()) return BLKIF_RSP_ERROR;
+      auto* page = static_cast<std::byte*>(
+          xengnttab_map_grant_ref(gt_, guest, s.gref, read ? PROT_READ | PROT_WRITE : PROT_READ));
+      if (!page) return BLKIF_RSP_ERROR;
+      if (read) std::memcpy(page + s.first_sect * 512, disk_.data() + off, len);
+      else std::memcpy(disk_.data() + off, page + s.first_sect * 512, len);
+      xengnttab_unmap(gt_, page, 1);
+      off += len;
+    }
+    return BLKIF_RSP_OKAY;
+  }
+
+  void serve(ring& r) {
+    int more = 1;
+    while (more) {
+      const RING_IDX prod = r.br.sring->req_prod;
+      xen_rmb();
+      while (r.br.req_cons != prod) {
+        blkif_request_t req;
+        std::memcpy(&req, RING_GET_REQUEST(&r.br, r.br.req_cons), sizeof req);
+        ++r.br.req_cons;
+        ++requests;
+        std::uint8_t op = req.operation;
+        std::int16_t st = BLKIF_RSP_OKAY;
+        std::vector<struct blkif_request_segment> segs;
+        if (op == BLKIF_OP_READ || op == BLKIF_OP_WRITE) {
+          segs.assign(req.seg, req.seg + std::min<unsigned>(req.nr_segments, BLKIF_MAX_SEGMENTS_PER_REQUEST));
+          st = transfer(op, req.sector_number, segs);
+        } else if (op == BLKIF_OP_INDIRECT) {
+          blkif_request_indirect_t ind;
+          std::memcpy(&ind, &req, sizeof ind);
+          ++indirect;
+          op = ind.indirect_op;
+          const unsigned pages = (ind.nr_segments + 511) / 512;
+          void* tbl = pages <= BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST
+                          ? xengnttab_map_domain_grant_refs(gt_, pages, guest, ind.indirect_grefs, PROT_READ)
+                          : nullptr;
+          if (!tbl) {
+            st = BLKIF_RSP_ERROR;
+          } else {
+            segs.resize(ind.nr_segments);
+            std::memcpy(segs.data(), tbl, segs.size() * sizeof segs[0]);
+            xengnttab_unmap(gt_, tbl, pages);
+            st = transfer(op, ind.sector_number, segs);
+          }
+        } else if (op == BLKIF_OP_FLUSH_DISKCACHE) {
+          ++flushes;
+        } else {
+          st = BLKIF_RSP_EOPNOTSUPP;
+        }
+        if (st == BLKIF_RSP_ERROR) ++errors;
+        blkif_response_t* rsp = RING_GET_RESPONSE(&r.br, r.br.rsp_prod_pvt);
+        std::memset(rsp, 0, sizeof *rsp);
+        rsp->id = req.id;
+        rsp->operation = op;
+        rsp->status = st;
+        ++r.br.rsp_prod_pvt;
+      }
+      int notify = 0;
+      RING_PUSH_RESPONSES_AND_CHECK_NOTIFY(&r.br, notify);
+      if (notify) xenevtchn_notify(ev_, r.port);
+      RING_FINAL_CHECK_FOR_REQUESTS(&r.br, more);
+    }
+  }
+
+  void on_frontend_state() {
+    const unsigned fs = xs_num(xs_, fe_ + "/state", 0);
+    if ((fs == XenbusStateInitialised || fs == XenbusStateConnected) && state_ == XenbusStateInitWait) {
+      if (!connect()) {
+        ++errors;
+        disconnect();
+        set_state(XenbusStateClosing);
+      }
+    } else if (fs == XenbusStateClosing && state_ == XenbusStateConnected) {
+      set_state(XenbusStateClosing);
+    } else if (fs == XenbusStateClosed && state_ != XenbusStateClosed) {
+      disconnect();
+      set_state(XenbusStateClosed);
+      ++closes;
+    } else if (fs == XenbusStateInitialising && state_ == XenbusStateClosed) {
+      publish_limits();
+    }
+  }
+
+  void run() {
+    xs_ = xs_open(0);
+    gt_ = xengnttab_open(nullptr, 0);
+    ev_ = xenevtchn_open(nullptr, 0);
+    if (!xs_ || !gt_ || !ev_) {
+      ++errors;
+      return;
+    }
+    xs_watch(xs_, (fe_ + "/state").c_str(), "fe");
+    publish_limits();
+    while (!stop_) {
+      pollfd fds[2] = {{xs_fileno(xs_), POLLIN, 0}, {xenevtchn_fd(ev_), POLLIN, 0}};
+      if (poll(fds, 2, 20) <= 0) continue;
+      if (fds[0].revents & POLLIN) {
+        while (char** e = xs_check_watch(xs_)) free(e);
+        on_frontend_state();
+      }
+      if (fds[1].revents & POLLIN) {
+        const int p = xenevtchn_pending(ev_);
+        if (p >= 0) xenevtchn_unmask(ev_, static_cast<evtchn_port_t>(p));
+        for (auto& r : rings_)
+          if (static_cast<int>(r.port) == p) serve(r);
+      }
+    }
+    disconnect();
+    xenevtchn_close(ev_);
+    xengnttab_close(gt_);
+    xs_close(xs_);
+  }
+
+  std::string be_, fe_;
+  std::vector<std::byte> disk_;
+  std::vector<ring> rings_;
+  unsigned state_ = 0;
+  xs_handle* xs_ = nullptr;
+  xengnttab_handle* gt_ = nullptr;
+  xenevtchn_handle* ev_ = nullptr;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
+};
+
+// A simulated Xen for one test: xenstored, the domain, its disk, the
+// backend, and a private xensim directory.
+struct world {
+  xbd::sim::xenstored xsd;
+  std::string sim_dir;
+  std::uint32_t devid = 0;
+  std::string fe, be;
+  std::unique_ptr<tiny_backend> backend;
+
+  world() {
+    xsd.export_env();
+    char t[] = "/dev/shm/bfs.XXXXXX";
+    REQUIRE(mkdtemp(t));
+    sim_dir = t;
+    setenv("XENSIM_DIR", sim_dir.c_str(), 1);
+    setenv("XENSIM_DOMID", "0", 1);
+    xbd::sim::toolstack ts;
+    xbd::sim::domain_spec dom;
+    dom.domid = guest;
+    ts.create_domain(dom);
+    xbd::sim::disk_spec disk;
+    disk.domid = guest;
+    disk.vdev = "xvda";
+    disk.target = "/dev/null";
+    devid = ts.add_disk(disk);
+    fe = xbd::sim::toolstack::frontend_vbd_path(guest, devid);
+    be = xbd::sim::toolstack::backend_path(0, "qdisk", guest, devid);
+    backend = std::make_unique<tiny_backend>(be, fe);
+    backend->start();
+    REQUIRE(ts.wait_backend_state(guest, devid, XenbusStateInitWait, std::chrono::seconds(10)));
+  }
+  ~world() {
+    backend.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(sim_dir, ec);
+  }
+
+  struct child {
+    pid_t pid = -1;
+    int out_fd = -1;
+  };
+  struct result {
+    int status = -1;
+    std::string out;
+  };
+
+  // Starts blkfront-sim as domain 5 with the simulator in place of the Xen
+  // libraries (LD_LIBRARY_PATH to xensim's soname links).
+  child start(std::vector<std::string> args) {
+    args.insert(args.begin(), {BLKFRONT_SIM_BIN, "--domid", std::to_string(guest), "--devid",
+                               std::to_string(devid), "--json", "--timeout", "10"});
+    std::vector<std::string> env;
+    for (char** e = environ; *e; ++e)
+      if (std::strncmp(*e, "XENSIM_DOMID=", 13) != 0 && std::strncmp(*e, "LD_LIBRARY_PATH=", 16) != 0)
+        env.emplace_back(*e);
+    env.push_back("XENSIM_DOMID=" + std::to_string(guest));
+    env.push_back(std::string("LD_LIBRARY_PATH=") + XENSIM_LIBDIR_PATH);
+    std::vector<char*> argv, envp;
+    for (auto& a : args) argv.push_back(a.data());
+    argv.push_back(nullptr);
+    for (auto& e : env) envp.push_back(e.data());
+    envp.push_back(nullptr);
+    int pipefd[2];
+    REQUIRE(pipe(pipefd) == 0);
+    const pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      dup2(pipefd[1], 1);
+      close(pipefd[0]);
+      close(pipefd[1]);
+      execve(argv[0], argv.data(), envp.data());
+      _exit(127);
+    }
+    close(pipefd[1]);
+    return child{pid, pipefd[0]};
+  }
+
+  // Collects the child's stdout and exit status (SIGKILL after `limit`).
+  static result finish(child c, std::chrono::seconds limit = std::chrono::seconds(60)) {
+    result r;
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    char buf[4096];
+    for (;;) {
+      pollfd p{c.out_fd, POLLIN, 0};
+      if (poll(&p, 1, 100) > 0) {
+        const ssize_t n = read(c.out_fd, buf, sizeof buf);
+        if (n <= 0) break;
+        r.out.append(buf, static_cast<std::size_t>(n));
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        kill(c.pid, SIGKILL);
+        break;
+      }
+    }
+    close(c.out_fd);
+    int st = 0;
+    waitpid(c.pid, &st, 0);
+    r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    return r;
+  }
+
+  result blkfront(std::vector<std::string> args) { return finish(start(std::move(args))); }
+
+  bool wait_frontend_state(unsigned state, std::chrono::seconds limit = std::chrono::seconds(10)) {
+    auto xs = xsd.open_dom0();
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (xs_get(xs.get(), fe + "/state") == std::to_string(state)) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+};
+
+bool has(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+
+}  // namespace
+
+TEST_CASE("verified random I/O over 2 queues, 4-page rings, indirect, flush, one reconnect") {
+  world w;
+  auto r = w.blkfront({"--rw", "randrw", "--verify", "--bs", "64k", "--qd", "8", "--ios", "400",
+                       "--queues", "2", "--ring-order", "2", "--indirect", "32", "--flush-every", "50",
+                       "--reconnect", "1"});
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "\"ok\":true"));
+  CHECK(has(r.out, "\"queues\":2"));
+  CHECK(has(r.out, "\"ring_page_order\":2"));
+  CHECK(has(r.out, "\"indirect_segments\":32"));
+  CHECK(has(r.out, "\"indirect_in_use\":true"));
+  CHECK(has(r.out, "\"mismatches\":0"));
+  CHECK(has(r.out, "\"reconnects\":1"));
+  CHECK(has(r.out, "\"backend_states\":[2,4,5,6,2,4,5,6]"));
+  CHECK(w.backend->connects == 2);
+  CHECK(w.backend->closes == 2);
+  CHECK(w.backend->indirect > 0);
+  CHECK(w.backend->flushes > 0);
+  CHECK(w.backend->errors == 0);
+  // The keys of the last connection, as blkif.h spells multi-queue.
+  CHECK(w.backend->seen_keys["multi-queue-num-queues"] == "2");
+  CHECK(w.backend->seen_keys["ring-page-order"] == "2");
+  CHECK(w.backend->seen_keys["protocol"] == "x86_64-abi");
+  CHECK_FALSE(w.backend->seen_keys.contains("ring-ref"));
+  CHECK_FALSE(w.backend->seen_keys.contains("event-channel"));
+}
+
+TEST_CASE("a single-page ring, single queue, direct requests only") {
+  world w;
+  auto r = w.blkfront({"--rw", "write", "--ring-order", "0", "--indirect", "0", "--ios", "100",
+                       "--verify", "--bs", "8k"});
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "\"ring_entries\":32"));
+  CHECK(w.backend->indirect == 0);
+  CHECK(w.backend->seen_keys.contains("ring-ref"));
+  CHECK(w.backend->seen_keys.contains("event-channel"));
+  CHECK_FALSE(w.backend->seen_keys.contains("ring-page-order"));
+}
+
+TEST_CASE("a raw script gets EOPNOTSUPP for an unknown operation") {
+  world w;
+  const std::string script = w.sim_dir + "/script.txt";
+  std::ofstream(script) << "req op=0x63 id=9\npush\nwait 1 5000\nexpect 9 eopnotsupp\n";
+  auto r = w.blkfront({"--script", script});
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "\"responses\":[{\"queue\":0,\"id\":9,\"op\":99,\"status\":-2}]"));
+}
+
+TEST_CASE("a device that does not exist is a setup failure (exit 2)") {
+  world w;
+  auto r = w.blkfront({"--devid", "1234", "--rw", "read"});
+  CHECK(r.status == 2);
+  CHECK(has(r.out, "\"end\":\"setup_failed\""));
+}
+
+TEST_CASE("hold keeps the connection until SIGTERM, then closes properly") {
+  world w;
+  auto c = w.start({"--rw", "none", "--hold", "0"});
+  REQUIRE(w.wait_frontend_state(XenbusStateConnected));
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  CHECK(w.backend->closes == 0);
+  kill(c.pid, SIGTERM);
+  auto r = world::finish(c);
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK(w.backend->closes == 1);
+  CHECK(has(r.out, "\"backend_states\":[2,4,5,6]"));
+}
+
+TEST_CASE("hold follows a backend that closes, like Linux's blkfront") {
+  world w;
+  auto c = w.start({"--rw", "none", "--hold", "0"});
+  REQUIRE(w.wait_frontend_state(XenbusStateConnected));
+  xs_put(w.xsd.open_dom0().get(), w.be + "/state", "5");  // what a toolstack unplug does
+  auto r = world::finish(c);
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "\"end\":\"backend_left\""));
+  CHECK(w.wait_frontend_state(XenbusStateClosed));
+}
+
+TEST_CASE("after --no-close, the next run closes the stale connection first") {
+  world w;
+  auto r1 = w.blkfront({"--rw", "write", "--ios", "10", "--verify", "--no-close"});
+  INFO(r1.out);
+  CHECK(r1.status == 0);
+  CHECK(w.wait_frontend_state(XenbusStateConnected, std::chrono::seconds(1)));
+  CHECK(w.backend->closes == 0);
+  auto r2 = w.blkfront({"--rw", "read", "--ios", "10"});
+  INFO(r2.out);
+  CHECK(r2.status == 0);
+  CHECK(w.backend->connects == 2);
+  CHECK(w.backend->closes == 2);
+}
+
+TEST_CASE("a timed run with a prefilled region verifies every read") {
+  world w;
+  auto r = w.blkfront({"--rw", "randread", "--runtime", "1", "--qd", "32", "--verify", "--prefill",
+                       "--size", "1m", "--offset", "1m", "--ring-order", "1"});
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "\"prefill_ios\":256"));
+  CHECK(has(r.out, "\"runtime_s\":1.0"));
+  CHECK(has(r.out, "\"mismatches\":0"));
+  CHECK_FALSE(has(r.out, "\"blocks_checked\":0,"));
+}

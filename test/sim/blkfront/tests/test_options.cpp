@@ -1,0 +1,103 @@
+#include <doctest/doctest.h>
+
+#include "blkfront/options.hpp"
+
+using namespace xbd::sim::blkfront;
+
+namespace {
+parse_result parse(std::initializer_list<const char*> a) {
+  std::vector<std::string> args{"--domid", "5", "--devid", "51712"};
+  args.insert(args.end(), a.begin(), a.end());
+  return parse_options(args);
+}
+std::string error_of(const parse_result& r) {
+  auto* e = std::get_if<std::string>(&r);
+  return e ? *e : std::string();
+}
+}  // namespace
+
+TEST_CASE("sizes take k, m, g suffixes in powers of 1024") {
+  CHECK(parse_size("4096") == 4096u);
+  CHECK(parse_size("4k") == 4096u);
+  CHECK(parse_size("1M") == 1048576u);
+  CHECK(parse_size("2g") == 2147483648u);
+  CHECK_FALSE(parse_size("4kb"));
+  CHECK_FALSE(parse_size("k"));
+  CHECK_FALSE(parse_size("-4k"));
+  CHECK_FALSE(parse_size("99999999999999999999k"));
+}
+
+TEST_CASE("the issue's example command line parses") {
+  auto r = parse({"--rw", "randrw", "--read-pct", "70", "--bs", "4096", "--qd", "32", "--runtime", "10",
+                  "--verify", "--flush-every", "100", "--queues", "4", "--ring-order", "2",
+                  "--indirect", "64", "--protocol", "x86_64-abi", "--json", "--backend-path",
+                  "/local/domain/0/backend/qdisk/5/51712"});
+  REQUIRE(std::holds_alternative<options>(r));
+  const auto& o = std::get<options>(r);
+  CHECK(o.domid == 5);
+  CHECK(o.devid == 51712);
+  CHECK(o.random);
+  CHECK(o.read_pct == 70);
+  CHECK(o.bs == 4096);
+  CHECK(o.qd == 32);
+  CHECK(o.runtime == 10.0);
+  CHECK(o.verify);
+  CHECK(o.flush_every == 100);
+  CHECK(o.wishes.queues == 4);
+  CHECK(o.wishes.ring_page_order == 2);
+  CHECK(o.wishes.indirect_segments == 64);
+  CHECK(o.protocol == "x86_64-abi");
+  CHECK(o.json);
+  CHECK(o.backend_path == "/local/domain/0/backend/qdisk/5/51712");
+}
+
+TEST_CASE("--rw modes set order and read share, --opt=value works too") {
+  auto r = parse({"--rw=write", "--bytes=1m"});
+  REQUIRE(std::holds_alternative<options>(r));
+  CHECK_FALSE(std::get<options>(r).random);
+  CHECK(std::get<options>(r).read_pct == 0);
+  CHECK(std::get<options>(r).bytes == 1048576u);
+  CHECK_FALSE(std::get<options>(r).runtime);  // a byte budget replaces the default runtime
+
+  r = parse({"--rw", "rw"});
+  CHECK(std::get<options>(r).read_pct == 50);
+  CHECK(std::get<options>(r).runtime == 5.0);
+  r = parse({"--read-pct", "10", "--rw", "randrw"});
+  CHECK(std::get<options>(r).read_pct == 10);
+  r = parse({"--rw", "none"});
+  CHECK_FALSE(std::get<options>(r).workload);
+}
+
+TEST_CASE("raw mode runs no workload unless one is asked for") {
+  CHECK_FALSE(std::get<options>(parse({"--script", "x.txt"})).workload);
+  CHECK(std::get<options>(parse({"--script", "x.txt", "--rw", "read"})).workload);
+  CHECK(std::get<options>(parse({"--raw-file", "x.bin"})).raw_file == "x.bin");
+}
+
+TEST_CASE("bad command lines are refused with a reason") {
+  CHECK(error_of(parse_options({"--devid", "1"})).find("--domid") != std::string::npos);
+  CHECK(error_of(parse_options({"--domid", "1"})).find("--devid") != std::string::npos);
+  CHECK(error_of(parse({"--bs", "1000"})).find("512") != std::string::npos);
+  CHECK(error_of(parse({"--qd", "0"})).find("qd") != std::string::npos);
+  CHECK(error_of(parse({"--queues", "0"})).find("queues") != std::string::npos);
+  CHECK(error_of(parse({"--ring-order", "9"})).find("ring-order") != std::string::npos);
+  CHECK(error_of(parse({"--rw", "sideways"})).find("sideways") != std::string::npos);
+  CHECK(error_of(parse({"--protocol", "x86_32-abi"})).find("not implemented") != std::string::npos);
+  CHECK(error_of(parse({"--read-pct", "101", "--rw", "randrw"})) != "");
+  CHECK(error_of(parse({"--read-pct", "50", "--rw", "read"})).find("read-pct") != std::string::npos);
+  CHECK(error_of(parse({"--prefill"})).find("--verify") != std::string::npos);
+  CHECK(error_of(parse({"--bogus"})).find("--bogus") != std::string::npos);
+  CHECK(error_of(parse({"--qd"})).find("needs a value") != std::string::npos);
+  CHECK(error_of(parse({"--verify=1"})).find("takes no value") != std::string::npos);
+  CHECK(error_of(parse({"--verify-unwritten", "maybe"})) != "");
+  CHECK(error_of(parse({"--script", "a", "--raw-file", "b"})) != "");
+  CHECK(std::holds_alternative<help_requested>(parse({"--help"})));
+}
+
+TEST_CASE("protocol none leaves the key out, --protocol-key writes anything") {
+  auto o = std::get<options>(parse({"--protocol", "none"}));
+  CHECK_FALSE(o.write_protocol_key);
+  o = std::get<options>(parse({"--protocol-key", "garbage-abi"}));
+  CHECK(o.protocol_key == "garbage-abi");
+  CHECK(o.protocol == "x86_64-abi");
+}

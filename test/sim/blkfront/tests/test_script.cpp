@@ -1,0 +1,221 @@
+#include <doctest/doctest.h>
+
+#include <cstring>
+
+#include "asio_xen/xen.hpp"
+#include "blkfront/script.hpp"
+#include "fake_backend.hpp"
+
+using namespace xbd::sim::blkfront;
+using namespace xbd::sim::blkfront::testing;
+
+namespace {
+
+std::vector<command> parsed(std::string_view text) {
+  auto r = parse_script(text);
+  if (auto* e = std::get_if<script_error>(&r)) FAIL("line " << e->line << ": " << e->message);
+  return std::get<std::vector<command>>(r);
+}
+
+script_error error_of(std::string_view text) {
+  auto r = parse_script(text);
+  if (auto* e = std::get_if<script_error>(&r)) return *e;
+  return {};
+}
+
+// A connected one-queue device on the fake platform.
+struct rig {
+  fake_platform p;
+  std::unique_ptr<ring_queue> q;
+  std::unique_ptr<fake_backend> be;
+  std::unique_ptr<abi> layout = make_abi("x86_64-abi");
+
+  rig() {
+    std::string err;
+    q = make_ring_queue(p, 0, 0, 1, layout->slot_size(), err);
+    REQUIRE(q);
+    be = std::make_unique<fake_backend>(p, 0, 2048);
+    be->attach(*q);
+    p.backend = [this] { return be->service(); };
+  }
+
+  script_result run(std::string_view text, std::optional<unsigned> state = 4) {
+    script_runner::environment env;
+    env.plat = &p;
+    env.queues = {q.get()};
+    env.layout = layout.get();
+    env.handle = 0xca00;
+    env.backend_state = [state] { return state; };
+    return script_runner(env).run(parsed(text));
+  }
+};
+
+}  // namespace
+
+TEST_CASE("hex bytes: pairs of hex digits, spaces allowed") {
+  CHECK(parse_hex("00ff 0A") == std::vector<std::byte>{std::byte{0}, std::byte{0xff}, std::byte{0x0a}});
+  CHECK_FALSE(parse_hex("0"));
+  CHECK_FALSE(parse_hex("0g"));
+  CHECK_FALSE(parse_hex(""));
+}
+
+TEST_CASE("script syntax errors name the line") {
+  CHECK(error_of("push\n\nfrobnicate 1\n").line == 3);
+  CHECK(error_of("req nseg=1\n").message.find("op=") != std::string::npos);
+  CHECK(error_of("req op=read colour=blue\n").message.find("colour") != std::string::npos);
+  CHECK(error_of("req op=read seg=1:2\n").line == 1);
+  CHECK(error_of("req op=read seg=a:0:9999\n").line == 1);
+  CHECK(error_of("ireq iop=read igref=1 igref=2 igref=3 igref=4 igref=5 igref=6 igref=7 igref=8 igref=9\n").line == 1);
+  CHECK(error_of("raw 0\n").line == 1);
+  CHECK(error_of("pages ring 1 rw\n").line == 1);
+  CHECK(error_of("pages buf 1 rx\n").line == 1);
+  CHECK(error_of("wait 1 100 hard\n").line == 1);
+  CHECK(error_of("expect 1 maybe\n").line == 1);
+  CHECK(error_of("expect-state sleepy\n").line == 1);
+  CHECK(error_of("push now\n").line == 1);
+  CHECK(error_of("seg buf:0 512 1 0 7\n").line == 1);
+}
+
+TEST_CASE("comments and blank lines are ignored, key=value fields keep their order") {
+  auto cmds = parsed("# a comment\n\n  req op=write id=7 seg=buf:0:0:7 seg=9:1:2  # trailing\npush\n");
+  REQUIRE(cmds.size() == 2);
+  CHECK(cmds[0].v == verb::req);
+  CHECK(cmds[0].line == 3);
+  REQUIRE(cmds[0].fields.size() == 4);
+  CHECK(cmds[0].fields[2].second == "buf:0:0:7");
+  CHECK(cmds[1].v == verb::push);
+}
+
+TEST_CASE("a raw file becomes one raw slot per image, a push and a soft wait") {
+  std::string bytes(224, '\0');
+  bytes[0] = 1;
+  bytes[112] = '\x63';
+  auto r = raw_file_script(bytes, 112, std::chrono::milliseconds(50));
+  REQUIRE(std::holds_alternative<std::vector<command>>(r));
+  const auto& cmds = std::get<std::vector<command>>(r);
+  REQUIRE(cmds.size() == 4);
+  CHECK(cmds[0].v == verb::raw);
+  CHECK(cmds[0].args[0].substr(0, 4) == "0100");
+  CHECK(cmds[1].args[0].substr(0, 2) == "63");
+  CHECK(cmds[2].v == verb::push);
+  CHECK(cmds[3].v == verb::wait);
+  CHECK(cmds[3].args == std::vector<std::string>{"2", "50", "soft"});
+  CHECK(std::holds_alternative<script_error>(raw_file_script(std::string(100, 'x'), 112, std::chrono::milliseconds(1))));
+}
+
+TEST_CASE("a scripted write and read reach the disk and come back") {
+  rig r;
+  auto res = r.run(R"(
+    pages buf 2 rw
+    fill buf:0 0x5a
+    req op=write id=1 sector=16 seg=buf:0:0:7
+    push
+    wait 1 1000
+    expect 1 okay
+    req op=read id=2 sector=16 seg=buf:1:0:7
+    push
+    wait 1 1000
+    expect 2 okay
+  )");
+  CHECK(res.failures.empty());
+  CHECK(res.responses.size() == 2);
+  CHECK(r.be->disk[16 * 512] == std::byte{0x5a});
+  CHECK(r.be->disk[16 * 512 + 4095] == std::byte{0x5a});
+  CHECK(r.be->ops_seen[BLKIF_OP_WRITE] == 1);
+  CHECK(r.be->ops_seen[BLKIF_OP_READ] == 1);
+}
+
+TEST_CASE("raw slot bytes and patches reach the backend unchanged") {
+  rig r;
+  // op 0x63, nr_segments 0, id 0x99 at offset 8.
+  auto res = r.run(R"(
+    raw 63 00 0000 00000000 9900000000000000
+    push
+    wait 1 1000
+    expect 0x99 eopnotsupp
+    req op=flush id=5
+    patch 0 07
+    push
+    wait 1 1000
+    expect 5 eopnotsupp
+  )");
+  CHECK(res.failures.empty());
+  CHECK(r.be->ops_seen[0x63] == 1);
+  CHECK(r.be->ops_seen[7] == 1);
+  REQUIRE(res.responses.size() == 2);
+  CHECK(res.responses[0].r.operation == 0x63);
+}
+
+TEST_CASE("indirect requests are built from scripted segment tables") {
+  rig r;
+  auto res = r.run(R"(
+    pages data 2 rw
+    pages ind 1 ro
+    fill data:0 0x11
+    fill data:1 0x22
+    seg ind:0 0 data:0 0 7
+    seg ind:0 1 data:1 0 7
+    ireq iop=write nseg=2 id=3 sector=0 igref=ind:0
+    push
+    wait 1 1000
+    expect 3 okay
+  )");
+  CHECK(res.failures.empty());
+  CHECK(r.be->indirect_seen == 1);
+  CHECK(r.be->disk[0] == std::byte{0x11});
+  CHECK(r.be->disk[4096] == std::byte{0x22});
+}
+
+TEST_CASE("a failed expectation is reported with its line, and the script goes on") {
+  rig r;
+  auto res = r.run(R"(
+    pages buf 1 ro
+    req op=read id=1 sector=0 seg=buf:0:0:7
+    push
+    wait 1 1000
+    expect 1 okay
+    expect 42 okay
+    wait 1 50
+    expect-state 6 50
+  )");
+  // A read into a read-only grant fails; nothing answers id 42; no second
+  // response; the backend stays Connected.
+  REQUIRE(res.failures.size() == 4);
+  CHECK(res.failures[0].starts_with("line 6:"));
+  CHECK(res.failures[1].find("id 42") != std::string::npos);
+  CHECK(res.failures[2].find("waited for 1") != std::string::npos);
+  CHECK(res.failures[3].find("backend state is 4") != std::string::npos);
+}
+
+TEST_CASE("req-prod far ahead: the backend sees a hostile index and answers nothing") {
+  rig r;
+  auto res = r.run(R"(
+    req-prod +1000
+    expect-no-response 50
+    expect-state connected 10
+  )");
+  CHECK(res.failures.empty());
+  CHECK(r.be->bad_requests == 1);
+  CHECK(r.q->ring.shared_req_prod() == 1000);
+}
+
+TEST_CASE("a segment may point at the ring page itself") {
+  rig r;
+  auto res = r.run(R"(
+    req op=write id=1 sector=0 seg=ring:0:0:0
+    push
+    wait 1 1000
+  )");
+  CHECK(res.failures.empty());
+  // The ring header (req_prod = 1) was written to sector 0.
+  std::uint32_t prod;
+  std::memcpy(&prod, r.be->disk.data(), 4);
+  CHECK(prod == 1);
+}
+
+TEST_CASE("unknown pool names stop the script") {
+  rig r;
+  auto res = r.run("fill nope:0 1\npush\n");
+  REQUIRE(res.failures.size() == 1);
+  CHECK(res.commands == 1);
+}

@@ -1,0 +1,194 @@
+#include <doctest/doctest.h>
+
+#include <set>
+#include <vector>
+
+#include "blkfront/workload.hpp"
+
+using namespace xbd::sim::blkfront;
+
+namespace {
+workload_spec spec(bool random, std::uint64_t blocks, std::uint32_t bs = 4096) {
+  workload_spec s;
+  s.random = random;
+  s.read_pct = 50;
+  s.region_bytes = blocks * bs;
+  s.bs = bs;
+  return s;
+}
+}  // namespace
+
+TEST_CASE("no two in-flight I/Os share a block (random, QD larger than the region)") {
+  workload w(spec(true, 8));
+  std::vector<planned_io> in_flight;
+  std::set<std::uint64_t> blocks;
+  for (int round = 0; round < 200; ++round) {
+    while (auto io = w.next()) {
+      CHECK(blocks.insert(io->block).second);
+      in_flight.push_back(*io);
+    }
+    CHECK(in_flight.size() <= 8);
+    // Complete a varying share, oldest first.
+    const std::size_t n = 1 + static_cast<std::size_t>(round) % in_flight.size();
+    for (std::size_t i = 0; i < n; ++i) {
+      w.complete(in_flight.front());
+      blocks.erase(in_flight.front().block);
+      in_flight.erase(in_flight.begin());
+    }
+  }
+}
+
+TEST_CASE("random order reaches every block of the region") {
+  workload w(spec(true, 64));
+  std::set<std::uint64_t> seen;
+  for (int i = 0; i < 5000; ++i) {
+    auto io = w.next();
+    REQUIRE(io);
+    seen.insert(io->block);
+    w.complete(*io);
+  }
+  CHECK(seen.size() == 64);
+}
+
+TEST_CASE("sequential order runs through the region and wraps to its start") {
+  auto s = spec(false, 4);
+  s.region_offset = 1 << 20;
+  workload w(s);
+  std::vector<std::uint64_t> sectors;
+  for (int i = 0; i < 6; ++i) {
+    auto io = w.next();
+    REQUIRE(io);
+    sectors.push_back(io->sector);
+    w.complete(*io);
+  }
+  const std::uint64_t base = (1 << 20) / 512;
+  CHECK(sectors == std::vector<std::uint64_t>{base, base + 8, base + 16, base + 24, base, base + 8});
+}
+
+TEST_CASE("sequential order waits while its next block is still in flight") {
+  workload w(spec(false, 2));
+  auto a = w.next(), b = w.next();
+  REQUIRE(a);
+  REQUIRE(b);
+  CHECK_FALSE(w.next());  // block 0 is next and busy
+  CHECK_FALSE(w.exhausted());
+  w.complete(*b);
+  CHECK_FALSE(w.next());  // still block 0
+  w.complete(*a);
+  auto c = w.next();
+  REQUIRE(c);
+  CHECK(c->block == 0);
+}
+
+TEST_CASE("every I/O lies inside the region, the tail shorter than bs is never touched") {
+  auto s = spec(true, 0);
+  s.region_offset = 4096;
+  s.region_bytes = 10 * 4096 + 3000;  // ten whole blocks and a tail
+  workload w(s);
+  CHECK(w.blocks() == 10);
+  for (int i = 0; i < 2000; ++i) {
+    auto io = w.next();
+    REQUIRE(io);
+    CHECK(io->sector * 512 >= s.region_offset);
+    CHECK(io->sector * 512 + io->bytes <= s.region_offset + 10 * 4096);
+    CHECK(io->sector % 8 == 0);
+    w.complete(*io);
+  }
+  s.random = false;
+  workload seq(s);
+  for (int i = 0; i < 25; ++i) {
+    auto io = seq.next();
+    REQUIRE(io);
+    CHECK(io->sector * 512 + io->bytes <= s.region_offset + 10 * 4096);
+    seq.complete(*io);
+  }
+}
+
+TEST_CASE("a region smaller than one block issues nothing") {
+  auto s = spec(true, 0);
+  s.region_bytes = 4095;
+  workload w(s);
+  CHECK_FALSE(w.next());
+  CHECK(w.exhausted());
+}
+
+TEST_CASE("the read percentage is honoured") {
+  for (unsigned pct : {0u, 30u, 100u}) {
+    auto s = spec(true, 1000);
+    s.read_pct = pct;
+    workload w(s);
+    int reads = 0;
+    for (int i = 0; i < 10000; ++i) {
+      auto io = w.next();
+      REQUIRE(io);
+      reads += io->kind == io_kind::read;
+      w.complete(*io);
+    }
+    CHECK(reads >= static_cast<int>(pct) * 100 - 300);
+    CHECK(reads <= static_cast<int>(pct) * 100 + 300);
+  }
+}
+
+TEST_CASE("a flush follows every N writes") {
+  auto s = spec(false, 100);
+  s.read_pct = 0;
+  s.flush_every = 3;
+  workload w(s);
+  std::vector<io_kind> kinds;
+  for (int i = 0; i < 8; ++i) {
+    auto io = w.next();
+    REQUIRE(io);
+    kinds.push_back(io->kind);
+    w.complete(*io);
+  }
+  using k = io_kind;
+  CHECK(kinds == std::vector<io_kind>{k::write, k::write, k::write, k::flush, k::write, k::write, k::write, k::flush});
+}
+
+TEST_CASE("the budget: max_ios and max_bytes stop issuing") {
+  auto s = spec(true, 100);
+  s.max_ios = 5;
+  workload w(s);
+  int n = 0;
+  while (auto io = w.next()) {
+    ++n;
+    w.complete(*io);
+  }
+  CHECK(n == 5);
+  CHECK(w.exhausted());
+
+  s.max_ios = 0;
+  s.max_bytes = 3 * 4096 + 1;
+  workload b(s);
+  n = 0;
+  while (auto io = b.next()) {
+    ++n;
+    b.complete(*io);
+  }
+  CHECK(n == 4);
+}
+
+TEST_CASE("stop() ends issuing at once") {
+  workload w(spec(true, 100));
+  CHECK(w.next());
+  w.stop();
+  CHECK_FALSE(w.next());
+  CHECK(w.exhausted());
+}
+
+TEST_CASE("the same seed gives the same sequence, another seed another one") {
+  auto run = [](std::uint64_t seed) {
+    auto s = spec(true, 1 << 20);
+    s.seed = seed;
+    workload w(s);
+    std::vector<std::pair<std::uint64_t, io_kind>> out;
+    for (int i = 0; i < 100; ++i) {
+      auto io = w.next();
+      out.emplace_back(io->block, io->kind);
+      w.complete(*io);
+    }
+    return out;
+  };
+  CHECK(run(7) == run(7));
+  CHECK(run(7) != run(8));
+}

@@ -1,0 +1,75 @@
+// The platform on the public Xen libraries: libxenstore, libxenevtchn,
+// libxengnttab's gntshr. The same binary drives a backend from dom0 on real
+// Xen, or from a simulated guest under libxensim (XENSIM_DIR/XENSIM_DOMID)
+// against the xenstored at XENSTORED_PATH.
+#pragma once
+
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "blkfront/platform.hpp"
+
+struct xs_handle;
+struct xenevtchn_handle;
+struct xengntdev_handle;
+
+namespace xbd::sim::blkfront {
+
+class xenstore {
+ public:
+  xenstore() = default;
+  ~xenstore();
+  xenstore(const xenstore&) = delete;
+  xenstore& operator=(const xenstore&) = delete;
+
+  bool open(std::string& err);
+  std::optional<std::string> read(const std::string& path) const;
+  std::vector<std::string> directory(const std::string& path) const;
+  bool write(const std::string& path, const std::string& value) const;
+  // Retries the whole body while xenstored answers EAGAIN (a concurrent
+  // change); the body gets the transaction id and returns false to abort.
+  bool transaction(const std::function<bool(unsigned)>& body, std::string& err) const;
+  bool write_in(unsigned t, const std::string& path, const std::string& value) const;
+  bool remove_in(unsigned t, const std::string& path) const;
+  std::vector<std::string> directory_in(unsigned t, const std::string& path) const;
+
+  bool watch(const std::string& path, const std::string& token);
+  void unwatch(const std::string& path, const std::string& token);
+  int fd() const;
+  // Reads every queued watch event; true if there was any.
+  bool drain_watches();
+
+ private:
+  xs_handle* h_ = nullptr;
+};
+
+class xen_platform final : public platform {
+ public:
+  // `xs` is polled for watch events; `signal_fd` (a signalfd) for signals.
+  xen_platform(xenstore* xs, int signal_fd) : xs_(xs), signal_fd_(signal_fd) {}
+  ~xen_platform() override;
+
+  bool open(std::string& err);
+  shared_pages share(std::uint32_t domid, unsigned count, bool writable) override;
+  bound_port bind_unbound_port(std::uint32_t domid) override;
+  bool notify(std::uint32_t port) override;
+  wait_result wait(std::chrono::milliseconds timeout) override;
+  std::string last_error() const override { return last_error_; }
+
+ protected:
+  void unshare(std::byte* addr, std::size_t count) override;
+  void unbind(std::uint32_t port) override;
+
+ private:
+  void set_error(const char* what);
+
+  xenstore* xs_;
+  int signal_fd_;
+  xenevtchn_handle* evtchn_ = nullptr;
+  xengntdev_handle* gntshr_ = nullptr;
+  std::string last_error_;
+};
+
+}  // namespace xbd::sim::blkfront
