@@ -18,6 +18,12 @@ using asio_xen::result;
 namespace {
 
 error_code invalid() { return {EINVAL, boost::system::generic_category()}; }
+std::string quote(const std::string& s) {
+  std::ostringstream os;
+  os << std::quoted(s);
+  return os.str();
+}
+
 bool is_enoent(const error_code& ec) { return ec == boost::system::errc::no_such_file_or_directory; }
 
 }  // namespace
@@ -77,6 +83,13 @@ void vbd::check_domain() {
   if (watch_) watch_->poke();
 }
 
+// A toolstack key we cannot accept: the reason goes to the log and to the
+// error node.
+error_code vbd::bad_key(std::string reason, error_code ec) {
+  key_problem_ = std::move(reason);
+  return ec;
+}
+
 result<vbd::backend_keys> vbd::read_backend_keys() {
   auto& xs = ctx_.xs;
   backend_keys k;
@@ -89,30 +102,26 @@ result<vbd::backend_keys> vbd::read_backend_keys() {
     auto colon = p.find(':');
     std::string_view fmt = colon == std::string_view::npos ? p : p.substr(0, colon);
     if ((fmt != "raw" && fmt != "aio") || colon == std::string_view::npos) {
-      XBD_LOG(log_, error) << "params " << std::quoted(*params) << ": only raw images are served (raw: or aio:)";
-      return error_code(EPROTONOSUPPORT, boost::system::generic_category());
+      return bad_key(std::string("params ") + quote(*params) + ": only raw images are served (raw: or aio:)", error_code(EPROTONOSUPPORT, boost::system::generic_category()));
     }
     p.remove_prefix(colon + 1);
   }
   if (p.empty() || p.front() != '/') {
-    XBD_LOG(log_, error) << "params " << std::quoted(*params) << ": the path must be absolute";
-    return invalid();
+    return bad_key(std::string("params ") + quote(*params) + ": the path must be absolute", invalid());
   }
   k.path = std::string(p);
 
   auto mode = xs.read_optional<std::string>(be_ + "/mode");
   if (!mode) return mode.error();
   if (*mode && **mode != "w" && **mode != "r") {
-    XBD_LOG(log_, error) << "mode " << std::quoted(**mode) << " is neither w nor r";
-    return invalid();
+    return bad_key(std::string("mode ") + quote(**mode) + " is neither w nor r", invalid());
   }
   k.writable = !*mode || **mode == "w";
 
   auto type = xs.read_optional<std::string>(be_ + "/device-type");
   if (!type) return type.error();
   if (*type && **type != "disk" && **type != "cdrom") {
-    XBD_LOG(log_, error) << "device-type " << std::quoted(**type) << " is neither disk nor cdrom";
-    return invalid();
+    return bad_key(std::string("device-type ") + quote(**type) + " is neither disk nor cdrom", invalid());
   }
   k.cdrom = *type && **type == "cdrom";
   if (k.cdrom) k.writable = false;  // blkif.h: a cdrom is read-only
@@ -133,8 +142,7 @@ result<vbd::backend_keys> vbd::read_backend_keys() {
   auto fe_id = xs.read_optional<unsigned>(be_ + "/frontend-id");
   if (!fe_id) return fe_id.error();
   if (*fe_id && **fe_id != id_.frontend_domid) {
-    XBD_LOG(log_, error) << "frontend-id " << **fe_id << " does not match the directory's domain";
-    return invalid();
+    return bad_key(std::string("frontend-id ") + std::to_string(**fe_id) + " does not match the directory's domain", invalid());
   }
   auto dev = xs.read_optional<std::string>(be_ + "/dev");
   if (dev && *dev) k.dev = **dev;
@@ -189,7 +197,7 @@ asio::awaitable<void> vbd::run() {
   auto keys = read_backend_keys();
   if (!keys) {
     if (is_enoent(keys.error())) co_return;  // removed before we got to it
-    fail("reading the toolstack's keys", keys.error());
+    fail(key_problem_.empty() ? "reading the toolstack's keys" : key_problem_, keys.error());
     co_return;
   }
   fe_ = keys->frontend;

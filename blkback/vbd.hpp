@@ -92,6 +92,7 @@ class vbd {
  private:
   struct backend_keys;
   asio_xen::result<backend_keys> read_backend_keys();
+  asio_xen::error_code bad_key(std::string reason, asio_xen::error_code ec);
   asio_xen::error_code publish_features();
   asio_xen::error_code switch_state(xenbus_state s);
   void fail(const std::string& what, asio_xen::error_code ec);
@@ -110,6 +111,7 @@ class vbd {
   xenbus_state state_ = xenbus_state::unknown;  // what we last wrote
   device_limits limits_;
   unsigned info_ = 0;
+  std::string key_problem_;
   bool shutdown_ = false;
   bool check_domain_ = false;
   bool domain_was_known_ = false;

@@ -1,0 +1,94 @@
+#include "test/integration/process.hpp"
+
+#include <csignal>
+#include <cstring>
+#include <fcntl.h>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char** environ;
+
+namespace xbd::test {
+
+process::process(std::vector<std::string> argv, std::vector<std::string> env, std::filesystem::path output)
+    : out_(std::move(output)) {
+  std::vector<std::string> envs;
+  for (char** e = environ; *e; ++e) {
+    std::string v(*e);
+    bool replaced = false;
+    for (const auto& n : env)
+      if (v.compare(0, n.find('=') + 1, n, 0, n.find('=') + 1) == 0) replaced = true;
+    if (!replaced) envs.push_back(v);
+  }
+  envs.insert(envs.end(), env.begin(), env.end());
+  std::vector<char*> av, ev;
+  for (auto& a : argv) av.push_back(a.data());
+  av.push_back(nullptr);
+  for (auto& e : envs) ev.push_back(e.data());
+  ev.push_back(nullptr);
+  int fd = ::open(out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) throw std::runtime_error("cannot create " + out_.string());
+  pid_ = ::fork();
+  if (pid_ < 0) throw std::runtime_error("fork failed");
+  if (pid_ == 0) {
+    ::dup2(fd, 1);
+    ::dup2(fd, 2);
+    int null = ::open("/dev/null", O_RDONLY);
+    ::dup2(null, 0);
+    ::execve(av[0], av.data(), ev.data());
+    std::fprintf(stderr, "exec %s: %s\n", av[0], std::strerror(errno));
+    ::_exit(127);
+  }
+  ::close(fd);
+}
+
+process::~process() {
+  if (running()) {
+    ::kill(pid_, SIGKILL);
+    (void)wait(std::chrono::seconds(5));
+  }
+}
+
+bool process::running() {
+  if (status_) return false;
+  int st = 0;
+  pid_t r = ::waitpid(pid_, &st, WNOHANG);
+  if (r == pid_) {
+    status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return false;
+  }
+  return true;
+}
+
+void process::signal(int sig) {
+  if (running()) ::kill(pid_, sig);
+}
+
+std::optional<int> process::wait(std::chrono::milliseconds limit) {
+  eventually([&] { return !running(); }, limit);
+  return status_;
+}
+
+std::string process::output() const {
+  std::ifstream in(out_);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+run_result run(std::vector<std::string> argv, std::vector<std::string> env, std::filesystem::path output,
+               std::chrono::milliseconds limit) {
+  process p(std::move(argv), std::move(env), std::move(output));
+  auto st = p.wait(limit);
+  if (!st) {
+    p.signal(SIGKILL);
+    (void)p.wait(std::chrono::seconds(5));
+  }
+  return {st ? *st : -1, p.output()};
+}
+
+}  // namespace xbd::test

@@ -1,0 +1,57 @@
+// Child processes for the integration tests: the real daemon and the
+// simulated frontends, each with its own environment and output file.
+#pragma once
+
+#include <chrono>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <sys/types.h>
+#include <vector>
+
+namespace xbd::test {
+
+class process {
+ public:
+  // Starts argv[0] with the current environment plus `env` (NAME=VALUE,
+  // replacing same-named variables); stdout and stderr go to `output`.
+  process(std::vector<std::string> argv, std::vector<std::string> env, std::filesystem::path output);
+  ~process();  // SIGKILL if still running
+  process(const process&) = delete;
+  process& operator=(const process&) = delete;
+
+  pid_t pid() const { return pid_; }
+  bool running();
+  void signal(int sig);
+  // Exit status (or 128+signal), or nullopt if it did not end in time.
+  std::optional<int> wait(std::chrono::milliseconds limit);
+  std::string output() const;
+  const std::filesystem::path& output_path() const { return out_; }
+
+ private:
+  pid_t pid_ = -1;
+  std::optional<int> status_;
+  std::filesystem::path out_;
+};
+
+// Runs to completion (bounded) and returns {status, output}.
+struct run_result {
+  int status = -1;
+  std::string output;
+};
+run_result run(std::vector<std::string> argv, std::vector<std::string> env, std::filesystem::path output,
+               std::chrono::milliseconds limit);
+
+// Polls `pred` until it holds or `limit` passes.
+template <class Pred>
+bool eventually(Pred pred, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (pred()) return true;
+    struct timespec ts{0, 20'000'000};
+    nanosleep(&ts, nullptr);
+  }
+  return pred();
+}
+
+}  // namespace xbd::test

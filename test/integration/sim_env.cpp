@@ -1,0 +1,121 @@
+#include "test/integration/sim_env.hpp"
+
+#include <csignal>
+#include <cstdlib>
+#include <fcntl.h>
+#include <fstream>
+#include <sstream>
+#include <unistd.h>
+
+namespace xbd::test {
+
+sim_env::sim_env(std::string config_toml) {
+  xsd_.export_env();
+  dir_ = xsd_.dir();
+  std::filesystem::create_directories(dir_ / "xensim");
+  ::setenv("XENSIM_DIR", (dir_ / "xensim").c_str(), 1);
+  config_ = dir_ / "xen-blkbackd.toml";
+  std::ofstream(config_) << (config_toml.empty() ? "[log]\nlevel = \"debug\"\n" : config_toml);
+  ts_ = std::make_unique<sim::toolstack>();
+  ts_->init_dom0();
+}
+
+sim_env::~sim_env() {
+  if (daemon_ && daemon_->running()) {
+    daemon_->signal(SIGTERM);
+    if (!daemon_->wait(std::chrono::seconds(10))) daemon_->signal(SIGKILL);
+  }
+  daemon_.reset();
+  ts_.reset();
+}
+
+void sim_env::create_guest(unsigned domid) {
+  sim::domain_spec spec;
+  spec.domid = domid;
+  spec.name = "guest" + std::to_string(domid);
+  spec.introduce = [this](unsigned d) { xsd_.introduce_domain(d); };
+  ts_->create_domain(spec);
+}
+
+std::filesystem::path sim_env::make_image(const std::string& name, std::uint64_t bytes) {
+  auto p = dir_ / name;
+  int fd = ::open(p.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0644);
+  if (fd >= 0) {
+    (void)!::ftruncate(fd, static_cast<off_t>(bytes));
+    ::close(fd);
+  }
+  return p;
+}
+
+void sim_env::start_daemon(std::vector<std::string> extra_args) {
+  std::vector<std::string> argv{XBD_DAEMON_BIN, "--config", config_.string(), "--foreground"};
+  argv.insert(argv.end(), extra_args.begin(), extra_args.end());
+  daemon_ = std::make_unique<process>(
+      argv, std::vector<std::string>{"LD_LIBRARY_PATH=" XENSIM_LIBDIR_PATH, "XENSIM_DOMID=0"},
+      dir_ / ("daemon-" + std::to_string(++daemon_runs_) + ".log"));
+}
+
+std::string sim_env::daemon_log() const {
+  std::string all;
+  for (int i = 1; i <= daemon_runs_; ++i) {
+    std::ifstream in(dir_ / ("daemon-" + std::to_string(i) + ".log"));
+    std::stringstream ss;
+    ss << in.rdbuf();
+    all += ss.str();
+  }
+  return all;
+}
+
+bool sim_env::log_shows(const std::string& text, std::chrono::milliseconds limit) {
+  return eventually([&] { return daemon_log().find(text) != std::string::npos; }, limit);
+}
+
+std::optional<int> sim_env::stop_daemon() {
+  daemon_->signal(SIGTERM);
+  return daemon_->wait(std::chrono::seconds(20));
+}
+
+std::vector<std::string> sim_env::frontend_env(unsigned domid) const {
+  return {"LD_LIBRARY_PATH=" XENSIM_LIBDIR_PATH, "XENSIM_DOMID=" + std::to_string(domid)};
+}
+
+frontend_result sim_env::run_frontend(unsigned domid, std::vector<std::string> args,
+                                      std::chrono::milliseconds limit) {
+  std::vector<std::string> argv{BLKFRONT_SIM_BIN, "--domid", std::to_string(domid), "--json"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  auto r = run(argv, frontend_env(domid), dir_ / ("frontend-" + std::to_string(++frontend_runs_) + ".log"), limit);
+  frontend_result out{r.status, {}, r.output};
+  std::istringstream lines(r.output);
+  for (std::string l; std::getline(lines, l);)
+    if (!l.empty() && l.front() == '{') out.json = l;
+  return out;
+}
+
+std::unique_ptr<process> sim_env::start_frontend(unsigned domid, std::vector<std::string> args,
+                                                 const std::string& tag) {
+  std::vector<std::string> argv{BLKFRONT_SIM_BIN, "--domid", std::to_string(domid), "--json"};
+  argv.insert(argv.end(), args.begin(), args.end());
+  return std::make_unique<process>(argv, frontend_env(domid), dir_ / ("frontend-" + tag + ".log"));
+}
+
+std::optional<std::string> sim_env::read(const std::string& path) {
+  return ts_->xs().read(path);
+}
+
+std::string json_field(const std::string& json, const std::string& key) {
+  auto k = "\"" + key + "\":";
+  auto pos = json.find(k);
+  if (pos == std::string::npos) return {};
+  pos += k.size();
+  auto end = pos;
+  int depth = 0;
+  for (; end < json.size(); ++end) {
+    char c = json[end];
+    if (c == '{' || c == '[') ++depth;
+    if ((c == '}' || c == ']') && depth-- == 0) break;
+    if (c == ',' && depth == 0) break;
+  }
+  return json.substr(pos, end - pos);
+}
+
+}  // namespace xbd::test

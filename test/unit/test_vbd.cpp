@@ -1,0 +1,346 @@
+// The vbd state machine against the fakes: each transition of blkif.md §3.
+#include "asio_xen/ring.hpp"
+#include "blkback/vbd.hpp"
+#include "test/fakes/fake_evtchn.hpp"
+#include "test/fakes/fake_gnttab.hpp"
+#include "test/fakes/fake_xenstore.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_future.hpp>
+#include <doctest/doctest.h>
+
+#include <fcntl.h>
+#include <unistd.h>
+
+using namespace xbd;
+using namespace xbd::blkback;
+namespace asio = boost::asio;
+
+namespace {
+
+constexpr unsigned guest = 5;
+const std::string be = "/local/domain/0/backend/qdisk/5/51712";
+const std::string fe = "/local/domain/5/device/vbd/51712";
+
+struct image {
+  std::string path;
+  explicit image(std::uint64_t size = 1 << 20) {
+    char tmpl[] = "/tmp/xbd-vbd-XXXXXX";
+    int fd = ::mkstemp(tmpl);
+    path = tmpl;
+    (void)!::ftruncate(fd, static_cast<off_t>(size));
+    ::close(fd);
+  }
+  ~image() { ::unlink(path.c_str()); }
+};
+
+struct rig {
+  asio::io_context ioc;
+  fakes::fake_xenstore db;
+  fakes::fake_evtchn_bus bus;
+  fakes::fake_grant_tables tables;
+  fakes::fake_guest& mem = tables.add_guest(guest, 32);
+  image img;
+  asio_xen::xenstore xs{ioc.get_executor(), db.connect(0)};
+  std::shared_ptr<aux_ring> aux = *aux_ring::create(ioc.get_executor());
+  vbd_context ctx{xs,
+                  xen_platform{[this] { return asio_xen::result<std::unique_ptr<asio_xen::evtchn_driver>>(bus.open(0)); },
+                               [this] { return asio_xen::result<std::unique_ptr<asio_xen::gnttab_driver>>(tables.open(0)); }},
+                  settings{},
+                  0,
+                  {}};
+  std::unique_ptr<vbd> dev;
+  std::future<void> done;
+  std::optional<asio_xen::event_channel> fe_port;
+
+  rig() {
+    ctx.pick_worker = [this] { return worker{ioc.get_executor(), aux}; };
+    // What libxl writes (test/sim/toolstack has the full layout).
+    db.write(be + "/frontend", fe);
+    db.write(be + "/frontend-id", "5");
+    db.write(be + "/online", "1");
+    db.write(be + "/state", "1");
+    db.write(be + "/params", "aio:" + img.path);
+    db.write(be + "/mode", "w");
+    db.write(be + "/device-type", "disk");
+    db.write(be + "/dev", "xvda");
+    db.write(fe + "/state", "1");
+  }
+  ~rig() {
+    if (dev && done.valid()) {
+      dev->shutdown();
+      settle();
+    }
+  }
+
+  void start() {
+    dev = std::make_unique<vbd>(ctx, vbd_id{"qdisk", guest, 51712});
+    done = asio::co_spawn(ioc, dev->run(), asio::use_future);
+    settle();
+  }
+  void settle() {
+    for (int i = 0; i < 20; ++i) {
+      ioc.restart();
+      ioc.run_for(std::chrono::milliseconds(2));
+    }
+  }
+  bool finished() { return done.wait_for(std::chrono::seconds(0)) == std::future_status::ready; }
+  std::string state() { return db.read(be + "/state").value_or("(none)"); }
+
+  // The frontend publishes a one-page ring and an event channel.
+  void frontend_ready(const std::string& fe_state = "3") {
+    auto ref = mem.grant(0, 0);
+    (void)asio_xen::front_ring<blkif_request, blkif_response>::init({mem.page(0).data(), xen::page_size});
+    fe_port.emplace(*asio_xen::event_channel::bind_unbound(ioc.get_executor(), bus.open(guest), 0));
+    db.write(fe + "/ring-ref", std::to_string(ref));
+    db.write(fe + "/event-channel", std::to_string(fe_port->local_port()));
+    db.write(fe + "/protocol", "x86_64-abi");
+    db.write(fe + "/state", fe_state);
+    settle();
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a new vbd opens its image, publishes its features and waits in InitWait") {
+  rig r;
+  r.start();
+  CHECK(r.state() == "2");
+  CHECK(r.db.read(be + "/feature-flush-cache") == "1");
+  CHECK(r.db.read(be + "/feature-persistent") == "0");
+  CHECK(r.db.read(be + "/max-ring-page-order") == "4");
+  CHECK(r.db.read(be + "/hotplug-status") == "connected");
+  CHECK_FALSE(r.db.exists(be + "/sectors"));  // published at connect
+  CHECK_FALSE(r.finished());
+}
+
+TEST_CASE("frontend Initialised: map, bind, publish the disk in one go, then Connected") {
+  rig r;
+  r.start();
+  r.frontend_ready();
+  CHECK(r.state() == "4");
+  CHECK(r.db.read(be + "/sectors") == "2048");
+  CHECK(r.db.read(be + "/info") == "0");
+  CHECK(r.db.read(be + "/sector-size") == "512");
+  CHECK(r.db.read(be + "/physical-sector-size").has_value());
+  CHECK(r.tables.mapped_pages() == 1u);
+}
+
+TEST_CASE("frontend Closing -> Closing while still serving; Closed -> released and Closed") {
+  rig r;
+  r.start();
+  r.frontend_ready();
+  REQUIRE(r.state() == "4");
+  r.db.write(fe + "/state", "5");
+  r.settle();
+  CHECK(r.state() == "5");
+  CHECK(r.tables.mapped_pages() == 1u);  // the ring stays until the frontend is Closed
+  r.db.write(fe + "/state", "6");
+  r.settle();
+  CHECK(r.state() == "6");
+  CHECK(r.tables.mapped_pages() == 0u);
+  CHECK_FALSE(r.finished());  // online: waits for the guest to come back
+}
+
+TEST_CASE("a frontend that initialises again after Closed gets InitWait and can reconnect") {
+  rig r;
+  r.start();
+  r.frontend_ready();
+  r.db.write(fe + "/state", "6");
+  r.settle();
+  REQUIRE(r.state() == "6");
+  r.db.write(fe + "/state", "1");
+  r.settle();
+  CHECK(r.state() == "2");
+  r.frontend_ready("4");
+  CHECK(r.state() == "4");
+}
+
+TEST_CASE("online=0 with an idle frontend: Closed and the vbd ends") {
+  rig r;
+  r.start();
+  r.db.write(be + "/online", "0");
+  r.db.write(be + "/state", "5");  // what libxl writes
+  r.settle();
+  CHECK(r.state() == "6");
+  CHECK(r.finished());
+}
+
+TEST_CASE("online=0 while connected waits for the frontend to close, then ends") {
+  rig r;
+  r.start();
+  r.frontend_ready();
+  r.db.write(be + "/online", "0");
+  r.db.write(be + "/state", "5");
+  r.settle();
+  CHECK_FALSE(r.finished());
+  CHECK(r.tables.mapped_pages() == 1u);
+  r.db.write(fe + "/state", "6");
+  r.settle();
+  CHECK(r.state() == "6");
+  CHECK(r.finished());
+  CHECK(r.tables.mapped_pages() == 0u);
+}
+
+TEST_CASE("an unknown protocol is refused with an error node and Closed") {
+  rig r;
+  r.start();
+  r.frontend_ready();
+  r.db.write(fe + "/state", "6");
+  r.settle();
+  r.db.write(fe + "/state", "1");
+  r.settle();
+  r.db.write(fe + "/protocol", "arm-abi");
+  r.db.write(fe + "/state", "3");
+  r.settle();
+  CHECK(r.state() == "6");
+  CHECK(r.db.read(be + "/error").has_value());
+  CHECK(r.tables.mapped_pages() == 0u);
+}
+
+TEST_CASE("a ring-page-order above our maximum is refused") {
+  rig r;
+  r.start();
+  r.db.write(fe + "/ring-page-order", "5");
+  r.db.write(fe + "/event-channel", "1");
+  r.db.write(fe + "/state", "3");
+  r.settle();
+  CHECK(r.state() == "6");
+  CHECK(r.db.read(be + "/error").has_value());
+}
+
+TEST_CASE("a malformed ring-ref or event-channel is refused, not guessed") {
+  rig r;
+  r.start();
+  r.db.write(fe + "/ring-ref", "12x");
+  r.db.write(fe + "/event-channel", "3");
+  r.db.write(fe + "/state", "3");
+  r.settle();
+  CHECK(r.state() == "6");
+}
+
+TEST_CASE("the frontend directory vanishing ends the vbd") {
+  rig r;
+  r.start();
+  r.frontend_ready();
+  auto c = r.db.connect(0);
+  REQUIRE_FALSE(c->rm(asio_xen::no_transaction, "/local/domain/5"));
+  r.settle();
+  CHECK(r.finished());
+  CHECK(r.tables.mapped_pages() == 0u);
+}
+
+TEST_CASE("the guest's death (@releaseDomain) tears the vbd down without waiting for the guest") {
+  rig r;
+  r.start();
+  r.frontend_ready();
+  r.db.kill_domain(guest);
+  r.dev->check_domain();  // what the backend does on @releaseDomain
+  r.settle();
+  CHECK(r.finished());
+  CHECK(r.state() == "6");
+  CHECK(r.tables.mapped_pages() == 0u);
+}
+
+TEST_CASE("shutdown releases the ring but leaves xenstore as it was") {
+  rig r;
+  r.start();
+  r.frontend_ready();
+  r.dev->shutdown();
+  r.settle();
+  CHECK(r.finished());
+  CHECK(r.state() == "4");
+  CHECK(r.tables.mapped_pages() == 0u);
+  CHECK(r.bus.bound(guest, r.fe_port->local_port()) == false);  // unbound: a new backend can bind
+}
+
+TEST_CASE("a backend found Connected at start-up re-attaches without touching xenstore") {
+  rig r;
+  r.frontend_ready("4");
+  r.db.write(be + "/state", "4");
+  r.db.write(be + "/sectors", "2048");
+  r.start();
+  CHECK(r.state() == "4");
+  CHECK(r.tables.mapped_pages() == 1u);
+  CHECK_FALSE(r.db.exists(be + "/hotplug-status"));  // nothing was re-published
+}
+
+TEST_CASE("bad toolstack keys close the vbd with a reason") {
+  SUBCASE("a format we do not serve") {
+    rig r;
+    r.db.write(be + "/params", "qcow2:" + r.img.path);
+    r.start();
+    CHECK(r.state() == "6");
+    CHECK(r.db.read(be + "/error").value_or("").find("params") != std::string::npos);
+    CHECK(r.finished());
+  }
+  SUBCASE("a relative path") {
+    rig r;
+    r.db.write(be + "/params", "raw:disk.img");
+    r.start();
+    CHECK(r.state() == "6");
+  }
+  SUBCASE("a missing image") {
+    rig r;
+    r.db.write(be + "/params", "raw:/nonexistent/xbd.img");
+    r.start();
+    CHECK(r.state() == "6");
+    CHECK(r.db.read(be + "/error").value_or("").find("No such file") != std::string::npos);
+  }
+  SUBCASE("a frontend-id that is not the directory's domain") {
+    rig r;
+    r.db.write(be + "/frontend-id", "7");
+    r.start();
+    CHECK(r.state() == "6");
+  }
+  SUBCASE("a mode that is neither w nor r") {
+    rig r;
+    r.db.write(be + "/mode", "rw");
+    r.start();
+    CHECK(r.state() == "6");
+  }
+}
+
+TEST_CASE("mode r and device-type cdrom are published in info") {
+  rig r;
+  r.db.write(be + "/device-type", "cdrom");
+  r.start();
+  r.frontend_ready();
+  CHECK(r.db.read(be + "/info") == std::to_string(VDISK_CDROM | VDISK_READONLY));
+}
+
+TEST_CASE("direct-io-safe: only \"1\" gives permission for O_DIRECT") {
+  CHECK(parse_direct_io_safe(std::string("1")) == direct_io_key::set);
+  CHECK(parse_direct_io_safe(std::string("0")) == direct_io_key::unset);
+  CHECK(parse_direct_io_safe(std::nullopt) == direct_io_key::absent);
+  for (const char* bad : {"yes", "2", "", " 1", "01", "true"}) {
+    CAPTURE(bad);
+    CHECK(parse_direct_io_safe(std::string(bad)) == direct_io_key::malformed);
+  }
+  auto with = [](direct_io_policy p, std::optional<std::string> v) {
+    return choose_open_mode(p, parse_direct_io_safe(v)).direct;
+  };
+  CHECK(with(direct_io_policy::follow_key, "1"));
+  CHECK_FALSE(with(direct_io_policy::follow_key, "0"));
+  CHECK_FALSE(with(direct_io_policy::follow_key, std::nullopt));
+  CHECK_FALSE(with(direct_io_policy::follow_key, "yes"));
+  CHECK_FALSE(with(direct_io_policy::follow_key, "2"));
+  CHECK_FALSE(with(direct_io_policy::follow_key, ""));
+  CHECK_FALSE(with(direct_io_policy::never, "1"));
+  CHECK(with(direct_io_policy::always, std::nullopt));
+}
+
+TEST_CASE("the open mode reaches the descriptor: O_DIRECT exactly when chosen") {
+  image img;
+  auto direct = backing_store::open(img.path, true, true);
+  REQUIRE(direct.has_value());
+  CHECK((::fcntl(direct->fd(), F_GETFL) & O_DIRECT) != 0);
+  CHECK(direct->properties().direct);
+  auto buffered = backing_store::open(img.path, true, false);
+  REQUIRE(buffered.has_value());
+  CHECK((::fcntl(buffered->fd(), F_GETFL) & O_DIRECT) == 0);
+  auto ro = backing_store::open(img.path, false, false);
+  REQUIRE(ro.has_value());
+  CHECK((::fcntl(ro->fd(), F_GETFL) & O_ACCMODE) == O_RDONLY);
+}
