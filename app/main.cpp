@@ -206,8 +206,10 @@ int main(int argc, char** argv) {
   for (auto& w : workers) w->thread = std::thread([io = &w->ioc] { io->run(); });
 
   std::atomic<unsigned> next{0};
-  blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, 0, {}};
+  blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, 0, 1, {}};
   ctx.own_domid = blkback::resolve_own_domid(xs, cfg, lg);
+  // One queue per worker thread is what multi-queue can use.
+  ctx.max_queues = cfg.max_queues ? cfg.max_queues : threads;
   ctx.pick_worker = [&]() {
     auto& w = *workers[next++ % workers.size()];
     return blkback::worker{w.ioc.get_executor(), w.aux};
@@ -225,7 +227,8 @@ int main(int argc, char** argv) {
           auto fresh = load(*opts);
           if (opts->log_level) fresh.log.level = *opts->log_level;
           app::reload_logging(fresh.log);
-          XBD_LOG(lg, info) << "SIGHUP: logging settings reloaded";
+          XBD_LOG(lg, info) << "SIGHUP: logging settings reloaded; checking backing sizes";
+          be.check_sizes();
         } catch (const std::exception& e) {
           XBD_LOG(lg, error) << "SIGHUP: keeping the running settings: " << e.what();
         }

@@ -1,6 +1,10 @@
 #include "blkback/backend.hpp"
 
+#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/this_coro.hpp>
 
@@ -53,6 +57,20 @@ void backend::shutdown() {
   for (auto& [id, e] : devices_)
     if (!e.finished) e.device->shutdown();
   if (watch_) watch_->poke();
+}
+
+void backend::check_sizes() {
+  for (auto& [id, e] : devices_)
+    if (!e.finished) e.device->check_size();
+}
+
+asio::awaitable<void> backend::poll_sizes() {
+  asio::steady_timer timer(ex_);
+  while (!shutdown_) {
+    timer.expires_after(std::chrono::seconds(ctx_.cfg.resize_poll_seconds));
+    co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (!shutdown_) check_sizes();
+  }
 }
 
 void backend::start(const vbd_id& id) {
@@ -117,6 +135,7 @@ asio::awaitable<void> backend::run() {
     return s;
   }() << "}";
 
+  if (ctx_.cfg.resize_poll_seconds > 0) asio::co_spawn(ex_, poll_sizes(), asio::detached);
   while (!shutdown_) {
     scan();
     if (released) {

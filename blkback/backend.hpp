@@ -24,6 +24,9 @@ class backend {
   // Serves until shutdown(), then waits for every vbd to let go.
   boost::asio::awaitable<void> run();
   void shutdown();
+  // Every connected vbd compares its backing size with what it published
+  // (SIGHUP, and every resize-poll-seconds when configured).
+  void check_sizes();
 
   // Devices being served now.
   std::size_t active() const;
@@ -34,6 +37,7 @@ class backend {
     bool finished = false;
   };
   void scan();
+  boost::asio::awaitable<void> poll_sizes();
   void start(const vbd_id& id);
 
   vbd_context& ctx_;

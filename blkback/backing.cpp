@@ -1,6 +1,9 @@
 #include "blkback/backing.hpp"
 
 #include <cerrno>
+#include <fstream>
+#include <linux/falloc.h>
+#include <sys/sysmacros.h>
 #include <fcntl.h>
 #include <linux/fs.h>
 #include <linux/stat.h>
@@ -39,6 +42,43 @@ open_mode choose_open_mode(direct_io_policy policy, direct_io_key key) {
   }
   return {false, ""};
 }
+
+namespace {
+
+std::uint64_t sysfs_number(const std::string& path) {
+  std::ifstream in(path);
+  std::uint64_t v = 0;
+  if (!(in >> v)) return 0;
+  return v;
+}
+
+// Whether discard works on this backing store, and its granularity.
+// Files: a hole punched past the end of the file changes nothing and fails
+// with EOPNOTSUPP where the filesystem cannot punch holes. Block devices:
+// the queue limits in sysfs. Secure erase is never offered: the kernel does
+// not publish it, and probing BLKSECDISCARD would drop the device's page
+// cache.
+void probe_discard(int fd, const struct stat& st, backing_properties& p) {
+  if (S_ISREG(st.st_mode)) {
+    const off_t beyond = static_cast<off_t>((p.size / 4096 + 16) * 4096);
+    if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, beyond, 4096) == 0) {
+      p.discard = true;
+      p.discard_granularity = std::max<std::uint32_t>(p.logical_sector, static_cast<std::uint32_t>(st.st_blksize));
+      p.discard_alignment = 0;
+    }
+    return;
+  }
+  const std::string dev = "/sys/dev/block/" + std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev));
+  std::string queue = dev + "/queue/";
+  if (::access(queue.c_str(), F_OK) != 0) queue = dev + "/../queue/";  // a partition
+  if (sysfs_number(queue + "discard_max_bytes") == 0) return;
+  p.discard = true;
+  p.discard_granularity = std::max<std::uint32_t>(
+      p.logical_sector, static_cast<std::uint32_t>(sysfs_number(queue + "discard_granularity")));
+  p.discard_alignment = static_cast<std::uint32_t>(sysfs_number(dev + "/discard_alignment"));
+}
+
+}  // namespace
 
 asio_xen::result<backing_store> backing_store::open(const std::filesystem::path& path, bool writable,
                                                     bool direct) {
@@ -96,6 +136,7 @@ asio_xen::result<backing_store> backing_store::open(const std::filesystem::path&
   }
   // The frontend sees whole sectors only; a ragged tail is not addressable.
   p.size -= p.size % p.logical_sector;
+  if (writable) probe_discard(b.fd_, st, p);
   return b;
 }
 

@@ -10,6 +10,12 @@
 #include <boost/asio/use_awaitable.hpp>
 #include <boost/asio/write_at.hpp>
 
+#include <boost/asio/thread_pool.hpp>
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -42,7 +48,12 @@ struct queue::slot final : aux_completion {
   arena_allocator<void> allocator() { return arena_allocator<void>(arena); }
 
   // A flush finished.
-  void aux_complete(error_code ec) override { owner->flushed(*this, ec); }
+  // Indirect requests: the segment descriptors, fetched once from the
+  // guest's indirect pages (XSA-155 applies to them as to the ring).
+  std::vector<blkif_request_segment> descriptors;
+
+  // A flush or discard finished.
+  void aux_complete(error_code ec) override { owner->aux_done(*this, ec); }
 };
 
 asio_xen::result<std::unique_ptr<queue>> queue::connect(asio::any_io_executor ex, const xen_platform& xen,
@@ -85,6 +96,7 @@ queue::queue(asio::any_io_executor ex, asio_xen::grant_table gt, asio_xen::grant
       evtchn_(std::move(evtchn)),
       params_(params),
       fd_(store.fd()),
+      block_device_(store.properties().block_device),
       aux_(std::move(aux)),
       log_(std::move(lg)),
       idle_(ex) {
@@ -96,7 +108,8 @@ queue::queue(asio::any_io_executor ex, asio_xen::grant_table gt, asio_xen::grant
     auto s = std::make_unique<slot>();
     s->owner = this;
     s->segs.resize(max_segments);
-    s->copies.reserve(max_segments);
+    s->copies.reserve(std::max<std::size_t>(max_segments, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST));
+    if (params.limits.max_indirect_segments > 0) s->descriptors.resize(params.limits.max_indirect_segments);
     slots_.push_back(std::move(s));
   }
   free_.reserve(slots_.size());
@@ -111,6 +124,15 @@ void queue::stop() {
   stopping_ = true;
   evtchn_.cancel();
   idle_.cancel();
+}
+
+asio::awaitable<void> queue::drain() {
+  draining_ = true;
+  while (in_flight_ > 0 || push_scheduled_) {
+    idle_.expires_at(asio::steady_timer::time_point::max());
+    co_await idle_.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+  draining_ = false;
 }
 
 asio::awaitable<error_code> queue::run() {
@@ -142,9 +164,21 @@ asio::awaitable<error_code> queue::run() {
       }
       continue;
     }
-    for (std::uint32_t i = 0; i < *n; ++i) dispatch(ring_.consume_request());
+    for (std::uint32_t i = 0; i < *n && !stopping_; ++i) {
+      wire_request w = ring_.consume_request();
+      if (w.operation == BLKIF_OP_WRITE_BARRIER && params_.limits.barrier) {
+        // A barrier orders the stream: everything before it is finished
+        // first, and nothing after it starts until it is done.
+        co_await drain();
+        dispatch(w);
+        co_await drain();
+        break;  // look at the ring afresh
+      }
+      dispatch(w);
+    }
   }
   stopping_ = true;
+  XBD_LOG(log_, debug) << "ring stopping with " << in_flight_ << " request(s) in flight";
   // Answer everything in flight before returning: the guest gets a response
   // for every request we took.
   while (in_flight_ > 0 || push_scheduled_) {
@@ -193,13 +227,14 @@ void queue::dispatch(const wire_request& w) {
     respond(r->id, r->operation, r->status);
     return;
   }
-  if (std::holds_alternative<needs_indirect>(v)) {
-    // Indirect descriptors are not advertised yet, so validate() rejects
-    // them; this is the safe answer if that ever changes without this path.
-    log_rejection("indirect request", w.id);
-    release(s);
-    respond(w.id, w.operation, BLKIF_RSP_EOPNOTSUPP);
-    return;
+  if (auto* need = std::get_if<needs_indirect>(&v)) {
+    v = fetch_indirect(s, w, *need);
+    if (auto* r = std::get_if<rejected>(&v)) {
+      log_rejection(r->reason, r->id);
+      release(s);
+      respond(r->id, r->operation, r->status);
+      return;
+    }
   }
   s.req = std::get<checked_request>(v);
   switch (s.req.kind) {
@@ -220,9 +255,28 @@ void queue::dispatch(const wire_request& w) {
       start_write(s);
       break;
     case op_kind::discard:
-      complete(s, BLKIF_RSP_EOPNOTSUPP);
+      start_discard(s);
       break;
   }
+}
+
+// Copies an indirect request's descriptors out of the guest's indirect
+// pages into the slot, once, and validates that private copy.
+validation queue::fetch_indirect(slot& s, const wire_request& w, const needs_indirect& need) {
+  s.copies.clear();
+  const auto dom = static_cast<std::uint16_t>(params_.frontend_domid);
+  std::size_t bytes = std::size_t{need.nr_segments} * sizeof(blkif_request_segment);
+  auto* dest = reinterpret_cast<std::byte*>(s.descriptors.data());
+  for (std::uint16_t page = 0; page < need.pages; ++page) {
+    const auto len = static_cast<std::uint16_t>(std::min<std::size_t>(bytes, xen::page_size));
+    s.copies.push_back(asio_xen::copy_from_guest(dom, w.indirect_grefs[page], 0, dest + page * xen::page_size, len));
+    bytes -= len;
+  }
+  if (error_code ec = gnttab_.copy(s.copies)) {
+    ++stats_.failed;
+    return rejected{w.id, w.indirect_op, BLKIF_RSP_ERROR, "indirect pages could not be copied"};
+  }
+  return validate_indirect(w, std::span(s.descriptors.data(), need.nr_segments), params_.limits, s.segs);
 }
 
 // Grant copy between the guest's segments and the slot's buffer, where the
@@ -290,15 +344,48 @@ void queue::start_write(slot& s) {
 
 void queue::start_flush(slot& s) { aux_->fdatasync(fd_, s); }
 
-void queue::flushed(slot& s, error_code ec) {
+// Discard: a hole punched in a file (io_uring FALLOCATE), or BLKDISCARD /
+// BLKSECDISCARD on a block device. The ioctls block and have no io_uring
+// form on the kernels we support, so they run on a small pool and complete
+// back on this thread.
+void queue::start_discard(slot& s) {
+  if (!block_device_) {
+    aux_->fallocate(fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, s.req.offset, s.req.length, s);
+    return;
+  }
+  asio::post(blocking_pool(), [this, &s, fd = fd_, ex = ex_] {
+    std::uint64_t range[2] = {s.req.offset, s.req.length};
+    error_code ec;
+    if (::ioctl(fd, s.req.secure ? BLKSECDISCARD : BLKDISCARD, range) != 0)
+      ec = error_code(errno, boost::system::generic_category());
+    asio::post(ex, [this, &s, ec] { aux_done(s, ec); });
+  });
+}
+
+void queue::aux_done(slot& s, error_code ec) {
+  const bool discard = s.req.kind == op_kind::discard;
+  if (ec == boost::system::errc::operation_not_supported) {
+    // The backing store cannot do it after all (a filesystem without hole
+    // punching): say so rather than claim an error.
+    complete(s, BLKIF_RSP_EOPNOTSUPP);
+    return;
+  }
   if (ec) {
     ++stats_.failed;
-    XBD_LOG(log_, warning) << "flush failed: " << ec.message();
+    if (rejections_logged_++ < max_logged_rejections)
+      XBD_LOG(log_, warning) << (discard ? "discard" : "flush") << " failed: " << ec.message();
   } else {
-    ++stats_.flushes;
+    ++(discard ? stats_.discards : stats_.flushes);
   }
   complete(s, ec ? BLKIF_RSP_ERROR : BLKIF_RSP_OKAY);
 }
+
+asio::thread_pool& queue::blocking_pool() {
+  static asio::thread_pool pool(2);
+  return pool;
+}
+
+void queue::set_sectors(std::uint64_t sectors) { params_.limits.sectors = sectors; }
 
 void queue::complete(slot& s, std::int16_t status) {
   const std::uint64_t id = s.req.id;
@@ -320,7 +407,7 @@ void queue::schedule_push() {
   asio::post(ex_, [this] {
     push_scheduled_ = false;
     push_now();
-    if (stopping_ && in_flight_ == 0) idle_.cancel();
+    if ((stopping_ || draining_) && in_flight_ == 0) idle_.cancel();
   });
 }
 

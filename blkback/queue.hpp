@@ -26,6 +26,7 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/thread_pool.hpp>
 
 #include <cstdint>
 #include <memory>
@@ -46,6 +47,7 @@ struct queue_stats {
   std::uint64_t reads = 0;
   std::uint64_t writes = 0;
   std::uint64_t flushes = 0;
+  std::uint64_t discards = 0;
   std::uint64_t rejected = 0;   // answered without I/O: failed validation
   std::uint64_t failed = 0;     // answered ERROR: grant copy or I/O failed
   std::uint64_t bytes_read = 0;
@@ -70,6 +72,8 @@ class queue {
 
   // Stop taking requests. Call on the queue's executor.
   void stop();
+  // The disk was resized (online resize). Call on the queue's executor.
+  void set_sectors(std::uint64_t sectors);
 
   const queue_stats& stats() const { return stats_; }
   std::uint32_t ring_size() const { return ring_.size(); }
@@ -87,7 +91,11 @@ class queue {
   void start_read(slot& s);
   void start_write(slot& s);
   void start_flush(slot& s);
-  void flushed(slot& s, asio_xen::error_code ec);
+  void start_discard(slot& s);
+  void aux_done(slot& s, asio_xen::error_code ec);
+  validation fetch_indirect(slot& s, const wire_request& w, const needs_indirect& need);
+  boost::asio::awaitable<void> drain();
+  static boost::asio::thread_pool& blocking_pool();
   void complete(slot& s, std::int16_t status);
   void respond(std::uint64_t id, std::uint8_t op, std::int16_t status);
   void schedule_push();
@@ -104,6 +112,7 @@ class queue {
   asio_xen::event_channel evtchn_;
   queue_params params_;
   int fd_;
+  bool block_device_;
   std::shared_ptr<aux_ring> aux_;
   logger log_;
 
@@ -115,6 +124,7 @@ class queue {
   std::uint32_t in_flight_ = 0;
   bool stopping_ = false;
   bool push_scheduled_ = false;
+  bool draining_ = false;  // a barrier waits for the requests before it
   boost::asio::steady_timer idle_;  // wakes run() when the last request is answered after stop()
   queue_stats stats_;
   unsigned rejections_logged_ = 0;

@@ -6,9 +6,17 @@ namespace {
 
 constexpr std::uint64_t sector = 512;
 
-rejected error(const wire_request& r, const char* why) { return {r.id, r.operation, BLKIF_RSP_ERROR, why}; }
+// The operation a response echoes: for INDIRECT, the operation inside it
+// (Linux's blkfront checks the response against READ/WRITE, never 6).
+std::uint8_t echoed(const wire_request& r) {
+  if (r.operation == BLKIF_OP_INDIRECT && (r.indirect_op == BLKIF_OP_READ || r.indirect_op == BLKIF_OP_WRITE))
+    return r.indirect_op;
+  return r.operation;
+}
+
+rejected error(const wire_request& r, const char* why) { return {r.id, echoed(r), BLKIF_RSP_ERROR, why}; }
 rejected unsupported(const wire_request& r, const char* why) {
-  return {r.id, r.operation, BLKIF_RSP_EOPNOTSUPP, why};
+  return {r.id, echoed(r), BLKIF_RSP_EOPNOTSUPP, why};
 }
 
 // Turns segment descriptors into byte ranges and checks them. Returns the
@@ -131,7 +139,7 @@ validation validate_indirect(const wire_request& r, std::span<const blkif_reques
       storage.size() < descriptors.size())
     return error(r, "indirect descriptors do not match the request");
   const op_kind kind = r.indirect_op == BLKIF_OP_WRITE ? op_kind::write : op_kind::read;
-  return finish_rw(r, kind, r.operation, false, descriptors, lim, storage);
+  return finish_rw(r, kind, echoed(r), false, descriptors, lim, storage);
 }
 
 }  // namespace xbd::blkback

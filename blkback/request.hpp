@@ -39,7 +39,7 @@ struct segment {
 // disk order; their lengths add up to `length`.
 struct checked_request {
   std::uint64_t id = 0;
-  std::uint8_t operation = 0;   // echoed in the response
+  std::uint8_t operation = 0;   // echoed in the response (INDIRECT: its indirect_op)
   op_kind kind = op_kind::read;
   bool flush_after = false;     // FLUSH_DISKCACHE/BARRIER with data: write, then flush
   bool secure = false;          // secure discard

@@ -49,6 +49,7 @@ struct vbd::backend_keys {
   bool cdrom = false;
   bool removable = false;
   direct_io_key direct_io = direct_io_key::absent;
+  bool discard_enable = true;
   std::string frontend;
   std::string dev;
 };
@@ -135,6 +136,15 @@ result<vbd::backend_keys> vbd::read_backend_keys() {
   if (k.direct_io == direct_io_key::malformed)
     XBD_LOG(log_, warning) << "direct-io-safe " << std::quoted(**dio) << " is not 0 or 1; treated as absent";
 
+  // blkif.h: discard-enable defaults to 1; the toolstack may forbid it.
+  auto discard = xs.read_optional<std::string>(be_ + "/discard-enable");
+  if (!discard) return discard.error();
+  if (*discard) {
+    auto v = asio_xen::parse_value<bool>(**discard);
+    if (!v) XBD_LOG(log_, warning) << "discard-enable " << quote(**discard) << " is not 0 or 1; discard stays off";
+    k.discard_enable = v && *v;
+  }
+
   auto fe = xs.read(be_ + "/frontend");
   if (!fe) return fe.error();
   k.frontend = *fe;
@@ -172,8 +182,17 @@ error_code vbd::publish_features() {
     // Copy backend: guest pages are never mapped persistently.
     if (auto e = t.write(be_ + "/feature-persistent", "0")) return e;
     if (auto e = t.write(be_ + "/feature-flush-cache", "1")) return e;
-    if (auto e = t.write(be_ + "/feature-barrier", "0")) return e;
+    if (auto e = t.write(be_ + "/feature-barrier", limits_.barrier ? "1" : "0")) return e;
+    if (auto e = t.write(be_ + "/feature-discard", limits_.discard ? "1" : "0")) return e;
+    if (limits_.discard) {
+      if (auto e = t.write(be_ + "/discard-granularity", limits_.discard_granularity)) return e;
+      if (auto e = t.write(be_ + "/discard-alignment", discard_alignment_)) return e;
+      if (auto e = t.write(be_ + "/discard-secure", limits_.discard_secure ? "1" : "0")) return e;
+    }
+    if (limits_.max_indirect_segments > 0)
+      if (auto e = t.write(be_ + "/feature-max-indirect-segments", limits_.max_indirect_segments)) return e;
     if (auto e = t.write(be_ + "/max-ring-page-order", order)) return e;
+    if (auto e = t.write(be_ + "/multi-queue-max-queues", ctx_.max_queues)) return e;
     // We run no hotplug script; libxl and others wait for this key.
     if (auto e = t.write(be_ + "/hotplug-status", "connected")) return e;
     return {};
@@ -236,6 +255,12 @@ asio::awaitable<void> vbd::run() {
   limits_.sector_size = props.logical_sector;
   limits_.readonly = !keys->writable;
   limits_.flush = true;
+  limits_.barrier = keys->writable;
+  limits_.discard = keys->writable && keys->discard_enable && ctx_.cfg.discard && props.discard;
+  limits_.discard_secure = limits_.discard && props.discard_secure;
+  limits_.discard_granularity = props.discard_granularity;
+  discard_alignment_ = props.discard_alignment;
+  limits_.max_indirect_segments = ctx_.cfg.max_indirect_segments;
   info_ = (keys->cdrom ? VDISK_CDROM : 0u) | (keys->removable ? VDISK_REMOVABLE : 0u) |
           (keys->writable ? 0u : VDISK_READONLY);
 
@@ -249,7 +274,8 @@ asio::awaitable<void> vbd::run() {
       (fe_now == xenbus_state::connected || fe_now == xenbus_state::initialised)) {
     state_ = xenbus_state::connected;
     if (error_code ec = co_await connect(true)) {
-      fail("re-attaching to the frontend", ec);
+      co_await disconnect();
+      fail(key_problem_.empty() ? "re-attaching to the frontend" : key_problem_, ec);
       co_return;
     }
   } else if (cur == static_cast<unsigned>(xenbus_state::closed) && fe_now != xenbus_state::initialising) {
@@ -280,6 +306,10 @@ asio::awaitable<void> vbd::run() {
         co_return;
       }
     }
+    if (check_size_) {
+      check_size_ = false;
+      apply_resize();
+    }
     auto be_state = ctx_.xs.read_optional<unsigned>(be_ + "/state");
     if (be_state && !*be_state) {
       XBD_LOG(log_, info) << "backend directory removed";
@@ -305,6 +335,10 @@ asio::awaitable<void> vbd::run() {
       co_return;
     }
 
+    // After a failed connect, wait for the frontend to move (it sees our
+    // Closed and closes or starts over) rather than retry the same keys.
+    if (fe != xenbus_state::initialised && fe != xenbus_state::connected) connect_failed_ = false;
+
     switch (fe) {
       case xenbus_state::initialising:
         // The guest starts over (reboot, kexec, driver reload).
@@ -316,11 +350,12 @@ asio::awaitable<void> vbd::run() {
         break;
       case xenbus_state::initialised:
       case xenbus_state::connected:
-        if (!conn_ && state_ != xenbus_state::closing) {
+        if (!conn_ && state_ != xenbus_state::closing && !connect_failed_) {
           if (state_ == xenbus_state::closed) (void)ctx_.xs.rm(be_ + "/error");
           if (error_code ec = co_await connect(false)) {
-            fail("connecting to the frontend", ec);
             co_await disconnect();
+            fail(key_problem_.empty() ? "connecting to the frontend" : key_problem_, ec);
+            connect_failed_ = true;
           }
         }
         break;
@@ -343,108 +378,153 @@ asio::awaitable<void> vbd::run() {
   }
 }
 
-asio::awaitable<error_code> vbd::connect(bool reattach) {
+// The ring of one queue: its grant refs and event channel, under `dir`
+// (the frontend's directory, or its queue-<i> subdirectory).
+result<vbd::ring_keys> vbd::read_ring_keys(const std::string& dir, unsigned order) {
   auto& xs = ctx_.xs;
-  // Every transport key is read once (XSA-155 applies to xenstore too).
-  auto order = xs.read_optional<unsigned>(fe_ + "/ring-page-order");
-  if (!order) co_return order.error();
-  std::vector<asio_xen::grant_ref> refs;
-  if (*order) {
-    if (**order > ctx_.cfg.max_ring_page_order) {
-      XBD_LOG(log_, error) << "ring-page-order " << **order << " is above our maximum "
-                           << ctx_.cfg.max_ring_page_order;
-      co_return invalid();
-    }
-    for (unsigned i = 0; i < (1u << **order); ++i) {
-      auto ref = xs.read<asio_xen::grant_ref>(fe_ + "/ring-ref" + std::to_string(i));
-      if (!ref && i == 0 && **order == 0) ref = xs.read<asio_xen::grant_ref>(fe_ + "/ring-ref");
-      if (!ref) {
-        XBD_LOG(log_, error) << "ring-ref" << i << ": " << ref.error().message();
-        co_return ref.error();
-      }
-      refs.push_back(*ref);
+  ring_keys k;
+  if (has_order_) {
+    for (unsigned i = 0; i < (1u << order); ++i) {
+      auto ref = xs.read<asio_xen::grant_ref>(dir + "/ring-ref" + std::to_string(i));
+      if (!ref && i == 0 && order == 0) ref = xs.read<asio_xen::grant_ref>(dir + "/ring-ref");
+      if (!ref) return bad_key(dir + "/ring-ref" + std::to_string(i) + ": " + ref.error().message(), ref.error());
+      k.refs.push_back(*ref);
     }
   } else {
-    auto ref = xs.read<asio_xen::grant_ref>(fe_ + "/ring-ref");
-    if (!ref) {
-      XBD_LOG(log_, error) << "ring-ref: " << ref.error().message();
-      co_return ref.error();
-    }
-    refs.push_back(*ref);
+    auto ref = xs.read<asio_xen::grant_ref>(dir + "/ring-ref");
+    if (!ref) return bad_key(dir + "/ring-ref: " + ref.error().message(), ref.error());
+    k.refs.push_back(*ref);
   }
-  auto port = xs.read<asio_xen::evtchn_port>(fe_ + "/event-channel");
-  if (!port) {
-    XBD_LOG(log_, error) << "event-channel: " << port.error().message();
-    co_return port.error();
-  }
+  auto port = xs.read<asio_xen::evtchn_port>(dir + "/event-channel");
+  if (!port) return bad_key(dir + "/event-channel: " + port.error().message(), port.error());
+  k.port = *port;
+  return k;
+}
+
+asio::awaitable<error_code> vbd::connect(bool reattach) {
+  auto& xs = ctx_.xs;
+  key_problem_.clear();
+  // Every transport key is read once (XSA-155 applies to xenstore too).
+  auto order = xs.read_optional<unsigned>(fe_ + "/ring-page-order");
+  if (!order) co_return bad_key("ring-page-order: " + order.error().message(), order.error());
+  has_order_ = order->has_value();
+  const unsigned ring_order = order->value_or(0);
+  if (ring_order > ctx_.cfg.max_ring_page_order)
+    co_return bad_key("ring-page-order " + std::to_string(ring_order) + " is above our maximum " +
+                          std::to_string(ctx_.cfg.max_ring_page_order),
+                      invalid());
   auto nq = xs.read_optional<unsigned>(fe_ + "/multi-queue-num-queues");
-  if (!nq) co_return nq.error();
-  if (*nq && **nq != 1) {
-    // We do not advertise multi-queue-max-queues yet.
-    XBD_LOG(log_, error) << "multi-queue-num-queues " << **nq << " but multi-queue is not offered";
-    co_return invalid();
-  }
+  if (!nq) co_return bad_key("multi-queue-num-queues: " + nq.error().message(), nq.error());
+  const unsigned queues = nq->value_or(1);
+  if (queues == 0 || queues > ctx_.max_queues)
+    co_return bad_key("multi-queue-num-queues " + std::to_string(queues) + " is not within 1.." +
+                          std::to_string(ctx_.max_queues),
+                      invalid());
   auto proto = xs.read_optional<std::string>(fe_ + "/protocol");
-  if (!proto) co_return proto.error();
+  if (!proto) co_return bad_key("protocol: " + proto.error().message(), proto.error());
   abi layout = native_abi;
   if (*proto) {
     auto a = parse_protocol(**proto);
-    if (!a) {
-      XBD_LOG(log_, error) << "unknown protocol " << std::quoted(**proto);
-      co_return error_code(EPROTONOSUPPORT, boost::system::generic_category());
-    }
+    if (!a) co_return bad_key("unknown protocol " + quote(**proto), error_code(EPROTONOSUPPORT, boost::system::generic_category()));
     layout = *a;
   } else if (ctx_.cfg.default_protocol == ring_protocol::x86_32) {
-    layout = abi::x86_32;
+    layout = abi::x86_32;  // what Linux's blkback assumes of an x86 guest
+  }
+  // Linux's blkfront puts a single queue's keys at the top, several under
+  // queue-<i>/.
+  std::vector<ring_keys> rings;
+  for (unsigned i = 0; i < queues; ++i) {
+    auto k = read_ring_keys(queues == 1 ? fe_ : fe_ + "/queue-" + std::to_string(i), ring_order);
+    if (!k) co_return k.error();
+    rings.push_back(std::move(*k));
   }
 
-  queue_params qp;
-  qp.frontend_domid = id_.frontend_domid;
-  qp.layout = layout;
-  qp.ring_refs = refs;
-  qp.remote_port = *port;
-  qp.limits = limits_;
-  worker w = ctx_.pick_worker();
-  auto q = queue::connect(w.ex, ctx_.xen, qp, *store_, w.aux, log_);
-  if (!q) {
-    XBD_LOG(log_, error) << "cannot map the ring or bind its event channel: " << q.error().what();
-    co_return q.error();
-  }
+  // The size now: the image may have grown while no frontend was connected.
+  if (auto size = store_->current_size()) limits_.sectors = *size / 512;
+  published_sectors_ = limits_.sectors;
+
   auto executor = co_await asio::this_coro::executor;
   auto c = std::make_shared<connection>(executor);
-  const std::uint32_t entries = (*q)->ring_size();
-  const auto local_port = (*q)->local_port();
-  queue* raw = q->get();
-  c->queues.push_back(std::move(*q));
-  c->workers.push_back(w);
-  c->running = 1;
-  asio::co_spawn(w.ex, raw->run(), [c, executor](std::exception_ptr e, error_code ec) {
-    if (e) ec = error_code(EFAULT, boost::system::generic_category());
-    asio::post(executor, [c, ec] { (void)c->exited.try_send(error_code{}, ec); });
-  });
+  for (const auto& k : rings) {
+    queue_params qp;
+    qp.frontend_domid = id_.frontend_domid;
+    qp.layout = layout;
+    qp.ring_refs = k.refs;
+    qp.remote_port = k.port;
+    qp.limits = limits_;
+    worker w = ctx_.pick_worker();
+    auto q = queue::connect(w.ex, ctx_.xen, qp, *store_, w.aux, log_);
+    if (!q) {
+      // Queues already running are stopped by disconnect().
+      conn_ = c;
+      co_return bad_key("cannot map the ring or bind its event channel: " + q.error().what(), q.error());
+    }
+    queue* raw = q->get();
+    c->queues.push_back(std::move(*q));
+    c->workers.push_back(w);
+    ++c->running;
+    asio::co_spawn(w.ex, raw->run(), [c, executor](std::exception_ptr e, error_code ec) {
+      if (e) ec = error_code(EFAULT, boost::system::generic_category());
+      asio::post(executor, [c, ec] { (void)c->exited.try_send(error_code{}, ec); });
+    });
+  }
   conn_ = c;
 
   if (!reattach) {
     error_code ec = xs.transact([&](asio_xen::transaction& t) -> error_code {
       const auto& props = store_->properties();
-      if (auto e = t.write(be_ + "/sectors", props.size / 512)) return e;  // always 512-byte units
+      if (auto e = t.write(be_ + "/sectors", published_sectors_)) return e;  // always 512-byte units
       if (auto e = t.write(be_ + "/info", info_)) return e;
       if (auto e = t.write(be_ + "/sector-size", props.logical_sector)) return e;
       if (auto e = t.write(be_ + "/physical-sector-size", props.physical_sector)) return e;
       return {};
     });
-    if (ec) co_return ec;
+    if (ec) co_return bad_key("publishing the disk: " + ec.message(), ec);
     if (error_code e = switch_state(xenbus_state::connected)) co_return e;
+  } else if (auto s = xs.read<std::uint64_t>(be_ + "/sectors")) {
+    published_sectors_ = *s;
   }
-  XBD_LOG(log_, info) << (reattach ? "re-attached" : "connected") << ": " << refs.size() << " ring page(s), "
-                      << entries << " entries, event channel " << *port << " (local " << local_port << "), "
-                      << to_string(layout);
+  XBD_LOG(log_, info) << (reattach ? "re-attached" : "connected") << ": " << queues << " queue(s) of "
+                      << (1u << ring_order) << " ring page(s), " << c->queues.front()->ring_size()
+                      << " entries each, event channel " << rings.front().port << ", " << to_string(layout)
+                      << (limits_.max_indirect_segments ? ", indirect" : "");
   co_return error_code{};
+}
+
+// Online resize (blkif.md §3.6): new `sectors`, then `state` rewritten in the
+// same transaction so the frontend's watch fires, as Linux and QEMU do.
+void vbd::check_size() {
+  check_size_ = true;
+  if (watch_) watch_->poke();
+}
+
+void vbd::apply_resize() {
+  if (!conn_ || !store_) return;
+  auto size = store_->current_size();
+  if (!size) {
+    XBD_LOG(log_, warning) << "cannot read the size of " << store_->path().string() << ": " << size.error().what();
+    return;
+  }
+  const std::uint64_t sectors = *size / 512;
+  if (sectors == published_sectors_) return;
+  XBD_LOG(log_, info) << "resized: " << published_sectors_ << " -> " << sectors << " sectors";
+  limits_.sectors = sectors;
+  for (std::size_t i = 0; i < conn_->queues.size(); ++i) {
+    queue* q = conn_->queues[i].get();
+    asio::post(conn_->workers[i].ex, [q, sectors] { q->set_sectors(sectors); });
+  }
+  error_code ec = ctx_.xs.transact([&](asio_xen::transaction& t) -> error_code {
+    if (auto e = t.write(be_ + "/sectors", sectors)) return e;
+    return t.write(be_ + "/state", static_cast<unsigned>(state_));
+  });
+  if (ec) XBD_LOG(log_, warning) << "cannot publish the new size: " << ec.what();
+  published_sectors_ = sectors;
 }
 
 asio::awaitable<void> vbd::disconnect() {
   auto c = std::move(conn_);
   if (!c) co_return;
+  XBD_LOG(log_, debug) << "stopping " << c->queues.size() << " queue(s)";
   for (std::size_t i = 0; i < c->queues.size(); ++i) {
     queue* q = c->queues[i].get();
     asio::post(c->workers[i].ex, [q] { q->stop(); });

@@ -56,6 +56,7 @@ struct vbd_context {
   xen_platform xen;
   settings cfg;
   unsigned own_domid = 0;
+  unsigned max_queues = 1;  // multi-queue-max-queues we offer
   std::function<worker()> pick_worker;
 };
 
@@ -83,6 +84,8 @@ class vbd {
   void shutdown();
   // The guest may have died (@releaseDomain fired): check.
   void check_domain();
+  // The backing store may have been resized (SIGHUP, or the poll timer).
+  void check_size();
 
   const vbd_id& id() const { return id_; }
   const std::string& backend_path() const { return be_; }
@@ -96,7 +99,13 @@ class vbd {
   asio_xen::error_code publish_features();
   asio_xen::error_code switch_state(xenbus_state s);
   void fail(const std::string& what, asio_xen::error_code ec);
+  struct ring_keys {
+    std::vector<asio_xen::grant_ref> refs;
+    asio_xen::evtchn_port port = 0;
+  };
+  asio_xen::result<ring_keys> read_ring_keys(const std::string& dir, unsigned order);
   boost::asio::awaitable<asio_xen::error_code> connect(bool reattach);
+  void apply_resize();
   boost::asio::awaitable<void> disconnect();
   xenbus_state frontend_state();
 
@@ -111,9 +120,14 @@ class vbd {
   xenbus_state state_ = xenbus_state::unknown;  // what we last wrote
   device_limits limits_;
   unsigned info_ = 0;
+  std::uint32_t discard_alignment_ = 0;
   std::string key_problem_;
   bool shutdown_ = false;
   bool check_domain_ = false;
+  bool check_size_ = false;
+  bool connect_failed_ = false;
+  bool has_order_ = false;
+  std::uint64_t published_sectors_ = 0;
   bool domain_was_known_ = false;
 };
 

@@ -27,7 +27,8 @@ T take(const std::uint8_t*& p, std::size_t& n) {
 }
 
 void check(const checked_request& c, const device_limits& lim, std::uint8_t op) {
-  if (c.operation != op && !(op == BLKIF_OP_INDIRECT)) broken("operation not echoed");
+  if (op == BLKIF_OP_INDIRECT ? (c.operation != BLKIF_OP_READ && c.operation != BLKIF_OP_WRITE) : c.operation != op)
+    broken("operation not echoed");
   if (c.kind == op_kind::discard) {
     if (c.length == 0 || c.offset / 512 > lim.sectors || c.length / 512 > lim.sectors - c.offset / 512)
       broken("discard outside the disk");

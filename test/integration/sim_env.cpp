@@ -27,6 +27,18 @@ sim_env::~sim_env() {
   }
   daemon_.reset();
   ts_.reset();
+  // Keep every run's logs (daemon, frontends, xenstored trace) for later
+  // reading: the simulation directory itself goes with the fixture.
+  if (const char* keep = std::getenv("XBD_TEST_LOGS")) {
+    static int n = 0;
+    auto dest = std::filesystem::path(keep) / (std::to_string(::getpid()) + "-" + std::to_string(++n));
+    std::error_code ec;
+    std::filesystem::create_directories(dest, ec);
+    for (const auto& e : std::filesystem::directory_iterator(dir_, ec))
+      if (e.is_regular_file() && (e.path().extension() == ".log" || e.path().filename() == "trace"))
+        std::filesystem::copy_file(e.path(), dest / e.path().filename(),
+                                   std::filesystem::copy_options::overwrite_existing, ec);
+  }
 }
 
 void sim_env::create_guest(unsigned domid) {

@@ -48,7 +48,7 @@ TEST_CASE("verified random reads and writes through a 16-page ring, with flushes
   check_clean(r);
   CHECK(json_field(r.json, "ring_page_order") == "4");
   CHECK(json_field(r.json, "flush") != "0");
-  CHECK(env.log_shows("connected: 16 ring page(s), 512 entries"));
+  CHECK(env.log_shows("connected: 1 queue(s) of 16 ring page(s), 512 entries each"));
   CHECK(env.read(backend(5) + "/state") == "6");  // the frontend closed at the end
   CHECK(env.stop_daemon() == 0);
 }
@@ -62,7 +62,7 @@ TEST_CASE("verified sequential I/O through a single-page ring with large request
                                 "--bytes", "16M", "--verify"});
   check_clean(r);
   CHECK(json_field(r.json, "ring_entries") == "32");
-  CHECK(env.log_shows("connected: 1 ring page(s), 32 entries"));
+  CHECK(env.log_shows("connected: 1 queue(s) of 1 ring page(s), 32 entries each"));
 }
 
 TEST_CASE("direct-io-safe decides the open mode, and the log says which each vbd got") {
@@ -198,6 +198,7 @@ TEST_CASE("SIGTERM answers the requests in flight and a restarted daemon re-atta
       5, {"--devid", "51712", "--rw", "randrw", "--qd", "64", "--runtime", "4", "--verify", "--timeout", "30"}, "long");
   REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == "4"; }));
   std::this_thread::sleep_for(700ms);
+  INFO("daemon log:\n" << env.daemon_log());
   CHECK(env.stop_daemon() == 0);
   CHECK(env.log_shows("all devices released"));
   // Guest-visible state is untouched: still Connected.
@@ -221,4 +222,82 @@ TEST_CASE("bad values from the toolstack close the vbd with a reason") {
   CHECK(eventually([&] { return env.read(backend(5) + "/state") == "6"; }));
   CHECK(env.read(backend(5) + "/error").has_value());
   CHECK(env.log_shows("only raw images are served"));
+}
+
+TEST_CASE("multi-queue with indirect descriptors: two rings, large requests, verified data") {
+  sim_env env("[log]\nlevel = \"debug\"\n[io]\nworker-threads = 2\n");
+  env.create_guest(5);
+  add_disk(env, 5, env.make_image("disk.img", 64 << 20));
+  env.start_daemon();
+  auto r = env.run_frontend(5, {"--devid", "51712", "--queues", "2", "--indirect", "256", "--rw", "randrw", "--bs",
+                                "1M", "--qd", "4", "--bytes", "96M", "--flush-every", "8", "--verify"});
+  check_clean(r);
+  auto neg = json_field(r.json, "negotiated");
+  CHECK(json_field(neg, "queues") == "2");
+  CHECK(json_field(neg, "indirect_segments") == "256");
+  CHECK(json_field(neg, "indirect_in_use") == "true");
+  CHECK(env.log_shows("connected: 2 queue(s)"));
+}
+
+TEST_CASE("a frontend without indirect support still gets 1 MiB I/O done as 44 KiB requests") {
+  sim_env env;
+  env.create_guest(5);
+  add_disk(env, 5, env.make_image("disk.img", 32 << 20));
+  env.start_daemon();
+  auto r = env.run_frontend(5, {"--devid", "51712", "--indirect", "0", "--rw", "rw", "--bs", "1M", "--qd", "4",
+                                "--bytes", "32M", "--verify"});
+  check_clean(r);
+  CHECK(json_field(json_field(r.json, "negotiated"), "indirect_in_use") == "false");
+}
+
+TEST_CASE("online resize: the image grows, SIGHUP, and the backend publishes the new size") {
+  sim_env env;
+  env.create_guest(5);
+  auto img = env.make_image("disk.img", 16 << 20);
+  add_disk(env, 5, img);
+  env.start_daemon();
+  auto fe = env.start_frontend(5, {"--devid", "51712", "--rw", "none", "--hold", "0"}, "hold");
+  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == "4"; }));
+  CHECK(env.read(backend(5) + "/sectors") == std::to_string((16 << 20) / 512));
+  std::filesystem::resize_file(img, 48 << 20);
+  env.daemon().signal(SIGHUP);
+  CHECK(eventually([&] { return env.read(backend(5) + "/sectors") == std::to_string((48 << 20) / 512); }));
+  CHECK(env.log_shows("resized: 32768 -> 98304 sectors"));
+  CHECK(env.read(backend(5) + "/state") == "4");
+  // The new sectors are served.
+  fe->signal(SIGTERM);
+  (void)fe->wait(10s);
+  check_clean(env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--offset", "40M", "--size", "8M", "--ios",
+                                   "200", "--verify"}));
+}
+
+TEST_CASE("resize-poll-seconds notices a grown image without a signal") {
+  sim_env env("[io]\nresize-poll-seconds = 1\n");
+  env.create_guest(5);
+  auto img = env.make_image("disk.img", 8 << 20);
+  add_disk(env, 5, img);
+  env.start_daemon();
+  auto fe = env.start_frontend(5, {"--devid", "51712", "--rw", "none", "--hold", "0"}, "hold");
+  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == "4"; }));
+  std::filesystem::resize_file(img, 12 << 20);
+  CHECK(eventually([&] { return env.read(backend(5) + "/sectors") == std::to_string((12 << 20) / 512); }, 5s));
+}
+
+TEST_CASE("a cdrom is served read-only with VDISK_CDROM") {
+  sim_env env;
+  env.create_guest(5);
+  xbd::sim::disk_spec d;
+  d.domid = 5;
+  d.vdev = "xvdc";
+  d.target = env.make_image("cd.iso", 4 << 20);
+  d.cdrom = true;
+  d.writable = false;
+  auto devid = env.toolstack().add_disk(d);
+  env.start_daemon();
+  auto r = env.run_frontend(5, {"--devid", std::to_string(devid), "--rw", "read", "--ios", "100"});
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(json_field(r.json, "readonly") == "true");
+  // VDISK_CDROM | VDISK_REMOVABLE | VDISK_READONLY: xl makes a cdrom removable.
+  CHECK(json_field(json_field(r.json, "disk"), "info") == "7");
 }
