@@ -314,3 +314,130 @@ TEST_CASE("stop answers every request already taken, then run() returns") {
   CHECK(answered == 30u);
   CHECK(r.q->in_flight() == 0u);
 }
+
+namespace {
+
+blkif_request indirect(std::uint8_t op, std::uint64_t id, std::uint64_t sector, std::uint16_t nseg,
+                       std::vector<grant_ref> pages) {
+  blkif_request r{};
+  auto* ind = reinterpret_cast<blkif_request_indirect*>(&r);
+  ind->operation = BLKIF_OP_INDIRECT;
+  ind->indirect_op = op;
+  ind->nr_segments = nseg;
+  ind->id = id;
+  ind->sector_number = sector;
+  for (std::size_t i = 0; i < pages.size(); ++i) ind->indirect_grefs[i] = pages[i];
+  return r;
+}
+
+device_limits with_indirect(std::uint32_t segs) {
+  device_limits l;
+  l.max_indirect_segments = segs;
+  return l;
+}
+
+}  // namespace
+
+TEST_CASE("an indirect read fetches its descriptors once and fills every segment; the response says READ") {
+  rig r(1, with_indirect(256), 4 << 20);
+  // Descriptors in data page 63: 40 segments, one per data page 0..39.
+  auto desc_page = r.data_page(63);
+  for (std::uint16_t i = 0; i < 40; ++i) {
+    blkif_request_segment s{r.data_refs[i], 0, 7};
+    std::memcpy(desc_page.data() + i * sizeof s, &s, sizeof s);
+  }
+  r.submit(indirect(BLKIF_OP_READ, 99, 64, 40, {r.data_refs[63]}));
+  r.kick();
+  auto rs = r.responses(1);
+  REQUIRE(rs.size() == 1u);
+  CHECK(rs[0].id == 99u);
+  CHECK(rs[0].status == BLKIF_RSP_OKAY);
+  CHECK(rs[0].operation == BLKIF_OP_READ);
+  for (std::size_t i = 0; i < 40; ++i)
+    for (std::size_t b = 0; b < page; b += 511) REQUIRE(r.data_page(i)[b] == pattern(64 * 512 + i * page + b));
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("an indirect write spanning two indirect pages lands in order") {
+  rig r(1, with_indirect(600), 8 << 20);
+  // 600 segments of one sector each, all from data page 0 (filled with 0x5a),
+  // descriptors in data pages 61 and 62.
+  std::memset(r.data_page(0).data(), 0x5a, page);
+  for (std::uint16_t i = 0; i < 600; ++i) {
+    blkif_request_segment s{r.data_refs[0], static_cast<std::uint8_t>(i % 8), static_cast<std::uint8_t>(i % 8)};
+    auto dest = r.data_page(61 + i / 512);
+    std::memcpy(dest.data() + (i % 512) * sizeof s, &s, sizeof s);
+  }
+  r.submit(indirect(BLKIF_OP_WRITE, 7, 1000, 600, {r.data_refs[61], r.data_refs[62]}));
+  r.kick();
+  auto rs = r.responses(1);
+  REQUIRE(rs.size() == 1u);
+  CHECK(rs[0].status == BLKIF_RSP_OKAY);
+  CHECK(rs[0].operation == BLKIF_OP_WRITE);
+  auto disk = r.file.read(1000 * 512, 600 * 512);
+  for (auto b : disk) REQUIRE(b == std::byte{0x5a});
+  CHECK(r.file.read(1600 * 512, 1)[0] == pattern(1600 * 512));
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("indirect requests with a bad descriptor, a bad indirect page or too many segments are answered ERROR") {
+  rig r(1, with_indirect(64), 4 << 20);
+  blkif_request_segment bad{r.data_refs[0], 3, 9};
+  std::memcpy(r.data_page(63).data(), &bad, sizeof bad);
+  r.submit(indirect(BLKIF_OP_READ, 1, 0, 1, {r.data_refs[63]}));     // descriptor outside its page
+  r.submit(indirect(BLKIF_OP_READ, 2, 0, 1, {123456}));              // indirect page not granted
+  r.submit(indirect(BLKIF_OP_READ, 3, 0, 65, {r.data_refs[63]}));    // above the advertised maximum
+  r.submit(indirect(BLKIF_OP_FLUSH_DISKCACHE, 4, 0, 1, {r.data_refs[63]}));  // only READ/WRITE inside
+  r.kick();
+  auto rs = r.responses(4);
+  REQUIRE(rs.size() == 4u);
+  for (auto& x : rs) CHECK(x.status == BLKIF_RSP_ERROR);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("a barrier runs after everything before it and before everything after it") {
+  device_limits lim;
+  lim.barrier = true;
+  rig r(1, lim, 1 << 20);
+  std::memset(r.data_page(0).data(), 0x11, page);
+  std::memset(r.data_page(1).data(), 0x22, page);
+  std::memset(r.data_page(2).data(), 0x33, page);
+  r.submit(make(BLKIF_OP_WRITE, 1, 0, {{r.data_refs[0], 0, 7}}));
+  r.submit(make(BLKIF_OP_WRITE_BARRIER, 2, 0, {{r.data_refs[1], 0, 7}}));
+  r.submit(make(BLKIF_OP_WRITE, 3, 0, {{r.data_refs[2], 0, 7}}));
+  r.kick();
+  auto rs = r.responses(3);
+  REQUIRE(rs.size() == 3u);
+  // Responses come in order: the barrier's completes after the first write
+  // and before the third starts.
+  CHECK(rs[0].id == 1u);
+  CHECK(rs[1].id == 2u);
+  CHECK(rs[2].id == 3u);
+  for (auto& x : rs) CHECK(x.status == BLKIF_RSP_OKAY);
+  CHECK(r.file.read(0, 1)[0] == std::byte{0x33});
+  CHECK(r.q->stats().flushes == 1u);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("a discard punches a hole: the range reads back as zeroes") {
+  device_limits lim;
+  lim.discard = true;
+  rig r(1, lim, 1 << 20);
+  blkif_request d{};
+  auto* disc = reinterpret_cast<blkif_request_discard*>(&d);
+  disc->operation = BLKIF_OP_DISCARD;
+  disc->id = 5;
+  disc->sector_number = 8;
+  disc->nr_sectors = 16;
+  r.submit(d);
+  r.kick();
+  auto rs = r.responses(1);
+  REQUIRE(rs.size() == 1u);
+  CHECK(rs[0].status == BLKIF_RSP_OKAY);
+  CHECK(rs[0].operation == BLKIF_OP_DISCARD);
+  for (auto b : r.file.read(8 * 512, 16 * 512)) REQUIRE(b == std::byte{0});
+  CHECK(r.file.read(7 * 512, 1)[0] == pattern(7 * 512));
+  CHECK(r.file.read(24 * 512, 1)[0] == pattern(24 * 512));
+  CHECK(r.q->stats().discards == 1u);
+  CHECK_FALSE(r.stop());
+}

@@ -358,3 +358,60 @@ TEST_CASE("the open mode reaches the descriptor: O_DIRECT exactly when chosen") 
   REQUIRE(ro.has_value());
   CHECK((::fcntl(ro->fd(), F_GETFL) & O_ACCMODE) == O_RDONLY);
 }
+
+TEST_CASE("multi-queue: the offer is published and a request beyond it is refused") {
+  rig r;
+  r.ctx.max_queues = 4;
+  r.start();
+  CHECK(r.db.read(be + "/multi-queue-max-queues") == "4");
+  CHECK(r.db.read(be + "/feature-max-indirect-segments") == "256");
+  r.db.write(fe + "/multi-queue-num-queues", "5");
+  r.db.write(fe + "/ring-ref", "8");
+  r.db.write(fe + "/event-channel", "1");
+  r.db.write(fe + "/state", "3");
+  r.settle();
+  CHECK(r.state() == "6");
+  CHECK(r.db.read(be + "/error").value_or("").find("multi-queue-num-queues 5") != std::string::npos);
+}
+
+TEST_CASE("multi-queue: two queues read their keys under queue-0 and queue-1") {
+  rig r;
+  r.ctx.max_queues = 2;
+  r.start();
+  std::vector<asio_xen::event_channel> ports;
+  for (int q = 0; q < 2; ++q) {
+    auto ref = r.mem.grant(q, 0);
+    (void)asio_xen::front_ring<blkif_request, blkif_response>::init({r.mem.page(q).data(), xen::page_size});
+    ports.push_back(*asio_xen::event_channel::bind_unbound(r.ioc.get_executor(), r.bus.open(guest), 0));
+    r.db.write(fe + "/queue-" + std::to_string(q) + "/ring-ref", std::to_string(ref));
+    r.db.write(fe + "/queue-" + std::to_string(q) + "/event-channel", std::to_string(ports.back().local_port()));
+  }
+  r.db.write(fe + "/multi-queue-num-queues", "2");
+  r.db.write(fe + "/state", "3");
+  r.settle();
+  CHECK(r.state() == "4");
+  CHECK(r.tables.mapped_pages() == 2u);
+}
+
+TEST_CASE("discard is offered on a writable file unless the toolstack says discard-enable=0") {
+  SUBCASE("default") {
+    rig r;
+    r.start();
+    CHECK(r.db.read(be + "/feature-discard") == "1");
+    CHECK(r.db.read(be + "/discard-granularity").has_value());
+    CHECK(r.db.read(be + "/feature-barrier") == "1");
+  }
+  SUBCASE("discard-enable=0") {
+    rig r;
+    r.db.write(be + "/discard-enable", "0");
+    r.start();
+    CHECK(r.db.read(be + "/feature-discard") == "0");
+  }
+  SUBCASE("read-only") {
+    rig r;
+    r.db.write(be + "/mode", "r");
+    r.start();
+    CHECK(r.db.read(be + "/feature-discard") == "0");
+    CHECK(r.db.read(be + "/feature-barrier") == "0");
+  }
+}
