@@ -301,3 +301,39 @@ TEST_CASE("a cdrom is served read-only with VDISK_CDROM") {
   // VDISK_CDROM | VDISK_REMOVABLE | VDISK_READONLY: xl makes a cdrom removable.
   CHECK(json_field(json_field(r.json, "disk"), "info") == "7");
 }
+
+TEST_CASE("a hostile guest: bad requests are answered, a runaway producer index halts only its own ring") {
+  sim_env env;
+  env.create_guest(5);
+  env.create_guest(6);
+  add_disk(env, 5, env.make_image("evil.img", 8 << 20));
+  add_disk(env, 6, env.make_image("good.img", 8 << 20));
+  env.start_daemon();
+  auto script = env.dir() / "hostile.script";
+  std::ofstream(script) << "pages buf 2 rw\n"
+                           "req op=0x63 id=1\n"                        // unknown op
+                           "req op=read id=2 sector=0 seg=buf:0:6:2\n"  // first_sect > last_sect
+                           "req op=read id=3 sector=0 nseg=12\n"        // too many segments
+                           "req op=write id=4 sector=999999999 seg=buf:0:0:7\n"  // beyond the disk
+                           "req op=read id=5 sector=0 seg=99999:0:7\n"  // a grant that does not exist
+                           "req op=read id=6 sector=8 seg=buf:1:0:7\n"  // fine
+                           "push\n"
+                           "wait 6\n"
+                           "expect 1 eopnotsupp\n"
+                           "expect 2 error\n"
+                           "expect 3 error\n"
+                           "expect 4 error\n"
+                           "expect 5 error\n"
+                           "expect 6 okay\n"
+                           "req-prod +1000\n"
+                           "expect-no-response 300\n"
+                           "expect-state connected\n";
+  auto r = env.run_frontend(5, {"--devid", "51712", "--rw", "none", "--script", script.string()});
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(env.log_shows("[d5/51712 xvda] frontend published an impossible request index; this ring is halted"));
+  // The other guest is served as if nothing happened, and so is a clean
+  // reconnect of the hostile one.
+  check_clean(env.run_frontend(6, {"--devid", "51712", "--rw", "randrw", "--ios", "500", "--verify"}));
+  CHECK(env.daemon().running());
+}
