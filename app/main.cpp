@@ -9,7 +9,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
-#include <boost/asio/signal_set.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
 
 #include <atomic>
 #include <cstdio>
@@ -19,7 +19,9 @@
 #include <iostream>
 #include <optional>
 #include <string>
+#include <csignal>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
 #include <thread>
 #include <unistd.h>
 #include <vector>
@@ -131,6 +133,18 @@ void daemonize() {
   }
 }
 
+const sigset_t& handled_signals() {
+  static const sigset_t set = [] {
+    sigset_t s;
+    sigemptyset(&s);
+    sigaddset(&s, SIGTERM);
+    sigaddset(&s, SIGINT);
+    sigaddset(&s, SIGHUP);
+    return s;
+  }();
+  return set;
+}
+
 struct worker_thread {
   asio::io_context ioc{1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> guard;
@@ -158,6 +172,10 @@ void start_backend(asio::io_context& control, blkback::backend& be, std::functio
 int main(int argc, char** argv) {
   auto opts = parse_args(argc, argv);
   if (!opts) return 2;
+  // Before any thread exists, so that every thread inherits the mask.
+  ::pthread_sigmask(SIG_BLOCK, &handled_signals(), nullptr);
+  // A peer that goes away (journald restarting, xenstored) must not kill us.
+  ::signal(SIGPIPE, SIG_IGN);
 
   blkback::settings cfg;
   try {
@@ -218,31 +236,39 @@ int main(int argc, char** argv) {
                     << threads << " worker thread(s); " << blkback::describe(cfg);
 
   blkback::backend be(ctx);
-  asio::signal_set signals(control, SIGTERM, SIGINT, SIGHUP);
+  // Signals arrive through a signalfd on the control thread: they are
+  // blocked in every thread (see main's start), so none interrupts a worker
+  // or libxenstore's reader thread, and none is lost between waits.
+  asio::posix::stream_descriptor signals(control, ::signalfd(-1, &handled_signals(), SFD_CLOEXEC | SFD_NONBLOCK));
   std::function<void()> arm = [&] {
-    signals.async_wait([&](const boost::system::error_code& ec, int sig) {
+    signals.async_wait(asio::posix::descriptor_base::wait_read, [&](const boost::system::error_code& ec) {
       if (ec) return;
-      if (sig == SIGHUP) {
-        try {
-          auto fresh = load(*opts);
-          if (opts->log_level) fresh.log.level = *opts->log_level;
-          app::reload_logging(fresh.log);
-          XBD_LOG(lg, info) << "SIGHUP: logging settings reloaded; checking backing sizes";
-          be.check_sizes();
-        } catch (const std::exception& e) {
-          XBD_LOG(lg, error) << "SIGHUP: keeping the running settings: " << e.what();
+      signalfd_siginfo info{};
+      while (::read(signals.native_handle(), &info, sizeof info) == static_cast<ssize_t>(sizeof info)) {
+        const int sig = static_cast<int>(info.ssi_signo);
+        if (sig == SIGHUP) {
+          try {
+            auto fresh = load(*opts);
+            if (opts->log_level) fresh.log.level = *opts->log_level;
+            app::reload_logging(fresh.log);
+            XBD_LOG(lg, info) << "SIGHUP: logging settings reloaded; checking backing sizes";
+            be.check_sizes();
+          } catch (const std::exception& e) {
+            XBD_LOG(lg, error) << "SIGHUP: keeping the running settings: " << e.what();
+          }
+        } else {
+          XBD_LOG(lg, info) << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
+                            << ": answering requests in flight, then exiting";
+          be.shutdown();
         }
-        arm();
-        return;
       }
-      XBD_LOG(lg, info) << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
-                        << ": answering requests in flight, then exiting";
-      be.shutdown();
+      arm();
     });
   };
   arm();
   start_backend(control, be, [&] {
-    signals.cancel();
+    boost::system::error_code ignored;
+    signals.cancel(ignored);
     control.stop();
   });
   control.run();
