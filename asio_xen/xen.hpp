@@ -16,7 +16,7 @@
 #include <cstdint>
 
 #ifndef __XEN_TOOLS__
-#define __XEN_TOOLS__ 1
+#define __XEN_TOOLS__ 1  // NOLINT(bugprone-reserved-identifier): the Xen headers ask for it
 #endif
 
 // Full fence for the ring protocol: producer index updates must be ordered

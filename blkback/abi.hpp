@@ -54,12 +54,33 @@ wire_request decode_x86_64(std::span<const std::byte, x86_64_request_size> raw);
 // offsets.
 void encode_response_x86_64(std::span<std::byte> slot, std::uint64_t id, std::uint8_t op, std::int16_t status);
 
+// A 32-bit guest's compiler aligns 64-bit fields to 4 bytes, so its requests
+// are 108 bytes with `id` at 4, and its responses 12 bytes (abi.cpp has
+// every offset).
+inline constexpr std::size_t x86_32_request_size = 108;
+inline constexpr std::size_t x86_32_response_size = 12;
+wire_request decode_x86_32(std::span<const std::byte, x86_32_request_size> raw);
+// Zeroes the 12-byte response and writes id, operation and status at the
+// x86_32 offsets; the rest of the slot is left alone.
+void encode_response_x86_32(std::span<std::byte> slot, std::uint64_t id, std::uint8_t op, std::int16_t status);
+
 namespace detail {
+// Byte arrays, not structs with the fields: the ring copies whole slots and
+// the decoders pick the fields out at the layout's offsets, so no host
+// alignment or padding rule can creep in. Their alignment of 1 also makes
+// the ring's entry size exactly the layout's (108 for x86_32, as ring.h's
+// union is on i386).
 struct raw_x86_64_request {
   std::byte bytes[x86_64_request_size];
 };
 struct raw_x86_64_response {
   std::byte bytes[x86_64_response_size];
+};
+struct raw_x86_32_request {
+  std::byte bytes[x86_32_request_size];
+};
+struct raw_x86_32_response {
+  std::byte bytes[x86_32_response_size];
 };
 }  // namespace detail
 
@@ -67,6 +88,7 @@ struct raw_x86_64_response {
 class abi_ring {
  public:
   using x86_64_ring = asio_xen::back_ring<detail::raw_x86_64_request, detail::raw_x86_64_response>;
+  using x86_32_ring = asio_xen::back_ring<detail::raw_x86_32_request, detail::raw_x86_32_response>;
 
   static asio_xen::result<abi_ring> attach(abi a, std::span<std::byte> mem);
   // Entries of a ring of `pages` pages in layout `a`.
@@ -83,9 +105,10 @@ class abi_ring {
   std::uint32_t in_flight() const;
 
  private:
-  abi_ring(abi a, x86_64_ring r) : abi_(a), ring_(std::move(r)) {}
+  using any_ring = std::variant<x86_64_ring, x86_32_ring>;
+  abi_ring(abi a, any_ring r) : abi_(a), ring_(std::move(r)) {}
   abi abi_;
-  std::variant<x86_64_ring> ring_;
+  any_ring ring_;
 };
 
 }  // namespace xbd::blkback

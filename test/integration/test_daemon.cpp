@@ -4,6 +4,7 @@
 #include <doctest/doctest.h>
 
 #include <csignal>
+#include <sys/stat.h>
 #include <fstream>
 #include <thread>
 
@@ -336,4 +337,52 @@ TEST_CASE("a hostile guest: bad requests are answered, a runaway producer index 
   // reconnect of the hostile one.
   check_clean(env.run_frontend(6, {"--devid", "51712", "--rw", "randrw", "--ios", "500", "--verify"}));
   CHECK(env.daemon().running());
+}
+
+TEST_CASE("a 32-bit guest (x86_32-abi) with discards, barriers and flushes on two queues: verified") {
+  sim_env env("[log]\nlevel = \"debug\"\n[io]\nworker-threads = 2\n");
+  env.create_guest(5);
+  add_disk(env, 5, env.make_image("disk.img", 32 << 20));
+  env.start_daemon();
+  auto r = env.run_frontend(5, {"--devid", "51712", "--protocol", "x86_32-abi", "--queues", "2", "--rw", "randrw",
+                                "--discard-pct", "20", "--barrier-every", "5", "--flush-every", "50", "--verify",
+                                "--bs", "16k", "--qd", "16", "--ios", "3000", "--size", "8m"});
+  check_clean(r);
+  CHECK(json_field(json_field(r.json, "negotiated"), "protocol") == "\"x86_32-abi\"");
+  CHECK(json_field(json_field(r.json, "ops"), "discard") != "0");
+  CHECK(json_field(json_field(r.json, "ops"), "barrier") != "0");
+  CHECK(env.log_shows("x86_32-abi"));
+}
+
+TEST_CASE("discard punches holes: trimmed blocks read back as zeroes, and the image file has holes") {
+  sim_env env;
+  env.create_guest(5);
+  auto img = env.make_image("disk.img", 16 << 20);
+  add_disk(env, 5, img);
+  env.start_daemon();
+  check_clean(env.run_frontend(5, {"--devid", "51712", "--rw", "write", "--bs", "64k", "--size", "4m", "--bytes",
+                                   "4m", "--verify"}));
+  struct stat before {};
+  REQUIRE(::stat(img.c_str(), &before) == 0);
+  check_clean(env.run_frontend(5, {"--devid", "51712", "--rw", "trim", "--bs", "64k", "--size", "4m", "--bytes", "4m"}));
+  check_clean(env.run_frontend(5, {"--devid", "51712", "--rw", "read", "--bs", "64k", "--size", "4m", "--bytes", "4m",
+                                   "--verify", "--verify-unwritten", "zero"}));
+  struct stat after {};
+  REQUIRE(::stat(img.c_str(), &after) == 0);
+  CHECK(after.st_blocks < before.st_blocks);  // the blocks went back to the filesystem
+}
+
+TEST_CASE("discard-enable=0 from the toolstack: no discard is offered") {
+  sim_env env;
+  env.create_guest(5);
+  xbd::sim::disk_spec d;
+  d.domid = 5;
+  d.target = env.make_image("disk.img", 8 << 20);
+  d.discard_enable = false;
+  env.toolstack().add_disk(d);
+  env.start_daemon();
+  auto r = env.run_frontend(5, {"--devid", "51712", "--rw", "read", "--ios", "50"});
+  CHECK(r.status == 0);
+  CHECK(json_field(json_field(r.json, "disk"), "discard") == "false");
+  CHECK(env.read(backend(5) + "/feature-discard") == "0");
 }

@@ -2,9 +2,10 @@
 //
 // Requests are described in host structs and written into a ring slot field
 // by field at the offsets of the chosen ABI, so that the bytes the backend
-// sees are exactly the ABI's and never a host struct's padding. Adding the
-// packed x86_32 layout (or discard/barrier, which are plain ops here already)
-// means one more `abi` implementation; nothing above this layer changes.
+// sees are exactly the ABI's and never a host struct's padding. x86_64-abi
+// is the public headers' native layout; x86_32-abi is what a 32-bit guest's
+// compiler makes of the same headers (64-bit fields 4-aligned: 108-byte
+// requests, 12-byte responses), spelled out in abi.cpp.
 #pragma once
 
 #include <cstddef>
@@ -65,13 +66,23 @@ struct indirect_request {
   std::span<const std::uint32_t> indirect_grefs;  // at most max_indirect_pages
 };
 
+// BLKIF_OP_DISCARD: blkif_request_discard.
+struct discard_request {
+  std::uint8_t flag = 0;  // BLKIF_DISCARD_SECURE or 0
+  std::uint16_t handle = 0;
+  std::uint64_t id = 0;
+  std::uint64_t sector_number = 0;
+  std::uint64_t nr_sectors = 0;
+};
+inline constexpr std::uint8_t discard_secure = 1;  // BLKIF_DISCARD_SECURE
+
 struct response {
   std::uint64_t id = 0;
   std::uint8_t operation = 0;
   std::int16_t status = 0;
 };
 
-enum class protocol { x86_64 };
+enum class protocol { x86_64, x86_32 };
 
 class abi {
  public:
@@ -85,6 +96,7 @@ class abi {
   // request survives in fields this one does not use.
   virtual void put(std::span<std::byte> slot, const direct_request& r) const = 0;
   virtual void put(std::span<std::byte> slot, const indirect_request& r) const = 0;
+  virtual void put(std::span<std::byte> slot, const discard_request& r) const = 0;
   virtual response get_response(std::span<const std::byte> slot) const = 0;
 };
 

@@ -29,8 +29,10 @@ void run_stats::protocol_error(std::string msg) {
 
 void run_stats::merge(const run_stats& o) {
   for (std::size_t i = 0; i < ops.size(); ++i) ops[i] += o.ops[i];
+  barriers += o.barriers;
   bytes_read += o.bytes_read;
   bytes_written += o.bytes_written;
+  bytes_discarded += o.bytes_discarded;
   requests += o.requests;
   indirect_requests += o.indirect_requests;
   notifications += o.notifications;
@@ -47,6 +49,7 @@ void run_stats::merge(const run_stats& o) {
   latency.merge(o.latency);
   read_latency.merge(o.read_latency);
   write_latency.merge(o.write_latency);
+  discard_latency.merge(o.discard_latency);
   seconds += o.seconds;
 }
 
@@ -120,6 +123,13 @@ bool engine::prepare(std::string& err) {
   parts_per_io_ = (pages_per_io_ + segs - 1) / segs;
   use_indirect_ = params_.neg.indirect_segments > 0 &&
                   (pages_per_request_ > max_direct_segments || params_.neg.force_indirect);
+  // blkif.h allows only READ and WRITE as an indirect_op, and a barrier
+  // split in parts would order nothing: a barrier write is one direct request.
+  if (params_.barriers && (parts_per_io_ > 1 || pages_per_request_ > max_direct_segments)) {
+    err = "a barrier write is one direct request of at most " + std::to_string(max_direct_segments) +
+          " pages, but --bs " + std::to_string(params_.bs) + " needs more";
+    return false;
+  }
   indirect_pages_per_request_ =
       use_indirect_ ? (pages_per_request_ + segments_per_indirect_page - 1) / segments_per_indirect_page : 0;
 
@@ -178,6 +188,17 @@ std::uint64_t engine::verify_index(std::uint64_t lba) const {
 void engine::fill_request(queue_state& qs, request_ctx& c, std::uint8_t operation) {
   auto slot = qs.q->ring.next_request_slot();
   const std::uint64_t id = (std::uint64_t{c.seq} << 32) | static_cast<std::uint64_t>(&c - qs.ctx.data());
+  if (operation == op::discard) {
+    discard_request r;
+    r.flag = params_.discard_secure ? discard_secure : 0;
+    r.handle = params_.handle;
+    r.id = id;
+    r.sector_number = c.sector;
+    r.nr_sectors = c.bytes / 512;
+    params_.layout->put(slot, r);
+    c.expect_op = operation;
+    return;
+  }
   if (operation == op::flush_diskcache) {
     direct_request r;
     r.operation = operation;
@@ -195,7 +216,7 @@ void engine::fill_request(queue_state& qs, request_ctx& c, std::uint8_t operatio
     const std::uint32_t len = std::min<std::uint32_t>(page, c.bytes - i * page);
     return segment{c.data.ref(i), 0, static_cast<std::uint8_t>(len / 512 - 1)};
   };
-  if (use_indirect_) {
+  if (use_indirect_ && operation != op::write_barrier) {
     for (unsigned i = 0; i < c.pages; ++i)
       put_indirect_segment(c.indirect.page(i / segments_per_indirect_page),
                            i % segments_per_indirect_page, seg_of(i));
@@ -232,7 +253,8 @@ bool engine::start_io(queue_state& qs, const planned_io& io, run_stats& st) {
   s.busy = true;
   s.io = io;
   s.start = clock::now();
-  s.parts_left = io.kind == io_kind::flush ? 1 : parts_per_io_;
+  const bool has_data = io.kind == io_kind::read || io.kind == io_kind::write;
+  s.parts_left = has_data ? parts_per_io_ : 1;
 
   for (unsigned part = 0; part < s.parts_left; ++part) {
     const unsigned ci = qs.free_ctx.back();
@@ -243,12 +265,17 @@ bool engine::start_io(queue_state& qs, const planned_io& io, run_stats& st) {
     c.io_slot = slot;
     c.kind = io.kind;
     std::uint8_t operation = op::flush_diskcache;
-    if (io.kind != io_kind::flush) {
+    if (io.kind == io_kind::discard) {
+      c.bytes = io.bytes;
+      c.pages = 0;
+      c.sector = io.sector;
+      operation = op::discard;
+    } else if (has_data) {
       const std::uint64_t first_byte = std::uint64_t{part} * pages_per_request_ * page;
       c.bytes = static_cast<std::uint32_t>(std::min<std::uint64_t>(pages_per_request_ * page, io.bytes - first_byte));
       c.pages = static_cast<unsigned>((c.bytes + page - 1) / page);
       c.sector = io.sector + first_byte / 512;
-      operation = io.kind == io_kind::read ? op::read : op::write;
+      operation = io.kind == io_kind::read ? op::read : io.barrier ? op::write_barrier : op::write;
       if (params_.verify) {
         auto buf = c.data.bytes().first(c.bytes);
         if (io.kind == io_kind::read) {
@@ -271,7 +298,7 @@ bool engine::start_io(queue_state& qs, const planned_io& io, run_stats& st) {
     qs.q->ring.advance();
     ++qs.requests_in_flight;
     ++st.requests;
-    if (use_indirect_ && io.kind != io_kind::flush) ++st.indirect_requests;
+    if (use_indirect_ && has_data && !io.barrier) ++st.indirect_requests;
   }
   return true;
 }
@@ -303,7 +330,10 @@ void engine::complete_request(queue_state& qs, request_ctx& c, std::int16_t stat
   if (status == status::error) ++st.io_errors;
   else if (status == status::eopnotsupp) ++st.eopnotsupp;
 
-  if (params_.verify && c.kind != io_kind::flush) {
+  if (params_.verify && c.kind == io_kind::discard) {
+    for (std::uint32_t off = 0; off < c.bytes; off += vblock_)
+      tracker_->discard_completed(verify_index(c.sector + off / 512), ok);
+  } else if (params_.verify && c.kind != io_kind::flush) {
     auto buf = c.data.bytes().first(c.bytes);
     for (std::uint32_t off = 0, k = 0; off < c.bytes; off += vblock_, ++k) {
       const std::uint64_t lba = c.sector + off / 512;
@@ -314,7 +344,8 @@ void engine::complete_request(queue_state& qs, request_ctx& c, std::int16_t stat
       }
       if (!ok) continue;
       const expectation e = tracker_->expect(vb);
-      const check_result r = check_block(buf.subspan(off, vblock_), lba, params_.run_id, e, params_.policy);
+      const check_result r =
+          check_block(buf.subspan(off, vblock_), lba, params_.run_id, e, params_.policy, params_.discards);
       ++st.verified_blocks;
       if (r.v == verdict::ok) continue;
       ++st.mismatches[static_cast<std::size_t>(r.v)];
@@ -328,7 +359,10 @@ void engine::complete_request(queue_state& qs, request_ctx& c, std::int16_t stat
                      static_cast<unsigned long long>(r.found_lba),
                      static_cast<unsigned long long>(r.found_generation),
                      static_cast<unsigned long long>(r.found_run_id),
-                     e.maybe.empty() ? "" : " (after a failed write)");
+                     e.discarded         ? " (after a discard)"
+                     : e.maybe_discarded ? " (after a failed discard)"
+                     : e.maybe.empty()   ? ""
+                                         : " (after a failed write)");
       if (st.first_mismatches.size() < max_mismatch_records)
         st.first_mismatches.push_back({qs.q->index, lba, r.v, e.committed, r});
     }
@@ -350,6 +384,10 @@ void engine::complete_request(queue_state& qs, request_ctx& c, std::int16_t stat
   } else if (s.io.kind == io_kind::write) {
     st.write_latency.record(ns);
     if (ok) st.bytes_written += s.io.bytes;
+    if (s.io.barrier) ++st.barriers;
+  } else if (s.io.kind == io_kind::discard) {
+    st.discard_latency.record(ns);
+    if (ok) st.bytes_discarded += s.io.bytes;
   }
   w.complete(s.io);
   s.busy = false;

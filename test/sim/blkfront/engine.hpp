@@ -36,6 +36,9 @@ struct engine_params {
   std::uint32_t bs = 4096;
   bool verify = false;
   unwritten_policy policy = unwritten_policy::any;
+  discard_policy discards = discard_policy::zero;
+  bool discard_secure = false;  // set BLKIF_DISCARD_SECURE on every discard
+  bool barriers = false;        // the workload sends barrier writes
   std::uint64_t run_id = 0;
   std::uint64_t region_offset = 0;  // bytes; verify blocks are counted from here
   std::chrono::milliseconds response_timeout{30000};
@@ -49,12 +52,14 @@ struct mismatch_record {
   check_result found;
 };
 
-inline constexpr std::size_t verdict_count = 8;
+inline constexpr std::size_t verdict_count = 9;
 
 struct run_stats {
-  std::array<std::uint64_t, 3> ops{};  // completed, by io_kind
+  std::array<std::uint64_t, io_kind_count> ops{};  // completed, by io_kind
+  std::uint64_t barriers = 0;           // writes completed that went as WRITE_BARRIER
   std::uint64_t bytes_read = 0;
   std::uint64_t bytes_written = 0;
+  std::uint64_t bytes_discarded = 0;
   std::uint64_t requests = 0;           // ring requests pushed
   std::uint64_t indirect_requests = 0;
   std::uint64_t notifications = 0;      // event channel kicks sent
@@ -69,6 +74,7 @@ struct run_stats {
   latency_histogram latency;  // data I/Os and flushes, issue to completion
   latency_histogram read_latency;
   latency_histogram write_latency;
+  latency_histogram discard_latency;
   double seconds = 0;
 
   std::uint64_t total_mismatches() const;

@@ -68,14 +68,25 @@ Negotiation (each is cut down to what the backend advertises):
   --queues N              multi-queue-num-queues wish (1)
   --indirect N            indirect segments wish, 0 = never (256)
   --force-indirect        use BLKIF_OP_INDIRECT for every data request
-  --protocol NAME         x86_64-abi | native | none (omit the key) (x86_64-abi)
-  --protocol-key STRING   write STRING as `protocol` (the ring stays x86_64)
+  --protocol NAME         ring layout and `protocol` key: x86_64-abi | x86_32-abi |
+                          native (= x86_64-abi) | none (x86_64 layout, key
+                          omitted) (x86_64-abi)
+  --protocol-key STRING   write STRING as `protocol` (the ring keeps the
+                          --protocol layout)
   --persistent            write feature-persistent=1 (0)
   --always-ring-page-order  write ring-page-order + ring-ref0 even for 1 page
 
 Workload:
-  --rw MODE               read|write|rw|randread|randwrite|randrw|none (randread)
+  --rw MODE               read|write|rw|randread|randwrite|randrw|trim|randtrim|none
+                          (randread); trim = every I/O a discard
   --read-pct N            share of reads for rw/randrw (50)
+  --discard-pct N         share of I/Os that are BLKIF_OP_DISCARD of their block,
+                          the rest split by --read-pct (0; 100 for trim modes);
+                          needs feature-discard, and --bs and --offset aligned
+                          to discard-granularity/-alignment
+  --discard-secure        set BLKIF_DISCARD_SECURE (needs discard-secure=1)
+  --barrier-every N       send every Nth write as BLKIF_OP_WRITE_BARRIER with
+                          its data (needs feature-barrier; --bs <= 44k)
   --bs SIZE               bytes per I/O, multiple of 512 and of sector-size (4k)
   --qd N                  I/Os in flight per queue (1)
   --runtime SEC           stop issuing after SEC seconds
@@ -88,6 +99,9 @@ Workload:
   --verify                stamp every written block, check every read
   --verify-unwritten any|zero|stamped   what a block never written by this
                           run may hold (any)
+  --verify-discard zero|unknown   what a discarded block may read back as:
+                          zeroes (a hole punched in a file), or zeroes or any
+                          older data of its own (blkif.h promises nothing) (zero)
   --prefill               write the whole region once first (with --verify)
   --run-id N              the run id stamped into blocks (random)
   --allow-io-errors       BLKIF_RSP_ERROR/EOPNOTSUPP do not fail the run
@@ -116,7 +130,7 @@ expectation; 2 usage or setup failure (negotiation, xenstore, grants).
 
 parse_result parse_options(const std::vector<std::string>& args) {
   options o;
-  bool have_domid = false, have_devid = false, read_pct_given = false;
+  bool have_domid = false, have_devid = false, read_pct_given = false, discard_pct_given = false;
   std::string err;
 
   // Each option's handler gets its argument (empty for flags) and returns
@@ -187,7 +201,7 @@ parse_result parse_options(const std::vector<std::string>& args) {
          static const std::map<std::string, std::pair<bool, unsigned>, std::less<>> modes = {
              {"read", {false, 100}}, {"write", {false, 0}}, {"rw", {false, 50}},
              {"readwrite", {false, 50}}, {"randread", {true, 100}}, {"randwrite", {true, 0}},
-             {"randrw", {true, 50}}};
+             {"randrw", {true, 50}}, {"trim", {false, 0}}, {"randtrim", {true, 0}}};
          o.rw_given = true;
          if (v == "none") {
            o.workload = false;
@@ -199,9 +213,13 @@ parse_result parse_options(const std::vector<std::string>& args) {
          o.rw = v;
          o.random = it->second.first;
          if (!read_pct_given) o.read_pct = it->second.second;
+         if (!discard_pct_given) o.discard_pct = v.ends_with("trim") ? 100 : 0;
          return "";
        }}},
       {"--read-pct", {true, [&](const std::string& v) { read_pct_given = true; return number(o.read_pct, 100)(v); }}},
+      {"--discard-pct", {true, [&](const std::string& v) { discard_pct_given = true; return number(o.discard_pct, 100)(v); }}},
+      {"--discard-secure", {false, flag(o.discard_secure)}},
+      {"--barrier-every", {true, number(o.barrier_every, ~std::uint64_t{0})}},
       {"--bs", {true, size(bs)}},
       {"--qd", {true, [&](const std::string& v) -> std::string {
          auto e = number(o.qd, 65536)(v);
@@ -226,6 +244,12 @@ parse_result parse_options(const std::vector<std::string>& args) {
          else if (v == "zero") o.unwritten = unwritten_policy::zero;
          else if (v == "stamped") o.unwritten = unwritten_policy::stamped;
          else return "unknown --verify-unwritten policy '" + v + "'";
+         return "";
+       }}},
+      {"--verify-discard", {true, [&](const std::string& v) -> std::string {
+         if (v == "zero") o.discarded = discard_policy::zero;
+         else if (v == "unknown") o.discarded = discard_policy::unknown;
+         else return "unknown --verify-discard policy '" + v + "'";
          return "";
        }}},
       {"--prefill", {false, flag(o.prefill)}},
@@ -279,6 +303,7 @@ parse_result parse_options(const std::vector<std::string>& args) {
       o.workload)
     return "--read-pct only applies to --rw rw or randrw";
   if (o.prefill && !o.verify) return "--prefill needs --verify";
+  if (o.discard_secure && o.discard_pct == 0) return "--discard-secure needs discards (--discard-pct or --rw trim)";
   if (!o.runtime && o.bytes == 0 && o.ios == 0) o.runtime = 5.0;
   if ((o.script || o.raw_file) && !o.rw_given) o.workload = false;
   if (o.script && o.raw_file) return "--script and --raw-file exclude each other";

@@ -43,8 +43,12 @@ struct options {
   std::uint64_t bytes = 0;
   std::uint64_t ios = 0;
   std::uint64_t flush_every = 0;
+  unsigned discard_pct = 0;
+  bool discard_secure = false;
+  std::uint64_t barrier_every = 0;
   bool verify = false;
   unwritten_policy unwritten = unwritten_policy::any;
+  discard_policy discarded = discard_policy::zero;
   bool prefill = false;
   std::uint64_t offset = 0;
   std::optional<std::uint64_t> size;

@@ -86,6 +86,22 @@ struct program {
     if (bytes < o.bs) return setup_failed("the I/O region is smaller than one block");
     if (o.flush_every && !d.flush)
       return setup_failed("--flush-every, but the backend does not advertise feature-flush-cache");
+    if (o.barrier_every && !d.barrier)
+      return setup_failed("--barrier-every, but the backend does not advertise feature-barrier");
+    if (o.discard_pct) {
+      if (!d.discard) return setup_failed("discards asked for, but the backend does not advertise feature-discard");
+      if (o.discard_secure && !d.discard_secure)
+        return setup_failed("--discard-secure, but the backend does not advertise discard-secure");
+      // blkif.h: discard extents start at discard-alignment and are
+      // discard-granularity long. Every discard covers one --bs block, so
+      // blocks must be made of whole extents; a backend may otherwise
+      // discard only part of a block, and verify could not say which part.
+      const std::uint64_t g = d.discard_granularity ? d.discard_granularity : d.sector_size;
+      const std::uint64_t a = d.discard_alignment % g;
+      if (o.bs % g != 0 || (o.offset + g - a) % g != 0)
+        return setup_failed("discards need --bs and --offset in whole discard extents (discard-granularity " +
+                            std::to_string(g) + ", discard-alignment " + std::to_string(d.discard_alignment) + ")");
+    }
     if (tracker && (region_offset != o.offset || region_bytes != bytes))
       return setup_failed("the disk changed size across a reconnect; verify cannot continue");
     region_offset = o.offset;
@@ -108,6 +124,8 @@ struct program {
     w.region_bytes = region_bytes;
     w.bs = o.bs;
     w.flush_every = o.flush_every;
+    w.discard_pct = o.discard_pct;
+    w.barrier_every = o.barrier_every;
     w.max_ios = o.ios;
     w.max_bytes = o.bytes;
     w.seed = o.seed;
@@ -125,6 +143,9 @@ struct program {
     p.bs = o.bs;
     p.verify = o.verify;
     p.policy = o.unwritten;
+    p.discards = o.discarded;
+    p.discard_secure = o.discard_secure;
+    p.barriers = o.barrier_every > 0 && o.read_pct < 100 && o.discard_pct < 100;
     p.run_id = s.run_id;
     p.region_offset = region_offset;
     p.response_timeout = o.timeout;
@@ -140,7 +161,9 @@ struct program {
       workload_spec w = spec();
       w.random = false;
       w.read_pct = 0;
+      w.discard_pct = 0;
       w.flush_every = 0;
+      w.barrier_every = 0;
       w.max_bytes = 0;
       w.max_ios = region_bytes / o.bs;
       workload fill(w);
@@ -233,6 +256,9 @@ struct program {
     s.workload = o.workload;
     s.rw = o.rw;
     s.read_pct = o.read_pct;
+    s.discard_pct = o.discard_pct;
+    s.discard_secure = o.discard_secure;
+    s.barrier_every = o.barrier_every;
     s.bs = o.bs;
     s.qd = o.qd;
     s.verify = o.verify;

@@ -14,7 +14,7 @@ constexpr std::chrono::milliseconds default_wait{5000};
 const std::map<std::string_view, verb>& verbs() {
   static const std::map<std::string_view, verb> m = {
       {"queue", verb::queue}, {"pages", verb::pages}, {"fill", verb::fill},
-      {"poke", verb::poke}, {"seg", verb::seg}, {"req", verb::req}, {"ireq", verb::ireq},
+      {"poke", verb::poke}, {"seg", verb::seg}, {"req", verb::req}, {"ireq", verb::ireq}, {"dreq", verb::dreq},
       {"raw", verb::raw}, {"patch", verb::patch}, {"push", verb::push},
       {"notify", verb::notify}, {"req-prod", verb::req_prod}, {"wait", verb::wait},
       {"expect", verb::expect}, {"expect-no-response", verb::expect_no_response},
@@ -113,7 +113,8 @@ std::string check_command(const command& c) {
     if (!parse_hex(join(a, i))) return "bad hex bytes";
     return "";
   };
-  if (c.v != verb::req && c.v != verb::ireq && !c.fields.empty())
+  const bool keyed = c.v == verb::req || c.v == verb::ireq || c.v == verb::dreq;
+  if (!keyed && !c.fields.empty())
     return "takes no key=value arguments";
   std::string e;
   switch (c.v) {
@@ -170,6 +171,18 @@ std::string check_command(const command& c) {
       if (!have_op) return direct ? "needs op=" : "needs iop=";
       if (direct && segs > max_direct_segments) return "at most 11 seg= fit in a request";
       if (!direct && segs > max_indirect_pages) return "at most 8 igref= fit in a request";
+      return "";
+    }
+    case verb::dreq: {
+      if (!a.empty()) return "takes only key=value arguments";
+      static const std::set<std::string_view> keys = {"flag", "handle", "id", "sector", "nr"};
+      for (const auto& [k, v] : c.fields) {
+        if (!keys.contains(k)) return "unknown key '" + k + "'";
+        if (k == "flag" && v == "secure") continue;
+        const std::uint64_t max = k == "flag" ? 255 : k == "handle" ? 65535 : ~0ull;
+        auto n = number(v);
+        if (!n || *n > max) return "bad " + k + " '" + v + "'";
+      }
       return "";
     }
     case verb::raw:
@@ -263,7 +276,7 @@ std::variant<std::vector<command>, script_error> parse_script(std::string_view t
     c.v = it->second;
     for (std::size_t k = 1; k < tokens.size(); ++k) {
       auto eq = tokens[k].find('=');
-      if ((c.v == verb::req || c.v == verb::ireq) && eq != std::string::npos)
+      if ((c.v == verb::req || c.v == verb::ireq || c.v == verb::dreq) && eq != std::string::npos)
         c.fields.emplace_back(tokens[k].substr(0, eq), tokens[k].substr(eq + 1));
       else
         c.args.push_back(tokens[k]);
@@ -499,6 +512,25 @@ bool script_runner::exec(const command& c, script_result& out) {
         r.indirect_grefs = igrefs;
         env_.layout->put(slot, r);
       }
+      ring.advance();
+      last_slot_ = slot;
+      return true;
+    }
+    case verb::dreq: {
+      discard_request r;
+      std::optional<std::uint64_t> id;
+      r.handle = env_.handle;
+      for (const auto& [k, v] : c.fields) {
+        if (k == "flag") r.flag = v == "secure" ? discard_secure : static_cast<std::uint8_t>(*number(v));
+        else if (k == "handle") r.handle = static_cast<std::uint16_t>(*number(v));
+        else if (k == "id") id = number(v);
+        else if (k == "sector") r.sector_number = *number(v);
+        else if (k == "nr") r.nr_sectors = *number(v);
+      }
+      r.id = id.value_or(next_id_);
+      next_id_ = r.id + 1;
+      auto slot = ring.next_request_slot();
+      env_.layout->put(slot, r);
       ring.advance();
       last_slot_ = slot;
       return true;

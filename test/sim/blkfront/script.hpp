@@ -19,7 +19,7 @@
 namespace xbd::sim::blkfront {
 
 enum class verb {
-  queue, pages, fill, poke, seg, req, ireq, raw, patch, push, notify, req_prod,
+  queue, pages, fill, poke, seg, req, ireq, dreq, raw, patch, push, notify, req_prod,
   wait, expect, expect_no_response, expect_state, sleep,
 };
 

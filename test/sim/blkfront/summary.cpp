@@ -88,31 +88,40 @@ std::string to_json(const summary& s) {
     j.field("flush", s.disk->flush);
     j.field("barrier", s.disk->barrier);
     j.field("discard", s.disk->discard);
+    if (s.disk->discard) {
+      j.field("discard_granularity", s.disk->discard_granularity);
+      j.field("discard_alignment", s.disk->discard_alignment);
+      j.field("discard_secure", s.disk->discard_secure);
+    }
     j.end_object();
   }
 
   j.key("workload").begin_object();
   j.field("rw", s.workload ? s.rw : std::string("none"));
-  j.field("read_pct", s.read_pct).field("bs", s.bs).field("qd", s.qd);
+  j.field("read_pct", s.read_pct).field("discard_pct", s.discard_pct);
+  j.field("discard_secure", s.discard_secure).field("barrier_every", s.barrier_every);
+  j.field("bs", s.bs).field("qd", s.qd);
   j.field("effective_qd", s.effective_qd).field("verify", s.verify);
   j.field("run_id", hex64(s.run_id)).field("prefill_ios", s.prefill_ios);
   j.field("cycles", s.cycles);
   j.end_object();
 
   const double secs = st.seconds;
-  const std::uint64_t data_ops = st.ops[0] + st.ops[1];
+  const std::uint64_t data_ops = st.ops[0] + st.ops[1] + st.ops[3];
   j.key("runtime_s").value(secs, 3);
   j.key("iops").value(secs > 0 ? static_cast<double>(data_ops) / secs : 0.0, 1);
   j.key("mib_s").value(secs > 0 ? static_cast<double>(st.bytes_read + st.bytes_written) / secs / 1048576.0 : 0.0, 2);
   latency_object(j, "lat_us", st.latency);
   latency_object(j, "read_lat_us", st.read_latency);
   latency_object(j, "write_lat_us", st.write_latency);
+  latency_object(j, "discard_lat_us", st.discard_latency);
 
   j.key("ops").begin_object();
   j.field("read", st.ops[0]).field("write", st.ops[1]).field("flush", st.ops[2]);
+  j.field("discard", st.ops[3]).field("barrier", st.barriers);
   j.end_object();
   j.key("bytes").begin_object();
-  j.field("read", st.bytes_read).field("written", st.bytes_written);
+  j.field("read", st.bytes_read).field("written", st.bytes_written).field("discarded", st.bytes_discarded);
   j.end_object();
   j.key("requests").begin_object();
   j.field("total", st.requests).field("indirect", st.indirect_requests);
@@ -189,16 +198,17 @@ std::string to_text(const summary& s) {
     out += buf;
   }
   if (s.workload && st.seconds > 0) {
-    const double iops = static_cast<double>(st.ops[0] + st.ops[1]) / st.seconds;
+    const double iops = static_cast<double>(st.ops[0] + st.ops[1] + st.ops[3]) / st.seconds;
     const double mibs = static_cast<double>(st.bytes_read + st.bytes_written) / st.seconds / 1048576.0;
     std::snprintf(buf, sizeof buf,
                   "%s bs=%u qd=%u: %.0f IOPS, %.2f MiB/s, lat p50 %.1f us p99 %.1f us "
-                  "(reads %llu, writes %llu, flushes %llu)\n",
+                  "(reads %llu, writes %llu (barriers %llu), flushes %llu, discards %llu)\n",
                   s.rw.c_str(), s.bs, s.effective_qd, iops, mibs,
                   static_cast<double>(st.latency.percentile_ns(50)) / 1000.0,
                   static_cast<double>(st.latency.percentile_ns(99)) / 1000.0,
                   static_cast<unsigned long long>(st.ops[0]), static_cast<unsigned long long>(st.ops[1]),
-                  static_cast<unsigned long long>(st.ops[2]));
+                  static_cast<unsigned long long>(st.barriers), static_cast<unsigned long long>(st.ops[2]),
+                  static_cast<unsigned long long>(st.ops[3]));
     out += buf;
   }
   std::snprintf(buf, sizeof buf,

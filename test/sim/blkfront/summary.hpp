@@ -32,6 +32,9 @@ struct summary {
   bool workload = false;
   std::string rw;
   unsigned read_pct = 0;
+  unsigned discard_pct = 0;
+  bool discard_secure = false;
+  std::uint64_t barrier_every = 0;
   std::uint32_t bs = 0;
   unsigned qd = 0, effective_qd = 0;
   bool verify = false;

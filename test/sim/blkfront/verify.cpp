@@ -92,26 +92,40 @@ std::string_view to_string(verdict v) {
     case verdict::stale: return "stale";
     case verdict::future: return "future";
     case verdict::unwritten_mismatch: return "unwritten_mismatch";
+    case verdict::not_discarded: return "not_discarded";
   }
   return "?";
 }
 
 check_result check_block(std::span<const std::byte> block, std::uint64_t lba,
-                         std::uint64_t run_id, const expectation& e, unwritten_policy policy) {
+                         std::uint64_t run_id, const expectation& e, unwritten_policy policy,
+                         discard_policy discards) {
   check_result r;
   const bool may_be_unwritten = e.committed == 0;
+  const bool after_discard = e.discarded || e.maybe_discarded;
+  // An acknowledged zeroing discard replaces the committed data: from then
+  // on only zeroes, or writes that failed since, may be there.
+  const bool zero_base = e.discarded && discards == discard_policy::zero;
+  // After a discard that guarantees nothing, older data of the block is as
+  // good as zeroes; newer data than we wrote, or another block's, is not.
+  const bool older_ok = after_discard && discards == discard_policy::unknown;
+  auto all_zero = [&] { return std::all_of(block.begin(), block.end(), [](std::byte b) { return b == std::byte{0}; }); };
 
   if (std::all_of(block.begin(), block.begin() + 8, [](std::byte b) { return b == poison_byte; })) {
     r.v = verdict::untouched;
     return r;
   }
+  if (after_discard && all_zero()) return r;
   if (load64(block, 0) != stamp_magic) {
+    if (zero_base) {
+      r.v = verdict::not_discarded;
+      return r;
+    }
     if (!may_be_unwritten) {
       r.v = verdict::missing;
       return r;
     }
-    const bool zero = std::all_of(block.begin(), block.end(), [](std::byte b) { return b == std::byte{0}; });
-    if ((policy == unwritten_policy::zero && !zero) || policy == unwritten_policy::stamped)
+    if ((policy == unwritten_policy::zero && !all_zero()) || policy == unwritten_policy::stamped)
       r.v = verdict::unwritten_mismatch;
     return r;
   }
@@ -140,14 +154,20 @@ check_result check_block(std::span<const std::byte> block, std::uint64_t lba,
   if (r.found_run_id != run_id) {
     // Another run's data is what a never-written block legitimately holds
     // on a reused image; where we wrote, it means our write was lost.
-    if (!may_be_unwritten) r.v = verdict::stale;
+    if (zero_base) r.v = verdict::not_discarded;
+    else if (!may_be_unwritten) r.v = verdict::stale;
     else if (policy == unwritten_policy::zero) r.v = verdict::unwritten_mismatch;
     return r;
   }
   const auto g = r.found_generation;
-  if ((e.committed != 0 && g == e.committed) ||
-      std::find(e.maybe.begin(), e.maybe.end(), g) != e.maybe.end())
+  if (std::find(e.maybe.begin(), e.maybe.end(), g) != e.maybe.end()) return r;
+  if (zero_base && g <= e.committed) {
+    // What the block held before the discard: the discard did not happen.
+    r.v = verdict::not_discarded;
     return r;
+  }
+  if (e.committed != 0 && g == e.committed) return r;
+  if (g < e.committed && older_ok) return r;
   r.v = g < e.committed ? verdict::stale : verdict::future;
   return r;
 }
@@ -165,15 +185,36 @@ void generation_tracker::write_completed(std::uint64_t block, std::uint32_t gene
   if (ok) {
     committed_.at(block) = generation;
     maybe_.erase(block);
+    discards_.erase(block);
   } else {
     maybe_[block].push_back(generation);
   }
+}
+
+void generation_tracker::discard_completed(std::uint64_t block, bool ok) {
+  if (!ok) {
+    discards_[block] |= maybe_discarded_bit;
+    return;
+  }
+  // The data of failed writes is gone with the rest; their generations are
+  // folded into `committed` so that no later write reuses one that a
+  // discard without a zeroing guarantee might leave readable.
+  std::uint32_t& c = committed_.at(block);
+  if (auto it = maybe_.find(block); it != maybe_.end()) {
+    for (std::uint32_t g : it->second) c = std::max(c, g);
+    maybe_.erase(it);
+  }
+  discards_[block] = discarded_bit;
 }
 
 expectation generation_tracker::expect(std::uint64_t block) const {
   expectation e;
   e.committed = committed_.at(block);
   if (auto it = maybe_.find(block); it != maybe_.end()) e.maybe = it->second;
+  if (auto it = discards_.find(block); it != discards_.end()) {
+    e.discarded = it->second & discarded_bit;
+    e.maybe_discarded = it->second & maybe_discarded_bit;
+  }
   return e;
 }
 

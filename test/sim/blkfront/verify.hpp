@@ -47,11 +47,21 @@ enum class unwritten_policy {
   stamped,  // a valid stamp of any run (a disk written by an earlier run)
 };
 
+// What a discarded block may read back as. blkif.h promises nothing about
+// the contents ("no longer in use"); a backend that punches holes in a file
+// (what xen-blkbackd does for raw images) makes them zeroes.
+enum class discard_policy {
+  zero,     // all zeroes (hole punching)
+  unknown,  // zeroes, or any data of its own LBA it held before (block devices)
+};
+
 // What a block should hold: the last generation acknowledged, plus those of
 // writes that failed since (their data may or may not have landed).
 struct expectation {
   std::uint32_t committed = 0;  // 0: never written by this run
   std::span<const std::uint32_t> maybe;
+  bool discarded = false;        // an acknowledged discard is the last thing done to it
+  bool maybe_discarded = false;  // a discard that failed since: it may have happened
 };
 
 enum class verdict {
@@ -63,6 +73,7 @@ enum class verdict {
   stale,       // an older generation, or another run's data, where we wrote
   future,      // a generation we never acknowledged
   unwritten_mismatch,  // a never-written block that breaks the policy
+  not_discarded,       // discarded (policy zero), but does not read as zeroes
 };
 std::string_view to_string(verdict v);
 
@@ -75,7 +86,8 @@ struct check_result {
 };
 
 check_result check_block(std::span<const std::byte> block, std::uint64_t lba,
-                         std::uint64_t run_id, const expectation& e, unwritten_policy policy);
+                         std::uint64_t run_id, const expectation& e, unwritten_policy policy,
+                         discard_policy discards = discard_policy::zero);
 
 // Generations per verify block of the region, in memory. Callers never have
 // two requests on one block in flight (the workload's block locks), so a
@@ -87,11 +99,16 @@ class generation_tracker {
   // The generation a new write of `block` carries.
   std::uint32_t next_generation(std::uint64_t block) const;
   void write_completed(std::uint64_t block, std::uint32_t generation, bool ok);
+  // A failed discard may still have happened (in part, even): until the next
+  // acknowledged write the block may read as discarded or as before.
+  void discard_completed(std::uint64_t block, bool ok);
   expectation expect(std::uint64_t block) const;
 
  private:
+  enum : std::uint8_t { discarded_bit = 1, maybe_discarded_bit = 2 };
   std::vector<std::uint32_t> committed_;
   std::unordered_map<std::uint64_t, std::vector<std::uint32_t>> maybe_;
+  std::unordered_map<std::uint64_t, std::uint8_t> discards_;  // only blocks a discard touched
 };
 
 }  // namespace xbd::sim::blkfront

@@ -7,6 +7,7 @@ std::string_view to_string(io_kind k) {
     case io_kind::read: return "read";
     case io_kind::write: return "write";
     case io_kind::flush: return "flush";
+    case io_kind::discard: return "discard";
   }
   return "?";
 }
@@ -57,15 +58,24 @@ std::optional<planned_io> workload::next() {
   }
 
   planned_io io;
-  const bool is_read = spec_.read_pct >= 100 ||
-                       (spec_.read_pct > 0 && random_below(100) < spec_.read_pct);
-  io.kind = is_read ? io_kind::read : io_kind::write;
+  // Each share draws only when it is a real choice, so a seed gives the same
+  // sequence as before for workloads that do not discard.
+  const bool is_discard = spec_.discard_pct >= 100 ||
+                          (spec_.discard_pct > 0 && random_below(100) < spec_.discard_pct);
+  const bool is_read = !is_discard && (spec_.read_pct >= 100 ||
+                                       (spec_.read_pct > 0 && random_below(100) < spec_.read_pct));
+  io.kind = is_discard ? io_kind::discard : is_read ? io_kind::read : io_kind::write;
   io.block = block;
   io.bytes = spec_.bs;
   io.sector = (spec_.region_offset + block * spec_.bs) / 512;
   busy_.insert(block);
   ++issued_ios_;
   issued_bytes_ += spec_.bs;
+  if (io.kind == io_kind::write && spec_.barrier_every &&
+      ++writes_since_barrier_ == spec_.barrier_every) {
+    writes_since_barrier_ = 0;
+    io.barrier = true;
+  }
   if (io.kind == io_kind::write && spec_.flush_every &&
       ++writes_since_flush_ == spec_.flush_every) {
     writes_since_flush_ = 0;

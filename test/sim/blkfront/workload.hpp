@@ -1,4 +1,5 @@
-// The I/O pattern: which block to read or write next, and when to flush.
+// The I/O pattern: which block to read, write or discard next, and when to
+// flush.
 //
 // The region is cut into `bs`-sized blocks; every I/O covers exactly one. A
 // block is locked from issue to completion and never handed out twice at
@@ -6,6 +7,7 @@
 // even with many requests in flight on several queues.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <string_view>
@@ -13,16 +15,19 @@
 
 namespace xbd::sim::blkfront {
 
-enum class io_kind : std::uint8_t { read, write, flush };
+enum class io_kind : std::uint8_t { read, write, flush, discard };
+inline constexpr std::size_t io_kind_count = 4;
 std::string_view to_string(io_kind k);
 
 struct workload_spec {
   bool random = false;
-  unsigned read_pct = 100;             // share of data I/Os that are reads
+  unsigned read_pct = 100;             // share of reads among the I/Os that are not discards
+  unsigned discard_pct = 0;            // share of I/Os that discard their block
   std::uint64_t region_offset = 0;     // bytes, multiple of the sector size
   std::uint64_t region_bytes = 0;      // bytes; the tail short of `bs` is unused
   std::uint32_t bs = 4096;
   std::uint64_t flush_every = 0;       // a flush after every N writes issued
+  std::uint64_t barrier_every = 0;     // every Nth write is a WRITE_BARRIER
   std::uint64_t max_ios = 0;           // data I/Os to issue, 0 = no limit
   std::uint64_t max_bytes = 0;         // data bytes to issue, 0 = no limit
   std::uint64_t seed = 1;
@@ -33,6 +38,7 @@ struct planned_io {
   std::uint64_t block = 0;   // index in the region (unused for flush)
   std::uint64_t sector = 0;  // absolute, 512-byte units
   std::uint32_t bytes = 0;
+  bool barrier = false;      // a write sent as BLKIF_OP_WRITE_BARRIER
 };
 
 class workload {
@@ -67,6 +73,7 @@ class workload {
   std::uint64_t issued_ios_ = 0;
   std::uint64_t issued_bytes_ = 0;
   std::uint64_t writes_since_flush_ = 0;
+  std::uint64_t writes_since_barrier_ = 0;
   bool flush_due_ = false;
   bool stopped_ = false;
   unsigned flushes_in_flight_ = 0;

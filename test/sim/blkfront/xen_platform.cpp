@@ -51,7 +51,10 @@ std::vector<std::string> xenstore::directory(const std::string& path) const {
 
 std::vector<std::string> xenstore::directory_in(unsigned t, const std::string& path) const {
   unsigned n = 0;
-  return take_list(xs_directory(h_, t, path.c_str(), &n), n);
+  // Two statements: as one call's arguments, `n` could be read before
+  // xs_directory() sets it (the order is unspecified; GCC reads it first).
+  char** list = xs_directory(h_, t, path.c_str(), &n);
+  return take_list(list, n);
 }
 
 bool xenstore::write(const std::string& path, const std::string& value) const {

@@ -69,9 +69,98 @@ wait_result fake_platform::wait(std::chrono::milliseconds timeout) {
   return r;
 }
 
+namespace {
+
+// blkif.h's request and response as a 32-bit x86 guest's compiler lays them
+// out (no scalar aligned beyond 4 bytes), the way QEMU's xen_blkif.h
+// declares them; ring.h's macros then give the i386 ring.
+#pragma pack(push, 4)
+struct i386_request {
+  std::uint8_t operation, nr_segments;
+  std::uint16_t handle;
+  std::uint64_t id, sector_number;
+  struct blkif_request_segment seg[BLKIF_MAX_SEGMENTS_PER_REQUEST];
+};
+struct i386_request_discard {
+  std::uint8_t operation, flag;
+  std::uint16_t handle;
+  std::uint64_t id, sector_number, nr_sectors;
+};
+struct i386_request_indirect {
+  std::uint8_t operation, indirect_op;
+  std::uint16_t nr_segments;
+  std::uint64_t id, sector_number;
+  std::uint16_t handle;
+  grant_ref_t indirect_grefs[BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+  std::uint64_t pad;
+};
+struct i386_response {
+  std::uint64_t id;
+  std::uint8_t operation;
+  std::int16_t status;
+};
+#pragma pack(pop)
+static_assert(sizeof(i386_request) == 108 && sizeof(i386_response) == 12);
+
+DEFINE_RING_TYPES(i386_blkif, struct i386_request, struct i386_response);
+
+}  // namespace
+
+// One request, whatever its layout was, as QEMU's blkif_get_x86_*_req()
+// normalise them.
+struct fake_backend::request {
+  std::uint8_t operation = 0;
+  std::uint8_t nr_segments = 0;
+  std::uint16_t handle = 0;
+  std::uint64_t id = 0;
+  std::uint64_t sector = 0;
+  std::array<std::array<std::uint32_t, 3>, BLKIF_MAX_SEGMENTS_PER_REQUEST> seg{};
+  std::uint8_t discard_flag = 0;
+  std::uint64_t nr_sectors = 0;
+  std::uint8_t indirect_op = 0;
+  std::uint16_t indirect_nr_segments = 0;
+  std::array<std::uint32_t, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST> indirect_grefs{};
+};
+
+namespace {
+
+template <class Req, class Discard, class Indirect>
+void normalise(const void* slot, std::uint8_t operation, auto& out) {
+  Req req;
+  std::memcpy(&req, slot, sizeof req);
+  out.operation = req.operation;
+  out.id = req.id;
+  if (operation == BLKIF_OP_DISCARD) {
+    Discard d;
+    std::memcpy(&d, slot, sizeof d);
+    out.handle = d.handle;
+    out.sector = d.sector_number;
+    out.discard_flag = d.flag;
+    out.nr_sectors = d.nr_sectors;
+  } else if (operation == BLKIF_OP_INDIRECT) {
+    Indirect ind;
+    std::memcpy(&ind, slot, sizeof ind);
+    out.handle = ind.handle;
+    out.sector = ind.sector_number;
+    out.indirect_op = ind.indirect_op;
+    out.indirect_nr_segments = ind.nr_segments;
+    for (std::size_t i = 0; i < out.indirect_grefs.size(); ++i) out.indirect_grefs[i] = ind.indirect_grefs[i];
+  } else {
+    out.handle = req.handle;
+    out.sector = req.sector_number;
+    out.nr_segments = req.nr_segments;
+    for (std::size_t i = 0; i < out.seg.size(); ++i)
+      out.seg[i] = {req.seg[i].gref, req.seg[i].first_sect, req.seg[i].last_sect};
+  }
+}
+
+}  // namespace
+
 struct fake_backend::ring {
   ring_queue* q = nullptr;
+  bool x86_32 = false;
   blkif_back_ring_t br{};
+  i386_blkif_back_ring_t br32{};
   bool awake = false;
   bool dead = false;
 };
@@ -84,13 +173,16 @@ fake_backend::~fake_backend() = default;
 void fake_backend::attach(ring_queue& q) {
   auto r = std::make_unique<ring>();
   r->q = &q;
+  r->x86_32 = x86_32;
   const auto& refs = q.ring_pages.refs();
   std::byte* base = p_.map(refs.at(0), self_, true);
   if (!base) throw std::logic_error("fake: ring page not granted to the backend");
   for (std::size_t i = 1; i < refs.size(); ++i)
     if (p_.map(refs[i], self_, true) != base + i * 4096) throw std::logic_error("fake: ring pages not contiguous");
-  auto* sring = reinterpret_cast<blkif_sring_t*>(base);
-  BACK_RING_INIT(&r->br, sring, refs.size() * 4096);
+  if (x86_32)
+    BACK_RING_INIT(&r->br32, reinterpret_cast<i386_blkif_sring_t*>(base), refs.size() * 4096);
+  else
+    BACK_RING_INIT(&r->br, reinterpret_cast<blkif_sring_t*>(base), refs.size() * 4096);
   rings_.push_back(std::move(r));
 }
 
@@ -130,112 +222,131 @@ std::int16_t fake_backend::handle_rw(std::uint8_t op, std::uint64_t sector,
   return BLKIF_RSP_OKAY;
 }
 
+std::int16_t fake_backend::handle(const request& req, std::uint8_t& op) {
+  std::vector<std::array<std::uint32_t, 3>> segs;
+  switch (req.operation) {
+    case BLKIF_OP_READ:
+    case BLKIF_OP_WRITE:
+    case BLKIF_OP_WRITE_BARRIER:
+      if (req.nr_segments > BLKIF_MAX_SEGMENTS_PER_REQUEST) {
+        ++bad_requests;
+        return BLKIF_RSP_ERROR;
+      }
+      // An empty barrier orders and flushes; this disk has nothing to flush.
+      if (req.operation == BLKIF_OP_WRITE_BARRIER && req.nr_segments == 0) return BLKIF_RSP_OKAY;
+      segs.assign(req.seg.begin(), req.seg.begin() + req.nr_segments);
+      max_segments_seen = std::max<std::uint64_t>(max_segments_seen, segs.size());
+      return handle_rw(req.operation, req.sector, segs);
+    case BLKIF_OP_INDIRECT: {
+      ++indirect_seen;
+      op = faults.echo_indirect_op ? BLKIF_OP_INDIRECT : req.indirect_op;
+      const unsigned per_page = 4096 / sizeof(struct blkif_request_segment);
+      const unsigned pages = (req.indirect_nr_segments + per_page - 1) / per_page;
+      if (pages > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST ||
+          (req.indirect_op != BLKIF_OP_READ && req.indirect_op != BLKIF_OP_WRITE)) {
+        ++bad_requests;
+        return BLKIF_RSP_ERROR;
+      }
+      for (unsigned i = 0; i < req.indirect_nr_segments; ++i) {
+        const std::byte* page = p_.map(req.indirect_grefs[i / per_page], self_, false);
+        if (!page) {
+          ++bad_requests;
+          return BLKIF_RSP_ERROR;
+        }
+        struct blkif_request_segment s;
+        std::memcpy(&s, page + (i % per_page) * sizeof s, sizeof s);
+        segs.push_back({s.gref, s.first_sect, s.last_sect});
+      }
+      max_segments_seen = std::max<std::uint64_t>(max_segments_seen, segs.size());
+      return handle_rw(req.indirect_op, req.sector, segs);
+    }
+    case BLKIF_OP_DISCARD: {
+      discards.push_back({req.sector, req.nr_sectors, req.discard_flag});
+      if (faults.discard_unsupported) return BLKIF_RSP_EOPNOTSUPP;
+      const std::uint64_t sectors = disk.size() / 512;
+      if (req.nr_sectors == 0 || req.sector > sectors || req.nr_sectors > sectors - req.sector) {
+        ++bad_requests;
+        return BLKIF_RSP_ERROR;
+      }
+      if (!faults.discard_keeps_data)
+        std::memset(disk.data() + req.sector * 512, 0, req.nr_sectors * 512);
+      return BLKIF_RSP_OKAY;
+    }
+    case BLKIF_OP_FLUSH_DISKCACHE:
+      return BLKIF_RSP_OKAY;
+    default:
+      return BLKIF_RSP_EOPNOTSUPP;
+  }
+}
+
+template <class BackRing>
+void fake_backend::serve(ring& r, BackRing& br, std::vector<std::uint32_t>& kick) {
+  const std::uint32_t port = r.q->port.port();
+  const RING_IDX prod = br.sring->req_prod;
+  xen_rmb();
+  if (prod - br.req_cons > RING_SIZE(&br)) {
+    // What a real backend must do with a hostile index: stop this ring.
+    ++bad_requests;
+    r.dead = true;
+    return;
+  }
+  struct answer {
+    std::uint64_t id;
+    std::uint8_t op;
+    std::int16_t status;
+  };
+  std::vector<answer> answers;
+  unsigned taken = 0;
+  while (br.req_cons != prod && (faults.batch_limit == 0 || taken < faults.batch_limit)) {
+    // XSA-155: one copy of the slot, then only the copy.
+    std::array<std::byte, sizeof(*RING_GET_REQUEST(&br, 0))> slot;
+    std::memcpy(slot.data(), RING_GET_REQUEST(&br, br.req_cons), slot.size());
+    ++br.req_cons;
+    ++taken;
+    request req;
+    const auto operation = static_cast<std::uint8_t>(slot[0]);
+    if (r.x86_32)
+      normalise<i386_request, i386_request_discard, i386_request_indirect>(slot.data(), operation, req);
+    else
+      normalise<blkif_request_t, blkif_request_discard_t, blkif_request_indirect_t>(slot.data(), operation, req);
+    ++ops_seen[req.operation];
+    ids_seen.push_back(req.id);
+    handles_seen.push_back(req.handle);
+    answer a{req.id, req.operation, BLKIF_RSP_OKAY};
+    a.status = handle(req, a.op);
+    if (faults.wrong_id) a.id += 1;
+    answers.push_back(a);
+  }
+  if (faults.silent) {
+    r.awake = false;
+    return;
+  }
+  if (faults.reverse_order) std::reverse(answers.begin(), answers.end());
+  if (faults.extra_response && !answers.empty()) answers.push_back({12345, 0, 0});
+  for (const auto& a : answers) {
+    auto* rsp = RING_GET_RESPONSE(&br, br.rsp_prod_pvt);
+    std::memset(rsp, 0, sizeof *rsp);
+    rsp->id = a.id;
+    rsp->operation = a.op;
+    rsp->status = a.status;
+    ++br.rsp_prod_pvt;
+  }
+  int notify = 0;
+  RING_PUSH_RESPONSES_AND_CHECK_NOTIFY(&br, notify);
+  if (notify) kick.push_back(port);
+  int more = 0;
+  RING_FINAL_CHECK_FOR_REQUESTS(&br, more);
+  r.awake = more != 0;
+}
+
 std::vector<std::uint32_t> fake_backend::service() {
   std::vector<std::uint32_t> kick;
   for (auto& rp : rings_) {
     auto& r = *rp;
-    const std::uint32_t port = r.q->port.port();
-    if (p_.kicked.erase(port)) r.awake = true;
+    if (p_.kicked.erase(r.q->port.port())) r.awake = true;
     if (!r.awake || r.dead) continue;
-
-    const RING_IDX prod = r.br.sring->req_prod;
-    xen_rmb();
-    if (prod - r.br.req_cons > RING_SIZE(&r.br)) {
-      // What a real backend must do with a hostile index: stop this ring.
-      ++bad_requests;
-      r.dead = true;
-      continue;
-    }
-    struct answer {
-      std::uint64_t id;
-      std::uint8_t op;
-      std::int16_t status;
-    };
-    std::vector<answer> answers;
-    unsigned taken = 0;
-    while (r.br.req_cons != prod && (faults.batch_limit == 0 || taken < faults.batch_limit)) {
-      blkif_request_t req;
-      std::memcpy(&req, RING_GET_REQUEST(&r.br, r.br.req_cons), sizeof req);
-      ++r.br.req_cons;
-      ++taken;
-      ++ops_seen[req.operation];
-      ids_seen.push_back(req.id);
-      answer a{req.id, req.operation, BLKIF_RSP_OKAY};
-      std::vector<std::array<std::uint32_t, 3>> segs;
-      switch (req.operation) {
-        case BLKIF_OP_READ:
-        case BLKIF_OP_WRITE:
-          if (req.nr_segments > BLKIF_MAX_SEGMENTS_PER_REQUEST) {
-            ++bad_requests;
-            a.status = BLKIF_RSP_ERROR;
-            break;
-          }
-          for (unsigned i = 0; i < req.nr_segments; ++i)
-            segs.push_back({req.seg[i].gref, req.seg[i].first_sect, req.seg[i].last_sect});
-          max_segments_seen = std::max<std::uint64_t>(max_segments_seen, segs.size());
-          a.status = handle_rw(req.operation, req.sector_number, segs);
-          break;
-        case BLKIF_OP_INDIRECT: {
-          blkif_request_indirect_t ind;
-          std::memcpy(&ind, &req, sizeof ind);
-          ++indirect_seen;
-          a.op = faults.echo_indirect_op ? BLKIF_OP_INDIRECT : ind.indirect_op;
-          const unsigned per_page = 4096 / sizeof(struct blkif_request_segment);
-          const unsigned pages = (ind.nr_segments + per_page - 1) / per_page;
-          if (pages > BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST ||
-              (ind.indirect_op != BLKIF_OP_READ && ind.indirect_op != BLKIF_OP_WRITE)) {
-            ++bad_requests;
-            a.status = BLKIF_RSP_ERROR;
-            break;
-          }
-          bool ok = true;
-          for (unsigned i = 0; i < ind.nr_segments && ok; ++i) {
-            const std::byte* page = p_.map(ind.indirect_grefs[i / per_page], self_, false);
-            if (!page) {
-              ok = false;
-              break;
-            }
-            struct blkif_request_segment s;
-            std::memcpy(&s, page + (i % per_page) * sizeof s, sizeof s);
-            segs.push_back({s.gref, s.first_sect, s.last_sect});
-          }
-          if (!ok) {
-            ++bad_requests;
-            a.status = BLKIF_RSP_ERROR;
-            break;
-          }
-          max_segments_seen = std::max<std::uint64_t>(max_segments_seen, segs.size());
-          a.status = handle_rw(ind.indirect_op, ind.sector_number, segs);
-          break;
-        }
-        case BLKIF_OP_FLUSH_DISKCACHE:
-          break;
-        default:
-          a.status = BLKIF_RSP_EOPNOTSUPP;
-      }
-      if (faults.wrong_id) a.id += 1;
-      answers.push_back(a);
-    }
-    if (faults.silent) {
-      r.awake = false;
-      continue;
-    }
-    if (faults.reverse_order) std::reverse(answers.begin(), answers.end());
-    if (faults.extra_response && !answers.empty()) answers.push_back({12345, 0, 0});
-    for (const auto& a : answers) {
-      blkif_response_t* rsp = RING_GET_RESPONSE(&r.br, r.br.rsp_prod_pvt);
-      std::memset(rsp, 0, sizeof *rsp);
-      rsp->id = a.id;
-      rsp->operation = a.op;
-      rsp->status = a.status;
-      ++r.br.rsp_prod_pvt;
-    }
-    int notify = 0;
-    RING_PUSH_RESPONSES_AND_CHECK_NOTIFY(&r.br, notify);
-    if (notify) kick.push_back(port);
-    int more = 0;
-    RING_FINAL_CHECK_FOR_REQUESTS(&r.br, more);
-    r.awake = more != 0;
+    if (r.x86_32) serve(r, r.br32, kick);
+    else serve(r, r.br, kick);
   }
   return kick;
 }

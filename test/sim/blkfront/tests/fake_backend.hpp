@@ -1,7 +1,8 @@
 // An in-process stand-in for Xen and a blkback, for unit tests of the data
-// path. The backend side is written against blkif.h's native structs and
-// ring.h's BACK_RING macros, independently of the frontend's ABI layer, so
-// the two check each other. Fault knobs make it misbehave in the ways the
+// path. The backend side is written against blkif.h's native structs (and,
+// for x86_32-abi, packed copies of them as an i386 compiler lays them out)
+// and ring.h's BACK_RING macros, independently of the frontend's ABI layer,
+// so the two check each other. Fault knobs make it misbehave in the ways the
 // frontend must notice.
 #pragma once
 
@@ -71,6 +72,8 @@ struct fault_knobs {
   bool error_writes = false;       // answer writes with BLKIF_RSP_ERROR (storing them anyway)
   bool reverse_order = false;      // answer each batch in reverse (legal)
   unsigned batch_limit = 0;        // requests per turn, 0 = all
+  bool discard_keeps_data = false; // answer discards OKAY, zero nothing
+  bool discard_unsupported = false;  // answer discards EOPNOTSUPP (allowed by blkif.h)
 };
 
 class fake_backend {
@@ -84,15 +87,27 @@ class fake_backend {
   std::vector<std::uint32_t> service();
 
   fault_knobs faults;
+  // The layout of the rings attached from now on.
+  bool x86_32 = false;
   std::vector<std::byte> disk;
   std::map<std::uint8_t, std::uint64_t> ops_seen;  // by operation byte
   std::uint64_t indirect_seen = 0;
   std::uint64_t max_segments_seen = 0;
   std::uint64_t bad_requests = 0;  // requests the backend refused as malformed
   std::vector<std::uint64_t> ids_seen;
+  std::vector<std::uint16_t> handles_seen;
+  struct discard_seen {
+    std::uint64_t sector, nr_sectors;
+    std::uint8_t flag;
+  };
+  std::vector<discard_seen> discards;
 
  private:
   struct ring;
+  struct request;
+  template <class BackRing>
+  void serve(ring& r, BackRing& br, std::vector<std::uint32_t>& kick);
+  std::int16_t handle(const request& req, std::uint8_t& op);
   std::int16_t handle_rw(std::uint8_t op, std::uint64_t sector, const std::vector<std::array<std::uint32_t, 3>>& segs);
 
   fake_platform& p_;

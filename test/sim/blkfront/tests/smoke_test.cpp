@@ -10,6 +10,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <array>
 #include <atomic>
 #include <chrono>
 #include <cstring>
@@ -30,6 +31,36 @@ namespace {
 constexpr unsigned guest = 5;
 constexpr std::uint64_t disk_sectors = 16384;  // 8 MiB
 
+// blkif.h as a 32-bit x86 guest's compiler lays it out (QEMU's xen_blkif.h
+// declares the same), for the x86_32-abi rings.
+#pragma pack(push, 4)
+struct i386_request {
+  std::uint8_t operation, nr_segments;
+  std::uint16_t handle;
+  std::uint64_t id, sector_number;
+  struct blkif_request_segment seg[BLKIF_MAX_SEGMENTS_PER_REQUEST];
+};
+struct i386_request_discard {
+  std::uint8_t operation, flag;
+  std::uint16_t handle;
+  std::uint64_t id, sector_number, nr_sectors;
+};
+struct i386_request_indirect {
+  std::uint8_t operation, indirect_op;
+  std::uint16_t nr_segments;
+  std::uint64_t id, sector_number;
+  std::uint16_t handle;
+  grant_ref_t indirect_grefs[BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
+  std::uint64_t pad;
+};
+struct i386_response {
+  std::uint64_t id;
+  std::uint8_t operation;
+  std::int16_t status;
+};
+#pragma pack(pop)
+DEFINE_RING_TYPES(i386_blkif, struct i386_request, struct i386_response);
+
 std::optional<std::string> xs_get(xs_handle* h, const std::string& path) {
   unsigned len = 0;
   void* v = xs_read(h, XBT_NULL, path.c_str(), &len);
@@ -49,9 +80,10 @@ unsigned xs_num(xs_handle* h, const std::string& path, unsigned def) {
 }
 
 // A minimal blkback: publishes limits, connects the rings the frontend
-// offers, serves READ/WRITE/INDIRECT/FLUSH from memory by mapping each
-// segment's grant, and follows the frontend through Closing/Closed and back
-// to Initialising.
+// offers in either x86 layout, serves READ/WRITE/WRITE_BARRIER/INDIRECT/
+// FLUSH/DISCARD from memory by mapping each segment's grant (a discard
+// zeroes, as a punched hole reads), and follows the frontend through
+// Closing/Closed and back to Initialising.
 class tiny_backend {
  public:
   tiny_backend(std::string be, std::string fe) : be_(std::move(be)), fe_(std::move(fe)), disk_(disk_sectors * 512) {}
@@ -68,6 +100,8 @@ class tiny_backend {
   std::atomic<std::uint64_t> requests{0};
   std::atomic<std::uint64_t> indirect{0};
   std::atomic<std::uint64_t> flushes{0};
+  std::atomic<std::uint64_t> barriers{0};
+  std::atomic<std::uint64_t> discards{0};
   std::atomic<std::uint64_t> errors{0};
   std::map<std::string, std::string> seen_keys;  // frontend keys at the last connect
 
@@ -75,7 +109,9 @@ class tiny_backend {
   struct ring {
     void* mem = nullptr;
     unsigned pages = 0;
+    bool x86_32 = false;
     blkif_back_ring_t br{};
+    i386_blkif_back_ring_t br32{};
     evtchn_port_t port = 0;
   };
 
@@ -89,6 +125,11 @@ class tiny_backend {
     xs_put(xs_, be_ + "/multi-queue-max-queues", "4");
     xs_put(xs_, be_ + "/feature-max-indirect-segments", "32");
     xs_put(xs_, be_ + "/feature-flush-cache", "1");
+    xs_put(xs_, be_ + "/feature-barrier", "1");
+    xs_put(xs_, be_ + "/feature-discard", "1");
+    xs_put(xs_, be_ + "/discard-granularity", "4096");
+    xs_put(xs_, be_ + "/discard-alignment", "0");
+    xs_put(xs_, be_ + "/discard-secure", "1");
     xs_put(xs_, be_ + "/feature-persistent", "0");
     set_state(XenbusStateInitWait);
   }
@@ -104,6 +145,9 @@ class tiny_backend {
     const unsigned order = xs_num(xs_, fe_ + "/ring-page-order", 0);
     const unsigned queues = xs_num(xs_, fe_ + "/multi-queue-num-queues", 1);
     if (order > 2 || queues == 0 || queues > 4) return false;
+    const auto protocol = xs_get(xs_, fe_ + "/protocol");
+    if (protocol && *protocol != XEN_IO_PROTO_ABI_X86_64 && *protocol != XEN_IO_PROTO_ABI_X86_32) return false;
+    const bool x86_32 = protocol == XEN_IO_PROTO_ABI_X86_32;
     for (unsigned q = 0; q < queues; ++q) {
       const std::string dir = queues == 1 ? fe_ : fe_ + "/queue-" + std::to_string(q);
       ring r;
@@ -116,7 +160,9 @@ class tiny_backend {
       }
       r.mem = xengnttab_map_domain_grant_refs(gt_, r.pages, guest, refs.data(), PROT_READ | PROT_WRITE);
       if (!r.mem) return false;
-      BACK_RING_INIT(&r.br, static_cast<blkif_sring_t*>(r.mem), r.pages * 4096);
+      r.x86_32 = x86_32;
+      if (x86_32) BACK_RING_INIT(&r.br32, static_cast<i386_blkif_sring_t*>(r.mem), r.pages * 4096);
+      else BACK_RING_INIT(&r.br, static_cast<blkif_sring_t*>(r.mem), r.pages * 4096);
       const int p = xenevtchn_bind_interdomain(ev_, guest, xs_num(xs_, dir + "/event-channel", 0));
       if (p < 0) return false;
       r.port = static_cast<evtchn_port_t>(p);
@@ -157,57 +203,88 @@ class tiny_backend {
     return BLKIF_RSP_OKAY;
   }
 
-  void serve(ring& r) {
+  // One slot copied out once (XSA-155) and answered, in either layout.
+  template <class Req, class Discard, class Indirect>
+  std::int16_t handle(const std::byte* slot, std::uint8_t& op) {
+    Req req;
+    std::memcpy(&req, slot, sizeof req);
+    op = req.operation;
+    std::vector<struct blkif_request_segment> segs;
+    if (op == BLKIF_OP_READ || op == BLKIF_OP_WRITE || op == BLKIF_OP_WRITE_BARRIER) {
+      if (op == BLKIF_OP_WRITE_BARRIER) {
+        ++barriers;
+        if (req.nr_segments == 0) return BLKIF_RSP_OKAY;
+      }
+      segs.assign(req.seg, req.seg + std::min<unsigned>(req.nr_segments, BLKIF_MAX_SEGMENTS_PER_REQUEST));
+      return transfer(op, req.sector_number, segs);
+    }
+    if (op == BLKIF_OP_INDIRECT) {
+      Indirect ind;
+      std::memcpy(&ind, slot, sizeof ind);
+      ++indirect;
+      op = ind.indirect_op;
+      const unsigned pages = (ind.nr_segments + 511) / 512;
+      void* tbl = pages <= BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST
+                      ? xengnttab_map_domain_grant_refs(gt_, pages, guest, ind.indirect_grefs, PROT_READ)
+                      : nullptr;
+      if (!tbl) return BLKIF_RSP_ERROR;
+      segs.resize(ind.nr_segments);
+      std::memcpy(segs.data(), tbl, segs.size() * sizeof segs[0]);
+      xengnttab_unmap(gt_, tbl, pages);
+      return transfer(op, ind.sector_number, segs);
+    }
+    if (op == BLKIF_OP_DISCARD) {
+      Discard d;
+      std::memcpy(&d, slot, sizeof d);
+      ++discards;
+      const std::uint64_t sectors = disk_.size() / 512;
+      if (d.nr_sectors == 0 || d.sector_number > sectors || d.nr_sectors > sectors - d.sector_number)
+        return BLKIF_RSP_ERROR;
+      std::memset(disk_.data() + d.sector_number * 512, 0, d.nr_sectors * 512);
+      return BLKIF_RSP_OKAY;
+    }
+    if (op == BLKIF_OP_FLUSH_DISKCACHE) {
+      ++flushes;
+      return BLKIF_RSP_OKAY;
+    }
+    return BLKIF_RSP_EOPNOTSUPP;
+  }
+
+  template <class Req, class Discard, class Indirect, class BackRing>
+  void serve(evtchn_port_t port, BackRing& br) {
     int more = 1;
     while (more) {
-      const RING_IDX prod = r.br.sring->req_prod;
+      const RING_IDX prod = br.sring->req_prod;
       xen_rmb();
-      while (r.br.req_cons != prod) {
-        blkif_request_t req;
-        std::memcpy(&req, RING_GET_REQUEST(&r.br, r.br.req_cons), sizeof req);
-        ++r.br.req_cons;
+      while (br.req_cons != prod) {
+        std::array<std::byte, sizeof(*RING_GET_REQUEST(&br, 0))> slot;
+        std::memcpy(slot.data(), RING_GET_REQUEST(&br, br.req_cons), slot.size());
+        ++br.req_cons;
         ++requests;
-        std::uint8_t op = req.operation;
-        std::int16_t st = BLKIF_RSP_OKAY;
-        std::vector<struct blkif_request_segment> segs;
-        if (op == BLKIF_OP_READ || op == BLKIF_OP_WRITE) {
-          segs.assign(req.seg, req.seg + std::min<unsigned>(req.nr_segments, BLKIF_MAX_SEGMENTS_PER_REQUEST));
-          st = transfer(op, req.sector_number, segs);
-        } else if (op == BLKIF_OP_INDIRECT) {
-          blkif_request_indirect_t ind;
-          std::memcpy(&ind, &req, sizeof ind);
-          ++indirect;
-          op = ind.indirect_op;
-          const unsigned pages = (ind.nr_segments + 511) / 512;
-          void* tbl = pages <= BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST
-                          ? xengnttab_map_domain_grant_refs(gt_, pages, guest, ind.indirect_grefs, PROT_READ)
-                          : nullptr;
-          if (!tbl) {
-            st = BLKIF_RSP_ERROR;
-          } else {
-            segs.resize(ind.nr_segments);
-            std::memcpy(segs.data(), tbl, segs.size() * sizeof segs[0]);
-            xengnttab_unmap(gt_, tbl, pages);
-            st = transfer(op, ind.sector_number, segs);
-          }
-        } else if (op == BLKIF_OP_FLUSH_DISKCACHE) {
-          ++flushes;
-        } else {
-          st = BLKIF_RSP_EOPNOTSUPP;
-        }
+        Req req;
+        std::memcpy(&req, slot.data(), sizeof req);
+        std::uint8_t op = 0;
+        const std::int16_t st = handle<Req, Discard, Indirect>(slot.data(), op);
         if (st == BLKIF_RSP_ERROR) ++errors;
-        blkif_response_t* rsp = RING_GET_RESPONSE(&r.br, r.br.rsp_prod_pvt);
+        auto* rsp = RING_GET_RESPONSE(&br, br.rsp_prod_pvt);
         std::memset(rsp, 0, sizeof *rsp);
         rsp->id = req.id;
         rsp->operation = op;
         rsp->status = st;
-        ++r.br.rsp_prod_pvt;
+        ++br.rsp_prod_pvt;
       }
       int notify = 0;
-      RING_PUSH_RESPONSES_AND_CHECK_NOTIFY(&r.br, notify);
-      if (notify) xenevtchn_notify(ev_, r.port);
-      RING_FINAL_CHECK_FOR_REQUESTS(&r.br, more);
+      RING_PUSH_RESPONSES_AND_CHECK_NOTIFY(&br, notify);
+      if (notify) xenevtchn_notify(ev_, port);
+      RING_FINAL_CHECK_FOR_REQUESTS(&br, more);
     }
+  }
+
+  void serve(ring& r) {
+    if (r.x86_32)
+      serve<i386_request, i386_request_discard, i386_request_indirect>(r.port, r.br32);
+    else
+      serve<blkif_request_t, blkif_request_discard_t, blkif_request_indirect_t>(r.port, r.br);
   }
 
   void on_frontend_state() {
@@ -496,4 +573,62 @@ TEST_CASE("a timed run with a prefilled region verifies every read") {
   CHECK(has(r.out, "\"runtime_s\":1.0"));
   CHECK(has(r.out, "\"mismatches\":0"));
   CHECK_FALSE(has(r.out, "\"blocks_checked\":0,"));
+}
+
+TEST_CASE("x86_32-abi end to end: verified reads, writes, barriers, discards and flushes over 2 queues") {
+  world w;
+  auto r = w.blkfront({"--protocol", "x86_32-abi", "--rw", "randrw", "--discard-pct", "20",
+                       "--barrier-every", "5", "--flush-every", "40", "--verify", "--bs", "16k", "--qd", "8",
+                       "--ios", "600", "--queues", "2", "--ring-order", "2", "--force-indirect",
+                       "--indirect", "32", "--size", "2m"});
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "\"protocol\":\"x86_32-abi\""));
+  CHECK(has(r.out, "\"ring_entries\":128"));
+  CHECK(has(r.out, "\"mismatches\":0"));
+  CHECK_FALSE(has(r.out, "\"blocks_checked\":0,"));
+  CHECK_FALSE(has(r.out, "\"discard\":0,"));
+  CHECK_FALSE(has(r.out, "\"barrier\":0}"));
+  CHECK(w.backend->seen_keys["protocol"] == "x86_32-abi");
+  CHECK(w.backend->discards > 0);
+  CHECK(w.backend->barriers > 0);
+  CHECK(w.backend->indirect > 0);
+  CHECK(w.backend->flushes > 0);
+  CHECK(w.backend->errors == 0);
+}
+
+TEST_CASE("a trim workload with secure discards, on a single-page x86_32 ring") {
+  world w;
+  auto r = w.blkfront({"--protocol", "x86_32-abi", "--rw", "randtrim", "--discard-secure", "--bs", "8k",
+                       "--ios", "200", "--ring-order", "0", "--qd", "16"});
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "\"ring_entries\":32"));
+  CHECK(has(r.out, "\"discard\":200,"));
+  CHECK(has(r.out, "\"discarded\":1638400"));
+  CHECK(w.backend->discards == 200);
+}
+
+TEST_CASE("discards that do not cover whole discard extents are refused before any I/O (exit 2)") {
+  world w;
+  auto r = w.blkfront({"--rw", "randrw", "--discard-pct", "10", "--bs", "2k", "--ios", "10"});
+  INFO(r.out);
+  CHECK(r.status == 2);
+  CHECK(has(r.out, "discard-granularity 4096"));
+  CHECK(w.backend->requests == 0);
+}
+
+TEST_CASE("going from 2 queues to 1 removes the earlier connection's queue keys") {
+  world w;
+  auto r = w.blkfront({"--rw", "randread", "--ios", "50", "--queues", "2"});
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK(w.backend->seen_keys["multi-queue-num-queues"] == "2");
+  r = w.blkfront({"--rw", "randread", "--ios", "50", "--queues", "1"});
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK_FALSE(w.backend->seen_keys.contains("multi-queue-num-queues"));
+  CHECK_FALSE(w.backend->seen_keys.contains("queue-0"));
+  CHECK_FALSE(w.backend->seen_keys.contains("queue-1"));
+  CHECK(w.backend->seen_keys.contains("event-channel"));
 }

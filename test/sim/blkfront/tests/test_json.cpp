@@ -230,7 +230,7 @@ TEST_CASE("the summary is one line of valid JSON with the documented fields") {
   CHECK(v.top["exit"] == "0");
   CHECK(v.top["error"] == "null");
   CHECK(v.top["backend_states"] == "[2,4,5,6]");
-  CHECK(v.top["ops"] == R"({"read":600,"write":400,"flush":10})");
+  CHECK(v.top["ops"] == R"({"read":600,"write":400,"flush":10,"discard":0,"barrier":0})");
   auto number_after = [](const std::string& obj, const std::string& key) {
     const auto at = obj.find("\"" + key + "\":");
     REQUIRE(at != std::string::npos);
@@ -288,4 +288,46 @@ TEST_CASE("exit status: mismatches and protocol errors fail the run, setup failu
   CHECK(exit_status(setup) == 2);
   REQUIRE(valid(to_json(setup), &v));
   CHECK(v.top["error"] == "\"no such device\"");
+}
+
+TEST_CASE("discards and barriers appear in the summary: ops, bytes, latency, workload, disk") {
+  summary s;
+  s.workload = true;
+  s.rw = "randrw";
+  s.read_pct = 50;
+  s.discard_pct = 20;
+  s.discard_secure = true;
+  s.barrier_every = 8;
+  s.bs = 4096;
+  disk_properties d;
+  d.sectors = 2048;
+  d.barrier = true;
+  d.discard = true;
+  d.discard_granularity = 4096;
+  d.discard_alignment = 512;
+  d.discard_secure = true;
+  s.disk = d;
+  s.stats.ops = {300, 200, 0, 100};
+  s.stats.barriers = 25;
+  s.stats.bytes_read = 300 * 4096;
+  s.stats.bytes_written = 200 * 4096;
+  s.stats.bytes_discarded = 100 * 4096;
+  s.stats.discard_latency.record(5000);
+  s.stats.seconds = 1.0;
+  s.stats.mismatches[static_cast<std::size_t>(verdict::not_discarded)] = 2;
+
+  validator v;
+  REQUIRE(valid(to_json(s), &v));
+  CHECK(v.top["ops"] == R"({"read":300,"write":200,"flush":0,"discard":100,"barrier":25})");
+  CHECK(v.top["bytes"] == R"({"read":1228800,"written":819200,"discarded":409600})");
+  CHECK(v.top["iops"] == "600.0");  // reads, writes and discards
+  CHECK(v.top["mib_s"] == "1.95");  // only the bytes that moved
+  CHECK(v.top.contains("discard_lat_us"));
+  CHECK(v.top["discard_lat_us"].find("\"count\":1") != std::string::npos);
+  CHECK(v.top["workload"].find("\"discard_pct\":20,\"discard_secure\":true,\"barrier_every\":8") !=
+        std::string::npos);
+  CHECK(v.top["disk"].find("\"barrier\":true,\"discard\":true,\"discard_granularity\":4096,"
+                           "\"discard_alignment\":512,\"discard_secure\":true") != std::string::npos);
+  CHECK(v.top["verify"].find("\"not_discarded\":2") != std::string::npos);
+  CHECK(exit_status(s) == 1);
 }

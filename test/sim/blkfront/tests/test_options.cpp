@@ -82,7 +82,13 @@ TEST_CASE("bad command lines are refused with a reason") {
   CHECK(error_of(parse({"--queues", "0"})).find("queues") != std::string::npos);
   CHECK(error_of(parse({"--ring-order", "9"})).find("ring-order") != std::string::npos);
   CHECK(error_of(parse({"--rw", "sideways"})).find("sideways") != std::string::npos);
-  CHECK(error_of(parse({"--protocol", "x86_32-abi"})).find("not implemented") != std::string::npos);
+  CHECK(error_of(parse({"--protocol", "arm-abi"})).find("not implemented") != std::string::npos);
+  CHECK(error_of(parse({"--protocol", "x86_33-abi"})).find("unknown") != std::string::npos);
+  CHECK(error_of(parse({"--discard-pct", "101"})) != "");
+  CHECK(error_of(parse({"--discard-secure"})).find("discard") != std::string::npos);
+  CHECK(error_of(parse({"--verify-discard", "maybe"})).find("maybe") != std::string::npos);
+  CHECK(error_of(parse({"--barrier-every", "x"})) != "");
+  CHECK(error_of(parse({"--rw", "trim", "--read-pct", "50"})).find("read-pct") != std::string::npos);
   CHECK(error_of(parse({"--read-pct", "101", "--rw", "randrw"})) != "");
   CHECK(error_of(parse({"--read-pct", "50", "--rw", "read"})).find("read-pct") != std::string::npos);
   CHECK(error_of(parse({"--prefill"})).find("--verify") != std::string::npos);
@@ -100,4 +106,43 @@ TEST_CASE("protocol none leaves the key out, --protocol-key writes anything") {
   o = std::get<options>(parse({"--protocol-key", "garbage-abi"}));
   CHECK(o.protocol_key == "garbage-abi");
   CHECK(o.protocol == "x86_64-abi");
+}
+
+TEST_CASE("--protocol x86_32-abi selects the 32-bit layout and its key") {
+  auto o = std::get<options>(parse({"--protocol", "x86_32-abi"}));
+  CHECK(o.protocol == "x86_32-abi");
+  CHECK(o.write_protocol_key);
+  o = std::get<options>(parse({"--protocol=native"}));
+  CHECK(o.protocol == "x86_64-abi");
+}
+
+TEST_CASE("discard options: a share, trim modes, the secure flag, what verify expects") {
+  auto o = std::get<options>(parse({}));
+  CHECK(o.discard_pct == 0);
+  CHECK_FALSE(o.discard_secure);
+  CHECK(o.discarded == discard_policy::zero);
+
+  o = std::get<options>(parse({"--rw", "randrw", "--discard-pct", "25", "--discard-secure"}));
+  CHECK(o.discard_pct == 25);
+  CHECK(o.read_pct == 50);
+  CHECK(o.discard_secure);
+
+  o = std::get<options>(parse({"--rw", "randtrim"}));
+  CHECK(o.discard_pct == 100);
+  CHECK(o.random);
+  o = std::get<options>(parse({"--rw", "trim", "--verify-discard", "unknown"}));
+  CHECK(o.discard_pct == 100);
+  CHECK_FALSE(o.random);
+  CHECK(o.discarded == discard_policy::unknown);
+  // An explicit share wins over the mode's, in either order.
+  o = std::get<options>(parse({"--discard-pct", "10", "--rw", "trim"}));
+  CHECK(o.discard_pct == 10);
+  o = std::get<options>(parse({"--rw", "randwrite", "--discard-pct=100"}));
+  CHECK(o.discard_pct == 100);
+}
+
+TEST_CASE("--barrier-every takes a count") {
+  auto o = std::get<options>(parse({"--rw", "randwrite", "--barrier-every", "16"}));
+  CHECK(o.barrier_every == 16);
+  CHECK(std::get<options>(parse({})).barrier_every == 0);
 }

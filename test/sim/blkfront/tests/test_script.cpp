@@ -28,13 +28,15 @@ struct rig {
   fake_platform p;
   std::unique_ptr<ring_queue> q;
   std::unique_ptr<fake_backend> be;
-  std::unique_ptr<abi> layout = make_abi("x86_64-abi");
+  std::unique_ptr<abi> layout;
 
-  rig() {
+  explicit rig(std::string_view protocol = "x86_64-abi") : layout(make_abi(protocol)) {
     std::string err;
+    REQUIRE(layout);
     q = make_ring_queue(p, 0, 0, 1, layout->slot_size(), err);
     REQUIRE(q);
     be = std::make_unique<fake_backend>(p, 0, 2048);
+    be->x86_32 = layout->which() == protocol::x86_32;
     be->attach(*q);
     p.backend = [this] { return be->service(); };
   }
@@ -218,4 +220,53 @@ TEST_CASE("unknown pool names stop the script") {
   auto res = r.run("fill nope:0 1\npush\n");
   REQUIRE(res.failures.size() == 1);
   CHECK(res.commands == 1);
+}
+
+TEST_CASE("dreq builds a discard request in the ring's layout") {
+  CHECK(error_of("dreq sector=0 nr=8 bogus=1").message.find("bogus") != std::string::npos);
+  CHECK(error_of("dreq flag=256").message.find("flag") != std::string::npos);
+  CHECK(error_of("dreq 5").message.find("key=value") != std::string::npos);
+  for (const char* proto : {"x86_64-abi", "x86_32-abi"}) {
+    CAPTURE(proto);
+    rig r(proto);
+    std::memset(r.be->disk.data() + 8 * 512, 0x5a, 16 * 512);
+    auto res = r.run(
+        "dreq id=40 sector=8 nr=8\n"
+        "dreq id=41 sector=16 nr=8 flag=secure\n"
+        "dreq sector=2048 nr=1\n"  // beyond the end: ERROR
+        "push\n"
+        "wait 3\n"
+        "expect 40 okay\n"
+        "expect 41 okay\n"
+        "expect 42 error\n");
+    CHECK(res.failures.empty());
+    REQUIRE(r.be->discards.size() == 3);
+    CHECK(r.be->discards[0].sector == 8);
+    CHECK(r.be->discards[0].nr_sectors == 8);
+    CHECK(r.be->discards[0].flag == 0);
+    CHECK(r.be->discards[1].flag == BLKIF_DISCARD_SECURE);
+    for (std::size_t i = 8 * 512; i < 24 * 512; ++i) CHECK(r.be->disk[i] == std::byte{0});
+    REQUIRE(res.responses.size() == 3);
+    CHECK(res.responses[0].r.operation == BLKIF_OP_DISCARD);
+    for (auto h : r.be->handles_seen) CHECK(h == 0xca00);
+  }
+}
+
+TEST_CASE("scripted requests work over an x86_32 ring, raw slots are 108 bytes there") {
+  rig r("x86_32-abi");
+  auto res = r.run(
+      "pages buf 1 rw\n"
+      "fill buf:0 0x33\n"
+      "req op=write id=7 sector=0 seg=buf:0:0:7\n"
+      "req op=0x63 id=8\n"
+      "push\n"
+      "wait 2\n"
+      "expect 7 okay\n"
+      "expect 8 eopnotsupp\n");
+  CHECK(res.failures.empty());
+  CHECK(r.be->disk[4095] == std::byte{0x33});
+  CHECK(r.be->ids_seen == std::vector<std::uint64_t>{7, 8});
+  auto script = raw_file_script(std::string(216, '\0'), r.layout->slot_size(), std::chrono::milliseconds(100));
+  REQUIRE(std::holds_alternative<std::vector<command>>(script));
+  CHECK(std::get<std::vector<command>>(script).size() == 4);  // two slots, push, wait
 }

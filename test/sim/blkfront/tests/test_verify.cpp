@@ -188,3 +188,136 @@ TEST_CASE("generation tracker: a failed first write leaves the block possibly un
   CHECK(check_block(zero, 0, run, t.expect(0), unwritten_policy::zero).v == verdict::ok);
   CHECK(check_block(stamped(512, 0, 1), 0, run, t.expect(0), unwritten_policy::zero).v == verdict::ok);
 }
+
+// ---------------------------------------------------------------------------
+// Discards.
+
+namespace {
+expectation discarded_after(std::uint32_t gen) {
+  expectation e;
+  e.committed = gen;
+  e.discarded = true;
+  return e;
+}
+}  // namespace
+
+TEST_CASE("a discarded block must read as zeroes under the zero policy") {
+  const std::vector<std::byte> zero(4096);
+  CHECK(check_block(zero, 8, run, discarded_after(3), unwritten_policy::any, discard_policy::zero).v == verdict::ok);
+  // What was there before the discard is exactly what a backend that only
+  // pretended to discard would return.
+  auto old = stamped(4096, 8, 3);
+  auto r = check_block(old, 8, run, discarded_after(3), unwritten_policy::any, discard_policy::zero);
+  CHECK(r.v == verdict::not_discarded);
+  CHECK(r.found_generation == 3);
+  CHECK(r.found_lba == 8);
+  std::vector<std::byte> partly(4096);
+  partly[4095] = std::byte{1};
+  CHECK(check_block(partly, 8, run, discarded_after(3), unwritten_policy::any, discard_policy::zero).v ==
+        verdict::not_discarded);
+  // A never-written block that was discarded is no different.
+  CHECK(check_block(zero, 8, run, discarded_after(0), unwritten_policy::stamped, discard_policy::zero).v ==
+        verdict::ok);
+}
+
+TEST_CASE("under the unknown policy a discarded block may hold zeroes or its own older data, nothing else") {
+  const auto unknown = discard_policy::unknown;
+  const std::vector<std::byte> zero(4096);
+  CHECK(check_block(zero, 8, run, discarded_after(3), unwritten_policy::any, unknown).v == verdict::ok);
+  CHECK(check_block(stamped(4096, 8, 3), 8, run, discarded_after(3), unwritten_policy::any, unknown).v == verdict::ok);
+  CHECK(check_block(stamped(4096, 8, 1), 8, run, discarded_after(3), unwritten_policy::any, unknown).v == verdict::ok);
+  CHECK(check_block(stamped(4096, 8, 4), 8, run, discarded_after(3), unwritten_policy::any, unknown).v ==
+        verdict::future);
+  CHECK(check_block(stamped(4096, 16, 3), 8, run, discarded_after(3), unwritten_policy::any, unknown).v ==
+        verdict::wrong_lba);
+  auto torn = stamped(4096, 8, 3);
+  torn[2000] ^= std::byte{4};
+  CHECK(check_block(torn, 8, run, discarded_after(3), unwritten_policy::any, unknown).v == verdict::corrupt);
+  std::vector<std::byte> junk(4096, std::byte{0x5a});
+  CHECK(check_block(junk, 8, run, discarded_after(3), unwritten_policy::any, unknown).v == verdict::missing);
+}
+
+TEST_CASE("after a failed discard a block may read as discarded or as before") {
+  expectation e = written(3);
+  e.maybe_discarded = true;
+  const std::vector<std::byte> zero(4096);
+  CHECK(check_block(zero, 8, run, e, unwritten_policy::any, discard_policy::zero).v == verdict::ok);
+  CHECK(check_block(stamped(4096, 8, 3), 8, run, e, unwritten_policy::any, discard_policy::zero).v == verdict::ok);
+  CHECK(check_block(stamped(4096, 8, 2), 8, run, e, unwritten_policy::any, discard_policy::zero).v ==
+        verdict::stale);
+  CHECK(check_block(stamped(4096, 8, 2), 8, run, e, unwritten_policy::any, discard_policy::unknown).v ==
+        verdict::ok);
+}
+
+TEST_CASE("generation tracker: a discard, then a write, then exact expectations again") {
+  generation_tracker t(4);
+  t.write_completed(1, t.next_generation(1), true);
+  t.discard_completed(1, true);
+  expectation e = t.expect(1);
+  CHECK(e.discarded);
+  CHECK_FALSE(e.maybe_discarded);
+  CHECK(e.committed == 1);
+  const std::uint32_t g = t.next_generation(1);
+  CHECK(g == 2);
+  t.write_completed(1, g, true);
+  e = t.expect(1);
+  CHECK_FALSE(e.discarded);
+  CHECK(e.committed == 2);
+  // Other blocks know nothing of it.
+  CHECK_FALSE(t.expect(0).discarded);
+}
+
+TEST_CASE("generation tracker: failed writes before a discard are folded, never reused") {
+  generation_tracker t(2);
+  t.write_completed(0, 1, true);
+  t.write_completed(0, 2, false);
+  t.write_completed(0, 3, false);
+  t.discard_completed(0, true);
+  const expectation e = t.expect(0);
+  CHECK(e.discarded);
+  CHECK(e.maybe.empty());
+  CHECK(e.committed == 3);
+  CHECK(t.next_generation(0) == 4);
+}
+
+TEST_CASE("generation tracker: a failed discard leaves the block maybe discarded until a write") {
+  generation_tracker t(2);
+  t.write_completed(0, 1, true);
+  t.discard_completed(0, false);
+  expectation e = t.expect(0);
+  CHECK_FALSE(e.discarded);
+  CHECK(e.maybe_discarded);
+  CHECK(e.committed == 1);
+  t.discard_completed(0, true);
+  e = t.expect(0);
+  CHECK(e.discarded);
+  t.discard_completed(0, false);
+  e = t.expect(0);
+  CHECK(e.discarded);
+  CHECK(e.maybe_discarded);
+  t.write_completed(0, t.next_generation(0), true);
+  e = t.expect(0);
+  CHECK_FALSE(e.discarded);
+  CHECK_FALSE(e.maybe_discarded);
+}
+
+TEST_CASE("a write that fails after a discard may have landed: zeroes or its data, not the older data") {
+  generation_tracker t(1);
+  t.write_completed(0, 1, true);
+  t.discard_completed(0, true);
+  const std::uint32_t failed = t.next_generation(0);
+  CHECK(failed == 2);
+  t.write_completed(0, failed, false);
+  const expectation e = t.expect(0);
+  CHECK(e.discarded);
+  REQUIRE(e.maybe.size() == 1);
+  const std::vector<std::byte> zero(4096);
+  CHECK(check_block(zero, 0, run, e, unwritten_policy::any, discard_policy::zero).v == verdict::ok);
+  CHECK(check_block(stamped(4096, 0, 2), 0, run, e, unwritten_policy::any, discard_policy::zero).v == verdict::ok);
+  CHECK(check_block(stamped(4096, 0, 1), 0, run, e, unwritten_policy::any, discard_policy::zero).v ==
+        verdict::not_discarded);
+  CHECK(check_block(stamped(4096, 0, 1), 0, run, e, unwritten_policy::any, discard_policy::unknown).v ==
+        verdict::ok);
+  CHECK(check_block(stamped(4096, 0, 3), 0, run, e, unwritten_policy::any, discard_policy::zero).v ==
+        verdict::future);
+}

@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 
+#include <array>
 #include <set>
 #include <vector>
 
@@ -191,4 +192,92 @@ TEST_CASE("the same seed gives the same sequence, another seed another one") {
   };
   CHECK(run(7) == run(7));
   CHECK(run(7) != run(8));
+}
+
+TEST_CASE("the discard share is honoured, and the rest splits by read-pct") {
+  auto s = spec(true, 1000);
+  s.discard_pct = 30;
+  s.read_pct = 50;
+  workload w(s);
+  std::array<unsigned, io_kind_count> n{};
+  for (int i = 0; i < 10000; ++i) {
+    auto io = w.next();
+    REQUIRE(io);
+    ++n[static_cast<std::size_t>(io->kind)];
+    if (io->kind == io_kind::discard) {
+      CHECK(io->bytes == 4096u);
+      CHECK(io->sector == io->block * 8);
+      CHECK_FALSE(io->barrier);
+    }
+    w.complete(*io);
+  }
+  CHECK(n[static_cast<std::size_t>(io_kind::discard)] > 2700);
+  CHECK(n[static_cast<std::size_t>(io_kind::discard)] < 3300);
+  CHECK(n[static_cast<std::size_t>(io_kind::read)] > 3200);
+  CHECK(n[static_cast<std::size_t>(io_kind::write)] > 3200);
+  CHECK(n[static_cast<std::size_t>(io_kind::flush)] == 0);
+}
+
+TEST_CASE("a discard share of 100 discards every block, locked like any I/O") {
+  auto s = spec(false, 4);
+  s.discard_pct = 100;
+  s.flush_every = 1;  // flushes follow writes only
+  workload w(s);
+  std::vector<planned_io> ios;
+  for (int i = 0; i < 4; ++i) {
+    auto io = w.next();
+    REQUIRE(io);
+    CHECK(io->kind == io_kind::discard);
+    CHECK(io->block == static_cast<std::uint64_t>(i));
+    ios.push_back(*io);
+  }
+  CHECK_FALSE(w.next());  // every block is in flight
+  w.complete(ios[0]);
+  auto again = w.next();
+  REQUIRE(again);
+  CHECK(again->block == 0u);
+}
+
+TEST_CASE("without discards the sequence of a seed is what it always was") {
+  auto a = spec(true, 500);
+  auto b = a;
+  b.discard_pct = 0;
+  b.barrier_every = 0;
+  workload wa(a), wb(b);
+  for (int i = 0; i < 1000; ++i) {
+    auto x = wa.next(), y = wb.next();
+    REQUIRE(x);
+    REQUIRE(y);
+    CHECK(x->block == y->block);
+    CHECK(x->kind == y->kind);
+    wa.complete(*x);
+    wb.complete(*y);
+  }
+}
+
+TEST_CASE("every Nth write is a barrier write, and reads and discards do not count") {
+  auto s = spec(false, 100);
+  s.read_pct = 50;
+  s.barrier_every = 3;
+  s.flush_every = 4;
+  workload w(s);
+  std::uint64_t writes = 0, barriers = 0, flushes = 0;
+  for (int i = 0; i < 3000; ++i) {
+    auto io = w.next();
+    REQUIRE(io);
+    if (io->kind == io_kind::write) {
+      ++writes;
+      CHECK(io->barrier == (writes % 3 == 0));
+      barriers += io->barrier;
+    } else {
+      CHECK_FALSE(io->barrier);
+      if (io->kind == io_kind::flush) ++flushes;
+    }
+    w.complete(*io);
+  }
+  CHECK(barriers == writes / 3);
+  // Barrier writes are writes for --flush-every too (the last flush may
+  // still be due).
+  CHECK(flushes + 1 >= writes / 4);
+  CHECK(flushes <= writes / 4);
 }
