@@ -2,6 +2,7 @@
 // but the headers only name it (syslog::native) when told so.
 #define BOOST_LOG_USE_NATIVE_SYSLOG 1
 
+#include <charconv>
 #include "app/logging.hpp"
 
 #include "blkback/log.hpp"
@@ -170,9 +171,14 @@ class syslog_target final : public target {
 bool stderr_is_journal() {
   const char* env = std::getenv("JOURNAL_STREAM");
   if (env == nullptr) return false;
+  std::string_view text(env);
+  const auto colon = text.find(':');
+  if (colon == std::string_view::npos) return false;
   unsigned long long dev = 0, ino = 0;
-  char tail = 0;
-  if (std::sscanf(env, "%llu:%llu%c", &dev, &ino, &tail) != 2) return false;
+  const char* mid = text.data() + colon;
+  const char* end = text.data() + text.size();
+  if (std::from_chars(text.data(), mid, dev).ptr != mid || std::from_chars(mid + 1, end, ino).ptr != end)
+    return false;
   struct stat st{};
   if (::fstat(STDERR_FILENO, &st) != 0) return false;
   return st.st_dev == dev && st.st_ino == ino;

@@ -169,7 +169,20 @@ void start_backend(asio::io_context& control, blkback::backend& be, std::functio
 
 }  // namespace
 
+int run(int argc, char** argv);
+
 int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const std::exception& e) {
+    std::cerr << "xen-blkbackd: internal error: " << e.what() << "\n";
+  } catch (...) {
+    std::cerr << "xen-blkbackd: internal error\n";
+  }
+  return 1;
+}
+
+int run(int argc, char** argv) {
   auto opts = parse_args(argc, argv);
   if (!opts) return 2;
   // Before any thread exists, so that every thread inherits the mask.
