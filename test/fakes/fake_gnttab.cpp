@@ -73,12 +73,13 @@ class fake_grant_tables::driver final : public asio_xen::gnttab_driver {
       tables_.map_fault_ = 0;
       return err(e);
     }
-    if (mapped_here_ + refs.size() > max_grants_) return err(EINVAL);
+    if (mapped_here_ + refs.size() > max_grants_) return err(ENOMEM);
     auto* g = tables_.guest(domid);
     if (!g) return err(ESRCH);
     for (grant_ref r : refs) {
       const auto* e = g->lookup(r);
-      if (!e || e->domid != domid_ || (writable && e->readonly)) return err(EPERM);
+      // Linux's gntdev turns any failed grant of a map into EINVAL.
+      if (!e || e->domid != domid_ || (writable && e->readonly)) return err(EINVAL);
     }
     const std::size_t n = refs.size();
     void* base = ::mmap(nullptr, n * page_size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -111,6 +112,12 @@ class fake_grant_tables::driver final : public asio_xen::gnttab_driver {
 
   error_code grant_copy(std::span<copy_segment> segs) override {
     ++tables_.copies_;
+    // gntdev checks every segment's bounds before copying anything and
+    // fails the whole call.
+    for (const auto& s : segs) {
+      const auto& f = (s.flags & GNTCOPY_source_gref) ? s.source.foreign : s.dest.foreign;
+      if (std::size_t{f.offset} + s.len > page_size) return err(EINVAL);
+    }
     for (auto& s : segs) s.status = copy_one(s);
     return {};
   }
@@ -127,8 +134,9 @@ class fake_grant_tables::driver final : public asio_xen::gnttab_driver {
     if (!g) return GNTST_bad_domain;
     const auto* e = g->lookup(f.ref);
     if (!e) return GNTST_bad_gntref;
-    if (e->domid != domid_ || (to_guest && e->readonly)) return GNTST_permission_denied;
-    if (std::size_t{f.offset} + s.len > page_size) return GNTST_bad_copy_arg;
+    // Xen 4.17 answers general_error for a grant that is not ours to use
+    // (permission_denied comes only from XSM).
+    if (e->domid != domid_ || (to_guest && e->readonly)) return GNTST_general_error;
     std::byte* guest = g->page(e->frame).data() + f.offset;
     if (from_guest)
       std::memcpy(s.dest.virt, guest, s.len);

@@ -5,11 +5,13 @@
 // driver from fake_grant_tables::open(domid) maps and copies as that domain,
 // with the hypervisor's checks:
 //  - map: every ref in use, granted to the caller, writable if asked;
-//    all-or-nothing (EPERM); the frames stitched into one range;
-//    set_max_grants caps how many pages are mapped at once (EINVAL beyond);
-//  - copy: per segment GNTST_bad_domain, bad_gntref, permission_denied (not
-//    granted to us, or writing a read-only grant), bad_copy_arg (beyond the
-//    page); the other segments still run.
+//    all-or-nothing (EINVAL, as gntdev reports it); the frames stitched into
+//    one range; set_max_grants caps how many pages are mapped at once
+//    (ENOMEM beyond);
+//  - copy: a segment beyond its page fails the whole call (EINVAL, as
+//    gntdev checks before copying); otherwise per segment GNTST_bad_domain,
+//    bad_gntref, general_error (not granted to us, or writing a read-only
+//    grant: Xen 4.17's answer); the other segments still run.
 #pragma once
 
 #include "asio_xen/gnttab.hpp"
