@@ -150,6 +150,7 @@ struct worker_thread {
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> guard;
   std::shared_ptr<blkback::aux_ring> aux;
   std::thread thread;
+  std::atomic<bool> done{false};
 };
 
 // Runs the backend on the control thread; `done` when it has finished.
@@ -234,7 +235,11 @@ int run(int argc, char** argv) {
     w->aux = *aux;
     workers.push_back(std::move(w));
   }
-  for (auto& w : workers) w->thread = std::thread([io = &w->ioc] { io->run(); });
+  for (auto& w : workers)
+    w->thread = std::thread([w = w.get()] {
+      w->ioc.run();
+      w->done = true;
+    });
 
   std::atomic<unsigned> next{0};
   blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, 0, 1, {}};
@@ -286,9 +291,15 @@ int run(int argc, char** argv) {
   });
   control.run();
 
+  // Let each worker finish what was posted to it (the rings' last clean-up)
+  // and end by itself; one that does not within a few seconds is stopped.
+  for (auto& w : workers) w->guard.reset();
   for (auto& w : workers) {
-    w->guard.reset();
-    w->ioc.stop();
+    for (int i = 0; i < 500 && !w->done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    if (!w->done) {
+      XBD_LOG(lg, warning) << "a worker thread did not finish by itself; stopping it";
+      w->ioc.stop();
+    }
     w->thread.join();
   }
   XBD_LOG(lg, info) << "exiting";

@@ -19,6 +19,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <optional>
 
 namespace xbd::blkback {
@@ -303,8 +304,26 @@ bool queue::copy_segments(slot& s, bool to_guest) {
   return true;
 }
 
+// Each slot's own file object, on its own dup of the backing descriptor
+// (io.md: Asio runs one operation at a time per file object).
+bool queue::ensure_file(slot& s) {
+  if (s.file) return true;
+  int fd = ::dup(fd_);
+  if (fd < 0) {
+    ++stats_.failed;
+    if (rejections_logged_++ < max_logged_rejections)
+      XBD_LOG(log_, warning) << "cannot duplicate the backing descriptor: " << std::strerror(errno);
+    return false;
+  }
+  s.file.emplace(ex_, fd);
+  return true;
+}
+
 void queue::start_read(slot& s) {
-  if (!s.file) s.file.emplace(ex_, ::dup(fd_));
+  if (!ensure_file(s)) {
+    complete(s, BLKIF_RSP_ERROR);
+    return;
+  }
   asio::async_read_at(*s.file, s.req.offset, asio::buffer(s.buf, s.req.length),
                       asio::bind_allocator(s.allocator(), [this, &s](error_code ec, std::size_t n) {
                         if (ec || n != s.req.length) {
@@ -322,7 +341,10 @@ void queue::start_read(slot& s) {
 }
 
 void queue::start_write(slot& s) {
-  if (!s.file) s.file.emplace(ex_, ::dup(fd_));
+  if (!ensure_file(s)) {
+    complete(s, BLKIF_RSP_ERROR);
+    return;
+  }
   asio::async_write_at(*s.file, s.req.offset, asio::buffer(s.buf, s.req.length),
                        asio::bind_allocator(s.allocator(), [this, &s](error_code ec, std::size_t n) {
                          if (ec || n != s.req.length) {

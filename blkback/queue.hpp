@@ -88,6 +88,7 @@ class queue {
         std::shared_ptr<aux_ring> aux, logger lg);
 
   void dispatch(const wire_request& w);
+  bool ensure_file(slot& s);
   void start_read(slot& s);
   void start_write(slot& s);
   void start_flush(slot& s);

@@ -237,8 +237,10 @@ TEST_CASE("no record is lost or written twice while another thread reloads the s
   }
   CAPTURE(reloads);
   CHECK(foreign == 0);
-  CHECK(in_a > 0);
-  CHECK(in_b > 0);
+  // Which file got how many depends on scheduling (on a busy machine the
+  // writers can finish between two reloads); that each record is in exactly
+  // one of them does not.
+  CHECK(in_a + in_b == std::size_t{threads * per_thread});
   CHECK(seen.size() == std::size_t{threads * per_thread});
   int wrong = 0;
   for (const auto& [rec, count] : seen) wrong += count != 1;
