@@ -30,6 +30,14 @@ std::string backend(unsigned domid, unsigned devid = xvda) {
   return "/local/domain/0/backend/qdisk/" + std::to_string(domid) + "/" + std::to_string(devid);
 }
 
+// Both ends Connected: the guest is using the disk.
+bool both_connected(sim_env& env, unsigned domid, unsigned devid = xvda) {
+  return eventually([&] {
+    return env.read(backend(domid, devid) + "/state") == "4" &&
+           env.read("/local/domain/" + std::to_string(domid) + "/device/vbd/" + std::to_string(devid) + "/state") == "4";
+  });
+}
+
 void check_clean(const frontend_result& r) {
   INFO(r.output);
   CHECK(r.status == 0);
@@ -164,7 +172,7 @@ TEST_CASE("an unplug of a connected disk waits for the guest to let go") {
   // The guest holds the disk until the backend leaves (as Linux does on
   // an unplug request), then closes properly.
   auto fe = env.start_frontend(5, {"--devid", "51712", "--rw", "none", "--hold", "0"}, "hold");
-  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == "4"; }));
+  REQUIRE(both_connected(env, 5));
   auto res = env.toolstack().remove_disk(5, devid, {10s, xbd::sim::remove_mode::remove});
   INFO(fe->output());
   CHECK(res.ok());
@@ -178,7 +186,7 @@ TEST_CASE("a guest that dies is torn down without waiting for it, and a new gues
   add_disk(env, 5, env.make_image("disk.img", 8 << 20));
   env.start_daemon();
   auto fe = env.start_frontend(5, {"--devid", "51712", "--rw", "none", "--hold", "0"}, "dying");
-  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == "4"; }));
+  REQUIRE(both_connected(env, 5));
   fe->signal(SIGKILL);  // the guest stops dead: no Closing, no Closed
   (void)fe->wait(5s);
   env.xenstored().kill_domain(5);
@@ -258,7 +266,7 @@ TEST_CASE("online resize: the image grows, SIGHUP, and the backend publishes the
   add_disk(env, 5, img);
   env.start_daemon();
   auto fe = env.start_frontend(5, {"--devid", "51712", "--rw", "none", "--hold", "0"}, "hold");
-  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == "4"; }));
+  REQUIRE(both_connected(env, 5));
   CHECK(env.read(backend(5) + "/sectors") == std::to_string((16 << 20) / 512));
   std::filesystem::resize_file(img, 48 << 20);
   env.daemon().signal(SIGHUP);
@@ -279,7 +287,7 @@ TEST_CASE("resize-poll-seconds notices a grown image without a signal") {
   add_disk(env, 5, img);
   env.start_daemon();
   auto fe = env.start_frontend(5, {"--devid", "51712", "--rw", "none", "--hold", "0"}, "hold");
-  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == "4"; }));
+  REQUIRE(both_connected(env, 5));
   std::filesystem::resize_file(img, 12 << 20);
   CHECK(eventually([&] { return env.read(backend(5) + "/sectors") == std::to_string((12 << 20) / 512); }, 5s));
 }
