@@ -151,20 +151,22 @@ void event_channel::cancel() {
 asio::awaitable<error_code> event_channel::wait() {
   for (;;) {
     if (!driver_ || !fd_) co_return make_error_code(errc::closed);
-    auto p = driver_->pending();
-    if (!p) co_return p.error();
-    if (*p) {
-      // Re-arm first, then let the caller drain: see the header.
-      if (error_code ec = driver_->unmask(**p)) co_return ec;
-      // A handle serves one port; another one here would be a stale event
-      // from an earlier binding, which the unmask above cleared.
-      if (**p != port_) continue;
-      ++events_;
-      co_return error_code{};
-    }
+    // The descriptor is readable for as long as an event is pending, so an
+    // event that came before this wait completes it at once.
     auto [ec] = co_await fd_->async_wait(asio::posix::descriptor_base::wait_read,
                                          asio::as_tuple(asio::use_awaitable));
     if (ec) co_return ec;
+    if (!driver_) co_return make_error_code(errc::closed);
+    auto p = driver_->pending();
+    if (!p) co_return p.error();
+    if (!*p) continue;  // spurious readiness
+    // Re-arm first, then let the caller drain: see the header.
+    if (error_code e = driver_->unmask(**p)) co_return e;
+    // A handle serves one port; another one here would be a stale event
+    // from an earlier binding, which the unmask above cleared.
+    if (**p != port_) continue;
+    ++events_;
+    co_return error_code{};
   }
 }
 
