@@ -204,7 +204,7 @@ TEST_CASE("SIGTERM answers the requests in flight and a restarted daemon re-atta
   add_disk(env, 5, env.make_image("disk.img", 32 << 20));
   env.start_daemon();
   auto fe = env.start_frontend(
-      5, {"--devid", "51712", "--rw", "randrw", "--qd", "64", "--runtime", "4", "--verify", "--timeout", "30"}, "long");
+      5, {"--devid", "51712", "--rw", "randrw", "--qd", "64", "--runtime", "4", "--verify", "--timeout", "120"}, "long");
   REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == "4"; }));
   std::this_thread::sleep_for(700ms);
   INFO("daemon log:\n" << env.daemon_log());
@@ -214,7 +214,7 @@ TEST_CASE("SIGTERM answers the requests in flight and a restarted daemon re-atta
   CHECK(env.read(backend(5) + "/state") == "4");
   env.start_daemon();
   CHECK(env.log_shows("re-attached"));
-  REQUIRE(fe->wait(60s) == 0);
+  REQUIRE(fe->wait(150s) == 0);
   auto out = fe->output();
   INFO(out);
   // Every request was answered exactly once and every read verified.
