@@ -333,14 +333,7 @@ void queue::start_read(slot& s) {
   }
   asio::async_read_at(*s.file, s.req.offset, asio::buffer(s.buf, s.req.length), whole(s.req.length),
                       asio::bind_allocator(s.allocator(), [this, &s](error_code ec, std::size_t n) {
-                        if (ec || n != s.req.length) {
-                          ++stats_.failed;
-                          if (rejections_logged_++ < max_logged_rejections)
-                            XBD_LOG(log_, warning) << "read at " << s.req.offset << " failed: "
-                                                   << (ec ? ec.message() : "short read");
-                          complete(s, BLKIF_RSP_ERROR);
-                          return;
-                        }
+                        if (!io_done(s, ec, n, "read")) return;
                         ++stats_.reads;
                         stats_.bytes_read += n;
                         complete(s, copy_segments(s, true) ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR);
@@ -354,14 +347,7 @@ void queue::start_write(slot& s) {
   }
   asio::async_write_at(*s.file, s.req.offset, asio::buffer(s.buf, s.req.length), whole(s.req.length),
                        asio::bind_allocator(s.allocator(), [this, &s](error_code ec, std::size_t n) {
-                         if (ec || n != s.req.length) {
-                           ++stats_.failed;
-                           if (rejections_logged_++ < max_logged_rejections)
-                             XBD_LOG(log_, warning) << "write at " << s.req.offset << " failed: "
-                                                    << (ec ? ec.message() : "short write");
-                           complete(s, BLKIF_RSP_ERROR);
-                           return;
-                         }
+                         if (!io_done(s, ec, n, "write")) return;
                          ++stats_.writes;
                          stats_.bytes_written += n;
                          if (s.req.flush_after)
@@ -369,6 +355,17 @@ void queue::start_write(slot& s) {
                          else
                            complete(s, BLKIF_RSP_OKAY);
                        }));
+}
+
+// A read or write came back: false (and the request answered ERROR) if it
+// failed or fell short. An I/O error fails that request only.
+bool queue::io_done(slot& s, const error_code& ec, std::size_t n, const char* what) {
+  if (!ec && n == s.req.length) return true;
+  ++stats_.failed;
+  if (rejections_logged_++ < max_logged_rejections)
+    XBD_LOG(log_, warning) << what << " at " << s.req.offset << " failed: " << (ec ? ec.message() : "short transfer");
+  complete(s, BLKIF_RSP_ERROR);
+  return false;
 }
 
 void queue::start_flush(slot& s) { aux_->fdatasync(fd_, s); }

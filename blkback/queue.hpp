@@ -91,6 +91,7 @@ class queue {
   bool ensure_file(slot& s);
   void start_read(slot& s);
   void start_write(slot& s);
+  bool io_done(slot& s, const asio_xen::error_code& ec, std::size_t n, const char* what);
   void start_flush(slot& s);
   void start_discard(slot& s);
   void aux_done(slot& s, asio_xen::error_code ec);
