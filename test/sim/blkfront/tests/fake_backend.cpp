@@ -1,3 +1,4 @@
+#include "test/sim/blkfront/tests/i386_blkif.hpp"
 #include "fake_backend.hpp"
 
 #include <algorithm>
@@ -71,38 +72,7 @@ wait_result fake_platform::wait(std::chrono::milliseconds timeout) {
 
 namespace {
 
-// blkif.h's request and response as a 32-bit x86 guest's compiler lays them
-// out (no scalar aligned beyond 4 bytes), the way QEMU's xen_blkif.h
-// declares them; ring.h's macros then give the i386 ring.
-#pragma pack(push, 4)
-struct i386_request {
-  std::uint8_t operation, nr_segments;
-  std::uint16_t handle;
-  std::uint64_t id, sector_number;
-  struct blkif_request_segment seg[BLKIF_MAX_SEGMENTS_PER_REQUEST];
-};
-struct i386_request_discard {
-  std::uint8_t operation, flag;
-  std::uint16_t handle;
-  std::uint64_t id, sector_number, nr_sectors;
-};
-struct i386_request_indirect {
-  std::uint8_t operation, indirect_op;
-  std::uint16_t nr_segments;
-  std::uint64_t id, sector_number;
-  std::uint16_t handle;
-  grant_ref_t indirect_grefs[BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
-  std::uint64_t pad;
-};
-struct i386_response {
-  std::uint64_t id;
-  std::uint8_t operation;
-  std::int16_t status;
-};
-#pragma pack(pop)
-static_assert(sizeof(i386_request) == 108 && sizeof(i386_response) == 12);
-
-DEFINE_RING_TYPES(i386_blkif, struct i386_request, struct i386_response);
+using namespace xbd::sim::blkfront::test_i386;
 
 }  // namespace
 

@@ -4,6 +4,7 @@
 // (test/sim/xensim), and the real blkfront-sim binary as domain 5. The
 // backend is a tiny one in this process (domain 0) on the public Xen
 // libraries, standing in until the daemon exists.
+#include "test/sim/blkfront/tests/i386_blkif.hpp"
 #include <doctest/doctest.h>
 #include <poll.h>
 #include <sys/mman.h>
@@ -31,35 +32,7 @@ namespace {
 constexpr unsigned guest = 5;
 constexpr std::uint64_t disk_sectors = 16384;  // 8 MiB
 
-// blkif.h as a 32-bit x86 guest's compiler lays it out (QEMU's xen_blkif.h
-// declares the same), for the x86_32-abi rings.
-#pragma pack(push, 4)
-struct i386_request {
-  std::uint8_t operation, nr_segments;
-  std::uint16_t handle;
-  std::uint64_t id, sector_number;
-  struct blkif_request_segment seg[BLKIF_MAX_SEGMENTS_PER_REQUEST];
-};
-struct i386_request_discard {
-  std::uint8_t operation, flag;
-  std::uint16_t handle;
-  std::uint64_t id, sector_number, nr_sectors;
-};
-struct i386_request_indirect {
-  std::uint8_t operation, indirect_op;
-  std::uint16_t nr_segments;
-  std::uint64_t id, sector_number;
-  std::uint16_t handle;
-  grant_ref_t indirect_grefs[BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST];
-  std::uint64_t pad;
-};
-struct i386_response {
-  std::uint64_t id;
-  std::uint8_t operation;
-  std::int16_t status;
-};
-#pragma pack(pop)
-DEFINE_RING_TYPES(i386_blkif, struct i386_request, struct i386_response);
+using namespace xbd::sim::blkfront::test_i386;
 
 std::optional<std::string> xs_get(xs_handle* h, const std::string& path) {
   unsigned len = 0;
