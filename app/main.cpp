@@ -11,19 +11,19 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
 
+#include <fcntl.h>
+#include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <unistd.h>
 #include <atomic>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <functional>
-#include <fcntl.h>
 #include <iostream>
 #include <optional>
 #include <string>
-#include <csignal>
-#include <sys/resource.h>
-#include <sys/signalfd.h>
 #include <thread>
-#include <unistd.h>
 #include <vector>
 
 namespace asio = boost::asio;
@@ -44,7 +44,9 @@ struct options {
 
 void usage(std::ostream& os) {
   os << "usage: xen-blkbackd [--config FILE] [--foreground] [--log-level LEVEL] [--check-config] [--version]\n"
-        "  --config FILE     settings (default " << default_config << "; a missing default file means defaults)\n"
+        "  --config FILE     settings (default "
+     << default_config
+     << "; a missing default file means defaults)\n"
         "  --foreground      stay attached to the terminal (as under systemd)\n"
         "  --log-level L     trace, debug, info, warning or error (overrides the file)\n"
         "  --check-config    read the configuration, print it, and exit\n"
@@ -250,8 +252,8 @@ int run(int argc, char** argv) {
     auto& w = *workers[next++ % workers.size()];
     return blkback::worker{w.ioc.get_executor(), w.aux};
   };
-  XBD_LOG(lg, info) << "xen-blkbackd " << version << " starting as domain " << ctx.own_domid << ", "
-                    << threads << " worker thread(s); " << blkback::describe(cfg);
+  XBD_LOG(lg, info) << "xen-blkbackd " << version << " starting as domain " << ctx.own_domid << ", " << threads
+                    << " worker thread(s); " << blkback::describe(cfg);
 
   blkback::backend be(ctx);
   // Signals arrive through a signalfd on the control thread: they are
@@ -284,11 +286,10 @@ int run(int argc, char** argv) {
     });
   };
   arm();
-  start_backend(control, be, [&] {
-    boost::system::error_code ignored;
-    signals.cancel(ignored);
-    control.stop();
-  });
+  // The signal wait is left pending, not cancelled: the control context
+  // stops here and never runs again (asio_xen/wakeable.hpp says why we never
+  // cancel on io_uring).
+  start_backend(control, be, [&] { control.stop(); });
   control.run();
 
   // Let each worker finish what was posted to it (the rings' last clean-up)

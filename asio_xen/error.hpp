@@ -92,6 +92,8 @@ inline const xen_call_category xengnttab_map_domain_grant_refs{"xengnttab_map_do
 inline const xen_call_category xengnttab_unmap{"xengnttab_unmap"};
 inline const xen_call_category xengnttab_grant_copy{"xengnttab_grant_copy"};
 inline const xen_call_category dup{"dup"};
+inline const xen_call_category epoll{"epoll"};
+inline const xen_call_category eventfd{"eventfd"};
 }  // namespace call
 
 }  // namespace xbd::asio_xen

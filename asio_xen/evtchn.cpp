@@ -2,9 +2,9 @@
 
 #include "asio_xen/xen.hpp"
 
-#include <boost/asio/as_tuple.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <fcntl.h>
 #include <unistd.h>
 
 namespace xbd::asio_xen {
@@ -62,52 +62,40 @@ result<std::unique_ptr<evtchn_driver>> open_libxenevtchn() {
   return std::unique_ptr<evtchn_driver>(new libxenevtchn_driver(h));
 }
 
-event_channel::event_channel(asio::any_io_executor ex, std::unique_ptr<evtchn_driver> d, evtchn_port port,
-                             int fd)
-    : driver_(std::move(d)), port_(port) {
-  fd_.emplace(std::move(ex), fd);
-  // pending() reads the device: it must answer EAGAIN rather than block when
-  // the readiness was spurious. The flag is on the open file description, so
-  // it covers the library's own descriptor too.
-  error_code ignored;
-  fd_->non_blocking(true, ignored);
+event_channel::event_channel(std::unique_ptr<evtchn_driver> d, evtchn_port port, wakeable_wait w)
+    : driver_(std::move(d)), port_(port), wait_(std::move(w)) {}
+
+// pending() reads the device: it must answer EAGAIN rather than block when
+// the readiness was spurious. The flag is on the open file description.
+result<event_channel> event_channel::make(asio::any_io_executor ex, std::unique_ptr<evtchn_driver> d,
+                                          evtchn_port port) {
+  const int fd = d->fd();
+  const int flags = ::fcntl(fd, F_GETFL);
+  if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+    error_code ec = xen_error(call::xenevtchn_open);
+    (void)d->unbind(port);
+    return ec;
+  }
+  auto w = wakeable_wait::create(std::move(ex), fd);
+  if (!w) {
+    (void)d->unbind(port);
+    return w.error();
+  }
+  return event_channel(std::move(d), port, std::move(*w));
 }
 
-namespace {
-
-// The descriptor Asio waits on is a dup, so that Asio and the library each
-// close their own.
-result<int> dup_fd(evtchn_driver& d) {
-  int fd = ::dup(d.fd());
-  if (fd < 0) return xen_error(call::dup);
-  return fd;
-}
-
-}  // namespace
-
-result<event_channel> event_channel::bind_interdomain(asio::any_io_executor ex,
-                                                      std::unique_ptr<evtchn_driver> driver,
+result<event_channel> event_channel::bind_interdomain(asio::any_io_executor ex, std::unique_ptr<evtchn_driver> driver,
                                                       unsigned remote_domid, evtchn_port remote_port) {
   auto port = driver->bind_interdomain(remote_domid, remote_port);
   if (!port) return port.error();
-  auto fd = dup_fd(*driver);
-  if (!fd) {
-    (void)driver->unbind(*port);
-    return fd.error();
-  }
-  return event_channel(std::move(ex), std::move(driver), *port, *fd);
+  return make(std::move(ex), std::move(driver), *port);
 }
 
 result<event_channel> event_channel::bind_unbound(asio::any_io_executor ex, std::unique_ptr<evtchn_driver> driver,
                                                   unsigned remote_domid) {
   auto port = driver->bind_unbound_port(remote_domid);
   if (!port) return port.error();
-  auto fd = dup_fd(*driver);
-  if (!fd) {
-    (void)driver->unbind(*port);
-    return fd.error();
-  }
-  return event_channel(std::move(ex), std::move(driver), *port, *fd);
+  return make(std::move(ex), std::move(driver), *port);
 }
 
 event_channel& event_channel::operator=(event_channel&& other) noexcept {
@@ -115,8 +103,8 @@ event_channel& event_channel::operator=(event_channel&& other) noexcept {
     close();
     driver_ = std::move(other.driver_);
     port_ = other.port_;
-    fd_ = std::move(other.fd_);
-    other.fd_.reset();
+    wait_ = std::move(other.wait_);
+    other.wait_.reset();
     events_ = other.events_;
   }
   return *this;
@@ -124,11 +112,12 @@ event_channel& event_channel::operator=(event_channel&& other) noexcept {
 
 event_channel::~event_channel() { close(); }
 
+// The wait's descriptors go first (a pending wait is woken and lets go of
+// them itself), then the binding and the handle.
 void event_channel::close() {
-  if (fd_) {
-    error_code ignored;
-    fd_->close(ignored);
-    fd_.reset();
+  if (wait_) {
+    wait_->close();
+    wait_.reset();
   }
   if (driver_) {
     (void)driver_->unbind(port_);
@@ -142,20 +131,15 @@ error_code event_channel::notify() {
 }
 
 void event_channel::cancel() {
-  if (fd_) {
-    error_code ignored;
-    fd_->cancel(ignored);
-  }
+  if (wait_) wait_->wake();
 }
 
 asio::awaitable<error_code> event_channel::wait() {
   for (;;) {
-    if (!driver_ || !fd_) co_return make_error_code(errc::closed);
+    if (!driver_ || !wait_) co_return make_error_code(errc::closed);
     // The descriptor is readable for as long as an event is pending, so an
     // event that came before this wait completes it at once.
-    auto [ec] = co_await fd_->async_wait(asio::posix::descriptor_base::wait_read,
-                                         asio::as_tuple(asio::use_awaitable));
-    if (ec) co_return ec;
+    if (error_code ec = co_await wait_->wait()) co_return ec;
     if (!driver_) co_return make_error_code(errc::closed);
     auto p = driver_->pending();
     if (!p) co_return p.error();

@@ -6,10 +6,10 @@
 #pragma once
 
 #include "asio_xen/error.hpp"
+#include "asio_xen/wakeable.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
 
 #include <cstdint>
 #include <memory>
@@ -43,12 +43,11 @@ result<std::unique_ptr<evtchn_driver>> open_libxenevtchn();
 class event_channel {
  public:
   // The backend side: bind to the port a frontend allocated.
-  static result<event_channel> bind_interdomain(boost::asio::any_io_executor ex,
-                                                std::unique_ptr<evtchn_driver> driver,
+  static result<event_channel> bind_interdomain(boost::asio::any_io_executor ex, std::unique_ptr<evtchn_driver> driver,
                                                 unsigned remote_domid, evtchn_port remote_port);
   // The frontend side (tests, simulators): allocate a port for `remote_domid`.
-  static result<event_channel> bind_unbound(boost::asio::any_io_executor ex,
-                                            std::unique_ptr<evtchn_driver> driver, unsigned remote_domid);
+  static result<event_channel> bind_unbound(boost::asio::any_io_executor ex, std::unique_ptr<evtchn_driver> driver,
+                                            unsigned remote_domid);
 
   event_channel(event_channel&&) noexcept = default;
   event_channel& operator=(event_channel&&) noexcept;
@@ -66,7 +65,8 @@ class event_channel {
   // overlap the drain cost at most one spurious wake-up.
   boost::asio::awaitable<error_code> wait();
 
-  // Ends a wait() in progress with operation_aborted.
+  // Ends a wait() in progress (or the next one) with operation_aborted.
+  // A wake-up, not an Asio cancel: see wakeable.hpp for why.
   void cancel();
   // Unbinds and closes now (the destructor does the same).
   void close();
@@ -75,11 +75,13 @@ class event_channel {
   std::uint64_t events() const { return events_; }
 
  private:
-  event_channel(boost::asio::any_io_executor ex, std::unique_ptr<evtchn_driver> d, evtchn_port port, int fd);
+  event_channel(std::unique_ptr<evtchn_driver> d, evtchn_port port, wakeable_wait w);
+  static result<event_channel> make(boost::asio::any_io_executor ex, std::unique_ptr<evtchn_driver> d,
+                                    evtchn_port port);
 
   std::unique_ptr<evtchn_driver> driver_;
   evtchn_port port_ = 0;
-  std::optional<boost::asio::posix::stream_descriptor> fd_;
+  std::optional<wakeable_wait> wait_;
   std::uint64_t events_ = 0;
 };
 

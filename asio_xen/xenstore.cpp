@@ -1,18 +1,18 @@
 #include "asio_xen/xenstore.hpp"
 
+#include "asio_xen/wakeable.hpp"
 #include "asio_xen/xen.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/channel.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
+#include <unistd.h>
 #include <algorithm>
 #include <cstdlib>
 #include <map>
-#include <unistd.h>
 
 namespace xbd::asio_xen {
 
@@ -25,11 +25,20 @@ result<xs_permission> xs_permission::parse(std::string_view text) {
   if (text.size() < 2) return make_error_code(errc::malformed_value);
   xs_permission p;
   switch (text[0]) {
-    case 'n': p.perm = access::none; break;
-    case 'r': p.perm = access::read; break;
-    case 'w': p.perm = access::write; break;
-    case 'b': p.perm = access::both; break;
-    default: return make_error_code(errc::malformed_value);
+    case 'n':
+      p.perm = access::none;
+      break;
+    case 'r':
+      p.perm = access::read;
+      break;
+    case 'w':
+      p.perm = access::write;
+      break;
+    case 'b':
+      p.perm = access::both;
+      break;
+    default:
+      return make_error_code(errc::malformed_value);
   }
   auto id = parse_integer<unsigned>(text.substr(1));
   if (!id) return id.error();
@@ -92,8 +101,7 @@ class libxenstore_driver final : public xs_driver {
     }
     return out;
   }
-  error_code set_permissions(transaction_id t, const std::string& path,
-                             std::span<const xs_permission> perms) override {
+  error_code set_permissions(transaction_id t, const std::string& path, std::span<const xs_permission> perms) override {
     std::vector<xs_permissions> raw;
     for (const auto& p : perms) raw.push_back({p.domid, static_cast<unsigned>(p.perm)});
     if (!xs_set_permissions(h_, t, path.c_str(), raw.data(), static_cast<unsigned>(raw.size())))
@@ -122,7 +130,8 @@ class libxenstore_driver final : public xs_driver {
     errno = 0;
     bool known = xs_is_domain_introduced(h_, domid);
     // false with errno set is a failed call, not an answer.
-    if (!known && errno != 0 && errno != ENOENT) return result<bool>(boost::system::in_place_error, xen_error(call::xs_is_domain_introduced));
+    if (!known && errno != 0 && errno != ENOENT)
+      return result<bool>(boost::system::in_place_error, xen_error(call::xs_is_domain_introduced));
     return known;
   }
   result<std::optional<xs_watch_event>> check_watch() override {
@@ -131,8 +140,7 @@ class libxenstore_driver final : public xs_driver {
       if (errno == EAGAIN) return std::optional<xs_watch_event>{};
       return xen_error(call::xs_check_watch);
     }
-    return std::optional<xs_watch_event>{
-        xs_watch_event{v.get()[XS_WATCH_PATH], v.get()[XS_WATCH_TOKEN]}};
+    return std::optional<xs_watch_event>{xs_watch_event{v.get()[XS_WATCH_PATH], v.get()[XS_WATCH_TOKEN]}};
   }
 
  private:
@@ -188,9 +196,9 @@ struct watch::state {
 struct xenstore::impl : std::enable_shared_from_this<xenstore::impl> {
   std::unique_ptr<xs_driver> driver;
   asio::any_io_executor ex;
-  std::optional<asio::posix::stream_descriptor> fd;
+  std::optional<wakeable_wait> wake;             // readable with watch events; see wakeable.hpp
   std::map<std::string, watch::state*> watches;  // by token
-  std::vector<watch::state*> fired;               // drain()'s scratch
+  std::vector<watch::state*> fired;              // drain()'s scratch
   std::uint64_t next_token = 0;
   std::uint64_t events_read = 0;
   bool pumping = false;
@@ -199,10 +207,10 @@ struct xenstore::impl : std::enable_shared_from_this<xenstore::impl> {
   impl(asio::any_io_executor e, std::unique_ptr<xs_driver> d) : driver(std::move(d)), ex(std::move(e)) {}
 
   error_code start_pump() {
-    if (!fd) {
-      int dupfd = ::dup(driver->watch_fd());
-      if (dupfd < 0) return xen_error(call::dup);
-      fd.emplace(ex, dupfd);
+    if (!wake) {
+      auto w = wakeable_wait::create(ex, driver->watch_fd());
+      if (!w) return w.error();
+      wake.emplace(std::move(*w));
     }
     if (!pumping) {
       pumping = true;
@@ -216,8 +224,7 @@ struct xenstore::impl : std::enable_shared_from_this<xenstore::impl> {
   // short whatever a guest writes.
   static asio::awaitable<void> pump(std::shared_ptr<impl> self) {
     while (!self->closed && !self->watches.empty()) {
-      auto [ec] = co_await self->fd->async_wait(asio::posix::descriptor_base::wait_read,
-                                                asio::as_tuple(asio::use_awaitable));
+      error_code ec = co_await self->wake->wait();
       if (self->closed) break;
       if (ec && ec != asio::error::operation_aborted) break;
       self->drain();
@@ -248,10 +255,7 @@ struct xenstore::impl : std::enable_shared_from_this<xenstore::impl> {
     watches.erase(s.token);
     s.signal.close();
     // The pump ends by itself once it sees no watch left.
-    if (watches.empty() && fd) {
-      error_code ignored;
-      fd->cancel(ignored);
-    }
+    if (watches.empty() && wake) wake->wake();
   }
 
   // After this nothing touches the driver: watches skip unwatch and the
@@ -261,12 +265,10 @@ struct xenstore::impl : std::enable_shared_from_this<xenstore::impl> {
     closed = true;
     for (auto& [token, s] : watches) s->signal.close();
     watches.clear();
-    if (fd) {
-      error_code ignored;
-      fd->close(ignored);
-      // Released now: a pump frame that outlives us may be destroyed with the
-      // io_context, after the I/O service a descriptor needs.
-      fd.reset();
+    // A pending pump is woken and lets go of the descriptor itself.
+    if (wake) {
+      wake->close();
+      wake.reset();
     }
     driver.reset();
   }

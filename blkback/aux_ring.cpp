@@ -1,10 +1,10 @@
 #include "blkback/aux_ring.hpp"
+#include "asio_xen/wakeable.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <liburing.h>
@@ -39,8 +39,8 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
   bool ring_ready = false;
   int efd = -1;
   asio::any_io_executor ex;
-  std::optional<asio::posix::stream_descriptor> wake;
-  std::deque<op> backlog;  // waiting for a submission entry
+  std::optional<asio_xen::wakeable_wait> wake;  // the eventfd's readiness; see wakeable.hpp
+  std::deque<op> backlog;                       // waiting for a submission entry
   unsigned in_flight = 0;
   bool reaping = false;
   bool closed = false;
@@ -89,8 +89,7 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
   // Runs while operations are in flight.
   static asio::awaitable<void> reap(std::shared_ptr<impl> self) {
     while (self->in_flight > 0 && !self->closed) {
-      auto [ec] = co_await self->wake->async_wait(asio::posix::descriptor_base::wait_read,
-                                                  asio::as_tuple(asio::use_awaitable));
+      error_code ec = co_await self->wake->wait();
       if (ec || self->closed) break;
       std::uint64_t count;
       (void)!::read(self->efd, &count, sizeof count);
@@ -123,9 +122,9 @@ asio_xen::result<std::shared_ptr<aux_ring>> aux_ring::create(asio::any_io_execut
   if (i->efd < 0) return asio_xen::xen_error(uring_call);
   rc = io_uring_register_eventfd(&i->ring, i->efd);
   if (rc < 0) return error_code(-rc, uring_call);
-  int wfd = ::dup(i->efd);
-  if (wfd < 0) return asio_xen::xen_error(uring_call);
-  i->wake.emplace(ex, wfd);
+  auto w = asio_xen::wakeable_wait::create(ex, i->efd);
+  if (!w) return w.error();
+  i->wake.emplace(std::move(*w));
   return std::shared_ptr<aux_ring>(new aux_ring(std::move(i)));
 }
 
@@ -134,8 +133,7 @@ aux_ring::~aux_ring() {
   // there and is forgotten.
   impl_->closed = true;
   if (impl_->wake) {
-    error_code ignored;
-    impl_->wake->close(ignored);
+    impl_->wake->close();  // a pending reaper is woken and lets go itself
     impl_->wake.reset();
   }
 }

@@ -9,6 +9,8 @@
 #include <iomanip>
 #include <sstream>
 
+#include <malloc.h>
+
 namespace xbd::blkback {
 
 namespace asio = boost::asio;
@@ -30,15 +32,24 @@ bool is_enoent(const error_code& ec) { return ec == boost::system::errc::no_such
 
 std::string_view to_string(xenbus_state s) {
   switch (s) {
-    case xenbus_state::unknown: return "Unknown";
-    case xenbus_state::initialising: return "Initialising";
-    case xenbus_state::init_wait: return "InitWait";
-    case xenbus_state::initialised: return "Initialised";
-    case xenbus_state::connected: return "Connected";
-    case xenbus_state::closing: return "Closing";
-    case xenbus_state::closed: return "Closed";
-    case xenbus_state::reconfiguring: return "Reconfiguring";
-    case xenbus_state::reconfigured: return "Reconfigured";
+    case xenbus_state::unknown:
+      return "Unknown";
+    case xenbus_state::initialising:
+      return "Initialising";
+    case xenbus_state::init_wait:
+      return "InitWait";
+    case xenbus_state::initialised:
+      return "Initialised";
+    case xenbus_state::connected:
+      return "Connected";
+    case xenbus_state::closing:
+      return "Closing";
+    case xenbus_state::closed:
+      return "Closed";
+    case xenbus_state::reconfiguring:
+      return "Reconfiguring";
+    case xenbus_state::reconfigured:
+      return "Reconfigured";
   }
   return "?";
 }
@@ -58,11 +69,12 @@ struct vbd::backend_keys {
 struct vbd::connection {
   std::vector<std::unique_ptr<queue>> queues;
   std::vector<worker> workers;
-  // Each queue's run() reports here (on the control thread) when it ends.
+  // Each queue's run() reports here (on the control thread) when it ends;
+  // room for every queue, so that no report can be dropped.
   asio::experimental::channel<void(error_code, error_code)> exited;
   unsigned running = 0;
 
-  explicit connection(asio::any_io_executor control) : exited(control, 64) {}
+  connection(asio::any_io_executor control, std::size_t queues) : exited(control, queues) {}
 };
 
 vbd::vbd(vbd_context& ctx, vbd_id id)
@@ -103,7 +115,8 @@ result<vbd::backend_keys> vbd::read_backend_keys() {
     auto colon = p.find(':');
     std::string_view fmt = colon == std::string_view::npos ? p : p.substr(0, colon);
     if ((fmt != "raw" && fmt != "aio") || colon == std::string_view::npos) {
-      return bad_key(std::string("params ") + quote(*params) + ": only raw images are served (raw: or aio:)", error_code(EPROTONOSUPPORT, boost::system::generic_category()));
+      return bad_key(std::string("params ") + quote(*params) + ": only raw images are served (raw: or aio:)",
+                     error_code(EPROTONOSUPPORT, boost::system::generic_category()));
     }
     p.remove_prefix(colon + 1);
   }
@@ -152,16 +165,32 @@ result<vbd::backend_keys> vbd::read_backend_keys() {
   auto fe_id = xs.read_optional<unsigned>(be_ + "/frontend-id");
   if (!fe_id) return fe_id.error();
   if (*fe_id && **fe_id != id_.frontend_domid) {
-    return bad_key(std::string("frontend-id ") + std::to_string(**fe_id) + " does not match the directory's domain", invalid());
+    return bad_key(std::string("frontend-id ") + std::to_string(**fe_id) + " does not match the directory's domain",
+                   invalid());
   }
   auto dev = xs.read_optional<std::string>(be_ + "/dev");
   if (dev && *dev) k.dev = **dev;
   return k;
 }
 
+// The state node is rewritten only while it exists: after the toolstack
+// removed our directory (domain destroyed, device detached) a write would
+// bring a piece of it back for good. The transition is logged either way.
 error_code vbd::switch_state(xenbus_state s) {
-  if (error_code ec = ctx_.xs.write(be_ + "/state", static_cast<unsigned>(s))) return ec;
-  if (s != state_) XBD_LOG(log_, info) << "state " << to_string(state_) << " -> " << to_string(s);
+  bool gone = false;
+  error_code ec = ctx_.xs.transact([&](asio_xen::transaction& t) -> error_code {
+    gone = false;
+    if (auto cur = t.read(be_ + "/state"); !cur) {
+      if (!is_enoent(cur.error())) return cur.error();
+      gone = true;
+      return {};
+    }
+    return t.write(be_ + "/state", static_cast<unsigned>(s));
+  });
+  if (ec) return ec;
+  if (s != state_)
+    XBD_LOG(log_, info) << "state " << to_string(state_) << " -> " << to_string(s)
+                        << (gone ? " (the backend directory is gone)" : "");
   state_ = s;
   return {};
 }
@@ -204,8 +233,7 @@ error_code vbd::publish_features() {
 xenbus_state vbd::frontend_state() {
   auto s = ctx_.xs.read<unsigned>(fe_ + "/state");
   if (!s) {
-    if (!is_enoent(s.error()))
-      XBD_LOG(log_, warning) << "frontend state unreadable: " << s.error().what();
+    if (!is_enoent(s.error())) XBD_LOG(log_, warning) << "frontend state unreadable: " << s.error().what();
     return xenbus_state::unknown;
   }
   if (*s > static_cast<unsigned>(xenbus_state::reconfigured)) return xenbus_state::unknown;
@@ -249,8 +277,8 @@ asio::awaitable<void> vbd::run() {
   if (!store_->fallback_reason().empty())
     XBD_LOG(log_, warning) << keys->path.string() << ": " << store_->fallback_reason();
   XBD_LOG(log_, info) << "opened " << keys->path.string() << (keys->writable ? " read-write" : " read-only")
-                      << (props.direct ? " with O_DIRECT" : " buffered") << " (" << mode.reason << "), "
-                      << props.size << " bytes, sector " << props.logical_sector << "/" << props.physical_sector;
+                      << (props.direct ? " with O_DIRECT" : " buffered") << " (" << mode.reason << "), " << props.size
+                      << " bytes, sector " << props.logical_sector << "/" << props.physical_sector;
   limits_.sectors = props.size / 512;
   limits_.sector_size = props.logical_sector;
   limits_.readonly = !keys->writable;
@@ -289,6 +317,7 @@ asio::awaitable<void> vbd::run() {
     if (error_code ec = co_await watch_->changed()) {
       XBD_LOG(log_, debug) << "watch ended: " << ec.message();
       co_await disconnect();
+      if (!shutdown_) (void)switch_state(xenbus_state::closed);
       co_return;
     }
     if (shutdown_) {
@@ -314,6 +343,7 @@ asio::awaitable<void> vbd::run() {
     if (be_state && !*be_state) {
       XBD_LOG(log_, info) << "backend directory removed";
       co_await disconnect();
+      (void)switch_state(xenbus_state::closed);  // logged, not written
       co_return;
     }
     auto online_key = ctx_.xs.read_optional<bool>(be_ + "/online");
@@ -326,8 +356,8 @@ asio::awaitable<void> vbd::run() {
       (void)switch_state(xenbus_state::closed);
       co_return;
     }
-    if (!online && (fe == xenbus_state::initialising || fe == xenbus_state::init_wait ||
-                    fe == xenbus_state::closed || !conn_)) {
+    if (!online &&
+        (fe == xenbus_state::initialising || fe == xenbus_state::init_wait || fe == xenbus_state::closed || !conn_)) {
       // Unplugged and nobody is using the ring: close and go.
       XBD_LOG(log_, info) << "unplugged by the toolstack";
       co_await disconnect();
@@ -417,15 +447,17 @@ asio::awaitable<error_code> vbd::connect(bool reattach) {
   if (!nq) co_return bad_key("multi-queue-num-queues: " + nq.error().message(), nq.error());
   const unsigned queues = nq->value_or(1);
   if (queues == 0 || queues > ctx_.max_queues)
-    co_return bad_key("multi-queue-num-queues " + std::to_string(queues) + " is not within 1.." +
-                          std::to_string(ctx_.max_queues),
-                      invalid());
+    co_return bad_key(
+        "multi-queue-num-queues " + std::to_string(queues) + " is not within 1.." + std::to_string(ctx_.max_queues),
+        invalid());
   auto proto = xs.read_optional<std::string>(fe_ + "/protocol");
   if (!proto) co_return bad_key("protocol: " + proto.error().message(), proto.error());
   abi layout = native_abi;
   if (*proto) {
     auto a = parse_protocol(**proto);
-    if (!a) co_return bad_key("unknown protocol " + quote(**proto), error_code(EPROTONOSUPPORT, boost::system::generic_category()));
+    if (!a)
+      co_return bad_key("unknown protocol " + quote(**proto),
+                        error_code(EPROTONOSUPPORT, boost::system::generic_category()));
     layout = *a;
   } else if (ctx_.cfg.default_protocol == ring_protocol::x86_32) {
     layout = abi::x86_32;  // what Linux's blkback assumes of an x86 guest
@@ -444,7 +476,7 @@ asio::awaitable<error_code> vbd::connect(bool reattach) {
   published_sectors_ = limits_.sectors;
 
   auto executor = co_await asio::this_coro::executor;
-  auto c = std::make_shared<connection>(executor);
+  auto c = std::make_shared<connection>(executor, rings.size());
   for (const auto& k : rings) {
     queue_params qp;
     qp.frontend_domid = id_.frontend_domid;
@@ -521,6 +553,20 @@ void vbd::apply_resize() {
   published_sectors_ = sectors;
 }
 
+// The lifetime rule of the data plane. A queue is destroyed only after its
+// run() has returned, on its own thread, and run() returns only when nothing
+// can call back into the queue any more:
+//  - every request in flight holds a slot, and its slot is released only by
+//    its last completion (file I/O, aux_ring flush or discard, the blocking
+//    pool's discard), so in_flight == 0 means none is outstanding;
+//  - the queue's Asio objects (its event channel, its slots' files) are
+//    never cancelled and never closed with an operation pending: on Boost
+//    1.81's io_uring backend either would deliver a completion to another
+//    object, possibly another guest's (asio_xen/wakeable.hpp);
+//  - its report reaches the control thread through a channel with room for
+//    every queue of the connection.
+// The backing store the queues use outlives them: it belongs to the vbd,
+// which waits here for every queue to report before it goes on.
 asio::awaitable<void> vbd::disconnect() {
   auto c = std::move(conn_);
   if (!c) co_return;
@@ -545,12 +591,17 @@ asio::awaitable<void> vbd::disconnect() {
     total.bytes_read += s.bytes_read;
     total.bytes_written += s.bytes_written;
   }
-  XBD_LOG(log_, info) << "disconnected after " << total.requests << " requests (" << total.bytes_read
-                      << " bytes read, " << total.bytes_written << " written, " << total.rejected << " rejected, "
-                      << total.failed << " failed)";
+  XBD_LOG(log_, info) << "disconnected after " << total.requests << " requests (" << total.bytes_read << " bytes read, "
+                      << total.bytes_written << " written, " << total.rejected << " rejected, " << total.failed
+                      << " failed)";
   // Each queue goes away on its own thread, where its I/O objects live.
+  // Its slots are many small allocations that malloc would keep for reuse;
+  // give the memory back so that a daemon's RSS follows what it serves.
   for (std::size_t i = 0; i < c->queues.size(); ++i)
-    asio::post(c->workers[i].ex, [q = std::shared_ptr<queue>(std::move(c->queues[i]))] {});
+    asio::post(c->workers[i].ex, [q = std::shared_ptr<queue>(std::move(c->queues[i]))]() mutable {
+      q.reset();
+      ::malloc_trim(0);
+    });
 }
 
 }  // namespace xbd::blkback

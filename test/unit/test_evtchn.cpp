@@ -170,10 +170,10 @@ TEST_CASE("cancel ends a wait with operation_aborted") {
   pair p;
   auto waiter = [&]() -> asio::awaitable<error_code> { co_return co_await p.back->wait(); };
   auto fut = asio::co_spawn(p.ioc, waiter(), asio::use_future);
-  p.ioc.run_for(std::chrono::milliseconds(20));
+  xbd::test::run_for(p.ioc, std::chrono::milliseconds(20));
   p.back->cancel();
   p.ioc.restart();
-  p.ioc.run_for(std::chrono::milliseconds(200));
+  xbd::test::run_for(p.ioc, std::chrono::milliseconds(200));
   REQUIRE(fut.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
   CHECK(fut.get() == asio::error::operation_aborted);
 }

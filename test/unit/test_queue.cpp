@@ -110,7 +110,7 @@ struct rig {
       if (out.size() >= n) break;
       if (std::chrono::steady_clock::now() > deadline) break;
       ioc.restart();
-      ioc.run_for(std::chrono::milliseconds(5));
+      xbd::test::run_for(ioc, std::chrono::milliseconds(5));
     }
     return out;
   }
@@ -122,7 +122,7 @@ struct rig {
     while (running.wait_for(std::chrono::seconds(0)) != std::future_status::ready &&
            std::chrono::steady_clock::now() < deadline) {
       ioc.restart();
-      ioc.run_for(std::chrono::milliseconds(5));
+      xbd::test::run_for(ioc, std::chrono::milliseconds(5));
     }
     REQUIRE(running.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
     return running.get();
@@ -292,7 +292,7 @@ TEST_CASE("a frontend that claims more requests than the ring holds halts its ri
   while (r.running.wait_for(std::chrono::seconds(0)) != std::future_status::ready &&
          std::chrono::steady_clock::now() < deadline) {
     r.ioc.restart();
-    r.ioc.run_for(std::chrono::milliseconds(5));
+    xbd::test::run_for(r.ioc, std::chrono::milliseconds(5));
   }
   REQUIRE(r.running.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
   CHECK(r.running.get() == asio_xen::make_error_code(asio_xen::errc::ring_overflow));

@@ -4,6 +4,7 @@
 #include "test/fakes/fake_evtchn.hpp"
 #include "test/fakes/fake_gnttab.hpp"
 #include "test/fakes/fake_xenstore.hpp"
+#include "test/unit/run.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
@@ -75,7 +76,7 @@ struct rig {
       dev->shutdown();
       for (int i = 0; i < 2500 && !finished(); ++i) {
         ioc.restart();
-        ioc.run_for(std::chrono::milliseconds(2));
+        xbd::test::run_for(ioc, std::chrono::milliseconds(2));
       }
     }
   }

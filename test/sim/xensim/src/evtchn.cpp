@@ -138,9 +138,7 @@ void wake_handle(Ctx& c, std::uint32_t hslot) {
   if (w.fd >= 0) poke(w.fd);
 }
 
-void handle_files_gone(Ctx& c, std::uint64_t uid) {
-  unlinkat(c.dirfd, fifo_name(uid).c_str(), 0);
-}
+void handle_files_gone(Ctx& c, std::uint64_t uid) { unlinkat(c.dirfd, fifo_name(uid).c_str(), 0); }
 
 void evtchn_deliver(Ctx& c, Dom& d, std::uint32_t port) {
   if (port >= kNrPorts) return;
@@ -186,11 +184,26 @@ void port_send(Ctx& c, Dom& d, std::uint32_t port, bool faults) {
   if (f.dup) evtchn_deliver(c, *rd, rport);
 }
 
+// Our descriptors on FIFOs of handles that are gone (closed, or their
+// process died) are closed, so that a long-lived process such as a backend
+// does not keep one for every peer it ever woke. Runs when a port closes.
+void forget_stale_wakes(Ctx& c) {
+  for (std::uint32_t i = 0; i < kMaxHandles; ++i) {
+    WakeFd& w = c.wake[i];
+    if (w.fd < 0) continue;
+    std::lock_guard lk(c.wake_mu[i % Ctx::kWakeLocks]);
+    HandleSlot& hs = c.hdr->handles[i];
+    if (w.fd >= 0 && (!ld(&hs.in_use) || ld(&hs.uid) != w.uid)) {
+      close(w.fd);
+      w = WakeFd{};
+    }
+  }
+}
+
 void port_close_locked(Ctx& c, Dom& d, std::uint32_t port) {
   Port& p = d.ports[port];
   std::uint64_t old = xchg(&p.ev, std::uint64_t{0});
-  if ((old & kEvQueued) && (old >> 32))
-    fetch_add(&c.hdr->handles[(old >> 32) - 1].ready, -1);
+  if ((old & kEvQueued) && (old >> 32)) fetch_add(&c.hdr->handles[(old >> 32) - 1].ready, -1);
   if (p.state == kInterdomain) {
     // Xen's EVTCHNOP_close: the peer goes back to unbound, open to us, so
     // that it can be bound again (a restarted backend).
@@ -206,6 +219,7 @@ void port_close_locked(Ctx& c, Dom& d, std::uint32_t port) {
   p.remote_dom = p.remote_port = p.virq = 0;
   p.owner_proc = p.owner_gen = p.rec = 0;
   st(&p.state, std::uint32_t{kFree});
+  forget_stale_wakes(c);
 }
 
 std::vector<std::pair<std::uint32_t, std::uint32_t>> bound_ports(Ctx& c) {
@@ -257,8 +271,7 @@ XENSIM_API xenevtchn_handle* xenevtchn_open(struct xentoollog_logger*, unsigned 
   std::string name = fifo_name(uid);
   int fd = -1, pfd = -1;
   if (mkfifoat(c->dirfd, name.c_str(), 0600) == 0) {
-    fd = openat(c->dirfd, name.c_str(),
-                O_RDWR | ((flags & XENEVTCHN_NO_CLOEXEC) ? 0 : O_CLOEXEC));
+    fd = openat(c->dirfd, name.c_str(), O_RDWR | ((flags & XENEVTCHN_NO_CLOEXEC) ? 0 : O_CLOEXEC));
     pfd = openat(c->dirfd, name.c_str(), O_RDWR | O_NONBLOCK | O_CLOEXEC);
   }
   if (fd < 0 || pfd < 0) {
@@ -289,8 +302,9 @@ XENSIM_API xenevtchn_handle* xenevtchn_open(struct xentoollog_logger*, unsigned 
 }
 
 XENSIM_API xenevtchn_handle* xenevtchn_fdopen(struct xentoollog_logger*, int, unsigned) {
-  log_err("xenevtchn_fdopen: not simulated (the descriptor of a simulated handle "
-          "cannot be adopted)");
+  log_err(
+      "xenevtchn_fdopen: not simulated (the descriptor of a simulated handle "
+      "cannot be adopted)");
   errno = EOPNOTSUPP;
   return nullptr;
 }
@@ -348,8 +362,7 @@ XENSIM_API int xenevtchn_notify(xenevtchn_handle* h, evtchn_port_t port) {
   return 0;
 }
 
-XENSIM_API xenevtchn_port_or_error_t xenevtchn_bind_unbound_port(xenevtchn_handle* h,
-                                                                 uint32_t domid) {
+XENSIM_API xenevtchn_port_or_error_t xenevtchn_bind_unbound_port(xenevtchn_handle* h, uint32_t domid) {
   if (!usable(h)) return -1;
   if (h->restrict_domid >= 0) {
     errno = EACCES;
@@ -389,8 +402,7 @@ XENSIM_API xenevtchn_port_or_error_t xenevtchn_bind_unbound_port(xenevtchn_handl
   return static_cast<int>(port);
 }
 
-XENSIM_API xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle* h,
-                                                                uint32_t domid,
+XENSIM_API xenevtchn_port_or_error_t xenevtchn_bind_interdomain(xenevtchn_handle* h, uint32_t domid,
                                                                 evtchn_port_t remote_port) {
   if (!usable(h)) return -1;
   if (h->restrict_domid >= 0 && static_cast<std::uint32_t>(h->restrict_domid) != domid) {

@@ -1,0 +1,113 @@
+#include "asio_xen/wakeable.hpp"
+
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <boost/asio/as_tuple.hpp>
+#include <boost/asio/posix/stream_descriptor.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <optional>
+
+namespace xbd::asio_xen {
+
+namespace asio = boost::asio;
+
+struct wakeable_wait::state {
+  std::optional<asio::posix::stream_descriptor> epoll;  // what Asio polls
+  int wake_fd = -1;
+  bool waiting = false;
+  bool woken = false;
+  bool closed = false;
+
+  ~state() { release(); }
+
+  // Only ever with no operation pending on `epoll` (see the header).
+  void release() {
+    if (epoll) {
+      error_code ignored;
+      epoll->close(ignored);
+      epoll.reset();
+    }
+    if (wake_fd >= 0) ::close(wake_fd);
+    wake_fd = -1;
+  }
+
+  void consume_wake() {
+    std::uint64_t n;
+    (void)!::read(wake_fd, &n, sizeof n);
+    woken = false;
+  }
+};
+
+result<wakeable_wait> wakeable_wait::create(asio::any_io_executor ex, int fd) {
+  auto s = std::make_shared<state>();
+  int ep = ::epoll_create1(EPOLL_CLOEXEC);
+  if (ep < 0) return xen_error(call::epoll);
+  s->epoll.emplace(ex, ep);
+  s->wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (s->wake_fd < 0) return xen_error(call::eventfd);
+  for (int member : {fd, s->wake_fd}) {
+    epoll_event ev{};
+    ev.events = EPOLLIN;
+    ev.data.fd = member;
+    if (::epoll_ctl(ep, EPOLL_CTL_ADD, member, &ev) != 0) return xen_error(call::epoll);
+  }
+  return wakeable_wait(std::move(s));
+}
+
+wakeable_wait& wakeable_wait::operator=(wakeable_wait&& other) noexcept {
+  if (this != &other) {
+    close();
+    state_ = std::move(other.state_);
+  }
+  return *this;
+}
+
+wakeable_wait::~wakeable_wait() { close(); }
+
+asio::awaitable<error_code> wakeable_wait::wait() {
+  // The frame keeps the state (and so the descriptor Asio polls) alive
+  // until the operation has completed, whatever happens to this object.
+  auto s = state_;
+  if (!s || s->closed) co_return make_error_code(errc::closed);
+  if (s->woken) {
+    s->consume_wake();
+    co_return error_code(asio::error::operation_aborted);
+  }
+  s->waiting = true;
+  auto [ec] =
+      co_await s->epoll->async_wait(asio::posix::descriptor_base::wait_read, asio::as_tuple(asio::use_awaitable));
+  s->waiting = false;
+  if (s->closed) {
+    s->release();
+    co_return make_error_code(errc::closed);
+  }
+  if (ec) co_return ec;
+  if (s->woken) {
+    s->consume_wake();
+    co_return error_code(asio::error::operation_aborted);
+  }
+  co_return error_code{};
+}
+
+void wakeable_wait::wake() {
+  if (!state_ || state_->closed || state_->woken) return;
+  state_->woken = true;
+  const std::uint64_t one = 1;
+  (void)!::write(state_->wake_fd, &one, sizeof one);
+}
+
+void wakeable_wait::close() {
+  if (!state_ || state_->closed) return;
+  if (state_->waiting) {
+    wake();
+    state_->closed = true;  // the waiter releases the descriptors
+  } else {
+    state_->closed = true;
+    state_->release();
+  }
+  state_.reset();
+}
+
+}  // namespace xbd::asio_xen

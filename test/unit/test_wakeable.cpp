@@ -1,0 +1,103 @@
+#include <doctest/doctest.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/use_awaitable.hpp>
+#include <filesystem>
+
+#include "asio_xen/wakeable.hpp"
+#include "test/unit/run.hpp"
+
+using namespace xbd::asio_xen;
+namespace asio = boost::asio;
+using xbd::test::finishes;
+using xbd::test::run;
+
+namespace {
+
+std::size_t open_fds() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+// The io_context opens its own io_uring with its first I/O object: have that
+// done before counting.
+void warm_up(asio::io_context& ioc, int fd) { (void)wakeable_wait::create(ioc.get_executor(), fd); }
+
+struct watched {
+  int fd = ::eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  ~watched() { ::close(fd); }
+  void make_readable() const {
+    const std::uint64_t one = 1;
+    REQUIRE(::write(fd, &one, sizeof one) == sizeof one);
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a wakeable wait completes when its descriptor becomes readable") {
+  asio::io_context ioc;
+  watched w;
+  auto ww = wakeable_wait::create(ioc.get_executor(), w.fd);
+  REQUIRE(ww.has_value());
+  CHECK_FALSE(finishes(ioc, ww->wait()));
+  w.make_readable();
+  CHECK(run(ioc, ww->wait()) == error_code{});
+}
+
+TEST_CASE("wake() ends the wait in progress with operation_aborted, without an Asio cancel") {
+  asio::io_context ioc;
+  watched w;
+  auto ww = wakeable_wait::create(ioc.get_executor(), w.fd);
+  REQUIRE(ww.has_value());
+  auto fut = asio::co_spawn(ioc, ww->wait(), asio::use_future);
+  ioc.poll();  // the wait is now pending
+  ww->wake();
+  REQUIRE(xbd::test::detail::drive(ioc, fut, std::chrono::seconds(2)));
+  CHECK(fut.get() == asio::error::operation_aborted);
+  // The wake-up is consumed: the next wait waits again.
+  CHECK_FALSE(finishes(ioc, ww->wait()));
+}
+
+TEST_CASE("a wake-up that comes before the wait ends the next wait at once") {
+  asio::io_context ioc;
+  watched w;
+  auto ww = wakeable_wait::create(ioc.get_executor(), w.fd);
+  REQUIRE(ww.has_value());
+  ww->wake();
+  ww->wake();  // coalesced
+  CHECK(run(ioc, ww->wait()) == asio::error::operation_aborted);
+  CHECK_FALSE(finishes(ioc, ww->wait()));
+}
+
+TEST_CASE("close() during a wait ends it with closed, and the descriptors go once it has returned") {
+  asio::io_context ioc;
+  watched w;
+  warm_up(ioc, w.fd);
+  const std::size_t before = open_fds();
+  auto ww = wakeable_wait::create(ioc.get_executor(), w.fd);
+  REQUIRE(ww.has_value());
+  CHECK(open_fds() == before + 2);  // the epoll set and the wake-up eventfd
+  auto fut = asio::co_spawn(ioc, ww->wait(), asio::use_future);
+  ioc.poll();
+  ww->close();
+  CHECK(open_fds() == before + 2);  // still polled by the pending wait
+  REQUIRE(xbd::test::detail::drive(ioc, fut, std::chrono::seconds(2)));
+  CHECK(fut.get() == make_error_code(errc::closed));
+  CHECK(open_fds() == before);
+  CHECK(run(ioc, ww->wait()) == make_error_code(errc::closed));
+}
+
+TEST_CASE("a wakeable wait destroyed while idle releases its descriptors at once") {
+  asio::io_context ioc;
+  watched w;
+  warm_up(ioc, w.fd);
+  const std::size_t before = open_fds();
+  {
+    auto ww = wakeable_wait::create(ioc.get_executor(), w.fd);
+    REQUIRE(ww.has_value());
+  }
+  CHECK(open_fds() == before);
+}
