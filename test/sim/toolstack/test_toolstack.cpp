@@ -659,16 +659,22 @@ TEST_CASE("destroy_domain: qdisk gets the QEMU bodge (state=6 by the toolstack),
   const std::string vm = *xs.read("/local/domain/5/vm");
   std::atomic<bool> saw_closed{false};
   std::atomic<bool> saw_closing{false};
+  std::atomic<bool> watching{false};
   std::thread watcher([&] {
     xs_client w;
     w.wait_for(a.be + "/state",
                [&](const std::optional<std::string>& v) {
+                 watching = true;  // the watch is set: nothing after this is missed
                  if (v && *v == "5") saw_closing = true;
                  if (v && *v == "6") saw_closed = true;
                  return !v;
                },
                10s);
   });
+  // On a loaded machine the watcher may start late; the destroy must not
+  // begin before it looks.
+  for (int i = 0; i < 500 && !watching; ++i) std::this_thread::sleep_for(10ms);
+  REQUIRE(watching);
   std::vector<unsigned> destroyed;
   xbd::sim::destroy_options o;
   o.qemu_bodge_timeout = 300ms;
