@@ -24,6 +24,7 @@ class xbd_category_impl final : public boost::system::error_category {
       case errc::ring_overflow: return "producer index beyond the ring size";
       case errc::bad_ring_size: return "ring memory too small";
       case errc::closed: return "closed";
+      case errc::short_transfer: return "short transfer";
     }
     return "unknown error";
   }

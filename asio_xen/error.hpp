@@ -53,6 +53,7 @@ enum class errc {
   ring_overflow,           // the peer published a producer index beyond the ring
   bad_ring_size,           // mapped ring memory too small for one entry
   closed,                  // the object was closed while waiting
+  short_transfer,          // a read or write moved less than asked (end of the store)
 };
 
 const boost::system::error_category& xbd_category() noexcept;

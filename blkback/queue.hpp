@@ -1,32 +1,33 @@
 // queue: the data plane of one ring.
 //
-// One coroutine per ring (run()): wait for the event, copy requests out of
-// the ring once, validate the copies, start their I/O, and go back to the
-// ring while the I/O runs. Completions write the responses; responses are
-// pushed, and the frontend notified, once per batch. Everything of a queue
-// runs on one io_context thread: no locks.
+// One coroutine per ring (run()) takes requests out of the ring once each,
+// in order, and starts one coroutine per request (serve()): validate, fetch
+// the indirect segments, copy the data in, run the I/O on the storage
+// channel, flush, copy the data out, respond. The ring's coroutine goes back
+// to the ring while requests run; responses are pushed, and the frontend
+// notified, once per turn of the io_context. Everything of a queue runs on
+// one io_context thread: no locks.
 //
 // Memory is sized from the ring when the queue connects: one slot per ring
-// entry, each with a bounce buffer for the largest request, a file object of
-// its own (io.md: Asio runs one operation at a time per file object) and
-// room for its completion handlers. Nothing is allocated per request. The
-// buffers are reserved, not committed: only slots that have been used take
-// memory, and slots are reused most-recently-freed first.
+// entry, each with a bounce buffer for the largest request and room for its
+// request's coroutine frame. Nothing is allocated per request. The buffers
+// are reserved, not committed: only slots that have been used take memory,
+// and slots are reused most-recently-freed first.
 #pragma once
 
 #include "asio_xen/evtchn.hpp"
 #include "asio_xen/gnttab.hpp"
 #include "blkback/abi.hpp"
-#include "blkback/aux_ring.hpp"
-#include "blkback/backing.hpp"
 #include "blkback/log.hpp"
+#include "blkback/log_budget.hpp"
 #include "blkback/platform.hpp"
 #include "blkback/request.hpp"
+#include "blkback/request_task.hpp"
+#include "blkback/storage/storage.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
-#include <boost/asio/thread_pool.hpp>
 
 #include <cstdint>
 #include <memory>
@@ -48,19 +49,18 @@ struct queue_stats {
   std::uint64_t writes = 0;
   std::uint64_t flushes = 0;
   std::uint64_t discards = 0;
-  std::uint64_t rejected = 0;   // answered without I/O: failed validation
-  std::uint64_t failed = 0;     // answered ERROR: grant copy or I/O failed
+  std::uint64_t rejected = 0;  // answered without I/O: failed validation
+  std::uint64_t failed = 0;    // answered ERROR or EOPNOTSUPP: grant copy or storage failed
   std::uint64_t bytes_read = 0;
   std::uint64_t bytes_written = 0;
 };
 
 class queue {
  public:
-  // Maps the ring, binds the event channel and sizes the slots. `ex` is the
-  // thread the queue will run on; `aux` must belong to that thread.
-  static asio_xen::result<std::unique_ptr<queue>> connect(boost::asio::any_io_executor ex, const xen_platform& xen,
-                                                          const queue_params& params, const backing_store& store,
-                                                          std::shared_ptr<aux_ring> aux, logger lg);
+  // Maps the ring, binds the event channel, opens a storage channel on the
+  // worker and sizes the slots. The queue runs on `w`'s thread.
+  static asio_xen::result<std::unique_ptr<queue>> connect(const worker& w, const xen_platform& xen,
+                                                          const queue_params& params, storage::store& store, logger lg);
   ~queue();
   queue(const queue&) = delete;
   queue& operator=(const queue&) = delete;
@@ -84,28 +84,20 @@ class queue {
 
  private:
   queue(boost::asio::any_io_executor ex, asio_xen::grant_table gt, asio_xen::grant_mapping ring_mem, abi_ring ring,
-        asio_xen::event_channel evtchn, const queue_params& params, const backing_store& store,
-        std::shared_ptr<aux_ring> aux, logger lg);
+        asio_xen::event_channel evtchn, const queue_params& params, std::unique_ptr<storage::channel> chan, logger lg);
 
-  void dispatch(const wire_request& w);
-  bool ensure_file(slot& s);
-  void start_read(slot& s);
-  void start_write(slot& s);
-  bool io_done(slot& s, const asio_xen::error_code& ec, std::size_t n, const char* what);
-  void start_flush(slot& s);
-  void start_discard(slot& s);
-  void aux_done(slot& s, asio_xen::error_code ec);
+  request_task serve(slot& s, wire_request w);
+  boost::asio::awaitable<void> wait_idle();
   validation fetch_indirect(slot& s, const wire_request& w, const needs_indirect& need);
-  boost::asio::awaitable<void> drain();
-  static boost::asio::thread_pool& blocking_pool();
-  void complete(slot& s, std::int16_t status);
+  bool copy_segments(slot& s, bool to_guest);
+  void reject(slot& s, const rejected& r);
+  std::int16_t account(const slot& s, asio_xen::error_code ec);
+  void finish(slot& s, std::int16_t status);
   void respond(std::uint64_t id, std::uint8_t op, std::int16_t status);
   void schedule_push();
   void push_now();
-  void log_rejection(const char* what, std::uint64_t id);
   slot& acquire();
   void release(slot& s);
-  bool copy_segments(slot& s, bool to_guest);
 
   boost::asio::any_io_executor ex_;
   asio_xen::grant_table gnttab_;
@@ -113,9 +105,7 @@ class queue {
   abi_ring ring_;
   asio_xen::event_channel evtchn_;
   queue_params params_;
-  int fd_;
-  bool block_device_;
-  std::shared_ptr<aux_ring> aux_;
+  std::unique_ptr<storage::channel> chan_;
   logger log_;
 
   std::size_t slot_bytes_;
@@ -126,10 +116,10 @@ class queue {
   std::uint32_t in_flight_ = 0;
   bool stopping_ = false;
   bool push_scheduled_ = false;
-  bool draining_ = false;  // a barrier waits for the requests before it
-  boost::asio::steady_timer idle_;  // wakes run() when the last request is answered after stop()
+  bool waiting_idle_ = false;
+  boost::asio::steady_timer idle_;  // wakes wait_idle() when the last request is answered
   queue_stats stats_;
-  unsigned rejections_logged_ = 0;
+  log_budget budget_;
 };
 
 }  // namespace xbd::blkback

@@ -266,18 +266,16 @@ asio::awaitable<void> vbd::run() {
   domain_was_known_ = known && *known;
 
   // Open the backing store the way its key and our policy allow.
-  open_mode mode = choose_open_mode(ctx_.cfg.direct_io, keys->direct_io);
-  auto store = backing_store::open(keys->path, keys->writable, mode.direct);
-  if (!store) {
-    fail("opening " + keys->path.string(), store.error());
+  auto opened = storage::open({keys->path.string(), keys->writable, ctx_.cfg.direct_io, keys->direct_io});
+  if (!opened) {
+    fail("opening " + keys->path.string(), opened.error());
     co_return;
   }
-  store_ = std::make_unique<backing_store>(std::move(*store));
-  const auto& props = store_->properties();
-  if (!store_->fallback_reason().empty())
-    XBD_LOG(log_, warning) << keys->path.string() << ": " << store_->fallback_reason();
-  XBD_LOG(log_, info) << "opened " << keys->path.string() << (keys->writable ? " read-write" : " read-only")
-                      << (props.direct ? " with O_DIRECT" : " buffered") << " (" << mode.reason << "), " << props.size
+  store_ = std::move(opened->st);
+  const auto& props = store_->props();
+  if (!opened->warning.empty()) XBD_LOG(log_, warning) << store_->name() << ": " << opened->warning;
+  XBD_LOG(log_, info) << "opened " << store_->name() << (keys->writable ? " read-write" : " read-only")
+                      << (props.direct ? " with O_DIRECT" : " buffered") << " (" << opened->mode << "), " << props.size
                       << " bytes, sector " << props.logical_sector << "/" << props.physical_sector;
   limits_.sectors = props.size / 512;
   limits_.sector_size = props.logical_sector;
@@ -485,7 +483,7 @@ asio::awaitable<error_code> vbd::connect(bool reattach) {
     qp.remote_port = k.port;
     qp.limits = limits_;
     worker w = ctx_.pick_worker();
-    auto q = queue::connect(w.ex, ctx_.xen, qp, *store_, w.aux, log_);
+    auto q = queue::connect(w, ctx_.xen, qp, *store_, log_);
     if (!q) {
       // Queues already running are stopped by disconnect().
       conn_ = c;
@@ -504,7 +502,7 @@ asio::awaitable<error_code> vbd::connect(bool reattach) {
 
   if (!reattach) {
     error_code ec = xs.transact([&](asio_xen::transaction& t) -> error_code {
-      const auto& props = store_->properties();
+      const auto& props = store_->props();
       if (auto e = t.write(be_ + "/sectors", published_sectors_)) return e;  // always 512-byte units
       if (auto e = t.write(be_ + "/info", info_)) return e;
       if (auto e = t.write(be_ + "/sector-size", props.logical_sector)) return e;
@@ -534,7 +532,7 @@ void vbd::apply_resize() {
   if (!conn_ || !store_) return;
   auto size = store_->current_size();
   if (!size) {
-    XBD_LOG(log_, warning) << "cannot read the size of " << store_->path().string() << ": " << size.error().what();
+    XBD_LOG(log_, warning) << "cannot read the size of " << store_->name() << ": " << size.error().what();
     return;
   }
   const std::uint64_t sectors = *size / 512;
@@ -556,9 +554,10 @@ void vbd::apply_resize() {
 // The lifetime rule of the data plane. A queue is destroyed only after its
 // run() has returned, on its own thread, and run() returns only when nothing
 // can call back into the queue any more:
-//  - every request in flight holds a slot, and its slot is released only by
-//    its last completion (file I/O, aux_ring flush or discard, the blocking
-//    pool's discard), so in_flight == 0 means none is outstanding;
+//  - every request in flight holds a slot, and its slot is released only
+//    when its coroutine has had its last storage completion, so
+//    in_flight == 0 means no operation of the queue's storage channel is
+//    outstanding;
 //  - the queue's Asio objects (its event channel, its slots' files) are
 //    never cancelled and never closed with an operation pending: on Boost
 //    1.81's io_uring backend either would deliver a completion to another

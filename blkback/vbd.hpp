@@ -11,12 +11,11 @@
 
 #include "asio_xen/xenstore.hpp"
 #include "blkback/abi.hpp"
-#include "blkback/aux_ring.hpp"
-#include "blkback/backing.hpp"
 #include "blkback/config.hpp"
 #include "blkback/log.hpp"
 #include "blkback/platform.hpp"
 #include "blkback/queue.hpp"
+#include "blkback/storage/storage.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
@@ -42,12 +41,6 @@ enum class xenbus_state : unsigned {
   reconfigured = 8,
 };
 std::string_view to_string(xenbus_state s);
-
-// A thread that runs queues: its executor and its aux_ring.
-struct worker {
-  boost::asio::any_io_executor ex;
-  std::shared_ptr<aux_ring> aux;
-};
 
 // What every vbd shares: the xenstore connection (control thread), the Xen
 // handles' source, the settings, and the workers that run rings.
@@ -111,11 +104,11 @@ class vbd {
 
   vbd_context& ctx_;
   vbd_id id_;
-  std::string be_;   // our directory
-  std::string fe_;   // the frontend's directory (from our `frontend` key)
+  std::string be_;  // our directory
+  std::string fe_;  // the frontend's directory (from our `frontend` key)
   logger log_;
   std::optional<asio_xen::watch> watch_;
-  std::unique_ptr<backing_store> store_;
+  std::unique_ptr<storage::store> store_;
   std::shared_ptr<connection> conn_;
   xenbus_state state_ = xenbus_state::unknown;  // what we last wrote
   device_limits limits_;

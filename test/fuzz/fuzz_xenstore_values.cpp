@@ -2,7 +2,7 @@
 // through the strict parsers the control plane uses.
 #include "asio_xen/xenstore.hpp"
 #include "blkback/abi.hpp"
-#include "blkback/backing.hpp"
+#include "blkback/storage/direct_io.hpp"
 
 #include <cstdint>
 #include <string>

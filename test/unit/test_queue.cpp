@@ -2,6 +2,7 @@
 // guest memory, the real queue code in between, a real file behind it.
 #include "asio_xen/ring.hpp"
 #include "blkback/queue.hpp"
+#include "blkback/storage/local.hpp"
 #include "test/fakes/fake_evtchn.hpp"
 #include "test/fakes/fake_gnttab.hpp"
 #include "test/unit/run.hpp"
@@ -62,7 +63,7 @@ struct rig {
   std::optional<asio_xen::front_ring<blkif_request, blkif_response>> front;
   std::optional<asio_xen::event_channel> front_evtchn;
   temp_file file;
-  std::optional<backing_store> store;
+  std::unique_ptr<storage::store> store;
   std::unique_ptr<queue> q;
   std::future<asio_xen::error_code> running;
 
@@ -72,9 +73,9 @@ struct rig {
     for (std::size_t i = 0; i < data_frames; ++i) data_refs.push_back(guest.grant(pages + i, 0));
     front.emplace(*asio_xen::front_ring<blkif_request, blkif_response>::init({guest.page(0).data(), pages * page}));
     front_evtchn.emplace(*asio_xen::event_channel::bind_unbound(ioc.get_executor(), bus.open(guest_domid), 0));
-    auto st = backing_store::open(file.path, !readonly, false);
+    auto st = storage::open_local(file.path, {!readonly, false});
     REQUIRE(st.has_value());
-    store.emplace(std::move(*st));
+    store = std::move(*st);
     if (lim.sectors == 0) lim.sectors = disk_bytes / 512;
     lim.readonly = readonly;
     queue_params p;
@@ -86,7 +87,7 @@ struct rig {
                     [this] { return asio_xen::result<std::unique_ptr<asio_xen::gnttab_driver>>(tables.open(0)); }};
     auto aux = aux_ring::create(ioc.get_executor());
     REQUIRE(aux.has_value());
-    auto qq = queue::connect(ioc.get_executor(), xp, p, *store, *aux, device_logger(guest_domid, 51712));
+    auto qq = queue::connect(worker{ioc.get_executor(), *aux}, xp, p, *store, device_logger(guest_domid, 51712));
     REQUIRE(qq.has_value());
     q = std::move(*qq);
     running = asio::co_spawn(ioc, q->run(), asio::use_future);

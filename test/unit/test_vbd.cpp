@@ -1,5 +1,6 @@
 // The vbd state machine against the fakes: each transition of blkif.md §3.
 #include "asio_xen/ring.hpp"
+#include "blkback/storage/local.hpp"
 #include "blkback/vbd.hpp"
 #include "test/fakes/fake_evtchn.hpp"
 #include "test/fakes/fake_gnttab.hpp"
@@ -10,6 +11,9 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_future.hpp>
 #include <doctest/doctest.h>
+
+#include <filesystem>
+#include <fstream>
 
 #include <fcntl.h>
 #include <thread>
@@ -346,18 +350,41 @@ TEST_CASE("direct-io-safe: only \"1\" gives permission for O_DIRECT") {
   CHECK(with(direct_io_policy::always, std::nullopt));
 }
 
+namespace {
+
+// The open flags of this process's one descriptor on `path`, from
+// /proc/self/fdinfo (-1 if there is none).
+int open_flags(const std::filesystem::path& path) {
+  for (const auto& e : std::filesystem::directory_iterator("/proc/self/fd")) {
+    std::error_code ec;
+    if (std::filesystem::read_symlink(e.path(), ec) != path) continue;
+    std::ifstream info("/proc/self/fdinfo/" + e.path().filename().string());
+    for (std::string line; std::getline(info, line);)
+      if (line.rfind("flags:", 0) == 0) return static_cast<int>(std::stoul(line.substr(6), nullptr, 8));
+  }
+  return -1;
+}
+
+}  // namespace
+
 TEST_CASE("the open mode reaches the descriptor: O_DIRECT exactly when chosen") {
   image img;
-  auto direct = backing_store::open(img.path, true, true);
-  REQUIRE(direct.has_value());
-  CHECK((::fcntl(direct->fd(), F_GETFL) & O_DIRECT) != 0);
-  CHECK(direct->properties().direct);
-  auto buffered = backing_store::open(img.path, true, false);
-  REQUIRE(buffered.has_value());
-  CHECK((::fcntl(buffered->fd(), F_GETFL) & O_DIRECT) == 0);
-  auto ro = backing_store::open(img.path, false, false);
+  {
+    auto direct = storage::open_local(img.path, {true, true});
+    REQUIRE(direct.has_value());
+    CHECK((open_flags(img.path) & O_DIRECT) != 0);
+    CHECK((*direct)->props().direct);
+  }
+  {
+    auto buffered = storage::open_local(img.path, {true, false});
+    REQUIRE(buffered.has_value());
+    CHECK((open_flags(img.path) & O_DIRECT) == 0);
+    CHECK_FALSE((*buffered)->props().direct);
+  }
+  auto ro = storage::open_local(img.path, {false, false});
   REQUIRE(ro.has_value());
-  CHECK((::fcntl(ro->fd(), F_GETFL) & O_ACCMODE) == O_RDONLY);
+  CHECK((open_flags(img.path) & O_ACCMODE) == O_RDONLY);
+  CHECK_FALSE((*ro)->props().writable);
 }
 
 TEST_CASE("multi-queue: the offer is published and a request beyond it is refused") {

@@ -1,0 +1,356 @@
+#include "blkback/storage/local.hpp"
+
+#include "blkback/handler_memory.hpp"
+
+#include <boost/asio/bind_allocator.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/random_access_file.hpp>
+#include <boost/asio/read_at.hpp>
+#include <boost/asio/thread_pool.hpp>
+#include <boost/asio/write_at.hpp>
+
+#include <fcntl.h>
+#include <linux/falloc.h>
+#include <linux/fs.h>
+#include <linux/stat.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/sysmacros.h>
+#include <unistd.h>
+#include <cerrno>
+#include <fstream>
+
+#include <optional>
+#include <vector>
+
+namespace xbd::blkback {
+
+namespace {
+
+const asio_xen::xen_call_category open_call{"open"};
+const asio_xen::xen_call_category fstat_call{"fstat"};
+const asio_xen::xen_call_category ioctl_call{"ioctl"};
+const asio_xen::xen_call_category dup_call{"dup"};
+
+}  // namespace
+
+namespace storage {
+
+namespace {
+
+std::uint64_t sysfs_number(const std::string& path) {
+  std::ifstream in(path);
+  std::uint64_t v = 0;
+  if (!(in >> v)) return 0;
+  return v;
+}
+
+// Whether discard works on this backing store, and its granularity.
+// Files: a hole punched past the end of the file changes nothing and fails
+// with EOPNOTSUPP where the filesystem cannot punch holes. Block devices:
+// the queue limits in sysfs. Secure erase is never offered: the kernel does
+// not publish it, and probing BLKSECDISCARD would drop the device's page
+// cache.
+void probe_discard(int fd, const struct stat& st, properties& p) {
+  if (S_ISREG(st.st_mode)) {
+    const off_t beyond = static_cast<off_t>((p.size / 4096 + 16) * 4096);
+    if (::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, beyond, 4096) == 0) {
+      p.discard = true;
+      p.discard_granularity = std::max<std::uint32_t>(p.logical_sector, static_cast<std::uint32_t>(st.st_blksize));
+      p.discard_alignment = 0;
+    }
+    return;
+  }
+  const std::string dev =
+      "/sys/dev/block/" + std::to_string(major(st.st_rdev)) + ":" + std::to_string(minor(st.st_rdev));
+  std::string queue = dev + "/queue/";
+  if (::access(queue.c_str(), F_OK) != 0) queue = dev + "/../queue/";  // a partition
+  if (sysfs_number(queue + "discard_max_bytes") == 0) return;
+  p.discard = true;
+  p.discard_granularity = std::max<std::uint32_t>(
+      p.logical_sector, static_cast<std::uint32_t>(sysfs_number(queue + "discard_granularity")));
+  p.discard_alignment = static_cast<std::uint32_t>(sysfs_number(dev + "/discard_alignment"));
+}
+
+}  // namespace
+
+namespace asio = boost::asio;
+using asio_xen::error_code;
+
+namespace {
+
+// Asio's default completion condition (transfer_all) caps each underlying
+// read or write at 64 KiB, which turns a 1 MiB request into 16 serial
+// I/Os. Ask for everything that is left in one go.
+auto whole(std::uint64_t length) {
+  return [length](const error_code& ec, std::size_t done) -> std::size_t { return ec ? 0 : length - done; };
+}
+
+error_code io_result(const error_code& ec, std::size_t moved, std::size_t asked) {
+  if (ec) return ec;
+  return moved == asked ? error_code{} : make_error_code(asio_xen::errc::short_transfer);
+}
+
+// Opens, falling back to the page cache where O_DIRECT is refused.
+asio_xen::result<int> open_fd(const std::filesystem::path& path, const local_options& opt, bool& direct,
+                              std::string* fallback) {
+  const int base = (opt.writable ? O_RDWR : O_RDONLY) | O_CLOEXEC | O_NOCTTY;
+  direct = opt.direct;
+  if (direct) {
+    int fd = ::open(path.c_str(), base | O_DIRECT);
+    if (fd >= 0) return fd;
+    if (errno != EINVAL) return asio_xen::xen_error(open_call);
+    if (fallback) *fallback = "the filesystem refused O_DIRECT; using the page cache";
+    direct = false;
+  }
+  int fd = ::open(path.c_str(), base);
+  if (fd < 0) return asio_xen::xen_error(open_call);
+  return fd;
+}
+
+// Sizes and sector sizes, from the device or the file and its filesystem.
+error_code probe(int fd, const struct stat& st, properties& p) {
+  if (S_ISBLK(st.st_mode)) {
+    std::uint64_t bytes = 0;
+    int lss = 512;
+    unsigned int pss = 512;
+    if (::ioctl(fd, BLKGETSIZE64, &bytes) != 0 || ::ioctl(fd, BLKSSZGET, &lss) != 0 ||
+        ::ioctl(fd, BLKPBSZGET, &pss) != 0)
+      return asio_xen::xen_error(ioctl_call);
+    p.size = bytes;
+    p.logical_sector = static_cast<std::uint32_t>(lss);
+    p.physical_sector = std::max<std::uint32_t>(pss, p.logical_sector);
+  } else if (S_ISREG(st.st_mode)) {
+    p.size = static_cast<std::uint64_t>(st.st_size);
+    p.logical_sector = 512;
+    if (p.direct) {
+      // O_DIRECT on a file needs the offset alignment its filesystem and
+      // device ask for (4 KiB on 4Kn disks); the frontend must not send less.
+      struct statx sx {};
+      if (::statx(fd, "", AT_EMPTY_PATH, STATX_DIOALIGN, &sx) == 0 && (sx.stx_mask & STATX_DIOALIGN) &&
+          sx.stx_dio_offset_align > 512 && sx.stx_dio_offset_align <= 4096)
+        p.logical_sector = sx.stx_dio_offset_align;
+    }
+    // The filesystem block: writes smaller than it cost a read-modify-write
+    // in the page cache, so tell the guest to prefer it.
+    p.physical_sector = st.st_blksize >= 512 && st.st_blksize <= 4096 ? static_cast<std::uint32_t>(st.st_blksize) : 512;
+    p.physical_sector = std::max(p.physical_sector, p.logical_sector);
+  } else {
+    return error_code(ENOTBLK, open_call);
+  }
+  // The frontend sees whole sectors only; a ragged tail is not addressable.
+  p.size -= p.size % p.logical_sector;
+  return {};
+}
+
+class local_store;
+
+// One ring's channel. Each operation in flight takes an `op`: its own file
+// object and the memory for Asio's handlers, created on first use and
+// reused most-recently-freed first.
+class local_channel final : public channel {
+ public:
+  local_channel(local_store& store, const worker& w, unsigned depth);
+
+  void read(std::uint64_t offset, std::span<std::byte> into, completion& done) override;
+  void write(std::uint64_t offset, std::span<const std::byte> from, completion& done) override;
+  void flush(completion& done) override;
+  void discard(std::uint64_t offset, std::uint64_t length, bool secure, completion& done) override;
+
+ private:
+  struct op final : aux_completion {
+    local_channel* owner = nullptr;
+    completion* done = nullptr;
+    std::optional<asio::random_access_file> file;
+    handler_arena arena;
+    void aux_complete(error_code ec) override { owner->finish(*this, ec); }
+  };
+
+  op* acquire(completion& done);
+  op* start(completion& done, bool needs_file);
+  void finish(op& o, error_code ec);
+  void fail_later(completion& done, error_code ec);
+  bool ensure_file(op& o, error_code& ec);
+
+  local_store& store_;
+  worker w_;
+  unsigned depth_;
+  std::vector<std::unique_ptr<op>> ops_;
+  std::vector<op*> free_;
+};
+
+class local_store final : public store {
+ public:
+  local_store(int fd, std::filesystem::path path, properties p, bool block_device)
+      : fd_(fd), path_(std::move(path)), props_(p), block_device_(block_device) {}
+  ~local_store() override {
+    if (ioctls_) ioctls_->join();
+    ::close(fd_);
+  }
+
+  const properties& props() const override { return props_; }
+  std::string name() const override { return path_.string(); }
+  asio_xen::result<std::uint64_t> current_size() const override {
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) return asio_xen::xen_error(fstat_call);
+    std::uint64_t size = static_cast<std::uint64_t>(st.st_size);
+    if (S_ISBLK(st.st_mode) && ::ioctl(fd_, BLKGETSIZE64, &size) != 0) return asio_xen::xen_error(ioctl_call);
+    return size - size % props_.logical_sector;
+  }
+  asio_xen::result<std::unique_ptr<channel>> open_channel(const worker& w, unsigned depth) override {
+    return std::unique_ptr<channel>(new local_channel(*this, w, depth));
+  }
+
+  int fd() const { return fd_; }
+  bool block_device() const { return block_device_; }
+  // The device's own thread for its blocking ioctls, started on first use.
+  asio::thread_pool& ioctls() {
+    if (!ioctls_) ioctls_ = std::make_unique<asio::thread_pool>(1);
+    return *ioctls_;
+  }
+
+ private:
+  int fd_;
+  std::filesystem::path path_;
+  properties props_;
+  bool block_device_;
+  std::unique_ptr<asio::thread_pool> ioctls_;
+};
+
+local_channel::local_channel(local_store& store, const worker& w, unsigned depth)
+    : store_(store), w_(w), depth_(depth) {
+  free_.reserve(depth);
+}
+
+local_channel::op* local_channel::acquire(completion& done) {
+  op* o = nullptr;
+  if (!free_.empty()) {
+    o = free_.back();
+    free_.pop_back();
+  } else if (ops_.size() < depth_) {
+    ops_.push_back(std::make_unique<op>());
+    o = ops_.back().get();
+    o->owner = this;
+  } else {
+    return nullptr;  // more than the ring can have in flight: the caller's bug
+  }
+  o->done = &done;
+  return o;
+}
+
+void local_channel::finish(op& o, error_code ec) {
+  completion* done = std::exchange(o.done, nullptr);
+  free_.push_back(&o);
+  done->complete(ec);
+}
+
+void local_channel::fail_later(completion& done, error_code ec) {
+  asio::post(w_.ex, [&done, ec] { done.complete(ec); });
+}
+
+// Each op's own file object, on its own dup of the store's descriptor.
+bool local_channel::ensure_file(op& o, error_code& ec) {
+  if (o.file) return true;
+  int fd = ::dup(store_.fd());
+  if (fd < 0) {
+    ec = asio_xen::xen_error(dup_call);
+    return false;
+  }
+  o.file.emplace(w_.ex, fd);
+  return true;
+}
+
+// An operation that cannot start (no file object, or more operations than
+// the channel was opened for) fails on a later turn, never inline.
+local_channel::op* local_channel::start(completion& done, bool needs_file) {
+  op* o = acquire(done);
+  error_code ec(EBUSY, boost::system::generic_category());
+  if (o && (!needs_file || ensure_file(*o, ec))) return o;
+  if (o) {
+    o->done = nullptr;
+    free_.push_back(o);
+  }
+  fail_later(done, ec);
+  return nullptr;
+}
+
+void local_channel::read(std::uint64_t offset, std::span<std::byte> into, completion& done) {
+  op* o = start(done, true);
+  if (!o) return;
+  asio::async_read_at(*o->file, offset, asio::buffer(into.data(), into.size()), whole(into.size()),
+                      asio::bind_allocator(arena_allocator<void>(o->arena),
+                                           [this, o, n = into.size()](error_code e, std::size_t moved) {
+                                             finish(*o, io_result(e, moved, n));
+                                           }));
+}
+
+void local_channel::write(std::uint64_t offset, std::span<const std::byte> from, completion& done) {
+  op* o = start(done, true);
+  if (!o) return;
+  asio::async_write_at(*o->file, offset, asio::buffer(from.data(), from.size()), whole(from.size()),
+                       asio::bind_allocator(arena_allocator<void>(o->arena),
+                                            [this, o, n = from.size()](error_code e, std::size_t moved) {
+                                              finish(*o, io_result(e, moved, n));
+                                            }));
+}
+
+// fdatasync through io_uring: the kernel's workers run it without blocking
+// this thread (a blocking one would stall every ring on it for as long as
+// the disk takes, 0.7 s measured after buffered writes).
+void local_channel::flush(completion& done) {
+  if (op* o = start(done, false)) w_.aux->fdatasync(store_.fd(), *o);
+}
+
+// A file punches a hole (io_uring FALLOCATE); a block device discards on
+// its own thread and completes back on ours.
+void local_channel::discard(std::uint64_t offset, std::uint64_t length, bool secure, completion& done) {
+  op* o = start(done, false);
+  if (!o) return;
+  if (!store_.block_device()) {
+    w_.aux->fallocate(store_.fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length, *o);
+    return;
+  }
+  asio::post(store_.ioctls(), [this, o, fd = store_.fd(), offset, length, secure, ex = w_.ex] {
+    std::uint64_t range[2] = {offset, length};
+    error_code ec;
+    if (::ioctl(fd, secure ? BLKSECDISCARD : BLKDISCARD, range) != 0)
+      ec = error_code(errno, boost::system::generic_category());
+    asio::post(ex, [this, o, ec] { finish(*o, ec); });
+  });
+}
+
+}  // namespace
+
+asio_xen::result<std::unique_ptr<store>> open_local(const std::filesystem::path& path, const local_options& opt,
+                                                    std::string* fallback) {
+  properties p;
+  auto fd = open_fd(path, opt, p.direct, fallback);
+  if (!fd) return fd.error();
+  struct stat st {};
+  if (::fstat(*fd, &st) != 0) {
+    error_code ec = asio_xen::xen_error(fstat_call);
+    ::close(*fd);
+    return ec;
+  }
+  p.writable = opt.writable;
+  if (error_code ec = probe(*fd, st, p)) {
+    ::close(*fd);
+    return ec;
+  }
+  if (opt.writable) probe_discard(*fd, st, p);
+  return std::unique_ptr<store>(new local_store(*fd, path, p, S_ISBLK(st.st_mode)));
+}
+
+asio_xen::result<opened> open(const open_request& req) {
+  const open_mode mode = choose_open_mode(req.policy, req.key);
+  if (req.target.empty() || req.target.front() != '/') return error_code(EINVAL, boost::system::generic_category());
+  opened out;
+  out.mode = mode.reason;
+  auto st = open_local(req.target, {req.writable, mode.direct}, &out.warning);
+  if (!st) return st.error();
+  out.st = std::move(*st);
+  return out;
+}
+
+}  // namespace storage
+}  // namespace xbd::blkback

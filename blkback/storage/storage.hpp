@@ -1,0 +1,109 @@
+// storage: what a vbd's data lives on, behind one narrow interface.
+//
+// A store is opened once per vbd (the toolstack's target, read-only or not,
+// O_DIRECT or not) and tells the control plane what to advertise. Each ring
+// then opens a channel on its own worker thread and sends it reads, writes,
+// flushes and discards, each finished through a completion object the ring
+// supplies (its request slot), so that nothing is allocated per request.
+// The data plane knows nothing of files, devices or networks.
+//
+// The contract every driver keeps, whatever it runs on (io_uring, a thread
+// of its own, a network connection's event loop):
+//  - a completion runs on the channel's executor, never from inside the
+//    call that started the operation;
+//  - an operation completes exactly once; an empty error_code means the
+//    whole length moved;
+//  - a channel is destroyed only with no operation in flight (the ring
+//    waits for its requests first), and a store outlives its channels.
+#pragma once
+
+#include "asio_xen/error.hpp"
+#include "blkback/aux_ring.hpp"
+#include "blkback/config.hpp"
+#include "blkback/storage/direct_io.hpp"
+
+#include <boost/asio/any_io_executor.hpp>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+
+namespace xbd::blkback {
+
+// A thread that runs rings: its executor, and its io_uring for the file
+// operations Asio lacks.
+struct worker {
+  boost::asio::any_io_executor ex;
+  std::shared_ptr<aux_ring> aux;
+};
+
+namespace storage {
+
+// What the protocol advertises, as the store found it.
+struct properties {
+  std::uint64_t size = 0;               // bytes, whole logical sectors
+  std::uint32_t logical_sector = 512;   // bytes: the unit the frontend must align to
+  std::uint32_t physical_sector = 512;  // bytes: the unit that avoids read-modify-write
+  bool writable = false;
+  bool direct = false;  // O_DIRECT (or the driver's equivalent) in effect
+  bool flush = true;    // flushes reach stable storage
+  bool discard = false;
+  bool discard_secure = false;
+  std::uint32_t discard_granularity = 0;  // bytes
+  std::uint32_t discard_alignment = 0;    // bytes
+};
+
+// Receives the end of one operation (see the contract above).
+class completion {
+ public:
+  virtual void complete(asio_xen::error_code ec) = 0;
+
+ protected:
+  ~completion() = default;
+};
+
+// One ring's way to the store, used on that ring's thread only.
+class channel {
+ public:
+  virtual ~channel() = default;
+  virtual void read(std::uint64_t offset, std::span<std::byte> into, completion& done) = 0;
+  virtual void write(std::uint64_t offset, std::span<const std::byte> from, completion& done) = 0;
+  // Everything completed before it is on stable storage when it completes.
+  virtual void flush(completion& done) = 0;
+  // operation_not_supported if the store turns out unable to.
+  virtual void discard(std::uint64_t offset, std::uint64_t length, bool secure, completion& done) = 0;
+};
+
+class store {
+ public:
+  virtual ~store() = default;
+  virtual const properties& props() const = 0;
+  // The size now, in whole logical sectors (online resize).
+  virtual asio_xen::result<std::uint64_t> current_size() const = 0;
+  // What it is, for log lines: a path, an export.
+  virtual std::string name() const = 0;
+  // A channel for a ring on `w` with at most `depth` operations in flight.
+  virtual asio_xen::result<std::unique_ptr<channel>> open_channel(const worker& w, unsigned depth) = 0;
+};
+
+// What the toolstack asked for.
+struct open_request {
+  std::string target;  // params without its format prefix
+  bool writable = true;
+  direct_io_policy policy = direct_io_policy::follow_key;
+  direct_io_key key = direct_io_key::absent;
+};
+
+struct opened {
+  std::unique_ptr<store> st;
+  std::string mode;     // why O_DIRECT or not (choose_open_mode's reason)
+  std::string warning;  // a fallback the operator should know of, or empty
+};
+
+// Picks the driver for the target and opens it.
+asio_xen::result<opened> open(const open_request& req);
+
+}  // namespace storage
+}  // namespace xbd::blkback
