@@ -2,7 +2,7 @@
 // logging, signals and threads; the protocol lives in blkback/.
 #include "app/logging.hpp"
 #include "asio_xen/xenstore.hpp"
-#include "blkback/backend.hpp"
+#include "blkback/control/backend.hpp"
 #include "blkback/config.hpp"
 #include "blkback/log.hpp"
 

@@ -1,6 +1,6 @@
 #include "blkback/storage/local.hpp"
 
-#include "blkback/handler_memory.hpp"
+#include "blkback/storage/handler_memory.hpp"
 
 #include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/post.hpp>

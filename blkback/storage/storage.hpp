@@ -18,7 +18,7 @@
 #pragma once
 
 #include "asio_xen/error.hpp"
-#include "blkback/aux_ring.hpp"
+#include "blkback/storage/aux_ring.hpp"
 #include "blkback/config.hpp"
 #include "blkback/storage/direct_io.hpp"
 

@@ -2,8 +2,8 @@
 // and validation, with device limits also taken from the input. Whatever
 // the bytes, validation must not crash, and what it accepts must be safe to
 // act on: inside the disk, inside each page, aligned, lengths consistent.
-#include "blkback/abi.hpp"
-#include "blkback/request.hpp"
+#include "blkback/ring/abi.hpp"
+#include "blkback/ring/request.hpp"
 
 #include <cstdint>
 #include <cstdlib>

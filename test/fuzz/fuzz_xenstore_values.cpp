@@ -1,7 +1,7 @@
 // Fuzz target: values a guest (or a buggy toolstack) writes into xenstore,
 // through the strict parsers the control plane uses.
 #include "asio_xen/xenstore.hpp"
-#include "blkback/abi.hpp"
+#include "blkback/ring/abi.hpp"
 #include "blkback/storage/direct_io.hpp"
 
 #include <cstdint>

@@ -1,4 +1,4 @@
-#include "blkback/abi.hpp"
+#include "blkback/ring/abi.hpp"
 
 #include <doctest/doctest.h>
 

@@ -1,7 +1,8 @@
 // The data plane against the fakes: a frontend played by the test on fake
 // guest memory, the real queue code in between, a real file behind it.
 #include "asio_xen/ring.hpp"
-#include "blkback/queue.hpp"
+#include "test/support/front_ring.hpp"
+#include "blkback/data/queue.hpp"
 #include "blkback/storage/local.hpp"
 #include "test/fakes/fake_evtchn.hpp"
 #include "test/fakes/fake_gnttab.hpp"

@@ -1,4 +1,4 @@
-#include "blkback/request.hpp"
+#include "blkback/ring/request.hpp"
 
 #include <doctest/doctest.h>
 

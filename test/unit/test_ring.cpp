@@ -1,4 +1,5 @@
 #include "asio_xen/ring.hpp"
+#include "test/support/front_ring.hpp"
 
 #include <doctest/doctest.h>
 

@@ -1,7 +1,8 @@
 // The vbd state machine against the fakes: each transition of blkif.md §3.
 #include "asio_xen/ring.hpp"
+#include "test/support/front_ring.hpp"
 #include "blkback/storage/local.hpp"
-#include "blkback/vbd.hpp"
+#include "blkback/control/vbd.hpp"
 #include "test/fakes/fake_evtchn.hpp"
 #include "test/fakes/fake_gnttab.hpp"
 #include "test/fakes/fake_xenstore.hpp"

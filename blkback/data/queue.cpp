@@ -1,4 +1,4 @@
-#include "blkback/queue.hpp"
+#include "blkback/data/queue.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/post.hpp>

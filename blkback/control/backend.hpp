@@ -8,7 +8,7 @@
 // directory has gone and come back.
 #pragma once
 
-#include "blkback/vbd.hpp"
+#include "blkback/control/vbd.hpp"
 
 #include <boost/asio/awaitable.hpp>
 

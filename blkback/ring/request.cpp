@@ -1,4 +1,4 @@
-#include "blkback/request.hpp"
+#include "blkback/ring/request.hpp"
 
 namespace xbd::blkback {
 

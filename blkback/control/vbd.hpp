@@ -10,11 +10,11 @@
 #pragma once
 
 #include "asio_xen/xenstore.hpp"
-#include "blkback/abi.hpp"
+#include "blkback/ring/abi.hpp"
 #include "blkback/config.hpp"
 #include "blkback/log.hpp"
 #include "blkback/platform.hpp"
-#include "blkback/queue.hpp"
+#include "blkback/data/queue.hpp"
 #include "blkback/storage/storage.hpp"
 
 #include <boost/asio/any_io_executor.hpp>

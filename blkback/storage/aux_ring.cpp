@@ -1,4 +1,4 @@
-#include "blkback/aux_ring.hpp"
+#include "blkback/storage/aux_ring.hpp"
 #include "asio_xen/wakeable.hpp"
 
 #include <boost/asio/as_tuple.hpp>

@@ -5,7 +5,7 @@
 // by rule and fuzzed (test/fuzz).
 #pragma once
 
-#include "blkback/abi.hpp"
+#include "blkback/ring/abi.hpp"
 
 #include <cstdint>
 #include <span>

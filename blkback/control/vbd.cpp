@@ -1,4 +1,4 @@
-#include "blkback/vbd.hpp"
+#include "blkback/control/vbd.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>

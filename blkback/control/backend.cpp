@@ -1,4 +1,4 @@
-#include "blkback/backend.hpp"
+#include "blkback/control/backend.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
