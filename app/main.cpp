@@ -106,7 +106,7 @@ blkback::settings load(const options& o) {
 }
 
 // Every in-flight request slot has its own dup of the backing descriptor
-// (io.md), so a busy host needs far more descriptors than the default soft
+// (docs/architecture.md), so a busy host needs far more descriptors than the default soft
 // limit of 1024.
 void raise_fd_limit(blkback::logger& lg) {
   rlimit rl{};

@@ -20,7 +20,7 @@
 
 namespace xbd::blkback {
 
-// How the backing store is opened (blkif.md §1). follow_key honours the
+// How the backing store is opened (docs/direct-io-safe.md). follow_key honours the
 // toolstack's `direct-io-safe`; the other two override it for the host.
 enum class direct_io_policy { follow_key /* "auto" */, never, always };
 

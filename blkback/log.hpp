@@ -1,7 +1,7 @@
 // Logging: Boost.Log with a severity and, for everything about one device,
 // the device's attributes (domid, devid, vdev) on every record.
 //
-// Rules (style.md, architecture.md): one line per state transition; never a
+// Rules (docs/architecture.md): one line per state transition; never a
 // line per request above debug; a guest that misbehaves repeatedly is logged
 // once (rate limiting is the caller's job, see queue).
 #pragma once

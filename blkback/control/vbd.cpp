@@ -521,7 +521,7 @@ asio::awaitable<error_code> vbd::connect(bool reattach) {
   co_return error_code{};
 }
 
-// Online resize (blkif.md §3.6): new `sectors`, then `state` rewritten in the
+// Online resize (docs/protocol.md, the state machine): new `sectors`, then `state` rewritten in the
 // same transaction so the frontend's watch fires, as Linux and QEMU do.
 void vbd::check_size() {
   check_size_ = true;

@@ -1,7 +1,7 @@
 // vbd: the control plane of one virtual block device.
 //
 // One coroutine (run()) per <frontend-domid>/<devid> under our backend
-// directory, written to read like the xenbus protocol (blkif.md §3): read
+// directory, written to read like the xenbus protocol (docs/protocol.md): read
 // the toolstack's keys, open the backing store, publish features, wait in
 // InitWait; on the frontend's Initialised or Connected read its transport
 // keys, map and bind, publish the disk, go Connected; follow the frontend to

@@ -2,7 +2,7 @@
 // (fdatasync, fallocate), completed into an io_context.
 //
 // Asio has only a blocking sync_data(), which would stall every ring on the
-// thread for as long as the disk takes (io.md measured 0.7 s after buffered
+// thread for as long as the disk takes (docs/architecture.md: 0.7 s after buffered
 // writes). A worker thread would serialise one vbd's slow flush behind
 // another's. io_uring runs each FSYNC in the kernel's own workers, in
 // parallel and without blocking us; its completions wake the io_context

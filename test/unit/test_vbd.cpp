@@ -1,4 +1,4 @@
-// The vbd state machine against the fakes: each transition of blkif.md §3.
+// The vbd state machine against the fakes: each transition of docs/protocol.md's state machine.
 #include "asio_xen/ring.hpp"
 #include "test/support/front_ring.hpp"
 #include "blkback/storage/local.hpp"

@@ -31,7 +31,7 @@ struct backend_features {
 
 // The device properties the backend publishes for Connected.
 struct disk_properties {
-  std::uint64_t sectors = 0;  // always 512-byte units (Linux, blkif.md)
+  std::uint64_t sectors = 0;  // always 512-byte units (Linux; docs/protocol.md)
   std::uint32_t sector_size = 512;
   std::uint32_t physical_sector_size = 512;
   std::uint32_t info = 0;  // VDISK_* bits
