@@ -1,5 +1,6 @@
 #include "blkfront/xen_platform.hpp"
 
+#include <fcntl.h>
 #include <poll.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
@@ -19,8 +20,7 @@ xenstore::~xenstore() {
 bool xenstore::open(std::string& err) {
   h_ = xs_open(0);
   if (!h_) {
-    err = std::string("xs_open: ") + std::strerror(errno) +
-          " (is xenstored running, or XENSTORED_PATH set?)";
+    err = std::string("xs_open: ") + std::strerror(errno) + " (is xenstored running, or XENSTORED_PATH set?)";
     return false;
   }
   return true;
@@ -45,9 +45,7 @@ std::vector<std::string> take_list(char** list, unsigned n) {
 }
 }  // namespace
 
-std::vector<std::string> xenstore::directory(const std::string& path) const {
-  return directory_in(XBT_NULL, path);
-}
+std::vector<std::string> xenstore::directory(const std::string& path) const { return directory_in(XBT_NULL, path); }
 
 std::vector<std::string> xenstore::directory_in(unsigned t, const std::string& path) const {
   unsigned n = 0;
@@ -116,15 +114,21 @@ xen_platform::~xen_platform() {
   if (evtchn_) xenevtchn_close(evtchn_);
 }
 
-void xen_platform::set_error(const char* what) {
-  last_error_ = std::string(what) + ": " + std::strerror(errno);
-}
+void xen_platform::set_error(const char* what) { last_error_ = std::string(what) + ": " + std::strerror(errno); }
 
 bool xen_platform::open(std::string& err) {
   evtchn_ = xenevtchn_open(nullptr, 0);
   if (!evtchn_) {
     err = std::string("xenevtchn_open: ") + std::strerror(errno) +
           " (no /dev/xen: run under libxensim with XENSIM_DIR/XENSIM_DOMID)";
+    return false;
+  }
+  // Non-blocking: pending() then answers EAGAIN when a readiness had no
+  // port behind it (a port closed under a producer) instead of waiting
+  // forever inside the library, which hung a run for good.
+  if (int fl = ::fcntl(xenevtchn_fd(evtchn_), F_GETFL);
+      fl < 0 || ::fcntl(xenevtchn_fd(evtchn_), F_SETFL, fl | O_NONBLOCK) < 0) {
+    err = std::string("xenevtchn_fd: ") + std::strerror(errno);
     return false;
   }
   gntshr_ = xengntshr_open(nullptr, 0);
