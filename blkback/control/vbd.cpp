@@ -56,11 +56,8 @@ std::string_view to_string(xenbus_state s) {
 
 struct vbd::backend_keys {
   std::filesystem::path path;
-  bool writable = true;
-  bool cdrom = false;
-  bool removable = false;
+  toolstack_choices choices;
   direct_io_key direct_io = direct_io_key::absent;
-  bool discard_enable = true;
   std::string frontend;
   std::string dev;
 };
@@ -98,18 +95,22 @@ void vbd::check_domain() {
 
 // A toolstack key we cannot accept: the reason goes to the log and to the
 // error node.
-error_code vbd::bad_key(std::string reason, error_code ec) {
-  key_problem_ = std::move(reason);
-  return ec;
-}
+vbd::problem vbd::bad_key(std::string reason, error_code ec) { return {std::move(reason), ec}; }
 
-result<vbd::backend_keys> vbd::read_backend_keys() {
+namespace {
+
+// A toolstack key that could not be read at all (not a bad value).
+vbd::problem unreadable(error_code ec) { return {"reading the toolstack's keys", ec}; }
+
+}  // namespace
+
+vbd::outcome<vbd::backend_keys> vbd::read_backend_keys() {
   auto& xs = ctx_.xs;
   backend_keys k;
   // params: "<format>:<path>" (libxl writes aio: for raw images; raw: is
   // QEMU's spelling), or a plain path as other toolstacks write it.
   auto params = xs.read(be_ + "/params");
-  if (!params) return params.error();
+  if (!params) return unreadable(params.error());
   std::string_view p = *params;
   if (!p.empty() && p.front() != '/') {
     auto colon = p.find(':');
@@ -126,44 +127,44 @@ result<vbd::backend_keys> vbd::read_backend_keys() {
   k.path = std::string(p);
 
   auto mode = xs.read_optional<std::string>(be_ + "/mode");
-  if (!mode) return mode.error();
+  if (!mode) return unreadable(mode.error());
   if (*mode && **mode != "w" && **mode != "r") {
     return bad_key(std::string("mode ") + quote(**mode) + " is neither w nor r", invalid());
   }
-  k.writable = !*mode || **mode == "w";
+  k.choices.writable = !*mode || **mode == "w";
 
   auto type = xs.read_optional<std::string>(be_ + "/device-type");
-  if (!type) return type.error();
+  if (!type) return unreadable(type.error());
   if (*type && **type != "disk" && **type != "cdrom") {
     return bad_key(std::string("device-type ") + quote(**type) + " is neither disk nor cdrom", invalid());
   }
-  k.cdrom = *type && **type == "cdrom";
-  if (k.cdrom) k.writable = false;  // blkif.h: a cdrom is read-only
+  k.choices.cdrom = *type && **type == "cdrom";
+  if (k.choices.cdrom) k.choices.writable = false;  // blkif.h: a cdrom is read-only
 
   auto removable = xs.read_optional<bool>(be_ + "/removable");
-  k.removable = removable && *removable && **removable;
+  k.choices.removable = removable && *removable && **removable;
 
   auto dio = xs.read_optional<std::string>(be_ + "/direct-io-safe");
-  if (!dio) return dio.error();
+  if (!dio) return unreadable(dio.error());
   k.direct_io = parse_direct_io_safe(*dio);
   if (k.direct_io == direct_io_key::malformed)
     XBD_LOG(log_, warning) << "direct-io-safe " << std::quoted(**dio) << " is not 0 or 1; treated as absent";
 
   // blkif.h: discard-enable defaults to 1; the toolstack may forbid it.
   auto discard = xs.read_optional<std::string>(be_ + "/discard-enable");
-  if (!discard) return discard.error();
+  if (!discard) return unreadable(discard.error());
   if (*discard) {
     auto v = asio_xen::parse_value<bool>(**discard);
     if (!v) XBD_LOG(log_, warning) << "discard-enable " << quote(**discard) << " is not 0 or 1; discard stays off";
-    k.discard_enable = v && *v;
+    k.choices.discard_enable = v && *v;
   }
 
   auto fe = xs.read(be_ + "/frontend");
-  if (!fe) return fe.error();
+  if (!fe) return unreadable(fe.error());
   k.frontend = *fe;
   // The frontend must be the domain this directory is for.
   auto fe_id = xs.read_optional<unsigned>(be_ + "/frontend-id");
-  if (!fe_id) return fe_id.error();
+  if (!fe_id) return unreadable(fe_id.error());
   if (*fe_id && **fe_id != id_.frontend_domid) {
     return bad_key(std::string("frontend-id ") + std::to_string(**fe_id) + " does not match the directory's domain",
                    invalid());
@@ -195,7 +196,9 @@ error_code vbd::switch_state(xenbus_state s) {
   return {};
 }
 
-void vbd::fail(const std::string& what, error_code ec) {
+void vbd::fail(const problem& p) {
+  const std::string& what = p.what;
+  const error_code& ec = p.ec;
   XBD_LOG(log_, error) << what << ": " << ec.message() << " (" << ec.category().name() << " " << ec.value()
                        << "); the device is closed";
   // xenbus convention: the reason where the toolstack looks for it.
@@ -211,15 +214,15 @@ error_code vbd::publish_features() {
     // Copy backend: guest pages are never mapped persistently.
     if (auto e = t.write(be_ + "/feature-persistent", "0")) return e;
     if (auto e = t.write(be_ + "/feature-flush-cache", "1")) return e;
-    if (auto e = t.write(be_ + "/feature-barrier", limits_.barrier ? "1" : "0")) return e;
-    if (auto e = t.write(be_ + "/feature-discard", limits_.discard ? "1" : "0")) return e;
-    if (limits_.discard) {
-      if (auto e = t.write(be_ + "/discard-granularity", limits_.discard_granularity)) return e;
-      if (auto e = t.write(be_ + "/discard-alignment", discard_alignment_)) return e;
-      if (auto e = t.write(be_ + "/discard-secure", limits_.discard_secure ? "1" : "0")) return e;
+    if (auto e = t.write(be_ + "/feature-barrier", offer_.limits.barrier ? "1" : "0")) return e;
+    if (auto e = t.write(be_ + "/feature-discard", offer_.limits.discard ? "1" : "0")) return e;
+    if (offer_.limits.discard) {
+      if (auto e = t.write(be_ + "/discard-granularity", offer_.limits.discard_granularity)) return e;
+      if (auto e = t.write(be_ + "/discard-alignment", offer_.discard_alignment)) return e;
+      if (auto e = t.write(be_ + "/discard-secure", offer_.limits.discard_secure ? "1" : "0")) return e;
     }
-    if (limits_.max_indirect_segments > 0)
-      if (auto e = t.write(be_ + "/feature-max-indirect-segments", limits_.max_indirect_segments)) return e;
+    if (offer_.limits.max_indirect_segments > 0)
+      if (auto e = t.write(be_ + "/feature-max-indirect-segments", offer_.limits.max_indirect_segments)) return e;
     if (auto e = t.write(be_ + "/max-ring-page-order", order)) return e;
     if (auto e = t.write(be_ + "/multi-queue-max-queues", ctx_.max_queues)) return e;
     // We run no hotplug script; libxl and others wait for this key.
@@ -243,175 +246,185 @@ xenbus_state vbd::frontend_state() {
 asio::awaitable<void> vbd::run() {
   auto keys = read_backend_keys();
   if (!keys) {
-    if (is_enoent(keys.error())) co_return;  // removed before we got to it
-    fail(key_problem_.empty() ? "reading the toolstack's keys" : key_problem_, keys.error());
+    if (is_enoent(keys.error().ec)) co_return;  // removed before we got to it
+    fail(keys.error());
     co_return;
   }
   fe_ = keys->frontend;
   if (!keys->dev.empty()) log_ = device_logger(id_.frontend_domid, id_.devid, keys->dev);
+  if (!watch_keys()) co_return;
+  auto known = ctx_.xs.is_domain_introduced(id_.frontend_domid);
+  domain_was_known_ = known && *known;
+  if (auto p = open_store(*keys)) {
+    fail(*p);
+    co_return;
+  }
+  if (auto p = co_await resume_or_publish()) {
+    fail(*p);
+    co_return;
+  }
+  // One step per change of the frontend's state, of `online`, of our own
+  // directory, or per request from the daemon (shutdown, guest death,
+  // resize), until the device ends.
+  while (co_await step()) {
+  }
+}
 
+// Our state and `online`, and the frontend's state.
+bool vbd::watch_keys() {
   auto w = ctx_.xs.watch_path(be_ + "/state");
   if (!w) {
     XBD_LOG(log_, error) << "cannot watch " << be_ << ": " << w.error().what();
-    co_return;
+    return false;
   }
   watch_.emplace(std::move(*w));
   for (const auto& p : {be_ + "/online", fe_ + "/state"}) {
     if (error_code ec = watch_->add(p)) {
       XBD_LOG(log_, error) << "cannot watch " << p << ": " << ec.what();
-      co_return;
+      return false;
     }
   }
-  auto known = ctx_.xs.is_domain_introduced(id_.frontend_domid);
-  domain_was_known_ = known && *known;
+  return true;
+}
 
-  // Open the backing store the way its key and our policy allow.
-  auto opened = storage::open({keys->path.string(), keys->writable, ctx_.cfg.direct_io, keys->direct_io});
-  if (!opened) {
-    fail("opening " + keys->path.string(), opened.error());
-    co_return;
-  }
+// Opens the store the way its key and our policy allow, and works out what
+// the frontend is offered.
+std::optional<vbd::problem> vbd::open_store(const backend_keys& keys) {
+  auto opened = storage::open({keys.path.string(), keys.choices.writable, ctx_.cfg.direct_io, keys.direct_io});
+  if (!opened) return problem{"opening " + keys.path.string(), opened.error()};
   store_ = std::move(opened->st);
   const auto& props = store_->props();
   if (!opened->warning.empty()) XBD_LOG(log_, warning) << store_->name() << ": " << opened->warning;
-  XBD_LOG(log_, info) << "opened " << store_->name() << (keys->writable ? " read-write" : " read-only")
+  XBD_LOG(log_, info) << "opened " << store_->name() << (keys.choices.writable ? " read-write" : " read-only")
                       << (props.direct ? " with O_DIRECT" : " buffered") << " (" << opened->mode << "), " << props.size
                       << " bytes, sector " << props.logical_sector << "/" << props.physical_sector;
-  limits_.sectors = props.size / 512;
-  limits_.sector_size = props.logical_sector;
-  limits_.readonly = !keys->writable;
-  limits_.flush = true;
-  limits_.barrier = keys->writable;
-  limits_.discard = keys->writable && keys->discard_enable && ctx_.cfg.discard && props.discard;
-  limits_.discard_secure = limits_.discard && props.discard_secure;
-  limits_.discard_granularity = props.discard_granularity;
-  discard_alignment_ = props.discard_alignment;
-  limits_.max_indirect_segments = ctx_.cfg.max_indirect_segments;
-  info_ = (keys->cdrom ? VDISK_CDROM : 0u) | (keys->removable ? VDISK_REMOVABLE : 0u) |
-          (keys->writable ? 0u : VDISK_READONLY);
+  offer_ = make_offer(keys.choices, props, ctx_.cfg);
+  return std::nullopt;
+}
 
-  // A daemon that restarts finds its devices as the previous one left them:
-  // a connected one is re-attached without the guest noticing, a closed one
-  // waits for the frontend to start over.
+// A daemon that restarts finds its devices as the previous one left them:
+// a connected one is re-attached without the guest noticing, a closed one
+// waits for the frontend to start over; anything else starts afresh.
+asio::awaitable<std::optional<vbd::problem>> vbd::resume_or_publish() {
   auto current = ctx_.xs.read_optional<unsigned>(be_ + "/state");
   const unsigned cur = current && *current ? **current : 0;
   const xenbus_state fe_now = frontend_state();
   if (cur == static_cast<unsigned>(xenbus_state::connected) &&
       (fe_now == xenbus_state::connected || fe_now == xenbus_state::initialised)) {
     state_ = xenbus_state::connected;
-    if (error_code ec = co_await connect(true)) {
+    if (auto p = co_await connect(true)) {
       co_await disconnect();
-      fail(key_problem_.empty() ? "re-attaching to the frontend" : key_problem_, ec);
-      co_return;
+      co_return p;
     }
-  } else if (cur == static_cast<unsigned>(xenbus_state::closed) && fe_now != xenbus_state::initialising) {
+    co_return std::nullopt;
+  }
+  if (cur == static_cast<unsigned>(xenbus_state::closed) && fe_now != xenbus_state::initialising) {
     state_ = xenbus_state::closed;
-  } else if (error_code ec = publish_features()) {
-    fail("publishing features", ec);
-    co_return;
+    co_return std::nullopt;
   }
+  if (error_code ec = publish_features()) co_return problem{"publishing features", ec};
+  co_return std::nullopt;
+}
 
-  for (;;) {
-    if (error_code ec = co_await watch_->changed()) {
-      XBD_LOG(log_, debug) << "watch ended: " << ec.message();
-      co_await disconnect();
-      if (!shutdown_) (void)switch_state(xenbus_state::closed);
-      co_return;
-    }
-    if (shutdown_) {
-      // Daemon shutdown: guest-visible state stays as it is.
-      co_await disconnect();
-      co_return;
-    }
-    if (check_domain_) {
-      check_domain_ = false;
-      auto alive = ctx_.xs.is_domain_introduced(id_.frontend_domid);
-      if (domain_was_known_ && alive && !*alive) {
-        XBD_LOG(log_, info) << "guest domain died";
-        co_await disconnect();
-        (void)switch_state(xenbus_state::closed);
-        co_return;
+// Waits for the next change and acts on it; false when the device ends.
+asio::awaitable<bool> vbd::step() {
+  if (error_code ec = co_await watch_->changed()) {
+    XBD_LOG(log_, debug) << "watch ended: " << ec.message();
+    co_await disconnect();
+    if (!shutdown_) (void)switch_state(xenbus_state::closed);
+    co_return false;
+  }
+  if (shutdown_) {
+    // Daemon shutdown: guest-visible state stays as it is.
+    co_await disconnect();
+    co_return false;
+  }
+  if (std::exchange(check_domain_, false) && guest_died()) {
+    XBD_LOG(log_, info) << "guest domain died";
+    co_return co_await close_for_good();
+  }
+  if (std::exchange(check_size_, false)) apply_resize();
+  auto be_state = ctx_.xs.read_optional<unsigned>(be_ + "/state");
+  if (be_state && !*be_state) {
+    XBD_LOG(log_, info) << "backend directory removed";
+    co_return co_await close_for_good();  // logged, not written
+  }
+  auto online_key = ctx_.xs.read_optional<bool>(be_ + "/online");
+  const bool online = !online_key || !*online_key || **online_key;
+  const xenbus_state fe = frontend_state();
+  if (fe == xenbus_state::unknown) {
+    XBD_LOG(log_, info) << "frontend gone";
+    co_return co_await close_for_good();
+  }
+  if (!online &&
+      (fe == xenbus_state::initialising || fe == xenbus_state::init_wait || fe == xenbus_state::closed || !conn_)) {
+    // Unplugged and nobody is using the ring.
+    XBD_LOG(log_, info) << "unplugged by the toolstack";
+    co_return co_await close_for_good();
+  }
+  co_return co_await follow(fe, online);
+}
+
+bool vbd::guest_died() {
+  auto alive = ctx_.xs.is_domain_introduced(id_.frontend_domid);
+  return domain_was_known_ && alive && !*alive;
+}
+
+asio::awaitable<bool> vbd::close_for_good() {
+  co_await disconnect();
+  (void)switch_state(xenbus_state::closed);
+  co_return false;
+}
+
+// The frontend's state decides ours (docs/protocol.md, the state machine).
+asio::awaitable<bool> vbd::follow(xenbus_state fe, bool online) {
+  // After a failed connect, wait for the frontend to move (it sees our
+  // Closed and closes or starts over) rather than retry the same keys.
+  if (fe != xenbus_state::initialised && fe != xenbus_state::connected) connect_failed_ = false;
+  switch (fe) {
+    case xenbus_state::initialising:
+      // The guest starts over (reboot, kexec, driver reload).
+      if (state_ == xenbus_state::closed) {
+        XBD_LOG(log_, info) << "frontend reinitialising";
+        (void)ctx_.xs.rm(be_ + "/error");
+        if (error_code ec = publish_features()) fail({"publishing features", ec});
       }
-    }
-    if (check_size_) {
-      check_size_ = false;
-      apply_resize();
-    }
-    auto be_state = ctx_.xs.read_optional<unsigned>(be_ + "/state");
-    if (be_state && !*be_state) {
-      XBD_LOG(log_, info) << "backend directory removed";
-      co_await disconnect();
-      (void)switch_state(xenbus_state::closed);  // logged, not written
-      co_return;
-    }
-    auto online_key = ctx_.xs.read_optional<bool>(be_ + "/online");
-    const bool online = !online_key || !*online_key || **online_key;
-    const xenbus_state fe = frontend_state();
-
-    if (fe == xenbus_state::unknown) {
-      XBD_LOG(log_, info) << "frontend gone";
-      co_await disconnect();
-      (void)switch_state(xenbus_state::closed);
-      co_return;
-    }
-    if (!online &&
-        (fe == xenbus_state::initialising || fe == xenbus_state::init_wait || fe == xenbus_state::closed || !conn_)) {
-      // Unplugged and nobody is using the ring: close and go.
-      XBD_LOG(log_, info) << "unplugged by the toolstack";
-      co_await disconnect();
-      (void)switch_state(xenbus_state::closed);
-      co_return;
-    }
-
-    // After a failed connect, wait for the frontend to move (it sees our
-    // Closed and closes or starts over) rather than retry the same keys.
-    if (fe != xenbus_state::initialised && fe != xenbus_state::connected) connect_failed_ = false;
-
-    switch (fe) {
-      case xenbus_state::initialising:
-        // The guest starts over (reboot, kexec, driver reload).
-        if (state_ == xenbus_state::closed) {
-          XBD_LOG(log_, info) << "frontend reinitialising";
-          (void)ctx_.xs.rm(be_ + "/error");
-          if (error_code ec = publish_features()) fail("publishing features", ec);
+      break;
+    case xenbus_state::initialised:
+    case xenbus_state::connected:
+      if (!conn_ && state_ != xenbus_state::closing && !connect_failed_) {
+        if (state_ == xenbus_state::closed) (void)ctx_.xs.rm(be_ + "/error");
+        if (auto p = co_await connect(false)) {
+          co_await disconnect();
+          fail(*p);
+          connect_failed_ = true;
         }
-        break;
-      case xenbus_state::initialised:
-      case xenbus_state::connected:
-        if (!conn_ && state_ != xenbus_state::closing && !connect_failed_) {
-          if (state_ == xenbus_state::closed) (void)ctx_.xs.rm(be_ + "/error");
-          if (error_code ec = co_await connect(false)) {
-            co_await disconnect();
-            fail(key_problem_.empty() ? "connecting to the frontend" : key_problem_, ec);
-            connect_failed_ = true;
-          }
-        }
-        break;
-      case xenbus_state::closing:
-        // Keep serving: the frontend may still have requests in the ring.
-        if (state_ != xenbus_state::closing && state_ != xenbus_state::closed)
-          (void)switch_state(xenbus_state::closing);
-        break;
-      case xenbus_state::closed:
-        co_await disconnect();
-        if (state_ != xenbus_state::closed) (void)switch_state(xenbus_state::closed);
-        if (!online) {
-          XBD_LOG(log_, info) << "unplugged by the toolstack";
-          co_return;
-        }
-        break;
-      default:
-        break;
-    }
+      }
+      break;
+    case xenbus_state::closing:
+      // Keep serving: the frontend may still have requests in the ring.
+      if (state_ != xenbus_state::closing && state_ != xenbus_state::closed) (void)switch_state(xenbus_state::closing);
+      break;
+    case xenbus_state::closed:
+      co_await disconnect();
+      if (state_ != xenbus_state::closed) (void)switch_state(xenbus_state::closed);
+      if (!online) {
+        XBD_LOG(log_, info) << "unplugged by the toolstack";
+        co_return false;
+      }
+      break;
+    default:
+      break;
   }
+  co_return true;
 }
 
 // The ring of one queue: its grant refs and event channel, under `dir`
 // (the frontend's directory, or its queue-<i> subdirectory).
-result<vbd::ring_keys> vbd::read_ring_keys(const std::string& dir, unsigned order) {
+vbd::outcome<vbd::ring_keys> vbd::read_ring_keys(const std::string& dir, unsigned order, bool has_order) {
   auto& xs = ctx_.xs;
   ring_keys k;
-  if (has_order_) {
+  if (has_order) {
     for (unsigned i = 0; i < (1u << order); ++i) {
       auto ref = xs.read<asio_xen::grant_ref>(dir + "/ring-ref" + std::to_string(i));
       if (!ref && i == 0 && order == 0) ref = xs.read<asio_xen::grant_ref>(dir + "/ring-ref");
@@ -429,13 +442,12 @@ result<vbd::ring_keys> vbd::read_ring_keys(const std::string& dir, unsigned orde
   return k;
 }
 
-asio::awaitable<error_code> vbd::connect(bool reattach) {
+asio::awaitable<std::optional<vbd::problem>> vbd::connect(bool reattach) {
   auto& xs = ctx_.xs;
-  key_problem_.clear();
   // Every transport key is read once (XSA-155 applies to xenstore too).
   auto order = xs.read_optional<unsigned>(fe_ + "/ring-page-order");
   if (!order) co_return bad_key("ring-page-order: " + order.error().message(), order.error());
-  has_order_ = order->has_value();
+  const bool has_order = order->has_value();
   const unsigned ring_order = order->value_or(0);
   if (ring_order > ctx_.cfg.max_ring_page_order)
     co_return bad_key("ring-page-order " + std::to_string(ring_order) + " is above our maximum " +
@@ -464,14 +476,14 @@ asio::awaitable<error_code> vbd::connect(bool reattach) {
   // queue-<i>/.
   std::vector<ring_keys> rings;
   for (unsigned i = 0; i < queues; ++i) {
-    auto k = read_ring_keys(queues == 1 ? fe_ : fe_ + "/queue-" + std::to_string(i), ring_order);
+    auto k = read_ring_keys(queues == 1 ? fe_ : fe_ + "/queue-" + std::to_string(i), ring_order, has_order);
     if (!k) co_return k.error();
     rings.push_back(std::move(*k));
   }
 
   // The size now: the image may have grown while no frontend was connected.
-  if (auto size = store_->current_size()) limits_.sectors = *size / 512;
-  published_sectors_ = limits_.sectors;
+  if (auto size = store_->current_size()) offer_.limits.sectors = *size / 512;
+  published_sectors_ = offer_.limits.sectors;
 
   auto executor = co_await asio::this_coro::executor;
   auto c = std::make_shared<connection>(executor, rings.size());
@@ -481,7 +493,7 @@ asio::awaitable<error_code> vbd::connect(bool reattach) {
     qp.layout = layout;
     qp.ring_refs = k.refs;
     qp.remote_port = k.port;
-    qp.limits = limits_;
+    qp.limits = offer_.limits;
     worker w = ctx_.pick_worker();
     auto q = queue::connect(w, ctx_.xen, qp, *store_, log_);
     if (!q) {
@@ -504,21 +516,21 @@ asio::awaitable<error_code> vbd::connect(bool reattach) {
     error_code ec = xs.transact([&](asio_xen::transaction& t) -> error_code {
       const auto& props = store_->props();
       if (auto e = t.write(be_ + "/sectors", published_sectors_)) return e;  // always 512-byte units
-      if (auto e = t.write(be_ + "/info", info_)) return e;
+      if (auto e = t.write(be_ + "/info", offer_.info)) return e;
       if (auto e = t.write(be_ + "/sector-size", props.logical_sector)) return e;
       if (auto e = t.write(be_ + "/physical-sector-size", props.physical_sector)) return e;
       return {};
     });
     if (ec) co_return bad_key("publishing the disk: " + ec.message(), ec);
-    if (error_code e = switch_state(xenbus_state::connected)) co_return e;
+    if (error_code e = switch_state(xenbus_state::connected)) co_return problem{"connecting to the frontend", e};
   } else if (auto s = xs.read<std::uint64_t>(be_ + "/sectors")) {
     published_sectors_ = *s;
   }
   XBD_LOG(log_, info) << (reattach ? "re-attached" : "connected") << ": " << queues << " queue(s) of "
                       << (1u << ring_order) << " ring page(s), " << c->queues.front()->ring_size()
                       << " entries each, event channel " << rings.front().port << ", " << to_string(layout)
-                      << (limits_.max_indirect_segments ? ", indirect" : "");
-  co_return error_code{};
+                      << (offer_.limits.max_indirect_segments ? ", indirect" : "");
+  co_return std::nullopt;
 }
 
 // Online resize (docs/protocol.md, the state machine): new `sectors`, then `state` rewritten in the
@@ -538,7 +550,7 @@ void vbd::apply_resize() {
   const std::uint64_t sectors = *size / 512;
   if (sectors == published_sectors_) return;
   XBD_LOG(log_, info) << "resized: " << published_sectors_ << " -> " << sectors << " sectors";
-  limits_.sectors = sectors;
+  offer_.limits.sectors = sectors;
   for (std::size_t i = 0; i < conn_->queues.size(); ++i) {
     queue* q = conn_->queues[i].get();
     asio::post(conn_->workers[i].ex, [q, sectors] { q->set_sectors(sectors); });

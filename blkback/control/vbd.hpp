@@ -10,19 +10,22 @@
 #pragma once
 
 #include "asio_xen/xenstore.hpp"
-#include "blkback/ring/abi.hpp"
 #include "blkback/config.hpp"
+#include "blkback/control/offer.hpp"
+#include "blkback/data/queue.hpp"
 #include "blkback/log.hpp"
 #include "blkback/platform.hpp"
-#include "blkback/data/queue.hpp"
+#include "blkback/ring/abi.hpp"
 #include "blkback/storage/storage.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/system/result.hpp>
 
 #include <functional>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -85,19 +88,35 @@ class vbd {
 
   struct connection;
 
+  // Why a device cannot go on: the reason (for the log and the `error`
+  // node) and the error behind it.
+  struct problem {
+    std::string what;
+    asio_xen::error_code ec;
+  };
+  template <class T>
+  using outcome = boost::system::result<T, problem>;
+
  private:
   struct backend_keys;
-  asio_xen::result<backend_keys> read_backend_keys();
-  asio_xen::error_code bad_key(std::string reason, asio_xen::error_code ec);
+  outcome<backend_keys> read_backend_keys();
+  static problem bad_key(std::string reason, asio_xen::error_code ec);
+  bool watch_keys();
+  std::optional<problem> open_store(const backend_keys& keys);
+  boost::asio::awaitable<std::optional<problem>> resume_or_publish();
+  boost::asio::awaitable<bool> step();
+  boost::asio::awaitable<bool> follow(xenbus_state fe, bool online);
+  boost::asio::awaitable<bool> close_for_good();
+  bool guest_died();
   asio_xen::error_code publish_features();
   asio_xen::error_code switch_state(xenbus_state s);
-  void fail(const std::string& what, asio_xen::error_code ec);
+  void fail(const problem& p);
   struct ring_keys {
     std::vector<asio_xen::grant_ref> refs;
     asio_xen::evtchn_port port = 0;
   };
-  asio_xen::result<ring_keys> read_ring_keys(const std::string& dir, unsigned order);
-  boost::asio::awaitable<asio_xen::error_code> connect(bool reattach);
+  outcome<ring_keys> read_ring_keys(const std::string& dir, unsigned order, bool has_order);
+  boost::asio::awaitable<std::optional<problem>> connect(bool reattach);
   void apply_resize();
   boost::asio::awaitable<void> disconnect();
   xenbus_state frontend_state();
@@ -111,17 +130,20 @@ class vbd {
   std::unique_ptr<storage::store> store_;
   std::shared_ptr<connection> conn_;
   xenbus_state state_ = xenbus_state::unknown;  // what we last wrote
-  device_limits limits_;
-  unsigned info_ = 0;
-  std::uint32_t discard_alignment_ = 0;
-  std::string key_problem_;
+  disk_offer offer_;
+  // Requests from the daemon, acted on at the next step().
   bool shutdown_ = false;
   bool check_domain_ = false;
   bool check_size_ = false;
-  bool connect_failed_ = false;
-  bool has_order_ = false;
-  std::uint64_t published_sectors_ = 0;
+  // Protocol state.
+  bool connect_failed_ = false;  // wait for the frontend to move before retrying
   bool domain_was_known_ = false;
+  std::uint64_t published_sectors_ = 0;
 };
+
+// boost::system::result's value() on a problem (never called on our paths).
+[[noreturn]] inline void throw_exception_from_error(const vbd::problem& p, const boost::source_location&) {
+  throw std::runtime_error(p.what);
+}
 
 }  // namespace xbd::blkback
