@@ -2,8 +2,8 @@
 // but the headers only name it (syslog::native) when told so.
 #define BOOST_LOG_USE_NATIVE_SYSLOG 1
 
-#include <charconv>
 #include "app/logging.hpp"
+#include <charconv>
 
 #include "blkback/log.hpp"
 
@@ -46,10 +46,14 @@ enum class line_start { timestamp, journal_priority, nothing };
 int priority(severity s) {
   switch (s) {
     case severity::trace:
-    case severity::debug: return 7;
-    case severity::info: return 6;
-    case severity::warning: return 4;
-    case severity::error: return 3;
+    case severity::debug:
+      return 7;
+    case severity::info:
+      return 6;
+    case severity::warning:
+      return 4;
+    case severity::error:
+      return 3;
   }
   return 6;
 }
@@ -88,8 +92,10 @@ void append_timestamp(std::string& out, const logging::record_view& rec) {
 std::string format_line(const logging::record_view& rec, line_start start) {
   std::string line;
   const severity sev = severity_of(rec);
-  if (start == line_start::timestamp) append_timestamp(line, rec);
-  else if (start == line_start::journal_priority) line += '<' + std::to_string(priority(sev)) + '>';
+  if (start == line_start::timestamp)
+    append_timestamp(line, rec);
+  else if (start == line_start::journal_priority)
+    line += '<' + std::to_string(priority(sev)) + '>';
   line += blkback::to_string(sev);
   if (const auto domid = rec[blkback::log_domid]) {
     line += " [d" + std::to_string(*domid);
@@ -115,7 +121,7 @@ class target {
 class fd_target final : public target {
  public:
   fd_target(int fd, bool owned, line_start start) : fd_(fd), owned_(owned), start_(start) {
-    struct stat st{};
+    struct stat st {};
     // The journal's stream is a socket: if journald goes away, a plain
     // write(2) would raise SIGPIPE and end the daemon over a log line.
     is_socket_ = ::fstat(fd_, &st) == 0 && S_ISSOCK(st.st_mode);
@@ -177,9 +183,8 @@ bool stderr_is_journal() {
   unsigned long long dev = 0, ino = 0;
   const char* mid = text.data() + colon;
   const char* end = text.data() + text.size();
-  if (std::from_chars(text.data(), mid, dev).ptr != mid || std::from_chars(mid + 1, end, ino).ptr != end)
-    return false;
-  struct stat st{};
+  if (std::from_chars(text.data(), mid, dev).ptr != mid || std::from_chars(mid + 1, end, ino).ptr != end) return false;
+  struct stat st {};
   if (::fstat(STDERR_FILENO, &st) != 0) return false;
   return st.st_dev == dev && st.st_ino == ino;
 }

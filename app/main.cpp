@@ -2,8 +2,8 @@
 // logging, signals and threads; the protocol lives in blkback/.
 #include "app/logging.hpp"
 #include "asio_xen/xenstore.hpp"
-#include "blkback/control/backend.hpp"
 #include "blkback/config.hpp"
+#include "blkback/control/backend.hpp"
 #include "blkback/log.hpp"
 
 #include <boost/asio/co_spawn.hpp>

@@ -19,12 +19,18 @@ class xbd_category_impl final : public boost::system::error_category {
   const char* name() const noexcept override { return "xbd"; }
   std::string message(int ev) const override {
     switch (static_cast<errc>(ev)) {
-      case errc::malformed_value: return "malformed value";
-      case errc::too_many_retries: return "transaction kept conflicting";
-      case errc::ring_overflow: return "producer index beyond the ring size";
-      case errc::bad_ring_size: return "ring memory too small";
-      case errc::closed: return "closed";
-      case errc::short_transfer: return "short transfer";
+      case errc::malformed_value:
+        return "malformed value";
+      case errc::too_many_retries:
+        return "transaction kept conflicting";
+      case errc::ring_overflow:
+        return "producer index beyond the ring size";
+      case errc::bad_ring_size:
+        return "ring memory too small";
+      case errc::closed:
+        return "closed";
+      case errc::short_transfer:
+        return "short transfer";
     }
     return "unknown error";
   }
@@ -35,20 +41,34 @@ class grant_status_category_impl final : public boost::system::error_category {
   const char* name() const noexcept override { return "grant status"; }
   std::string message(int ev) const override {
     switch (ev) {
-      case GNTST_okay: return "okay";
-      case GNTST_general_error: return "general error";
-      case GNTST_bad_domain: return "bad domain";
-      case GNTST_bad_gntref: return "bad grant reference";
-      case GNTST_bad_handle: return "bad handle";
-      case GNTST_bad_virt_addr: return "bad virtual address";
-      case GNTST_bad_dev_addr: return "bad device address";
-      case GNTST_no_device_space: return "no space in I/O MMU";
-      case GNTST_permission_denied: return "permission denied";
-      case GNTST_bad_page: return "bad page";
-      case GNTST_bad_copy_arg: return "copy beyond the page";
-      case GNTST_address_too_big: return "address too big";
-      case GNTST_eagain: return "operation not done; try again";
-      case GNTST_no_space: return "out of space";
+      case GNTST_okay:
+        return "okay";
+      case GNTST_general_error:
+        return "general error";
+      case GNTST_bad_domain:
+        return "bad domain";
+      case GNTST_bad_gntref:
+        return "bad grant reference";
+      case GNTST_bad_handle:
+        return "bad handle";
+      case GNTST_bad_virt_addr:
+        return "bad virtual address";
+      case GNTST_bad_dev_addr:
+        return "bad device address";
+      case GNTST_no_device_space:
+        return "no space in I/O MMU";
+      case GNTST_permission_denied:
+        return "permission denied";
+      case GNTST_bad_page:
+        return "bad page";
+      case GNTST_bad_copy_arg:
+        return "copy beyond the page";
+      case GNTST_address_too_big:
+        return "address too big";
+      case GNTST_eagain:
+        return "operation not done; try again";
+      case GNTST_no_space:
+        return "out of space";
     }
     return "unknown grant status " + std::to_string(ev);
   }

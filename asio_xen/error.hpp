@@ -41,19 +41,17 @@ class xen_call_category final : public boost::system::error_category {
 
 // The error of a failed call from errno (or `err`). errno 0 after a failure
 // (a library that forgot to set it) becomes EIO rather than "success".
-inline error_code xen_error(const xen_call_category& call, int err) noexcept {
-  return {err != 0 ? err : EIO, call};
-}
+inline error_code xen_error(const xen_call_category& call, int err) noexcept { return {err != 0 ? err : EIO, call}; }
 inline error_code xen_error(const xen_call_category& call) noexcept { return xen_error(call, errno); }
 
 // Failures that are ours rather than a library's.
 enum class errc {
-  malformed_value = 1,     // a xenstore value that does not parse as the type asked for
-  too_many_retries,        // a transaction kept conflicting
-  ring_overflow,           // the peer published a producer index beyond the ring
-  bad_ring_size,           // mapped ring memory too small for one entry
-  closed,                  // the object was closed while waiting
-  short_transfer,          // a read or write moved less than asked (end of the store)
+  malformed_value = 1,  // a xenstore value that does not parse as the type asked for
+  too_many_retries,     // a transaction kept conflicting
+  ring_overflow,        // the peer published a producer index beyond the ring
+  bad_ring_size,        // mapped ring memory too small for one entry
+  closed,               // the object was closed while waiting
+  short_transfer,       // a read or write moved less than asked (end of the store)
 };
 
 const boost::system::error_category& xbd_category() noexcept;

@@ -15,8 +15,7 @@ class libxengnttab_driver final : public gnttab_driver {
     if (xengnttab_set_max_grants(h_, count) < 0) return xen_error(call::xengnttab_set_max_grants);
     return {};
   }
-  result<void*> map_domain_grant_refs(std::uint32_t domid, std::span<const grant_ref> refs,
-                                      bool writable) override {
+  result<void*> map_domain_grant_refs(std::uint32_t domid, std::span<const grant_ref> refs, bool writable) override {
     void* p = xengnttab_map_domain_grant_refs(h_, static_cast<std::uint32_t>(refs.size()), domid,
                                               const_cast<grant_ref*>(refs.data()),
                                               writable ? PROT_READ | PROT_WRITE : PROT_READ);

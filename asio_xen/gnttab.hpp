@@ -24,8 +24,7 @@ class gnttab_driver {
   virtual ~gnttab_driver() = default;
   virtual error_code set_max_grants(std::uint32_t count) = 0;
   // All-or-nothing: either every ref is mapped, contiguously, or none is.
-  virtual result<void*> map_domain_grant_refs(std::uint32_t domid, std::span<const grant_ref> refs,
-                                              bool writable) = 0;
+  virtual result<void*> map_domain_grant_refs(std::uint32_t domid, std::span<const grant_ref> refs, bool writable) = 0;
   virtual error_code unmap(void* addr, std::uint32_t count) = 0;
   // Fails as a whole only when the call itself fails; otherwise each
   // segment's status says how it went.

@@ -82,7 +82,7 @@ class shared_header {
 }  // namespace ring_detail
 
 template <class Req, class Rsp>
-  requires std::is_trivially_copyable_v<Req> && std::is_trivially_copyable_v<Rsp>
+requires std::is_trivially_copyable_v<Req> && std::is_trivially_copyable_v<Rsp>
 class ring_base {
  public:
   static constexpr std::size_t entry_size = ring_detail::entry_size<Req, Rsp>();

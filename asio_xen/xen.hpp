@@ -29,17 +29,17 @@
 #define xen_wmb() std::atomic_thread_fence(std::memory_order_release)
 
 extern "C" {
-#include <xen/xen.h>
-#include <xen/grant_table.h>
 #include <xen/event_channel.h>
-#include <xen/io/ring.h>
+#include <xen/grant_table.h>
 #include <xen/io/blkif.h>
 #include <xen/io/protocols.h>
+#include <xen/io/ring.h>
 #include <xen/io/xenbus.h>
 #include <xen/io/xs_wire.h>
-#include <xenstore.h>
+#include <xen/xen.h>
 #include <xenevtchn.h>
 #include <xengnttab.h>
+#include <xenstore.h>
 }
 
 namespace xbd::xen {

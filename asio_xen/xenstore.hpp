@@ -85,8 +85,7 @@ template <class T>
 result<T> parse_value(std::string_view text);
 
 template <std::integral T>
-  requires(!std::same_as<T, bool>)
-result<T> parse_integer(std::string_view text) {
+requires(!std::same_as<T, bool>) result<T> parse_integer(std::string_view text) {
   T value{};
   if (text.empty() || text.front() == '+') return make_error_code(errc::malformed_value);
   const auto* end = text.data() + text.size();

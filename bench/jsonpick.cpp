@@ -59,17 +59,28 @@ class parser {
       if (i_ >= s_.size()) return std::nullopt;
       char e = s_[i_++];
       switch (e) {
-        case 'n': out += '\n'; break;
-        case 't': out += '\t'; break;
-        case 'r': out += '\r'; break;
-        case 'b': out += '\b'; break;
-        case 'f': out += '\f'; break;
+        case 'n':
+          out += '\n';
+          break;
+        case 't':
+          out += '\t';
+          break;
+        case 'r':
+          out += '\r';
+          break;
+        case 'b':
+          out += '\b';
+          break;
+        case 'f':
+          out += '\f';
+          break;
         case 'u':
           if (i_ + 4 > s_.size()) return std::nullopt;
           out += '?';  // not needed by the benchmark; keep it one char
           i_ += 4;
           break;
-        default: out += e;
+        default:
+          out += e;
       }
     }
     if (i_ >= s_.size()) return std::nullopt;
@@ -144,14 +155,12 @@ class parser {
       return v;
     }
     std::size_t b = i_;
-    while (i_ < s_.size() && (std::isalnum(static_cast<unsigned char>(s_[i_])) || s_[i_] == '-' ||
-                              s_[i_] == '+' || s_[i_] == '.'))
+    while (i_ < s_.size() &&
+           (std::isalnum(static_cast<unsigned char>(s_[i_])) || s_[i_] == '-' || s_[i_] == '+' || s_[i_] == '.'))
       ++i_;
     if (b == i_) return std::nullopt;
     v.text = s_.substr(b, i_ - b);
-    v.k = v.text == "null" ? value::null
-          : (v.text == "true" || v.text == "false") ? value::boolean
-                                                     : value::number;
+    v.k = v.text == "null" ? value::null : (v.text == "true" || v.text == "false") ? value::boolean : value::number;
     return v;
   }
 
@@ -161,9 +170,13 @@ class parser {
 
 void dump(const value& v, std::string& out, bool top) {
   switch (v.k) {
-    case value::null: out += "null"; break;
+    case value::null:
+      out += "null";
+      break;
     case value::boolean:
-    case value::number: out += v.text; break;
+    case value::number:
+      out += v.text;
+      break;
     case value::string:
       if (top) {
         out += v.text;

@@ -22,18 +22,24 @@ static_assert(limits::max_domid == DOMID_FIRST_RESERVED - 1);
 
 std::string_view to_string(direct_io_policy p) {
   switch (p) {
-    case direct_io_policy::follow_key: return "auto";
-    case direct_io_policy::never: return "never";
-    case direct_io_policy::always: return "always";
+    case direct_io_policy::follow_key:
+      return "auto";
+    case direct_io_policy::never:
+      return "never";
+    case direct_io_policy::always:
+      return "always";
   }
   return "?";
 }
 
 std::string_view to_string(ring_protocol p) {
   switch (p) {
-    case ring_protocol::native: return "native";
-    case ring_protocol::x86_32: return XEN_IO_PROTO_ABI_X86_32;
-    case ring_protocol::x86_64: return XEN_IO_PROTO_ABI_X86_64;
+    case ring_protocol::native:
+      return "native";
+    case ring_protocol::x86_32:
+      return XEN_IO_PROTO_ABI_X86_32;
+    case ring_protocol::x86_64:
+      return XEN_IO_PROTO_ABI_X86_64;
   }
   return "?";
 }
@@ -86,8 +92,10 @@ bool is_table_name(std::string_view name) {
 std::string normalised(std::string_view key) {
   std::string s(key);
   for (char& c : s) {
-    if (c == '_') c = '-';
-    else if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+    if (c == '_')
+      c = '-';
+    else if (c >= 'A' && c <= 'Z')
+      c = static_cast<char>(c - 'A' + 'a');
   }
   return s;
 }
@@ -111,16 +119,26 @@ std::string in_quotes(std::string_view text) {
 
 std::string type_name(const toml::node& n) {
   switch (n.type()) {
-    case toml::node_type::table: return "a table";
-    case toml::node_type::array: return "an array";
-    case toml::node_type::string: return "a string";
-    case toml::node_type::integer: return "an integer";
-    case toml::node_type::floating_point: return "a floating-point number";
-    case toml::node_type::boolean: return "a boolean";
-    case toml::node_type::date: return "a date";
-    case toml::node_type::time: return "a time";
-    case toml::node_type::date_time: return "a date-time";
-    case toml::node_type::none: break;
+    case toml::node_type::table:
+      return "a table";
+    case toml::node_type::array:
+      return "an array";
+    case toml::node_type::string:
+      return "a string";
+    case toml::node_type::integer:
+      return "an integer";
+    case toml::node_type::floating_point:
+      return "a floating-point number";
+    case toml::node_type::boolean:
+      return "a boolean";
+    case toml::node_type::date:
+      return "a date";
+    case toml::node_type::time:
+      return "a time";
+    case toml::node_type::date_time:
+      return "a date-time";
+    case toml::node_type::none:
+      break;
   }
   return "nothing";
 }
@@ -193,13 +211,15 @@ class reader {
   void read(const toml::table* t, std::string_view table, std::string_view key, bool& out) {
     const toml::node* n = find(t, key);
     if (n == nullptr) return;
-    if (const auto* b = n->as_boolean()) out = b->get();
-    else problem(*n, name(table, key) + " must be true or false, not " + type_name(*n));
+    if (const auto* b = n->as_boolean())
+      out = b->get();
+    else
+      problem(*n, name(table, key) + " must be true or false, not " + type_name(*n));
   }
 
   // The string value of a key and its node, for the caller to interpret.
   std::optional<std::pair<const toml::node*, std::string_view>> string(const toml::table* t, std::string_view table,
-                                                                      std::string_view key) {
+                                                                       std::string_view key) {
     const toml::node* n = find(t, key);
     if (n == nullptr) return std::nullopt;
     if (const auto* s = n->as_string()) return std::pair{n, std::string_view(s->get())};
@@ -208,7 +228,7 @@ class reader {
   }
 
   std::optional<std::pair<const toml::node*, std::int64_t>> integer(const toml::table* t, std::string_view table,
-                                                                   std::string_view key) {
+                                                                    std::string_view key) {
     const toml::node* n = find(t, key);
     if (n == nullptr) return std::nullopt;
     if (const auto* i = n->as_integer()) return std::pair{n, i->get()};
@@ -300,9 +320,12 @@ void read_rings(reader& r, const toml::table* t, settings& s) {
     }
   }
   if (const auto v = r.string(t, "rings", "default-protocol")) {
-    if (v->second == "native") s.default_protocol = ring_protocol::native;
-    else if (v->second == XEN_IO_PROTO_ABI_X86_32) s.default_protocol = ring_protocol::x86_32;
-    else if (v->second == XEN_IO_PROTO_ABI_X86_64) s.default_protocol = ring_protocol::x86_64;
+    if (v->second == "native")
+      s.default_protocol = ring_protocol::native;
+    else if (v->second == XEN_IO_PROTO_ABI_X86_32)
+      s.default_protocol = ring_protocol::x86_32;
+    else if (v->second == XEN_IO_PROTO_ABI_X86_64)
+      s.default_protocol = ring_protocol::x86_64;
     else
       r.problem(*v->first, "rings.default-protocol must be \"native\", \"x86_32-abi\" or \"x86_64-abi\", got " +
                                in_quotes(v->second));
@@ -311,10 +334,14 @@ void read_rings(reader& r, const toml::table* t, settings& s) {
 
 void read_io(reader& r, const toml::table* t, settings& s) {
   if (const auto v = r.string(t, "io", "direct-io")) {
-    if (v->second == "auto") s.direct_io = direct_io_policy::follow_key;
-    else if (v->second == "never") s.direct_io = direct_io_policy::never;
-    else if (v->second == "always") s.direct_io = direct_io_policy::always;
-    else r.problem(*v->first, "io.direct-io must be \"auto\", \"never\" or \"always\", got " + in_quotes(v->second));
+    if (v->second == "auto")
+      s.direct_io = direct_io_policy::follow_key;
+    else if (v->second == "never")
+      s.direct_io = direct_io_policy::never;
+    else if (v->second == "always")
+      s.direct_io = direct_io_policy::always;
+    else
+      r.problem(*v->first, "io.direct-io must be \"auto\", \"never\" or \"always\", got " + in_quotes(v->second));
   }
   r.read(t, "io", "worker-threads", 0, limits::max_worker_threads, s.worker_threads);
   r.read(t, "io", "discard", s.discard);

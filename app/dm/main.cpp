@@ -58,8 +58,10 @@ std::string g_tag = "xen-blkbackd-dm";
 template <typename... Args>
 void say(const char* fmt, Args... args) {
   std::fprintf(stderr, "%s: ", g_tag.c_str());
-  if constexpr (sizeof...(Args) == 0) std::fputs(fmt, stderr);
-  else std::fprintf(stderr, fmt, args...);
+  if constexpr (sizeof...(Args) == 0)
+    std::fputs(fmt, stderr);
+  else
+    std::fprintf(stderr, fmt, args...);
   std::fputc('\n', stderr);
 }
 
@@ -95,8 +97,10 @@ std::optional<chardev_socket> parse_chardev(std::string_view spec) {
   chardev_socket c;
   for (std::size_t k = 1; k < parts.size(); ++k) {
     const auto p = parts[k];
-    if (p.starts_with("id=")) c.id = p.substr(3);
-    else if (p.starts_with("path=")) c.path = p.substr(5);
+    if (p.starts_with("id="))
+      c.id = p.substr(3);
+    else if (p.starts_with("path="))
+      c.path = p.substr(5);
     else if (p.starts_with("fd=")) {
       const auto fd = to_uint(p.substr(3));
       if (!fd) return std::nullopt;
@@ -160,7 +164,7 @@ int listen_on(const std::string& path) {
     return -1;
   }
   std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
-  struct stat st{};
+  struct stat st {};
   if (::lstat(path.c_str(), &st) == 0 && S_ISSOCK(st.st_mode)) ::unlink(path.c_str());
   const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) return -1;
@@ -221,7 +225,7 @@ int main(int argc, char** argv) {
   std::vector<std::string> created;
   for (const auto& c : opts->sockets) {
     if (c.fd >= 0) {
-      struct stat st{};
+      struct stat st {};
       if (::fstat(c.fd, &st) < 0 || !S_ISSOCK(st.st_mode)) {
         say("chardev %s: fd=%d is not a socket", c.id.c_str(), c.fd);
         return 1;
@@ -293,8 +297,10 @@ int main(int argc, char** argv) {
       if (fds[k++].revents & POLLIN) {
         const int c = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (c < 0) continue;
-        if (write_all(c, qmp_session::greeting())) clients.push_back({c, qmp_session(machine)});
-        else ::close(c);
+        if (write_all(c, qmp_session::greeting()))
+          clients.push_back({c, qmp_session(machine)});
+        else
+          ::close(c);
       }
     }
     // Clients are checked against the revents of the fds polled this round,

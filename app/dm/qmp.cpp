@@ -58,8 +58,8 @@ struct reader {
 
   scan literal() {
     const std::size_t start = i;
-    while (i < s.size() && (std::isalnum(static_cast<unsigned char>(s[i])) || s[i] == '-' || s[i] == '+' ||
-                            s[i] == '.'))
+    while (i < s.size() &&
+           (std::isalnum(static_cast<unsigned char>(s[i])) || s[i] == '-' || s[i] == '+' || s[i] == '.'))
       ++i;
     if (i == s.size()) return scan::incomplete;  // a number may go on
     return i > start ? scan::ok : scan::invalid;
@@ -164,8 +164,10 @@ std::string qmp_session::feed(std::string_view bytes) {
     std::optional<std::string> command;
     std::optional<std::string_view> id;
     scan result = scan::invalid;
-    if (pending_[start] == '{') result = r.container(0, &command, &id);
-    else if (pending_[start] == '[' || pending_[start] == '"') result = r.value(0);
+    if (pending_[start] == '{')
+      result = r.container(0, &command, &id);
+    else if (pending_[start] == '[' || pending_[start] == '"')
+      result = r.value(0);
     if (result == scan::incomplete) {
       if (pending_.size() > max_pending) broken_ = true;
       break;
@@ -176,8 +178,10 @@ std::string qmp_session::feed(std::string_view bytes) {
       break;
     }
     const std::string id_text(id.value_or(std::string_view{}));
-    if (!command) out += error_reply(id_text, "GenericError", "QMP input lacks member 'execute'");
-    else out += execute(*command, id_text);
+    if (!command)
+      out += error_reply(id_text, "GenericError", "QMP input lacks member 'execute'");
+    else
+      out += execute(*command, id_text);
     pending_.erase(0, r.i);
     if (machine_->quit) break;
   }

@@ -266,7 +266,9 @@ asio::awaitable<void> vbd::run() {
   // One step per change of the frontend's state, of `online`, of our own
   // directory, or per request from the daemon (shutdown, guest death,
   // resize), until the device ends.
-  while (co_await step()) {
+  for (;;) {
+    const error_code ec = co_await watch_->changed();
+    if (!co_await step(ec)) break;
   }
 }
 
@@ -326,9 +328,10 @@ asio::awaitable<std::optional<vbd::problem>> vbd::resume_or_publish() {
   co_return std::nullopt;
 }
 
-// Waits for the next change and acts on it; false when the device ends.
-asio::awaitable<bool> vbd::step() {
-  if (error_code ec = co_await watch_->changed()) {
+// Acts on a change (or the end of the watch, `ec`); false when the device
+// ends.
+asio::awaitable<bool> vbd::step(error_code ec) {
+  if (ec) {
     XBD_LOG(log_, debug) << "watch ended: " << ec.message();
     co_await disconnect();
     if (!shutdown_) (void)switch_state(xenbus_state::closed);

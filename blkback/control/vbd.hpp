@@ -104,7 +104,7 @@ class vbd {
   bool watch_keys();
   std::optional<problem> open_store(const backend_keys& keys);
   boost::asio::awaitable<std::optional<problem>> resume_or_publish();
-  boost::asio::awaitable<bool> step();
+  boost::asio::awaitable<bool> step(asio_xen::error_code ec);
   boost::asio::awaitable<bool> follow(xenbus_state fe, bool online);
   boost::asio::awaitable<bool> close_for_good();
   bool guest_died();

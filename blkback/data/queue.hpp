@@ -17,12 +17,12 @@
 
 #include "asio_xen/evtchn.hpp"
 #include "asio_xen/gnttab.hpp"
-#include "blkback/ring/abi.hpp"
-#include "blkback/log.hpp"
 #include "blkback/data/log_budget.hpp"
-#include "blkback/platform.hpp"
-#include "blkback/ring/request.hpp"
 #include "blkback/data/request_task.hpp"
+#include "blkback/log.hpp"
+#include "blkback/platform.hpp"
+#include "blkback/ring/abi.hpp"
+#include "blkback/ring/request.hpp"
 #include "blkback/storage/storage.hpp"
 
 #include <boost/asio/any_io_executor.hpp>

@@ -147,9 +147,7 @@ std::optional<abi> parse_protocol(std::string_view text) {
   return std::nullopt;
 }
 
-std::string_view to_string(abi a) {
-  return a == abi::x86_32 ? XEN_IO_PROTO_ABI_X86_32 : XEN_IO_PROTO_ABI_X86_64;
-}
+std::string_view to_string(abi a) { return a == abi::x86_32 ? XEN_IO_PROTO_ABI_X86_32 : XEN_IO_PROTO_ABI_X86_64; }
 
 namespace {
 

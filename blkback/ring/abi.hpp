@@ -32,7 +32,7 @@ std::string_view to_string(abi a);
 // mean something depends on `operation`.
 struct wire_request {
   std::uint8_t operation = 0;
-  std::uint8_t nr_segments = 0;          // READ/WRITE/BARRIER/FLUSH
+  std::uint8_t nr_segments = 0;  // READ/WRITE/BARRIER/FLUSH
   std::uint64_t id = 0;
   std::uint64_t sector_number = 0;
   std::array<blkif_request_segment, BLKIF_MAX_SEGMENTS_PER_REQUEST> seg{};

@@ -15,14 +15,11 @@ std::uint8_t echoed(const wire_request& r) {
 }
 
 rejected error(const wire_request& r, const char* why) { return {r.id, echoed(r), BLKIF_RSP_ERROR, why}; }
-rejected unsupported(const wire_request& r, const char* why) {
-  return {r.id, echoed(r), BLKIF_RSP_EOPNOTSUPP, why};
-}
+rejected unsupported(const wire_request& r, const char* why) { return {r.id, echoed(r), BLKIF_RSP_EOPNOTSUPP, why}; }
 
 // Turns segment descriptors into byte ranges and checks them. Returns the
 // total length in bytes, or a reason.
-const char* convert_segments(std::span<const blkif_request_segment> in, std::span<segment> out,
-                             std::uint64_t& total) {
+const char* convert_segments(std::span<const blkif_request_segment> in, std::span<segment> out, std::uint64_t& total) {
   total = 0;
   for (std::size_t i = 0; i < in.size(); ++i) {
     const auto& s = in[i];

@@ -18,11 +18,11 @@ struct device_limits {
   std::uint64_t sectors = 0;        // size in 512-byte sectors
   std::uint32_t sector_size = 512;  // logical sector size in bytes (512, 1024, 2048 or 4096)
   bool readonly = false;
-  bool flush = true;                // feature-flush-cache
-  bool barrier = false;             // feature-barrier
-  bool discard = false;             // feature-discard
-  bool discard_secure = false;      // discard-secure
-  std::uint32_t discard_granularity = 0;  // bytes; 0 = sector_size
+  bool flush = true;                        // feature-flush-cache
+  bool barrier = false;                     // feature-barrier
+  bool discard = false;                     // feature-discard
+  bool discard_secure = false;              // discard-secure
+  std::uint32_t discard_granularity = 0;    // bytes; 0 = sector_size
   std::uint32_t max_indirect_segments = 0;  // feature-max-indirect-segments; 0 = no indirect
 };
 
@@ -39,12 +39,12 @@ struct segment {
 // disk order; their lengths add up to `length`.
 struct checked_request {
   std::uint64_t id = 0;
-  std::uint8_t operation = 0;   // echoed in the response (INDIRECT: its indirect_op)
+  std::uint8_t operation = 0;  // echoed in the response (INDIRECT: its indirect_op)
   op_kind kind = op_kind::read;
-  bool flush_after = false;     // FLUSH_DISKCACHE/BARRIER with data: write, then flush
-  bool secure = false;          // secure discard
-  std::uint64_t offset = 0;     // bytes from the start of the disk
-  std::uint64_t length = 0;     // bytes
+  bool flush_after = false;  // FLUSH_DISKCACHE/BARRIER with data: write, then flush
+  bool secure = false;       // secure discard
+  std::uint64_t offset = 0;  // bytes from the start of the disk
+  std::uint64_t length = 0;  // bytes
   std::span<const segment> segments;
 };
 

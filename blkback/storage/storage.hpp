@@ -18,8 +18,8 @@
 #pragma once
 
 #include "asio_xen/error.hpp"
-#include "blkback/storage/aux_ring.hpp"
 #include "blkback/config.hpp"
+#include "blkback/storage/aux_ring.hpp"
 #include "blkback/storage/direct_io.hpp"
 
 #include <boost/asio/any_io_executor.hpp>

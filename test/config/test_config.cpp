@@ -78,10 +78,9 @@ TEST_CASE("the defaults shown commented out in the shipped file are the real def
   CHECK(parse_settings(text, "shipped-uncommented") == settings{});
 
   const toml::table root = toml::parse(text);
-  for (const char* key :
-       {"backend.types", "rings.max-ring-page-order", "rings.max-queues", "rings.max-indirect-segments",
-        "rings.default-protocol", "io.direct-io", "io.worker-threads", "io.discard", "io.resize-poll-seconds",
-        "log.level", "log.sink"}) {
+  for (const char* key : {"backend.types", "rings.max-ring-page-order", "rings.max-queues",
+                          "rings.max-indirect-segments", "rings.default-protocol", "io.direct-io", "io.worker-threads",
+                          "io.discard", "io.resize-poll-seconds", "log.level", "log.sink"}) {
     CAPTURE(key);
     CHECK(root.at_path(key).node() != nullptr);
   }

@@ -230,8 +230,10 @@ TEST_CASE("no record is lost or written twice while another thread reloads the s
   for (const auto* file : {&a, &b}) {
     for (const auto& line : lines_of(*file)) {
       const auto pos = line.find("rec ");
-      if (pos == std::string::npos) ++foreign;
-      else ++seen[line.substr(pos)];
+      if (pos == std::string::npos)
+        ++foreign;
+      else
+        ++seen[line.substr(pos)];
       ++(file == &a ? in_a : in_b);
     }
   }
@@ -264,7 +266,7 @@ void with_stderr_to(const std::string& path, F&& body) {
 }
 
 std::string journal_stream_of(const std::string& path) {
-  struct stat st{};
+  struct stat st {};
   REQUIRE(::stat(path.c_str(), &st) == 0);
   return std::to_string(st.st_dev) + ':' + std::to_string(st.st_ino);
 }

@@ -1,9 +1,9 @@
 #include "test/fakes/fake_evtchn.hpp"
 
-#include <algorithm>
-#include <cerrno>
 #include <sys/eventfd.h>
 #include <unistd.h>
+#include <algorithm>
+#include <cerrno>
 #include <vector>
 
 namespace xbd::fakes {

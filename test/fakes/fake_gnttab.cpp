@@ -1,10 +1,10 @@
 #include "test/fakes/fake_gnttab.hpp"
 
+#include <sys/mman.h>
+#include <unistd.h>
 #include <cerrno>
 #include <cstring>
 #include <stdexcept>
-#include <sys/mman.h>
-#include <unistd.h>
 
 namespace xbd::fakes {
 
@@ -66,8 +66,7 @@ class fake_grant_tables::driver final : public asio_xen::gnttab_driver {
     return {};
   }
 
-  result<void*> map_domain_grant_refs(std::uint32_t domid, std::span<const grant_ref> refs,
-                                      bool writable) override {
+  result<void*> map_domain_grant_refs(std::uint32_t domid, std::span<const grant_ref> refs, bool writable) override {
     if (tables_.map_fault_) {
       int e = tables_.map_fault_;
       tables_.map_fault_ = 0;

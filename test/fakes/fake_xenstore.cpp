@@ -1,9 +1,9 @@
 #include "test/fakes/fake_xenstore.hpp"
 
-#include <cerrno>
-#include <deque>
 #include <sys/eventfd.h>
 #include <unistd.h>
+#include <cerrno>
+#include <deque>
 
 namespace xbd::fakes {
 
@@ -98,8 +98,7 @@ class fake_xenstore::connection final : public asio_xen::xs_driver {
     auto it = tr->find(path);
     if (it == tr->end()) return tr->count(parent_of(path)) ? error_code{} : err(ENOENT);
     auto parent = tr->find(parent_of(path));
-    if (!can_write(it->second.perms, domid_) ||
-        (parent != tr->end() && !can_write(parent->second.perms, domid_)))
+    if (!can_write(it->second.perms, domid_) || (parent != tr->end() && !can_write(parent->second.perms, domid_)))
       return err(EACCES);
     for (auto i = tr->begin(); i != tr->end();) {
       if (i->first == path || is_under(i->first, path))
@@ -136,8 +135,7 @@ class fake_xenstore::connection final : public asio_xen::xs_driver {
     return it->second.perms;
   }
 
-  error_code set_permissions(transaction_id t, const std::string& path,
-                             std::span<const xs_permission> perms) override {
+  error_code set_permissions(transaction_id t, const std::string& path, std::span<const xs_permission> perms) override {
     std::lock_guard lock(store_.mu_);
     if (perms.empty()) return err(EINVAL);
     return modify(t, path, [&](fake_xenstore::tree& tr) -> error_code {
@@ -314,9 +312,7 @@ class fake_xenstore::connection final : public asio_xen::xs_driver {
   transaction_id next_tid_ = 1;
 };
 
-fake_xenstore::fake_xenstore() {
-  nodes_["/"] = node{"", {{0, xs_permission::access::none}}};
-}
+fake_xenstore::fake_xenstore() { nodes_["/"] = node{"", {{0, xs_permission::access::none}}}; }
 
 fake_xenstore::~fake_xenstore() = default;
 

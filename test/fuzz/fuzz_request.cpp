@@ -73,8 +73,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
   lim.max_indirect_segments = (flags & 128) ? take<std::uint16_t>(p, n) % 4097 : 0;
 
   // The input's length picks the layout its first bytes are read in.
-  wire_request w = size % 2 ? decode_x86_32(std::span<const std::byte, x86_32_request_size>(slot.data(), x86_32_request_size))
-                            : decode_x86_64(slot);
+  wire_request w =
+      size % 2 ? decode_x86_32(std::span<const std::byte, x86_32_request_size>(slot.data(), x86_32_request_size))
+               : decode_x86_64(slot);
   std::array<segment, BLKIF_MAX_SEGMENTS_PER_REQUEST> direct{};
   validation v = validate(w, lim, direct);
   if (auto* c = std::get_if<checked_request>(&v)) {

@@ -1,14 +1,14 @@
 #include "test/integration/process.hpp"
 
-#include <csignal>
-#include <cstring>
 #include <fcntl.h>
-#include <fstream>
-#include <sstream>
-#include <stdexcept>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+#include <csignal>
+#include <cstring>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
 
 extern char** environ;
 

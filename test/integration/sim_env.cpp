@@ -1,11 +1,11 @@
 #include "test/integration/sim_env.hpp"
 
+#include <fcntl.h>
+#include <unistd.h>
 #include <csignal>
 #include <cstdlib>
-#include <fcntl.h>
 #include <fstream>
 #include <sstream>
-#include <unistd.h>
 
 namespace xbd::test {
 
@@ -62,9 +62,9 @@ std::filesystem::path sim_env::make_image(const std::string& name, std::uint64_t
 void sim_env::start_daemon(std::vector<std::string> extra_args) {
   std::vector<std::string> argv{XBD_DAEMON_BIN, "--config", config_.string(), "--foreground"};
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
-  daemon_ = std::make_unique<process>(
-      argv, std::vector<std::string>{"LD_LIBRARY_PATH=" XENSIM_LIBDIR_PATH, "XENSIM_DOMID=0"},
-      dir_ / ("daemon-" + std::to_string(++daemon_runs_) + ".log"));
+  daemon_ =
+      std::make_unique<process>(argv, std::vector<std::string>{"LD_LIBRARY_PATH=" XENSIM_LIBDIR_PATH, "XENSIM_DOMID=0"},
+                                dir_ / ("daemon-" + std::to_string(++daemon_runs_) + ".log"));
 }
 
 std::string sim_env::daemon_log() const {
@@ -94,8 +94,7 @@ std::vector<std::string> sim_env::frontend_env(unsigned domid) const {
   return {"LD_LIBRARY_PATH=" XENSIM_LIBDIR_PATH, "XENSIM_DOMID=" + std::to_string(domid)};
 }
 
-frontend_result sim_env::run_frontend(unsigned domid, std::vector<std::string> args,
-                                      std::chrono::milliseconds limit) {
+frontend_result sim_env::run_frontend(unsigned domid, std::vector<std::string> args, std::chrono::milliseconds limit) {
   std::vector<std::string> argv{BLKFRONT_SIM_BIN, "--domid", std::to_string(domid), "--json"};
   argv.insert(argv.end(), args.begin(), args.end());
   auto r = run(argv, frontend_env(domid), dir_ / ("frontend-" + std::to_string(++frontend_runs_) + ".log"), limit);
@@ -113,9 +112,7 @@ std::unique_ptr<process> sim_env::start_frontend(unsigned domid, std::vector<std
   return std::make_unique<process>(argv, frontend_env(domid), dir_ / ("frontend-" + tag + ".log"));
 }
 
-std::optional<std::string> sim_env::read(const std::string& path) {
-  return ts_->xs().read(path);
-}
+std::optional<std::string> sim_env::read(const std::string& path) { return ts_->xs().read(path); }
 
 std::string json_field(const std::string& json, const std::string& key) {
   auto k = "\"" + key + "\":";

@@ -3,8 +3,8 @@
 
 #include <doctest/doctest.h>
 
-#include <csignal>
 #include <sys/stat.h>
+#include <csignal>
 #include <fstream>
 #include <thread>
 
@@ -34,7 +34,8 @@ std::string backend(unsigned domid, unsigned devid = xvda) {
 bool both_connected(sim_env& env, unsigned domid, unsigned devid = xvda) {
   return eventually([&] {
     return env.read(backend(domid, devid) + "/state") == "4" &&
-           env.read("/local/domain/" + std::to_string(domid) + "/device/vbd/" + std::to_string(devid) + "/state") == "4";
+           env.read("/local/domain/" + std::to_string(domid) + "/device/vbd/" + std::to_string(devid) + "/state") ==
+               "4";
   });
 }
 
@@ -106,8 +107,10 @@ TEST_CASE("two guests are served at once, each with its own disk") {
   add_disk(env, 5, env.make_image("a.img", 32 << 20));
   add_disk(env, 6, env.make_image("b.img", 32 << 20));
   env.start_daemon();
-  auto a = env.start_frontend(5, {"--devid", "51712", "--rw", "randrw", "--runtime", "2", "--qd", "16", "--verify"}, "a");
-  auto b = env.start_frontend(6, {"--devid", "51712", "--rw", "randrw", "--runtime", "2", "--qd", "16", "--verify"}, "b");
+  auto a =
+      env.start_frontend(5, {"--devid", "51712", "--rw", "randrw", "--runtime", "2", "--qd", "16", "--verify"}, "a");
+  auto b =
+      env.start_frontend(6, {"--devid", "51712", "--rw", "randrw", "--runtime", "2", "--qd", "16", "--verify"}, "b");
   REQUIRE(a->wait(30s) == 0);
   REQUIRE(b->wait(30s) == 0);
   CHECK(a->output().find("\"mismatches\":0") != std::string::npos);
@@ -204,7 +207,8 @@ TEST_CASE("SIGTERM answers the requests in flight and a restarted daemon re-atta
   add_disk(env, 5, env.make_image("disk.img", 32 << 20));
   env.start_daemon();
   auto fe = env.start_frontend(
-      5, {"--devid", "51712", "--rw", "randrw", "--qd", "64", "--runtime", "4", "--verify", "--timeout", "120"}, "long");
+      5, {"--devid", "51712", "--rw", "randrw", "--qd", "64", "--runtime", "4", "--verify", "--timeout", "120"},
+      "long");
   REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == "4"; }));
   std::this_thread::sleep_for(700ms);
   INFO("daemon log:\n" << env.daemon_log());
@@ -276,8 +280,8 @@ TEST_CASE("online resize: the image grows, SIGHUP, and the backend publishes the
   // The new sectors are served.
   fe->signal(SIGTERM);
   (void)fe->wait(10s);
-  check_clean(env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--offset", "40M", "--size", "8M", "--ios",
-                                   "200", "--verify"}));
+  check_clean(env.run_frontend(
+      5, {"--devid", "51712", "--rw", "randrw", "--offset", "40M", "--size", "8M", "--ios", "200", "--verify"}));
 }
 
 TEST_CASE("resize-poll-seconds notices a grown image without a signal") {
@@ -320,12 +324,12 @@ TEST_CASE("a hostile guest: bad requests are answered, a runaway producer index 
   env.start_daemon();
   auto script = env.dir() / "hostile.script";
   std::ofstream(script) << "pages buf 2 rw\n"
-                           "req op=0x63 id=1\n"                        // unknown op
-                           "req op=read id=2 sector=0 seg=buf:0:6:2\n"  // first_sect > last_sect
-                           "req op=read id=3 sector=0 nseg=12\n"        // too many segments
+                           "req op=0x63 id=1\n"                                  // unknown op
+                           "req op=read id=2 sector=0 seg=buf:0:6:2\n"           // first_sect > last_sect
+                           "req op=read id=3 sector=0 nseg=12\n"                 // too many segments
                            "req op=write id=4 sector=999999999 seg=buf:0:0:7\n"  // beyond the disk
-                           "req op=read id=5 sector=0 seg=99999:0:7\n"  // a grant that does not exist
-                           "req op=read id=6 sector=8 seg=buf:1:0:7\n"  // fine
+                           "req op=read id=5 sector=0 seg=99999:0:7\n"           // a grant that does not exist
+                           "req op=read id=6 sector=8 seg=buf:1:0:7\n"           // fine
                            "push\n"
                            "wait 6\n"
                            "expect 1 eopnotsupp\n"
@@ -352,9 +356,29 @@ TEST_CASE("a 32-bit guest (x86_32-abi) with discards, barriers and flushes on tw
   env.create_guest(5);
   add_disk(env, 5, env.make_image("disk.img", 32 << 20));
   env.start_daemon();
-  auto r = env.run_frontend(5, {"--devid", "51712", "--protocol", "x86_32-abi", "--queues", "2", "--rw", "randrw",
-                                "--discard-pct", "20", "--barrier-every", "5", "--flush-every", "50", "--verify",
-                                "--bs", "16k", "--qd", "16", "--ios", "3000", "--size", "8m"});
+  auto r = env.run_frontend(5, {"--devid",
+                                "51712",
+                                "--protocol",
+                                "x86_32-abi",
+                                "--queues",
+                                "2",
+                                "--rw",
+                                "randrw",
+                                "--discard-pct",
+                                "20",
+                                "--barrier-every",
+                                "5",
+                                "--flush-every",
+                                "50",
+                                "--verify",
+                                "--bs",
+                                "16k",
+                                "--qd",
+                                "16",
+                                "--ios",
+                                "3000",
+                                "--size",
+                                "8m"});
   check_clean(r);
   CHECK(json_field(json_field(r.json, "negotiated"), "protocol") == "\"x86_32-abi\"");
   CHECK(json_field(json_field(r.json, "ops"), "discard") != "0");
@@ -368,11 +392,12 @@ TEST_CASE("discard punches holes: trimmed blocks read back as zeroes, and the im
   auto img = env.make_image("disk.img", 16 << 20);
   add_disk(env, 5, img);
   env.start_daemon();
-  check_clean(env.run_frontend(5, {"--devid", "51712", "--rw", "write", "--bs", "64k", "--size", "4m", "--bytes",
-                                   "4m", "--verify"}));
+  check_clean(env.run_frontend(
+      5, {"--devid", "51712", "--rw", "write", "--bs", "64k", "--size", "4m", "--bytes", "4m", "--verify"}));
   struct stat before {};
   REQUIRE(::stat(img.c_str(), &before) == 0);
-  check_clean(env.run_frontend(5, {"--devid", "51712", "--rw", "trim", "--bs", "64k", "--size", "4m", "--bytes", "4m"}));
+  check_clean(
+      env.run_frontend(5, {"--devid", "51712", "--rw", "trim", "--bs", "64k", "--size", "4m", "--bytes", "4m"}));
   check_clean(env.run_frontend(5, {"--devid", "51712", "--rw", "read", "--bs", "64k", "--size", "4m", "--bytes", "4m",
                                    "--verify", "--verify-unwritten", "zero"}));
   struct stat after {};

@@ -1,6 +1,6 @@
 #define DOCTEST_CONFIG_IMPLEMENT
-#include <boost/log/core.hpp>
 #include <doctest/doctest.h>
+#include <boost/log/core.hpp>
 
 int main(int argc, char** argv) {
   // The code under test logs; the tests check behaviour, not log lines.

@@ -21,13 +21,13 @@ TEST_CASE("an x86_64 read request decodes from hand-built bytes") {
   std::array<std::byte, 112> raw{};
   auto put = [&](std::size_t off, auto v) { std::memcpy(raw.data() + off, &v, sizeof v); };
   put(0, std::uint8_t{BLKIF_OP_READ});
-  put(1, std::uint8_t{2});                         // nr_segments
-  put(2, std::uint16_t{51712});                    // handle
-  put(8, std::uint64_t{0xdeadbeefcafef00dull});    // id
-  put(16, std::uint64_t{123456789});               // sector_number
-  put(24, std::uint32_t{42});                      // seg[0].gref
-  put(28, std::uint8_t{1});                        // seg[0].first_sect
-  put(29, std::uint8_t{6});                        // seg[0].last_sect
+  put(1, std::uint8_t{2});                       // nr_segments
+  put(2, std::uint16_t{51712});                  // handle
+  put(8, std::uint64_t{0xdeadbeefcafef00dull});  // id
+  put(16, std::uint64_t{123456789});             // sector_number
+  put(24, std::uint32_t{42});                    // seg[0].gref
+  put(28, std::uint8_t{1});                      // seg[0].first_sect
+  put(29, std::uint8_t{6});                      // seg[0].last_sect
   put(32, std::uint32_t{43});
   put(36, std::uint8_t{0});
   put(37, std::uint8_t{7});
@@ -110,14 +110,14 @@ using x32_slot = slot_bytes<x86_32_request_size>;
 TEST_CASE("an x86_32 write with three segments decodes from hand-built bytes") {
   x32_slot s;
   s.put(0, std::uint8_t{BLKIF_OP_WRITE});
-  s.put(1, std::uint8_t{3});                       // nr_segments
-  s.put(2, std::uint16_t{51712});                  // handle
-  s.put(4, std::uint64_t{0x8877665544332211ull});  // id
-  s.put(12, std::uint64_t{0x0000001234567890ull}); // sector_number
+  s.put(1, std::uint8_t{3});                        // nr_segments
+  s.put(2, std::uint16_t{51712});                   // handle
+  s.put(4, std::uint64_t{0x8877665544332211ull});   // id
+  s.put(12, std::uint64_t{0x0000001234567890ull});  // sector_number
   for (std::uint32_t i = 0; i < 3; ++i) {
-    s.put(20 + 8 * i, std::uint32_t{1000 + i});     // seg[i].gref
-    s.put(24 + 8 * i, std::uint8_t(i));             // seg[i].first_sect
-    s.put(25 + 8 * i, std::uint8_t(7 - i));         // seg[i].last_sect
+    s.put(20 + 8 * i, std::uint32_t{1000 + i});  // seg[i].gref
+    s.put(24 + 8 * i, std::uint8_t(i));          // seg[i].first_sect
+    s.put(25 + 8 * i, std::uint8_t(7 - i));      // seg[i].last_sect
   }
   // The last segment slot ends the request exactly at byte 108.
   s.put(20 + 8 * 10, std::uint32_t{0xfeedbeef});
@@ -158,10 +158,10 @@ TEST_CASE("an x86_32 discard carries its flag at 1 and nr_sectors at 20") {
   x32_slot s;
   s.put(0, std::uint8_t{BLKIF_OP_DISCARD});
   s.put(1, std::uint8_t{BLKIF_DISCARD_SECURE});
-  s.put(2, std::uint16_t{0xffff});                 // handle: ignored
+  s.put(2, std::uint16_t{0xffff});  // handle: ignored
   s.put(4, std::uint64_t{0xa1a2a3a4a5a6a7a8ull});
   s.put(12, std::uint64_t{1u << 20});
-  s.put(20, std::uint64_t{0x100000000ull});        // more than 32 bits of sectors
+  s.put(20, std::uint64_t{0x100000000ull});  // more than 32 bits of sectors
   wire_request d = decode_x86_32(s.raw);
   CHECK(d.operation == BLKIF_OP_DISCARD);
   CHECK(d.discard_flag == BLKIF_DISCARD_SECURE);
@@ -175,13 +175,13 @@ TEST_CASE("an x86_32 indirect request has its handle at 20 and its grefs at 24 (
   x32_slot s;
   s.put(0, std::uint8_t{BLKIF_OP_INDIRECT});
   s.put(1, std::uint8_t{BLKIF_OP_READ});
-  s.put(2, std::uint16_t{4096});                   // nr_segments
+  s.put(2, std::uint16_t{4096});  // nr_segments
   s.put(4, std::uint64_t{0x0badc0de});
   s.put(12, std::uint64_t{800});
-  s.put(20, std::uint16_t{51712});                 // handle
-  s.put(22, std::uint16_t{0xeeee});                // padding: never read
+  s.put(20, std::uint16_t{51712});   // handle
+  s.put(22, std::uint16_t{0xeeee});  // padding: never read
   for (std::uint32_t i = 0; i < 8; ++i) s.put(24 + 4 * i, std::uint32_t{700 + i});
-  s.put(56, std::uint64_t{~0ull});                 // blkif.h's i386 `pad`
+  s.put(56, std::uint64_t{~0ull});  // blkif.h's i386 `pad`
   wire_request r = decode_x86_32(s.raw);
   CHECK(r.operation == BLKIF_OP_INDIRECT);
   CHECK(r.indirect_op == BLKIF_OP_READ);
@@ -255,8 +255,7 @@ TEST_CASE("each layout's ring holds ring.h's __RING_SIZE entries, for every orde
     CAPTURE(order);
     CHECK(abi_ring::entries(abi::x86_32, std::size_t{1} << order) == __RING_SIZE(s32, bytes));
     CHECK(abi_ring::entries(abi::x86_64, std::size_t{1} << order) == __RING_SIZE(s64, bytes));
-    CHECK(abi_ring::entries(abi::x86_32, std::size_t{1} << order) ==
-          __CONST_RING_SIZE(xbd_test_i386_blkif, bytes));
+    CHECK(abi_ring::entries(abi::x86_32, std::size_t{1} << order) == __CONST_RING_SIZE(xbd_test_i386_blkif, bytes));
   }
 }
 

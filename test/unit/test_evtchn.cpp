@@ -2,8 +2,8 @@
 #include "test/fakes/fake_evtchn.hpp"
 #include "test/unit/run.hpp"
 
-#include <boost/asio/io_context.hpp>
 #include <doctest/doctest.h>
+#include <boost/asio/io_context.hpp>
 
 #include <functional>
 
@@ -95,8 +95,8 @@ TEST_CASE("an event during the masked window is latched and delivered after unma
   auto f = event_channel::bind_unbound(ioc.get_executor(), bus.open(5), 0);
   REQUIRE(f.has_value());
   auto* hook = new interposer(bus.open(0));
-  auto b = event_channel::bind_interdomain(ioc.get_executor(), std::unique_ptr<evtchn_driver>(hook), 5,
-                                           f->local_port());
+  auto b =
+      event_channel::bind_interdomain(ioc.get_executor(), std::unique_ptr<evtchn_driver>(hook), 5, f->local_port());
   REQUIRE(b.has_value());
   // The guest signals again after we took the first event but before we
   // re-armed the port: exactly the window a wrong order would lose.

@@ -37,7 +37,7 @@ TEST_CASE("mapping is all or nothing and refused without the right grant") {
   fake_grant_tables t;
   auto& g = t.add_guest(5, 8);
   grant_ref ok = g.grant(0, 0);
-  grant_ref other = g.grant(1, 7);           // granted to domain 7
+  grant_ref other = g.grant(1, 7);  // granted to domain 7
   grant_ref ro = g.grant(2, 0, /*readonly*/ true);
   grant_table gt(t.open(0));
   auto refused = [&](std::vector<grant_ref> refs, bool writable) {
@@ -106,10 +106,10 @@ TEST_CASE("every segment's status is checked and the others still run (XSA-362/3
   grant_table gt(t.open(0));
   alignas(4096) static std::byte buf[4][page];
   std::vector<copy_segment> segs{
-      copy_from_guest(5, 12345, 0, buf[0], 512),   // no such grant
-      copy_to_guest(5, ro, 0, buf[1], 512),        // writing a read-only grant
-      copy_from_guest(5, other, 0, buf[2], 512),   // granted to domain 9
-      copy_from_guest(5, good, 0, buf[3], 4096),   // fine
+      copy_from_guest(5, 12345, 0, buf[0], 512),  // no such grant
+      copy_to_guest(5, ro, 0, buf[1], 512),       // writing a read-only grant
+      copy_from_guest(5, other, 0, buf[2], 512),  // granted to domain 9
+      copy_from_guest(5, good, 0, buf[3], 4096),  // fine
   };
   std::size_t failed = 99;
   error_code ec = gt.copy(segs, &failed);

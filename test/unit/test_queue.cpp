@@ -1,20 +1,20 @@
 // The data plane against the fakes: a frontend played by the test on fake
 // guest memory, the real queue code in between, a real file behind it.
 #include "asio_xen/ring.hpp"
-#include "test/support/front_ring.hpp"
 #include "blkback/data/queue.hpp"
 #include "blkback/storage/local.hpp"
 #include "test/fakes/fake_evtchn.hpp"
 #include "test/fakes/fake_gnttab.hpp"
+#include "test/support/front_ring.hpp"
 #include "test/unit/run.hpp"
 
-#include <boost/asio/io_context.hpp>
 #include <doctest/doctest.h>
+#include <boost/asio/io_context.hpp>
 
-#include <cstdlib>
-#include <cstring>
 #include <fcntl.h>
 #include <unistd.h>
+#include <cstdlib>
+#include <cstring>
 
 using namespace xbd;
 using namespace xbd::blkback;
@@ -96,9 +96,7 @@ struct rig {
 
   std::span<std::byte> data_page(std::size_t i) { return guest.page(ring_pages + i); }
 
-  void submit(const blkif_request& r) {
-    front->put_request(r);
-  }
+  void submit(const blkif_request& r) { front->put_request(r); }
   void kick() {
     if (front->push_requests()) REQUIRE_FALSE(front_evtchn->notify());
   }
@@ -197,11 +195,11 @@ TEST_CASE("a flush with data writes and then flushes") {
 
 TEST_CASE("each bad request gets its own status and the ring goes on serving") {
   rig r;
-  r.submit(make(42, 1, 0, {{r.data_refs[0], 0, 7}}));                     // unknown op
-  r.submit(make(BLKIF_OP_READ, 2, 1u << 30, {{r.data_refs[0], 0, 7}}));     // beyond the disk
-  r.submit(make(BLKIF_OP_READ, 3, 0, {{r.data_refs[0], 0, 9}}));           // segment outside its page
-  r.submit(make(BLKIF_OP_READ, 4, 0, {{99999, 0, 7}}));                    // no such grant
-  r.submit(make(BLKIF_OP_READ, 5, 0, {{r.data_refs[0], 0, 7}}));           // fine
+  r.submit(make(42, 1, 0, {{r.data_refs[0], 0, 7}}));                    // unknown op
+  r.submit(make(BLKIF_OP_READ, 2, 1u << 30, {{r.data_refs[0], 0, 7}}));  // beyond the disk
+  r.submit(make(BLKIF_OP_READ, 3, 0, {{r.data_refs[0], 0, 9}}));         // segment outside its page
+  r.submit(make(BLKIF_OP_READ, 4, 0, {{99999, 0, 7}}));                  // no such grant
+  r.submit(make(BLKIF_OP_READ, 5, 0, {{r.data_refs[0], 0, 7}}));         // fine
   r.kick();
   auto rs = r.responses(5);
   REQUIRE(rs.size() == 5u);
@@ -283,7 +281,8 @@ TEST_CASE("responses are pushed with one notification per batch") {
   CHECK_FALSE(r.stop());
 }
 
-TEST_CASE("a frontend that claims more requests than the ring holds halts its ring after the in-flight ones are answered") {
+TEST_CASE(
+    "a frontend that claims more requests than the ring holds halts its ring after the in-flight ones are answered") {
   rig r;
   r.submit(make(BLKIF_OP_READ, 1, 0, {{r.data_refs[0], 0, 7}}));
   r.kick();
@@ -386,9 +385,9 @@ TEST_CASE("indirect requests with a bad descriptor, a bad indirect page or too m
   rig r(1, with_indirect(64), 4 << 20);
   blkif_request_segment bad{r.data_refs[0], 3, 9};
   std::memcpy(r.data_page(63).data(), &bad, sizeof bad);
-  r.submit(indirect(BLKIF_OP_READ, 1, 0, 1, {r.data_refs[63]}));     // descriptor outside its page
-  r.submit(indirect(BLKIF_OP_READ, 2, 0, 1, {123456}));              // indirect page not granted
-  r.submit(indirect(BLKIF_OP_READ, 3, 0, 65, {r.data_refs[63]}));    // above the advertised maximum
+  r.submit(indirect(BLKIF_OP_READ, 1, 0, 1, {r.data_refs[63]}));             // descriptor outside its page
+  r.submit(indirect(BLKIF_OP_READ, 2, 0, 1, {123456}));                      // indirect page not granted
+  r.submit(indirect(BLKIF_OP_READ, 3, 0, 65, {r.data_refs[63]}));            // above the advertised maximum
   r.submit(indirect(BLKIF_OP_FLUSH_DISKCACHE, 4, 0, 1, {r.data_refs[63]}));  // only READ/WRITE inside
   r.kick();
   auto rs = r.responses(4);

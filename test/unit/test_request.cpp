@@ -38,8 +38,8 @@ std::int16_t status_of(const wire_request& r, const device_limits& lim) {
   auto v = validate(r, lim, storage);
   if (auto* rej = std::get_if<rejected>(&v)) {
     CHECK(rej->id == r.id);
-    const bool inner = r.operation == BLKIF_OP_INDIRECT &&
-                       (r.indirect_op == BLKIF_OP_READ || r.indirect_op == BLKIF_OP_WRITE);
+    const bool inner =
+        r.operation == BLKIF_OP_INDIRECT && (r.indirect_op == BLKIF_OP_READ || r.indirect_op == BLKIF_OP_WRITE);
     CHECK(rej->operation == (inner ? r.indirect_op : r.operation));
     return rej->status;
   }
@@ -99,7 +99,8 @@ TEST_CASE("a read or write needs 1 to 11 segments") {
   CHECK(status_of(r, disk()) == BLKIF_RSP_ERROR);
   r.nr_segments = 255;
   CHECK(status_of(r, disk()) == BLKIF_RSP_ERROR);
-  auto w = rw(BLKIF_OP_WRITE, 0, {{0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}});
+  auto w =
+      rw(BLKIF_OP_WRITE, 0, {{0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}, {0, 7}});
   CHECK(status_of(w, disk()) == BLKIF_RSP_OKAY);
 }
 

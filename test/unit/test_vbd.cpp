@@ -1,24 +1,24 @@
 // The vbd state machine against the fakes: each transition of docs/protocol.md's state machine.
 #include "asio_xen/ring.hpp"
-#include "test/support/front_ring.hpp"
-#include "blkback/storage/local.hpp"
 #include "blkback/control/vbd.hpp"
+#include "blkback/storage/local.hpp"
 #include "test/fakes/fake_evtchn.hpp"
 #include "test/fakes/fake_gnttab.hpp"
 #include "test/fakes/fake_xenstore.hpp"
+#include "test/support/front_ring.hpp"
 #include "test/unit/run.hpp"
 
+#include <doctest/doctest.h>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_future.hpp>
-#include <doctest/doctest.h>
 
 #include <filesystem>
 #include <fstream>
 
 #include <fcntl.h>
-#include <thread>
 #include <unistd.h>
+#include <thread>
 
 using namespace xbd;
 using namespace xbd::blkback;
@@ -51,13 +51,14 @@ struct rig {
   image img;
   asio_xen::xenstore xs{ioc.get_executor(), db.connect(0)};
   std::shared_ptr<aux_ring> aux = *aux_ring::create(ioc.get_executor());
-  vbd_context ctx{xs,
-                  xen_platform{[this] { return asio_xen::result<std::unique_ptr<asio_xen::evtchn_driver>>(bus.open(0)); },
-                               [this] { return asio_xen::result<std::unique_ptr<asio_xen::gnttab_driver>>(tables.open(0)); }},
-                  settings{},
-                  0,
-                  1,
-                  {}};
+  vbd_context ctx{
+      xs,
+      xen_platform{[this] { return asio_xen::result<std::unique_ptr<asio_xen::evtchn_driver>>(bus.open(0)); },
+                   [this] { return asio_xen::result<std::unique_ptr<asio_xen::gnttab_driver>>(tables.open(0)); }},
+      settings{},
+      0,
+      1,
+      {}};
   std::unique_ptr<vbd> dev;
   std::future<void> done;
   std::optional<asio_xen::event_channel> fe_port;

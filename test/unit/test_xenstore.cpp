@@ -2,8 +2,8 @@
 #include "test/fakes/fake_xenstore.hpp"
 #include "test/unit/run.hpp"
 
-#include <boost/asio/io_context.hpp>
 #include <doctest/doctest.h>
+#include <boost/asio/io_context.hpp>
 
 using namespace xbd::asio_xen;
 using xbd::fakes::fake_xenstore;
@@ -83,14 +83,19 @@ TEST_CASE("an unprivileged domain is refused where xenstored would refuse it") {
   asio::io_context ioc;
   fake_xenstore db;
   db.write("/local/domain/0/backend/qdisk/5/51712/params", "raw:/img");
-  db.set_permissions("/local/domain/0/backend/qdisk/5/51712", {{0, xs_permission::access::none}, {5, xs_permission::access::read}});
-  db.set_permissions("/local/domain/0/backend/qdisk/5/51712/params", {{0, xs_permission::access::none}, {5, xs_permission::access::read}});
+  db.set_permissions("/local/domain/0/backend/qdisk/5/51712",
+                     {{0, xs_permission::access::none}, {5, xs_permission::access::read}});
+  db.set_permissions("/local/domain/0/backend/qdisk/5/51712/params",
+                     {{0, xs_permission::access::none}, {5, xs_permission::access::read}});
   db.write("/local/domain/5/device/vbd/51712/state", "1");
   db.set_permissions("/local/domain/5", {{5, xs_permission::access::none}, {0, xs_permission::access::read}});
   db.set_permissions("/local/domain/5/device", {{5, xs_permission::access::none}, {0, xs_permission::access::read}});
-  db.set_permissions("/local/domain/5/device/vbd", {{5, xs_permission::access::none}, {0, xs_permission::access::read}});
-  db.set_permissions("/local/domain/5/device/vbd/51712", {{5, xs_permission::access::none}, {0, xs_permission::access::read}});
-  db.set_permissions("/local/domain/5/device/vbd/51712/state", {{5, xs_permission::access::none}, {0, xs_permission::access::read}});
+  db.set_permissions("/local/domain/5/device/vbd",
+                     {{5, xs_permission::access::none}, {0, xs_permission::access::read}});
+  db.set_permissions("/local/domain/5/device/vbd/51712",
+                     {{5, xs_permission::access::none}, {0, xs_permission::access::read}});
+  db.set_permissions("/local/domain/5/device/vbd/51712/state",
+                     {{5, xs_permission::access::none}, {0, xs_permission::access::read}});
   xenstore guest(ioc.get_executor(), db.connect(5));
   CHECK(guest.read("/local/domain/0/backend/qdisk/5/51712/params").value() == "raw:/img");
   CHECK(guest.write("/local/domain/0/backend/qdisk/5/51712/params", "raw:/etc/shadow") ==
@@ -126,10 +131,12 @@ TEST_CASE("a transaction that keeps conflicting gives up and writes nothing") {
   xenstore xs(ioc.get_executor(), db.connect());
   db.fail_next_commits(1000);
   int runs = 0;
-  error_code ec = xs.transact([&](transaction& t) {
-    ++runs;
-    return t.write("/t/a", "1");
-  }, 5);
+  error_code ec = xs.transact(
+      [&](transaction& t) {
+        ++runs;
+        return t.write("/t/a", "1");
+      },
+      5);
   CHECK(ec == make_error_code(errc::too_many_retries));
   CHECK(runs == 5);
   CHECK_FALSE(db.exists("/t/a"));

@@ -30,10 +30,10 @@ struct x64 {
   static constexpr protocol which = protocol::x86_64;
   static constexpr std::string_view name = XEN_IO_PROTO_ABI_X86_64;
   static constexpr std::size_t slot = 112, response_size = 16;
-  static constexpr std::size_t req_operation = 0, req_nr_segments = 1, req_handle = 2, req_id = 8,
-                               req_sector = 16, req_seg = 24;
-  static constexpr std::size_t ind_operation = 0, ind_indirect_op = 1, ind_nr_segments = 2, ind_id = 8,
-                               ind_sector = 16, ind_handle = 24, ind_grefs = 28;
+  static constexpr std::size_t req_operation = 0, req_nr_segments = 1, req_handle = 2, req_id = 8, req_sector = 16,
+                               req_seg = 24;
+  static constexpr std::size_t ind_operation = 0, ind_indirect_op = 1, ind_nr_segments = 2, ind_id = 8, ind_sector = 16,
+                               ind_handle = 24, ind_grefs = 28;
   static constexpr std::size_t dis_operation = 0, dis_flag = 1, dis_handle = 2, dis_id = 8, dis_sector = 16,
                                dis_nr_sectors = 24;
   static constexpr std::size_t rsp_id = 0, rsp_operation = 8, rsp_status = 10;
@@ -48,10 +48,10 @@ struct x32 {
   static constexpr protocol which = protocol::x86_32;
   static constexpr std::string_view name = XEN_IO_PROTO_ABI_X86_32;
   static constexpr std::size_t slot = 108, response_size = 12;
-  static constexpr std::size_t req_operation = 0, req_nr_segments = 1, req_handle = 2, req_id = 4,
-                               req_sector = 12, req_seg = 20;
-  static constexpr std::size_t ind_operation = 0, ind_indirect_op = 1, ind_nr_segments = 2, ind_id = 4,
-                               ind_sector = 12, ind_handle = 20, ind_grefs = 24;
+  static constexpr std::size_t req_operation = 0, req_nr_segments = 1, req_handle = 2, req_id = 4, req_sector = 12,
+                               req_seg = 20;
+  static constexpr std::size_t ind_operation = 0, ind_indirect_op = 1, ind_nr_segments = 2, ind_id = 4, ind_sector = 12,
+                               ind_handle = 20, ind_grefs = 24;
   static constexpr std::size_t dis_operation = 0, dis_flag = 1, dis_handle = 2, dis_id = 4, dis_sector = 12,
                                dis_nr_sectors = 20;
   static constexpr std::size_t rsp_id = 0, rsp_operation = 8, rsp_status = 10;
@@ -199,7 +199,8 @@ std::unique_ptr<abi> make_abi(std::string_view name, std::string* why) {
   if (name == XEN_IO_PROTO_ABI_X86_32) return std::make_unique<layout_abi<x32>>();
   if (why) {
     if (name == XEN_IO_PROTO_ABI_ARM)
-      *why = std::string(name) + " is not implemented (only " XEN_IO_PROTO_ABI_X86_64 " and " XEN_IO_PROTO_ABI_X86_32 ")";
+      *why =
+          std::string(name) + " is not implemented (only " XEN_IO_PROTO_ABI_X86_64 " and " XEN_IO_PROTO_ABI_X86_32 ")";
     else
       *why = "unknown protocol '" + std::string(name) + "'";
   }
@@ -224,8 +225,7 @@ void put_indirect_segment(std::span<std::byte> page, unsigned index, const segme
 
 segment get_indirect_segment(std::span<const std::byte> page, unsigned index) {
   const std::size_t off = std::size_t{index} * segment_size;
-  return segment{load<std::uint32_t>(page, off), load<std::uint8_t>(page, off + 4),
-                 load<std::uint8_t>(page, off + 5)};
+  return segment{load<std::uint32_t>(page, off), load<std::uint8_t>(page, off + 4), load<std::uint8_t>(page, off + 5)};
 }
 
 }  // namespace xbd::sim::blkfront

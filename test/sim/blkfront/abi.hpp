@@ -34,11 +34,11 @@ inline constexpr std::int16_t error = -1;
 inline constexpr std::int16_t eopnotsupp = -2;
 }  // namespace status
 
-inline constexpr unsigned max_direct_segments = 11;    // BLKIF_MAX_SEGMENTS_PER_REQUEST
-inline constexpr unsigned max_indirect_pages = 8;      // BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST
-inline constexpr std::size_t segment_size = 8;         // blkif_request_segment, all ABIs
+inline constexpr unsigned max_direct_segments = 11;  // BLKIF_MAX_SEGMENTS_PER_REQUEST
+inline constexpr unsigned max_indirect_pages = 8;    // BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST
+inline constexpr std::size_t segment_size = 8;       // blkif_request_segment, all ABIs
 inline constexpr unsigned segments_per_indirect_page = 4096 / segment_size;
-inline constexpr std::size_t ring_header_size = 64;    // same for every ABI
+inline constexpr std::size_t ring_header_size = 64;  // same for every ABI
 
 struct segment {
   std::uint32_t gref = 0;

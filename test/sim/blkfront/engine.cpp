@@ -55,12 +55,18 @@ void run_stats::merge(const run_stats& o) {
 
 std::string_view to_string(run_end e) {
   switch (e) {
-    case run_end::completed: return "completed";
-    case run_end::interrupted: return "interrupted";
-    case run_end::protocol_error: return "protocol_error";
-    case run_end::stalled: return "stalled";
-    case run_end::backend_closed: return "backend_closed";
-    case run_end::setup_failed: return "setup_failed";
+    case run_end::completed:
+      return "completed";
+    case run_end::interrupted:
+      return "interrupted";
+    case run_end::protocol_error:
+      return "protocol_error";
+    case run_end::stalled:
+      return "stalled";
+    case run_end::backend_closed:
+      return "backend_closed";
+    case run_end::setup_failed:
+      return "setup_failed";
   }
   return "?";
 }
@@ -98,8 +104,7 @@ struct engine::queue_state {
   clock::time_point last_progress;
 };
 
-engine::engine(platform& p, std::vector<ring_queue*> queues, const engine_params& params,
-               generation_tracker* tracker)
+engine::engine(platform& p, std::vector<ring_queue*> queues, const engine_params& params, generation_tracker* tracker)
     : platform_(p), queues_(std::move(queues)), params_(params), tracker_(tracker) {}
 
 engine::~engine() = default;
@@ -121,8 +126,8 @@ bool engine::prepare(std::string& err) {
   const unsigned segs = params_.neg.segments_per_request();
   pages_per_request_ = std::min(pages_per_io_, segs);
   parts_per_io_ = (pages_per_io_ + segs - 1) / segs;
-  use_indirect_ = params_.neg.indirect_segments > 0 &&
-                  (pages_per_request_ > max_direct_segments || params_.neg.force_indirect);
+  use_indirect_ =
+      params_.neg.indirect_segments > 0 && (pages_per_request_ > max_direct_segments || params_.neg.force_indirect);
   // blkif.h allows only READ and WRITE as an indirect_op, and a barrier
   // split in parts would order nothing: a barrier write is one direct request.
   if (params_.barriers && (parts_per_io_ > 1 || pages_per_request_ > max_direct_segments)) {
@@ -137,8 +142,8 @@ bool engine::prepare(std::string& err) {
   for (ring_queue* q : queues_) {
     const unsigned ring = q->ring.size();
     if (ring < parts_per_io_) {
-      err = "one I/O of " + std::to_string(params_.bs) + " bytes needs " +
-            std::to_string(parts_per_io_) + " requests but the ring holds " + std::to_string(ring);
+      err = "one I/O of " + std::to_string(params_.bs) + " bytes needs " + std::to_string(parts_per_io_) +
+            " requests but the ring holds " + std::to_string(ring);
       return false;
     }
     effective_qd_ = std::min(effective_qd_, ring / parts_per_io_);
@@ -159,8 +164,7 @@ bool engine::prepare(std::string& err) {
       // Linux's persistent grants (blkif.h note 8).
       c.data = platform_.share(params_.backend_domid, pages_per_request_, true);
       if (!c.data) {
-        err = "sharing " + std::to_string(pages_per_request_) + " data page(s) failed: " +
-              platform_.last_error();
+        err = "sharing " + std::to_string(pages_per_request_) + " data page(s) failed: " + platform_.last_error();
         return false;
       }
       if (indirect_pages_per_request_) {
@@ -181,9 +185,7 @@ bool engine::prepare(std::string& err) {
   return true;
 }
 
-std::uint64_t engine::verify_index(std::uint64_t lba) const {
-  return (lba * 512 - params_.region_offset) / vblock_;
-}
+std::uint64_t engine::verify_index(std::uint64_t lba) const { return (lba * 512 - params_.region_offset) / vblock_; }
 
 void engine::fill_request(queue_state& qs, request_ctx& c, std::uint8_t operation) {
   auto slot = qs.q->ring.next_request_slot();
@@ -218,8 +220,7 @@ void engine::fill_request(queue_state& qs, request_ctx& c, std::uint8_t operatio
   };
   if (use_indirect_ && operation != op::write_barrier) {
     for (unsigned i = 0; i < c.pages; ++i)
-      put_indirect_segment(c.indirect.page(i / segments_per_indirect_page),
-                           i % segments_per_indirect_page, seg_of(i));
+      put_indirect_segment(c.indirect.page(i / segments_per_indirect_page), i % segments_per_indirect_page, seg_of(i));
     indirect_request r;
     r.indirect_op = operation;
     r.nr_segments = static_cast<std::uint16_t>(c.pages);
@@ -306,8 +307,7 @@ bool engine::start_io(queue_state& qs, const planned_io& io, run_stats& st) {
 bool engine::submit(queue_state& qs, workload& w, run_stats& st) {
   bool pushed = false;
   const bool was_idle = qs.requests_in_flight == 0;
-  while (!qs.free_ios.empty() && qs.free_ctx.size() >= parts_per_io_ &&
-         qs.q->ring.free_requests() >= parts_per_io_) {
+  while (!qs.free_ios.empty() && qs.free_ctx.size() >= parts_per_io_ && qs.q->ring.free_requests() >= parts_per_io_) {
     auto io = w.next();
     if (!io) break;
     start_io(qs, *io, st);
@@ -318,17 +318,17 @@ bool engine::submit(queue_state& qs, workload& w, run_stats& st) {
   if (qs.q->ring.push_requests()) {
     ++st.notifications;
     if (!platform_.notify(qs.q->port.port()))
-      st.protocol_error("notify on port " + std::to_string(qs.q->port.port()) +
-                        " failed: " + platform_.last_error());
+      st.protocol_error("notify on port " + std::to_string(qs.q->port.port()) + " failed: " + platform_.last_error());
   }
   return true;
 }
 
-void engine::complete_request(queue_state& qs, request_ctx& c, std::int16_t status, workload& w,
-                              run_stats& st) {
+void engine::complete_request(queue_state& qs, request_ctx& c, std::int16_t status, workload& w, run_stats& st) {
   const bool ok = status == status::okay;
-  if (status == status::error) ++st.io_errors;
-  else if (status == status::eopnotsupp) ++st.eopnotsupp;
+  if (status == status::error)
+    ++st.io_errors;
+  else if (status == status::eopnotsupp)
+    ++st.eopnotsupp;
 
   if (params_.verify && c.kind == io_kind::discard) {
     for (std::uint32_t off = 0; off < c.bytes; off += vblock_)
@@ -354,9 +354,8 @@ void engine::complete_request(queue_state& qs, request_ctx& c, std::int16_t stat
         std::fprintf(stderr,
                      "blkfront-sim: mismatch (%s) queue %u lba %llu: expected generation %u, "
                      "found lba %llu generation %llu run %016llx%s\n",
-                     std::string(to_string(r.v)).c_str(), qs.q->index,
-                     static_cast<unsigned long long>(lba), e.committed,
-                     static_cast<unsigned long long>(r.found_lba),
+                     std::string(to_string(r.v)).c_str(), qs.q->index, static_cast<unsigned long long>(lba),
+                     e.committed, static_cast<unsigned long long>(r.found_lba),
                      static_cast<unsigned long long>(r.found_generation),
                      static_cast<unsigned long long>(r.found_run_id),
                      e.discarded         ? " (after a discard)"
@@ -374,8 +373,8 @@ void engine::complete_request(queue_state& qs, request_ctx& c, std::int16_t stat
   --qs.requests_in_flight;
   if (--s.parts_left != 0) return;
 
-  const auto ns = static_cast<std::uint64_t>(
-      std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - s.start).count());
+  const auto ns =
+      static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - s.start).count());
   st.latency.record(ns);
   ++st.ops[static_cast<std::size_t>(s.io.kind)];
   if (s.io.kind == io_kind::read) {
@@ -405,9 +404,8 @@ bool engine::process(queue_state& qs, workload& w, run_stats& st) {
     const std::uint32_t n = ring.unconsumed_responses();
     const std::uint32_t outstanding = ring.req_prod_pvt() - ring.rsp_cons();
     if (n > outstanding) {
-      st.protocol_error(where + "rsp_prod " + std::to_string(ring.shared_rsp_prod()) + " is " +
-                        std::to_string(n) + " past rsp_cons with only " +
-                        std::to_string(outstanding) + " requests outstanding");
+      st.protocol_error(where + "rsp_prod " + std::to_string(ring.shared_rsp_prod()) + " is " + std::to_string(n) +
+                        " past rsp_cons with only " + std::to_string(outstanding) + " requests outstanding");
       return false;
     }
     for (std::uint32_t i = 0; i < n; ++i) {
@@ -417,8 +415,7 @@ bool engine::process(queue_state& qs, workload& w, run_stats& st) {
       const std::uint64_t idx = r.id & 0xffffffffu;
       const auto seq = static_cast<std::uint32_t>(r.id >> 32);
       if (idx >= qs.ctx.size() || !qs.ctx[idx].busy || qs.ctx[idx].seq != seq) {
-        st.protocol_error(where + "response id " + std::to_string(r.id) +
-                          " matches no outstanding request");
+        st.protocol_error(where + "response id " + std::to_string(r.id) + " matches no outstanding request");
         return false;
       }
       auto& c = qs.ctx[idx];
@@ -428,8 +425,7 @@ bool engine::process(queue_state& qs, workload& w, run_stats& st) {
         return false;
       }
       if (r.status != status::okay && r.status != status::error && r.status != status::eopnotsupp) {
-        st.protocol_error(where + "response to id " + std::to_string(r.id) + " has status " +
-                          std::to_string(r.status));
+        st.protocol_error(where + "response to id " + std::to_string(r.id) + " has status " + std::to_string(r.status));
         return false;
       }
       complete_request(qs, c, r.status, w, st);
@@ -438,8 +434,7 @@ bool engine::process(queue_state& qs, workload& w, run_stats& st) {
   }
 }
 
-run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_stats& st,
-                    const watch_fn& on_watch) {
+run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_stats& st, const watch_fn& on_watch) {
   const auto start = clock::now();
   for (auto& s : states_) s->last_progress = start;
   bool stopping = false;
@@ -480,9 +475,8 @@ run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_
     now = clock::now();
     for (auto& s : states_) {
       if (s->requests_in_flight && now - s->last_progress > params_.response_timeout) {
-        st.protocol_error("queue " + std::to_string(s->q->index) + ": " +
-                          std::to_string(s->requests_in_flight) + " request(s) unanswered for " +
-                          std::to_string(params_.response_timeout.count()) + " ms");
+        st.protocol_error("queue " + std::to_string(s->q->index) + ": " + std::to_string(s->requests_in_flight) +
+                          " request(s) unanswered for " + std::to_string(params_.response_timeout.count()) + " ms");
         return finish(run_end::stalled);
       }
     }

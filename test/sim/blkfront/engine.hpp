@@ -56,16 +56,16 @@ inline constexpr std::size_t verdict_count = 9;
 
 struct run_stats {
   std::array<std::uint64_t, io_kind_count> ops{};  // completed, by io_kind
-  std::uint64_t barriers = 0;           // writes completed that went as WRITE_BARRIER
+  std::uint64_t barriers = 0;                      // writes completed that went as WRITE_BARRIER
   std::uint64_t bytes_read = 0;
   std::uint64_t bytes_written = 0;
   std::uint64_t bytes_discarded = 0;
-  std::uint64_t requests = 0;           // ring requests pushed
+  std::uint64_t requests = 0;  // ring requests pushed
   std::uint64_t indirect_requests = 0;
-  std::uint64_t notifications = 0;      // event channel kicks sent
-  std::uint64_t events = 0;             // event channel kicks received
-  std::uint64_t io_errors = 0;          // BLKIF_RSP_ERROR responses
-  std::uint64_t eopnotsupp = 0;         // BLKIF_RSP_EOPNOTSUPP responses
+  std::uint64_t notifications = 0;  // event channel kicks sent
+  std::uint64_t events = 0;         // event channel kicks received
+  std::uint64_t io_errors = 0;      // BLKIF_RSP_ERROR responses
+  std::uint64_t eopnotsupp = 0;     // BLKIF_RSP_EOPNOTSUPP responses
   std::uint64_t protocol_errors = 0;
   std::vector<std::string> protocol_messages;  // the first few
   std::uint64_t verified_blocks = 0;
@@ -94,8 +94,7 @@ std::string_view to_string(run_end e);
 
 class engine {
  public:
-  engine(platform& p, std::vector<ring_queue*> queues, const engine_params& params,
-         generation_tracker* tracker);
+  engine(platform& p, std::vector<ring_queue*> queues, const engine_params& params, generation_tracker* tracker);
   ~engine();
   engine(const engine&) = delete;
   engine& operator=(const engine&) = delete;
@@ -110,8 +109,7 @@ class engine {
 
   // Called when a xenstore watch fires; returning true abandons the run.
   using watch_fn = std::function<bool()>;
-  run_end run(workload& w, std::optional<clock::time_point> deadline, run_stats& stats,
-              const watch_fn& on_watch = {});
+  run_end run(workload& w, std::optional<clock::time_point> deadline, run_stats& stats, const watch_fn& on_watch = {});
 
  private:
   struct request_ctx;
@@ -122,8 +120,7 @@ class engine {
   bool start_io(queue_state& qs, const planned_io& io, run_stats& st);
   void fill_request(queue_state& qs, request_ctx& c, std::uint8_t operation);
   bool process(queue_state& qs, workload& w, run_stats& st);
-  void complete_request(queue_state& qs, request_ctx& c, std::int16_t status, workload& w,
-                        run_stats& st);
+  void complete_request(queue_state& qs, request_ctx& c, std::int16_t status, workload& w, run_stats& st);
   std::uint64_t verify_index(std::uint64_t lba) const;
 
   platform& platform_;

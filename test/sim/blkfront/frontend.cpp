@@ -8,8 +8,8 @@ namespace {
 const char* const state_token = "blkfront-sim-backend-state";
 
 std::string state_name(std::optional<unsigned> s) {
-  static const char* names[] = {"Unknown", "Initialising", "InitWait", "Initialised", "Connected",
-                                "Closing", "Closed", "Reconfiguring", "Reconfigured"};
+  static const char* names[] = {"Unknown", "Initialising", "InitWait",      "Initialised", "Connected",
+                                "Closing", "Closed",       "Reconfiguring", "Reconfigured"};
   if (!s) return "absent";
   if (*s < 9) return std::to_string(*s) + " (" + names[*s] + ")";
   return std::to_string(*s);
@@ -54,8 +54,10 @@ std::optional<unsigned> frontend::backend_state() {
   auto raw = xs_.read(backend_dir_ + "/state");
   std::optional<unsigned> s;
   if (raw) {
-    if (auto v = parse_u64(*raw); v && *v < 1000) s = static_cast<unsigned>(*v);
-    else s = 0;  // present but garbage: XenbusStateUnknown
+    if (auto v = parse_u64(*raw); v && *v < 1000)
+      s = static_cast<unsigned>(*v);
+    else
+      s = 0;  // present but garbage: XenbusStateUnknown
   }
   if (s && (seen_.empty() || seen_.back() != *s)) seen_.push_back(*s);
   return s;
@@ -99,8 +101,10 @@ bool frontend::publish(connection& c, std::string& err) {
   std::vector<queue_keys> keys;
   for (const auto& q : c.queues) keys.push_back({q->ring_pages.refs(), q->port.port()});
   key_plan_options kopts;
-  if (o_.protocol_key) kopts.protocol = *o_.protocol_key;
-  else if (o_.write_protocol_key) kopts.protocol = std::string(c.layout->name());
+  if (o_.protocol_key)
+    kopts.protocol = *o_.protocol_key;
+  else if (o_.write_protocol_key)
+    kopts.protocol = std::string(c.layout->name());
   kopts.persistent = o_.persistent;
   kopts.always_write_ring_page_order = o_.always_write_ring_page_order;
 
@@ -109,8 +113,8 @@ bool frontend::publish(connection& c, std::string& err) {
       [&](unsigned t) {
         const auto existing = xs_.directory_in(t, frontend_dir_);
         for (const auto& op : frontend_key_plan(frontend_dir_, c.neg, keys, kopts, existing)) {
-          const bool done = op.what == key_op::kind::write ? xs_.write_in(t, op.path, op.value)
-                                                           : xs_.remove_in(t, op.path);
+          const bool done =
+              op.what == key_op::kind::write ? xs_.write_in(t, op.path, op.value) : xs_.remove_in(t, op.path);
           if (!done) {
             body_err = "writing " + op.path;
             return false;

@@ -22,8 +22,7 @@
 namespace xbd::sim::blkfront {
 
 namespace xenbus {
-inline constexpr unsigned initialising = 1, init_wait = 2, initialised = 3, connected = 4,
-                          closing = 5, closed = 6;
+inline constexpr unsigned initialising = 1, init_wait = 2, initialised = 3, connected = 4, closing = 5, closed = 6;
 }
 
 struct connection {
@@ -62,8 +61,7 @@ class frontend {
 
   // Waits until `pred` holds for the backend state; false on timeout or
   // signal (`err` says which).
-  bool wait_backend(const std::function<bool(std::optional<unsigned>)>& pred, const char* what,
-                    std::string& err);
+  bool wait_backend(const std::function<bool(std::optional<unsigned>)>& pred, const char* what, std::string& err);
 
  private:
   bool set_state(unsigned s, std::string& err);

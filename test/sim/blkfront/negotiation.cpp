@@ -22,9 +22,8 @@ namespace {
 
 // nullopt if absent; sets *bad (and records an error) if present but not a
 // number within [0, max].
-std::optional<std::uint64_t> read_number(const key_reader& read, std::string_view key,
-                                         std::uint64_t max, std::vector<std::string>& errors,
-                                         bool* bad = nullptr) {
+std::optional<std::uint64_t> read_number(const key_reader& read, std::string_view key, std::uint64_t max,
+                                         std::vector<std::string>& errors, bool* bad = nullptr) {
   auto raw = read(key);
   if (!raw) return std::nullopt;
   auto v = parse_u64(*raw);
@@ -60,14 +59,13 @@ backend_features read_backend_features(const key_reader& read, std::vector<std::
     errors.push_back("backend key 'multi-queue-max-queues' is 0");
     f.max_queues = 1;
   }
-  f.max_indirect_segments = static_cast<unsigned>(
-      read_number(read, "feature-max-indirect-segments", u32_max, errors).value_or(0));
+  f.max_indirect_segments =
+      static_cast<unsigned>(read_number(read, "feature-max-indirect-segments", u32_max, errors).value_or(0));
   f.persistent = read_bool(read, "feature-persistent", errors);
   return f;
 }
 
-std::optional<disk_properties> read_disk_properties(const key_reader& read,
-                                                    std::vector<std::string>& errors) {
+std::optional<disk_properties> read_disk_properties(const key_reader& read, std::vector<std::string>& errors) {
   disk_properties d;
   bool bad = false;
   auto required = [&](std::string_view key, std::uint64_t max) -> std::uint64_t {
@@ -85,8 +83,8 @@ std::optional<disk_properties> read_disk_properties(const key_reader& read,
     errors.push_back("backend key 'sector-size' is not a power of two >= 512");
     bad = true;
   }
-  d.physical_sector_size = static_cast<std::uint32_t>(
-      read_number(read, "physical-sector-size", u32_max, errors).value_or(d.sector_size));
+  d.physical_sector_size =
+      static_cast<std::uint32_t>(read_number(read, "physical-sector-size", u32_max, errors).value_or(d.sector_size));
   if (!bad && (d.physical_sector_size == 0 || d.physical_sector_size % d.sector_size != 0))
     errors.push_back("backend key 'physical-sector-size' is not a multiple of 'sector-size'");
   d.flush = read_bool(read, "feature-flush-cache", errors);
@@ -94,10 +92,10 @@ std::optional<disk_properties> read_disk_properties(const key_reader& read,
   d.discard = read_bool(read, "feature-discard", errors);
   if (d.discard) {
     // blkif.h note 4: defaults are alignment 0 and granularity = sector size.
-    d.discard_granularity = static_cast<std::uint32_t>(
-        read_number(read, "discard-granularity", u32_max, errors).value_or(d.sector_size));
-    d.discard_alignment = static_cast<std::uint32_t>(
-        read_number(read, "discard-alignment", u32_max, errors).value_or(0));
+    d.discard_granularity =
+        static_cast<std::uint32_t>(read_number(read, "discard-granularity", u32_max, errors).value_or(d.sector_size));
+    d.discard_alignment =
+        static_cast<std::uint32_t>(read_number(read, "discard-alignment", u32_max, errors).value_or(0));
     d.discard_secure = read_bool(read, "discard-secure", errors);
   }
   d.persistent = read_bool(read, "feature-persistent", errors);
@@ -115,8 +113,8 @@ negotiated negotiate(const backend_features& backend, const frontend_wishes& wis
   n.ring_pages = 1u << n.ring_page_order;
   n.queues = std::max(1u, std::min(wishes.queues, backend.max_queues));
   // An indirect request addresses at most 8 pages of 512 descriptors.
-  unsigned segs = std::min({wishes.indirect_segments, backend.max_indirect_segments,
-                            max_indirect_pages * segments_per_indirect_page});
+  unsigned segs = std::min(
+      {wishes.indirect_segments, backend.max_indirect_segments, max_indirect_pages * segments_per_indirect_page});
   // Like Linux: indirect descriptors are pointless unless they carry more
   // than a direct request can, except when asked to use them for everything.
   if (segs <= max_direct_segments && !wishes.force_indirect) segs = 0;
@@ -128,9 +126,9 @@ negotiated negotiate(const backend_features& backend, const frontend_wishes& wis
 namespace {
 
 bool is_transport_key(std::string_view name) {
-  static const std::set<std::string_view> fixed = {
-      "ring-ref", "event-channel", "multi-queue-num-queues", "ring-page-order", "num-ring-pages",
-      "protocol", "feature-persistent"};
+  static const std::set<std::string_view> fixed = {"ring-ref",          "event-channel",  "multi-queue-num-queues",
+                                                   "ring-page-order",   "num-ring-pages", "protocol",
+                                                   "feature-persistent"};
   if (fixed.contains(name)) return true;
   auto numbered = [&](std::string_view prefix) {
     if (!name.starts_with(prefix)) return false;
@@ -141,10 +139,8 @@ bool is_transport_key(std::string_view name) {
 
 }  // namespace
 
-std::vector<key_op> frontend_key_plan(std::string_view dir, const negotiated& n,
-                                      std::span<const queue_keys> queues,
-                                      const key_plan_options& opts,
-                                      std::span<const std::string> existing) {
+std::vector<key_op> frontend_key_plan(std::string_view dir, const negotiated& n, std::span<const queue_keys> queues,
+                                      const key_plan_options& opts, std::span<const std::string> existing) {
   std::vector<key_op> writes;
   auto write = [&](std::string path, std::string value) {
     writes.push_back({key_op::kind::write, std::move(path), std::move(value)});
@@ -169,8 +165,7 @@ std::vector<key_op> frontend_key_plan(std::string_view dir, const negotiated& n,
     per_queue(base, queues[0]);
   } else {
     write(base + "/multi-queue-num-queues", std::to_string(queues.size()));
-    for (std::size_t i = 0; i < queues.size(); ++i)
-      per_queue(base + "/queue-" + std::to_string(i), queues[i]);
+    for (std::size_t i = 0; i < queues.size(); ++i) per_queue(base + "/queue-" + std::to_string(i), queues[i]);
   }
   if (opts.protocol) write(base + "/protocol", *opts.protocol);
   write(base + "/feature-persistent", opts.persistent ? "1" : "0");
@@ -186,8 +181,7 @@ std::vector<key_op> frontend_key_plan(std::string_view dir, const negotiated& n,
       return w.path == path || w.path.starts_with(path + "/");
     });
     // A queue directory that is reused still loses its stale entries.
-    if (!rewritten || name.starts_with("queue-"))
-      plan.push_back({key_op::kind::remove, path, {}});
+    if (!rewritten || name.starts_with("queue-")) plan.push_back({key_op::kind::remove, path, {}});
   }
   plan.insert(plan.end(), writes.begin(), writes.end());
   return plan;

@@ -52,12 +52,11 @@ struct disk_properties {
 backend_features read_backend_features(const key_reader& read, std::vector<std::string>& errors);
 // nullopt when a required key (sectors, info, sector-size) is missing or
 // malformed; the reason is in `errors`.
-std::optional<disk_properties> read_disk_properties(const key_reader& read,
-                                                    std::vector<std::string>& errors);
+std::optional<disk_properties> read_disk_properties(const key_reader& read, std::vector<std::string>& errors);
 
 // What we would like; the backend's limits cut it down.
 struct frontend_wishes {
-  unsigned ring_page_order = 4;      // Linux's XENBUS_MAX_RING_GRANT_ORDER
+  unsigned ring_page_order = 4;  // Linux's XENBUS_MAX_RING_GRANT_ORDER
   unsigned queues = 1;
   unsigned indirect_segments = 256;  // 0 = never use BLKIF_OP_INDIRECT
   bool force_indirect = false;       // send even small requests as indirect
@@ -101,8 +100,7 @@ struct key_plan_options {
 // remove) in the frontend directory, in the order Linux's talk_to_blkback
 // writes them. `existing` is the current listing of the directory.
 std::vector<key_op> frontend_key_plan(std::string_view frontend_dir, const negotiated& n,
-                                      std::span<const queue_keys> queues,
-                                      const key_plan_options& opts,
+                                      std::span<const queue_keys> queues, const key_plan_options& opts,
                                       std::span<const std::string> existing);
 
 }  // namespace xbd::sim::blkfront

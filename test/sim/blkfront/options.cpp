@@ -13,11 +13,24 @@ std::optional<std::uint64_t> parse_size(std::string_view s) {
   if (s.empty()) return std::nullopt;
   std::uint64_t mult = 1;
   switch (s.back()) {
-    case 'k': case 'K': mult = 1ull << 10; break;
-    case 'm': case 'M': mult = 1ull << 20; break;
-    case 'g': case 'G': mult = 1ull << 30; break;
-    case 't': case 'T': mult = 1ull << 40; break;
-    default: break;
+    case 'k':
+    case 'K':
+      mult = 1ull << 10;
+      break;
+    case 'm':
+    case 'M':
+      mult = 1ull << 20;
+      break;
+    case 'g':
+    case 'G':
+      mult = 1ull << 30;
+      break;
+    case 't':
+    case 'T':
+      mult = 1ull << 40;
+      break;
+    default:
+      break;
   }
   if (mult != 1) s.remove_suffix(1);
   auto v = parse_u64(s);
@@ -166,105 +179,185 @@ parse_result parse_options(const std::vector<std::string>& args) {
   bool backend_id_given = false, size_given = false, run_id_given = false;
 
   const std::map<std::string, spec, std::less<>> table = {
-      {"--domid", {true, [&](const std::string& v) { have_domid = true; return number(o.domid, 0x7fef)(v); }}},
-      {"--devid", {true, [&](const std::string& v) { have_devid = true; return number(o.devid, 0xffffffffu)(v); }}},
-      {"--backend-path", {true, [&](const std::string& v) { o.backend_path = v; return std::string(); }}},
-      {"--backend-id", {true, [&](const std::string& v) { backend_id_given = true; return number(backend_id, 0x7fef)(v); }}},
-      {"--timeout", {true, [&](const std::string& v) -> std::string {
-         auto s = parse_seconds(v);
-         if (!s || *s <= 0) return "bad timeout '" + v + "'";
-         o.timeout = std::chrono::milliseconds(static_cast<long long>(*s * 1000));
-         return "";
-       }}},
+      {"--domid",
+       {true,
+        [&](const std::string& v) {
+          have_domid = true;
+          return number(o.domid, 0x7fef)(v);
+        }}},
+      {"--devid",
+       {true,
+        [&](const std::string& v) {
+          have_devid = true;
+          return number(o.devid, 0xffffffffu)(v);
+        }}},
+      {"--backend-path",
+       {true,
+        [&](const std::string& v) {
+          o.backend_path = v;
+          return std::string();
+        }}},
+      {"--backend-id",
+       {true,
+        [&](const std::string& v) {
+          backend_id_given = true;
+          return number(backend_id, 0x7fef)(v);
+        }}},
+      {"--timeout",
+       {true,
+        [&](const std::string& v) -> std::string {
+          auto s = parse_seconds(v);
+          if (!s || *s <= 0) return "bad timeout '" + v + "'";
+          o.timeout = std::chrono::milliseconds(static_cast<long long>(*s * 1000));
+          return "";
+        }}},
       {"--ring-order", {true, number(o.wishes.ring_page_order, 8)}},
-      {"--queues", {true, [&](const std::string& v) -> std::string {
-         auto e = number(o.wishes.queues, 1024)(v);
-         if (e.empty() && o.wishes.queues == 0) return "--queues must be at least 1";
-         return e;
-       }}},
+      {"--queues",
+       {true,
+        [&](const std::string& v) -> std::string {
+          auto e = number(o.wishes.queues, 1024)(v);
+          if (e.empty() && o.wishes.queues == 0) return "--queues must be at least 1";
+          return e;
+        }}},
       {"--indirect", {true, number(o.wishes.indirect_segments, max_indirect_pages * segments_per_indirect_page)}},
       {"--force-indirect", {false, flag(o.wishes.force_indirect)}},
-      {"--protocol", {true, [&](const std::string& v) -> std::string {
-         if (v == "none") {
-           o.write_protocol_key = false;
-           return "";
-         }
-         std::string why;
-         if (!make_abi(v, &why)) return why;
-         o.protocol = v == "native" ? "x86_64-abi" : v;
-         return "";
-       }}},
-      {"--protocol-key", {true, [&](const std::string& v) { o.protocol_key = v; return std::string(); }}},
+      {"--protocol",
+       {true,
+        [&](const std::string& v) -> std::string {
+          if (v == "none") {
+            o.write_protocol_key = false;
+            return "";
+          }
+          std::string why;
+          if (!make_abi(v, &why)) return why;
+          o.protocol = v == "native" ? "x86_64-abi" : v;
+          return "";
+        }}},
+      {"--protocol-key",
+       {true,
+        [&](const std::string& v) {
+          o.protocol_key = v;
+          return std::string();
+        }}},
       {"--persistent", {false, flag(o.persistent)}},
       {"--always-ring-page-order", {false, flag(o.always_write_ring_page_order)}},
-      {"--rw", {true, [&](const std::string& v) -> std::string {
-         static const std::map<std::string, std::pair<bool, unsigned>, std::less<>> modes = {
-             {"read", {false, 100}}, {"write", {false, 0}}, {"rw", {false, 50}},
-             {"readwrite", {false, 50}}, {"randread", {true, 100}}, {"randwrite", {true, 0}},
-             {"randrw", {true, 50}}, {"trim", {false, 0}}, {"randtrim", {true, 0}}};
-         o.rw_given = true;
-         if (v == "none") {
-           o.workload = false;
-           o.rw = v;
-           return "";
-         }
-         auto it = modes.find(v);
-         if (it == modes.end()) return "unknown --rw mode '" + v + "'";
-         o.rw = v;
-         o.random = it->second.first;
-         if (!read_pct_given) o.read_pct = it->second.second;
-         if (!discard_pct_given) o.discard_pct = v.ends_with("trim") ? 100 : 0;
-         return "";
-       }}},
-      {"--read-pct", {true, [&](const std::string& v) { read_pct_given = true; return number(o.read_pct, 100)(v); }}},
-      {"--discard-pct", {true, [&](const std::string& v) { discard_pct_given = true; return number(o.discard_pct, 100)(v); }}},
+      {"--rw",
+       {true,
+        [&](const std::string& v) -> std::string {
+          static const std::map<std::string, std::pair<bool, unsigned>, std::less<>> modes = {
+              {"read", {false, 100}},     {"write", {false, 0}},     {"rw", {false, 50}},
+              {"readwrite", {false, 50}}, {"randread", {true, 100}}, {"randwrite", {true, 0}},
+              {"randrw", {true, 50}},     {"trim", {false, 0}},      {"randtrim", {true, 0}}};
+          o.rw_given = true;
+          if (v == "none") {
+            o.workload = false;
+            o.rw = v;
+            return "";
+          }
+          auto it = modes.find(v);
+          if (it == modes.end()) return "unknown --rw mode '" + v + "'";
+          o.rw = v;
+          o.random = it->second.first;
+          if (!read_pct_given) o.read_pct = it->second.second;
+          if (!discard_pct_given) o.discard_pct = v.ends_with("trim") ? 100 : 0;
+          return "";
+        }}},
+      {"--read-pct",
+       {true,
+        [&](const std::string& v) {
+          read_pct_given = true;
+          return number(o.read_pct, 100)(v);
+        }}},
+      {"--discard-pct",
+       {true,
+        [&](const std::string& v) {
+          discard_pct_given = true;
+          return number(o.discard_pct, 100)(v);
+        }}},
       {"--discard-secure", {false, flag(o.discard_secure)}},
       {"--barrier-every", {true, number(o.barrier_every, ~std::uint64_t{0})}},
       {"--bs", {true, size(bs)}},
-      {"--qd", {true, [&](const std::string& v) -> std::string {
-         auto e = number(o.qd, 65536)(v);
-         if (e.empty() && o.qd == 0) return "--qd must be at least 1";
-         return e;
-       }}},
-      {"--runtime", {true, [&](const std::string& v) -> std::string {
-         auto s = parse_seconds(v);
-         if (!s) return "bad runtime '" + v + "'";
-         o.runtime = *s;
-         return "";
-       }}},
+      {"--qd",
+       {true,
+        [&](const std::string& v) -> std::string {
+          auto e = number(o.qd, 65536)(v);
+          if (e.empty() && o.qd == 0) return "--qd must be at least 1";
+          return e;
+        }}},
+      {"--runtime",
+       {true,
+        [&](const std::string& v) -> std::string {
+          auto s = parse_seconds(v);
+          if (!s) return "bad runtime '" + v + "'";
+          o.runtime = *s;
+          return "";
+        }}},
       {"--bytes", {true, size(o.bytes)}},
       {"--ios", {true, number(o.ios, ~std::uint64_t{0})}},
       {"--flush-every", {true, number(o.flush_every, ~std::uint64_t{0})}},
       {"--offset", {true, size(o.offset)}},
-      {"--size", {true, [&](const std::string& v) { size_given = true; return size(size_v)(v); }}},
+      {"--size",
+       {true,
+        [&](const std::string& v) {
+          size_given = true;
+          return size(size_v)(v);
+        }}},
       {"--seed", {true, number(o.seed, ~std::uint64_t{0})}},
       {"--verify", {false, flag(o.verify)}},
-      {"--verify-unwritten", {true, [&](const std::string& v) -> std::string {
-         if (v == "any") o.unwritten = unwritten_policy::any;
-         else if (v == "zero") o.unwritten = unwritten_policy::zero;
-         else if (v == "stamped") o.unwritten = unwritten_policy::stamped;
-         else return "unknown --verify-unwritten policy '" + v + "'";
-         return "";
-       }}},
-      {"--verify-discard", {true, [&](const std::string& v) -> std::string {
-         if (v == "zero") o.discarded = discard_policy::zero;
-         else if (v == "unknown") o.discarded = discard_policy::unknown;
-         else return "unknown --verify-discard policy '" + v + "'";
-         return "";
-       }}},
+      {"--verify-unwritten",
+       {true,
+        [&](const std::string& v) -> std::string {
+          if (v == "any")
+            o.unwritten = unwritten_policy::any;
+          else if (v == "zero")
+            o.unwritten = unwritten_policy::zero;
+          else if (v == "stamped")
+            o.unwritten = unwritten_policy::stamped;
+          else
+            return "unknown --verify-unwritten policy '" + v + "'";
+          return "";
+        }}},
+      {"--verify-discard",
+       {true,
+        [&](const std::string& v) -> std::string {
+          if (v == "zero")
+            o.discarded = discard_policy::zero;
+          else if (v == "unknown")
+            o.discarded = discard_policy::unknown;
+          else
+            return "unknown --verify-discard policy '" + v + "'";
+          return "";
+        }}},
       {"--prefill", {false, flag(o.prefill)}},
-      {"--run-id", {true, [&](const std::string& v) { run_id_given = true; return number(run_id, ~std::uint64_t{0})(v); }}},
+      {"--run-id",
+       {true,
+        [&](const std::string& v) {
+          run_id_given = true;
+          return number(run_id, ~std::uint64_t{0})(v);
+        }}},
       {"--allow-io-errors", {false, flag(o.allow_io_errors)}},
       {"--reconnect", {true, number(o.reconnect, 1000000)}},
-      {"--hold", {true, [&](const std::string& v) -> std::string {
-         auto s = parse_seconds(v);
-         if (!s) return "bad hold time '" + v + "'";
-         o.hold = *s;
-         return "";
-       }}},
+      {"--hold",
+       {true,
+        [&](const std::string& v) -> std::string {
+          auto s = parse_seconds(v);
+          if (!s) return "bad hold time '" + v + "'";
+          o.hold = *s;
+          return "";
+        }}},
       {"--no-close", {false, flag(o.no_close)}},
-      {"--script", {true, [&](const std::string& v) { o.script = v; return std::string(); }}},
-      {"--raw-file", {true, [&](const std::string& v) { o.raw_file = v; return std::string(); }}},
+      {"--script",
+       {true,
+        [&](const std::string& v) {
+          o.script = v;
+          return std::string();
+        }}},
+      {"--raw-file",
+       {true,
+        [&](const std::string& v) {
+          o.raw_file = v;
+          return std::string();
+        }}},
       {"--json", {false, flag(o.json)}},
       {"--quiet", {false, flag(o.quiet)}},
   };
@@ -299,8 +392,7 @@ parse_result parse_options(const std::vector<std::string>& args) {
     o.bs = static_cast<std::uint32_t>(bs);
   }
   if (o.offset % 512 != 0) return "--offset must be a multiple of 512";
-  if ((o.rw == "rw" || o.rw == "readwrite" || o.rw == "randrw") == false && read_pct_given &&
-      o.workload)
+  if ((o.rw == "rw" || o.rw == "readwrite" || o.rw == "randrw") == false && read_pct_given && o.workload)
     return "--read-pct only applies to --rw rw or randrw";
   if (o.prefill && !o.verify) return "--prefill needs --verify";
   if (o.discard_secure && o.discard_pct == 0) return "--discard-secure needs discards (--discard-pct or --rw trim)";

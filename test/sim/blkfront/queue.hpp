@@ -20,7 +20,7 @@ struct ring_queue {
 
 // Shares `pages` ring pages writable with `domid`, initialises the shared
 // header, binds an unbound port for `domid`. Null on failure, with `err` set.
-std::unique_ptr<ring_queue> make_ring_queue(platform& p, std::uint32_t domid, unsigned index,
-                                            unsigned pages, std::size_t slot_size, std::string& err);
+std::unique_ptr<ring_queue> make_ring_queue(platform& p, std::uint32_t domid, unsigned index, unsigned pages,
+                                            std::size_t slot_size, std::string& err);
 
 }  // namespace xbd::sim::blkfront

@@ -19,8 +19,7 @@ static_assert(offsetof(struct blkif_sring, rsp_event) == off_rsp_event);
 #endif
 }  // namespace
 
-front_ring::front_ring(std::span<std::byte> mem, std::size_t slot_size)
-    : mem_(mem), slot_size_(slot_size) {
+front_ring::front_ring(std::span<std::byte> mem, std::size_t slot_size) : mem_(mem), slot_size_(slot_size) {
   assert(mem.size() % xen::page_size == 0);
   nr_ents_ = ring_entries(slot_size, static_cast<unsigned>(mem.size() / xen::page_size));
 }
@@ -61,8 +60,7 @@ bool front_ring::push_requests() {
   store(off_req_prod, new_prod);
   xen_mb();
   const std::uint32_t event = load(off_req_event);
-  return static_cast<std::uint32_t>(new_prod - event) <
-         static_cast<std::uint32_t>(new_prod - old_prod);
+  return static_cast<std::uint32_t>(new_prod - event) < static_cast<std::uint32_t>(new_prod - old_prod);
 }
 
 std::uint32_t front_ring::unconsumed_responses() {

@@ -184,8 +184,8 @@ struct program {
 
     workload w(spec());
     std::optional<clock::time_point> deadline;
-    if (o.runtime) deadline = clock::now() + std::chrono::duration_cast<clock::duration>(
-                                                 std::chrono::duration<double>(*o.runtime));
+    if (o.runtime)
+      deadline = clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(*o.runtime));
     run_stats rs;
     const run_end end = e.run(w, deadline, rs, watch);
     s.stats.merge(rs);
@@ -306,8 +306,8 @@ struct program {
       s.neg = c.neg;
       s.disk = c.disk;
       s.ring_entries = c.queues.empty() ? 0 : c.queues[0]->ring.size();
-      log("connected: " + std::to_string(c.disk.sectors) + " sectors, " +
-          std::to_string(c.neg.queues) + " queue(s), ring order " + std::to_string(c.neg.ring_page_order));
+      log("connected: " + std::to_string(c.disk.sectors) + " sectors, " + std::to_string(c.neg.queues) +
+          " queue(s), ring order " + std::to_string(c.neg.ring_page_order));
 
       bool go_on = check_workload(c.disk);
       if (go_on && cycle == 0 && (o.script || o.raw_file)) go_on = run_script(c);

@@ -12,13 +12,24 @@ namespace {
 constexpr std::chrono::milliseconds default_wait{5000};
 
 const std::map<std::string_view, verb>& verbs() {
-  static const std::map<std::string_view, verb> m = {
-      {"queue", verb::queue}, {"pages", verb::pages}, {"fill", verb::fill},
-      {"poke", verb::poke}, {"seg", verb::seg}, {"req", verb::req}, {"ireq", verb::ireq}, {"dreq", verb::dreq},
-      {"raw", verb::raw}, {"patch", verb::patch}, {"push", verb::push},
-      {"notify", verb::notify}, {"req-prod", verb::req_prod}, {"wait", verb::wait},
-      {"expect", verb::expect}, {"expect-no-response", verb::expect_no_response},
-      {"expect-state", verb::expect_state}, {"sleep", verb::sleep}};
+  static const std::map<std::string_view, verb> m = {{"queue", verb::queue},
+                                                     {"pages", verb::pages},
+                                                     {"fill", verb::fill},
+                                                     {"poke", verb::poke},
+                                                     {"seg", verb::seg},
+                                                     {"req", verb::req},
+                                                     {"ireq", verb::ireq},
+                                                     {"dreq", verb::dreq},
+                                                     {"raw", verb::raw},
+                                                     {"patch", verb::patch},
+                                                     {"push", verb::push},
+                                                     {"notify", verb::notify},
+                                                     {"req-prod", verb::req_prod},
+                                                     {"wait", verb::wait},
+                                                     {"expect", verb::expect},
+                                                     {"expect-no-response", verb::expect_no_response},
+                                                     {"expect-state", verb::expect_state},
+                                                     {"sleep", verb::sleep}};
   return m;
 }
 
@@ -28,8 +39,10 @@ std::optional<std::uint64_t> number(std::string_view s) {
     if (s.empty() || s.size() > 16) return std::nullopt;
     std::uint64_t v = 0;
     for (char c : s) {
-      int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
-              : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+      int d = (c >= '0' && c <= '9')   ? c - '0'
+              : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+              : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                       : -1;
       if (d < 0) return std::nullopt;
       v = v * 16 + static_cast<unsigned>(d);
     }
@@ -50,9 +63,12 @@ std::optional<std::int64_t> signed_number(std::string_view s) {
 }
 
 std::optional<std::uint8_t> op_code(std::string_view s) {
-  static const std::map<std::string_view, std::uint8_t> names = {
-      {"read", op::read}, {"write", op::write}, {"barrier", op::write_barrier},
-      {"flush", op::flush_diskcache}, {"discard", op::discard}, {"indirect", op::indirect}};
+  static const std::map<std::string_view, std::uint8_t> names = {{"read", op::read},
+                                                                 {"write", op::write},
+                                                                 {"barrier", op::write_barrier},
+                                                                 {"flush", op::flush_diskcache},
+                                                                 {"discard", op::discard},
+                                                                 {"indirect", op::indirect}};
   if (auto it = names.find(s); it != names.end()) return it->second;
   auto v = number(s);
   if (!v || *v > 255) return std::nullopt;
@@ -70,8 +86,8 @@ std::optional<std::int16_t> status_code(std::string_view s) {
 
 std::optional<unsigned> state_code(std::string_view s) {
   static const std::map<std::string_view, unsigned> names = {
-      {"initialising", 1}, {"initwait", 2}, {"initialised", 3}, {"connected", 4},
-      {"closing", 5}, {"closed", 6}, {"reconfiguring", 7}, {"reconfigured", 8}};
+      {"initialising", 1}, {"initwait", 2}, {"initialised", 3},   {"connected", 4},
+      {"closing", 5},      {"closed", 6},   {"reconfiguring", 7}, {"reconfigured", 8}};
   if (auto it = names.find(s); it != names.end()) return it->second;
   auto v = number(s);
   if (!v || *v > 8) return std::nullopt;
@@ -114,8 +130,7 @@ std::string check_command(const command& c) {
     return "";
   };
   const bool keyed = c.v == verb::req || c.v == verb::ireq || c.v == verb::dreq;
-  if (!keyed && !c.fields.empty())
-    return "takes no key=value arguments";
+  if (!keyed && !c.fields.empty()) return "takes no key=value arguments";
   std::string e;
   switch (c.v) {
     case verb::queue:
@@ -234,8 +249,10 @@ std::optional<std::vector<std::byte>> parse_hex(std::string_view s) {
   int hi = -1;
   for (char c : s) {
     if (c == ' ' || c == '\t') continue;
-    int d = (c >= '0' && c <= '9') ? c - '0' : (c >= 'a' && c <= 'f') ? c - 'a' + 10
-            : (c >= 'A' && c <= 'F') ? c - 'A' + 10 : -1;
+    int d = (c >= '0' && c <= '9')   ? c - '0'
+            : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+            : (c >= 'A' && c <= 'F') ? c - 'A' + 10
+                                     : -1;
     if (d < 0) return std::nullopt;
     if (hi < 0) {
       hi = d;
@@ -287,13 +304,11 @@ std::variant<std::vector<command>, script_error> parse_script(std::string_view t
   return out;
 }
 
-std::variant<std::vector<command>, script_error> raw_file_script(std::string_view bytes,
-                                                                 std::size_t slot_size,
+std::variant<std::vector<command>, script_error> raw_file_script(std::string_view bytes, std::size_t slot_size,
                                                                  std::chrono::milliseconds wait) {
   if (bytes.empty() || bytes.size() % slot_size != 0)
     return script_error{0, "raw file size " + std::to_string(bytes.size()) +
-                               " is not a positive multiple of the slot size " +
-                               std::to_string(slot_size)};
+                               " is not a positive multiple of the slot size " + std::to_string(slot_size)};
   static const char* digits = "0123456789abcdef";
   std::vector<command> out;
   const std::size_t n = bytes.size() / slot_size;
@@ -342,8 +357,7 @@ std::optional<std::uint32_t> script_runner::resolve_gref(const std::string& spec
   return static_cast<std::uint32_t>(*v);
 }
 
-std::optional<std::span<std::byte>> script_runner::resolve_page(const std::string& spec,
-                                                                std::string& err) const {
+std::optional<std::span<std::byte>> script_runner::resolve_page(const std::string& spec, std::string& err) const {
   auto colon = spec.find(':');
   auto idx = colon == std::string::npos ? std::nullopt : number(std::string_view(spec).substr(colon + 1));
   if (!idx) {
@@ -419,9 +433,9 @@ bool script_runner::exec(const command& c, script_result& out) {
       if (done && done()) return true;
       const auto now = std::chrono::steady_clock::now();
       if (now >= deadline) return false;
-      auto r = env_.plat->wait(std::min(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) +
-                                            std::chrono::milliseconds(1),
-                                        std::chrono::milliseconds(100)));
+      auto r = env_.plat->wait(
+          std::min(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) + std::chrono::milliseconds(1),
+                   std::chrono::milliseconds(100)));
       if (r.signal) return false;
     }
   };
@@ -461,9 +475,9 @@ bool script_runner::exec(const command& c, script_result& out) {
       if (!page) return stop(err);
       auto gref = resolve_gref(c.args[2], err);
       if (!gref) return stop(err);
-      put_indirect_segment(*page, static_cast<unsigned>(*number(c.args[1])),
-                           segment{*gref, static_cast<std::uint8_t>(*number(c.args[3])),
-                                   static_cast<std::uint8_t>(*number(c.args[4]))});
+      put_indirect_segment(
+          *page, static_cast<unsigned>(*number(c.args[1])),
+          segment{*gref, static_cast<std::uint8_t>(*number(c.args[3])), static_cast<std::uint8_t>(*number(c.args[4]))});
       return true;
     }
     case verb::req:
@@ -473,11 +487,16 @@ bool script_runner::exec(const command& c, script_result& out) {
       std::optional<std::uint64_t> nseg, id, sector, handle;
       std::uint8_t opcode = 0;
       for (const auto& [k, v] : c.fields) {
-        if (k == "op" || k == "iop") opcode = *op_code(v);
-        else if (k == "nseg") nseg = number(v);
-        else if (k == "id") id = number(v);
-        else if (k == "sector") sector = number(v);
-        else if (k == "handle") handle = number(v);
+        if (k == "op" || k == "iop")
+          opcode = *op_code(v);
+        else if (k == "nseg")
+          nseg = number(v);
+        else if (k == "id")
+          id = number(v);
+        else if (k == "sector")
+          sector = number(v);
+        else if (k == "handle")
+          handle = number(v);
         else if (k == "seg") {
           std::string g, f, l;
           split_segment(v, g, f, l);
@@ -521,11 +540,16 @@ bool script_runner::exec(const command& c, script_result& out) {
       std::optional<std::uint64_t> id;
       r.handle = env_.handle;
       for (const auto& [k, v] : c.fields) {
-        if (k == "flag") r.flag = v == "secure" ? discard_secure : static_cast<std::uint8_t>(*number(v));
-        else if (k == "handle") r.handle = static_cast<std::uint16_t>(*number(v));
-        else if (k == "id") id = number(v);
-        else if (k == "sector") r.sector_number = *number(v);
-        else if (k == "nr") r.nr_sectors = *number(v);
+        if (k == "flag")
+          r.flag = v == "secure" ? discard_secure : static_cast<std::uint8_t>(*number(v));
+        else if (k == "handle")
+          r.handle = static_cast<std::uint16_t>(*number(v));
+        else if (k == "id")
+          id = number(v);
+        else if (k == "sector")
+          r.sector_number = *number(v);
+        else if (k == "nr")
+          r.nr_sectors = *number(v);
       }
       r.id = id.value_or(next_id_);
       next_id_ = r.id + 1;
@@ -562,9 +586,12 @@ bool script_runner::exec(const command& c, script_result& out) {
     case verb::req_prod: {
       std::string_view s = c.args[0];
       std::uint32_t value;
-      if (s.starts_with("+")) value = ring.req_prod_pvt() + static_cast<std::uint32_t>(*number(s.substr(1)));
-      else if (s.starts_with("-")) value = ring.req_prod_pvt() - static_cast<std::uint32_t>(-*signed_number(s));
-      else value = static_cast<std::uint32_t>(*number(s));
+      if (s.starts_with("+"))
+        value = ring.req_prod_pvt() + static_cast<std::uint32_t>(*number(s.substr(1)));
+      else if (s.starts_with("-"))
+        value = ring.req_prod_pvt() - static_cast<std::uint32_t>(-*signed_number(s));
+      else
+        value = static_cast<std::uint32_t>(*number(s));
       ring.set_shared_req_prod(value);
       if (!env_.plat->notify(port)) fail("notify failed: " + env_.plat->last_error());
       return true;
@@ -574,8 +601,7 @@ bool script_runner::exec(const command& c, script_result& out) {
       const bool soft = c.args.size() == 3;
       const bool ok = wait_until(ms(1, default_wait), [&] { return pending(current_, out) >= want; });
       const std::size_t got = pending(current_, out);
-      if (!ok && !soft)
-        fail("waited for " + std::to_string(want) + " response(s), got " + std::to_string(got));
+      if (!ok && !soft) fail("waited for " + std::to_string(want) + " response(s), got " + std::to_string(got));
       claimed_[current_] += std::min(got, want);
       return true;
     }
@@ -584,10 +610,11 @@ bool script_runner::exec(const command& c, script_result& out) {
       const auto want = *status_code(c.args[1]);
       auto it = std::find_if(out.responses.rbegin(), out.responses.rend(),
                              [&](const raw_response& r) { return r.queue == current_ && r.r.id == id; });
-      if (it == out.responses.rend()) fail("no response with id " + c.args[0]);
+      if (it == out.responses.rend())
+        fail("no response with id " + c.args[0]);
       else if (it->r.status != want)
-        fail("response " + c.args[0] + " has status " + std::to_string(it->r.status) +
-             ", expected " + std::to_string(want));
+        fail("response " + c.args[0] + " has status " + std::to_string(it->r.status) + ", expected " +
+             std::to_string(want));
       return true;
     }
     case verb::expect_no_response: {
@@ -605,8 +632,8 @@ bool script_runner::exec(const command& c, script_result& out) {
         return seen == want;
       });
       if (!ok)
-        fail("backend state is " + (seen ? std::to_string(*seen) : std::string("absent")) +
-             ", expected " + std::to_string(want));
+        fail("backend state is " + (seen ? std::to_string(*seen) : std::string("absent")) + ", expected " +
+             std::to_string(want));
       return true;
     }
     case verb::sleep:

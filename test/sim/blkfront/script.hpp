@@ -19,8 +19,24 @@
 namespace xbd::sim::blkfront {
 
 enum class verb {
-  queue, pages, fill, poke, seg, req, ireq, dreq, raw, patch, push, notify, req_prod,
-  wait, expect, expect_no_response, expect_state, sleep,
+  queue,
+  pages,
+  fill,
+  poke,
+  seg,
+  req,
+  ireq,
+  dreq,
+  raw,
+  patch,
+  push,
+  notify,
+  req_prod,
+  wait,
+  expect,
+  expect_no_response,
+  expect_state,
+  sleep,
 };
 
 struct command {
@@ -41,8 +57,7 @@ std::variant<std::vector<command>, script_error> parse_script(std::string_view t
 
 // A --raw-file: consecutive slot-sized request images, pushed together, then
 // a soft wait for as many responses.
-std::variant<std::vector<command>, script_error> raw_file_script(std::string_view bytes,
-                                                                 std::size_t slot_size,
+std::variant<std::vector<command>, script_error> raw_file_script(std::string_view bytes, std::size_t slot_size,
                                                                  std::chrono::milliseconds wait);
 
 // "0a0B ff" -> bytes; nullopt unless an even number of hex digits.
@@ -56,7 +71,7 @@ struct raw_response {
 struct script_result {
   std::size_t commands = 0;
   std::vector<raw_response> responses;
-  std::vector<std::string> failures;  // "line N: ..."
+  std::vector<std::string> failures;   // "line N: ..."
   std::vector<std::string> anomalies;  // ring misbehaviour seen while reading
 };
 

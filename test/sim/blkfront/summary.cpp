@@ -48,8 +48,10 @@ std::string to_json(const summary& s) {
   j.field("ok", exit_status(s) == 0);
   j.field("exit", exit_status(s));
   j.field("end", s.end);
-  if (s.error.empty()) j.key("error").null();
-  else j.field("error", s.error);
+  if (s.error.empty())
+    j.key("error").null();
+  else
+    j.field("error", s.error);
 
   j.key("device").begin_object();
   j.field("domid", s.domid).field("devid", s.devid);
@@ -139,8 +141,7 @@ std::string to_json(const summary& s) {
   j.field("blocks_checked", st.verified_blocks);
   j.field("mismatches", st.total_mismatches());
   j.key("by_kind").begin_object();
-  for (std::size_t i = 1; i < verdict_count; ++i)
-    j.field(to_string(static_cast<verdict>(i)), st.mismatches[i]);
+  for (std::size_t i = 1; i < verdict_count; ++i) j.field(to_string(static_cast<verdict>(i)), st.mismatches[i]);
   j.end_object();
   j.key("first").begin_array();
   for (const auto& m : st.first_mismatches) {
@@ -191,33 +192,27 @@ std::string to_text(const summary& s) {
   char buf[512];
   std::string out;
   if (s.neg) {
-    std::snprintf(buf, sizeof buf,
-                  "negotiated: %s, ring order %u (%u entries), %u queue(s), %u indirect segments\n",
-                  s.protocol.c_str(), s.neg->ring_page_order, s.ring_entries, s.neg->queues,
-                  s.neg->indirect_segments);
+    std::snprintf(buf, sizeof buf, "negotiated: %s, ring order %u (%u entries), %u queue(s), %u indirect segments\n",
+                  s.protocol.c_str(), s.neg->ring_page_order, s.ring_entries, s.neg->queues, s.neg->indirect_segments);
     out += buf;
   }
   if (s.workload && st.seconds > 0) {
     const double iops = static_cast<double>(st.ops[0] + st.ops[1] + st.ops[3]) / st.seconds;
     const double mibs = static_cast<double>(st.bytes_read + st.bytes_written) / st.seconds / 1048576.0;
-    std::snprintf(buf, sizeof buf,
-                  "%s bs=%u qd=%u: %.0f IOPS, %.2f MiB/s, lat p50 %.1f us p99 %.1f us "
-                  "(reads %llu, writes %llu (barriers %llu), flushes %llu, discards %llu)\n",
-                  s.rw.c_str(), s.bs, s.effective_qd, iops, mibs,
-                  static_cast<double>(st.latency.percentile_ns(50)) / 1000.0,
-                  static_cast<double>(st.latency.percentile_ns(99)) / 1000.0,
-                  static_cast<unsigned long long>(st.ops[0]), static_cast<unsigned long long>(st.ops[1]),
-                  static_cast<unsigned long long>(st.barriers), static_cast<unsigned long long>(st.ops[2]),
-                  static_cast<unsigned long long>(st.ops[3]));
+    std::snprintf(
+        buf, sizeof buf,
+        "%s bs=%u qd=%u: %.0f IOPS, %.2f MiB/s, lat p50 %.1f us p99 %.1f us "
+        "(reads %llu, writes %llu (barriers %llu), flushes %llu, discards %llu)\n",
+        s.rw.c_str(), s.bs, s.effective_qd, iops, mibs, static_cast<double>(st.latency.percentile_ns(50)) / 1000.0,
+        static_cast<double>(st.latency.percentile_ns(99)) / 1000.0, static_cast<unsigned long long>(st.ops[0]),
+        static_cast<unsigned long long>(st.ops[1]), static_cast<unsigned long long>(st.barriers),
+        static_cast<unsigned long long>(st.ops[2]), static_cast<unsigned long long>(st.ops[3]));
     out += buf;
   }
-  std::snprintf(buf, sizeof buf,
-                "end: %s; errors io=%llu eopnotsupp=%llu protocol=%llu; mismatches=%llu%s%s\n",
+  std::snprintf(buf, sizeof buf, "end: %s; errors io=%llu eopnotsupp=%llu protocol=%llu; mismatches=%llu%s%s\n",
                 s.end.c_str(), static_cast<unsigned long long>(st.io_errors),
-                static_cast<unsigned long long>(st.eopnotsupp),
-                static_cast<unsigned long long>(st.protocol_errors),
-                static_cast<unsigned long long>(st.total_mismatches()), s.error.empty() ? "" : "; ",
-                s.error.c_str());
+                static_cast<unsigned long long>(st.eopnotsupp), static_cast<unsigned long long>(st.protocol_errors),
+                static_cast<unsigned long long>(st.total_mismatches()), s.error.empty() ? "" : "; ", s.error.c_str());
   out += buf;
   return out;
 }

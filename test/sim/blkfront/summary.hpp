@@ -13,7 +13,7 @@ namespace xbd::sim::blkfront {
 
 struct summary {
   std::string end = "completed";  // run_end name, or "setup_failed"
-  std::string error;               // why setup failed or the close went wrong
+  std::string error;              // why setup failed or the close went wrong
   bool setup_failed = false;
   bool allow_io_errors = false;
 

@@ -8,8 +8,8 @@
 namespace xbd::sim::blkfront {
 namespace {
 
-constexpr std::uint64_t p1 = 0x9E3779B185EBCA87ull, p2 = 0xC2B2AE3D27D4EB4Full,
-                        p3 = 0x165667B19E3779F9ull, p5 = 0x27D4EB2F165667C5ull;
+constexpr std::uint64_t p1 = 0x9E3779B185EBCA87ull, p2 = 0xC2B2AE3D27D4EB4Full, p3 = 0x165667B19E3779F9ull,
+                        p5 = 0x27D4EB2F165667C5ull;
 constexpr std::size_t checksum_offset = 32;
 
 std::uint64_t load64(std::span<const std::byte> b, std::size_t off) {
@@ -18,9 +18,7 @@ std::uint64_t load64(std::span<const std::byte> b, std::size_t off) {
   return v;
 }
 
-void store64(std::span<std::byte> b, std::size_t off, std::uint64_t v) {
-  std::memcpy(b.data() + off, &v, sizeof v);
-}
+void store64(std::span<std::byte> b, std::size_t off, std::uint64_t v) { std::memcpy(b.data() + off, &v, sizeof v); }
 
 std::uint64_t mix64(std::uint64_t z) {
   z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
@@ -28,9 +26,7 @@ std::uint64_t mix64(std::uint64_t z) {
   return z ^ (z >> 31);
 }
 
-std::uint64_t payload_seed(const stamp& s) {
-  return mix64(s.lba ^ mix64(s.generation ^ mix64(s.run_id)));
-}
+std::uint64_t payload_seed(const stamp& s) { return mix64(s.lba ^ mix64(s.generation ^ mix64(s.run_id))); }
 
 // Each word depends only on its index, so any offset can be regenerated.
 std::uint64_t payload_word(std::uint64_t seed, std::size_t index) {
@@ -84,22 +80,30 @@ void poison(std::span<std::byte> buf) { std::fill(buf.begin(), buf.end(), poison
 
 std::string_view to_string(verdict v) {
   switch (v) {
-    case verdict::ok: return "ok";
-    case verdict::untouched: return "untouched";
-    case verdict::missing: return "missing";
-    case verdict::corrupt: return "corrupt";
-    case verdict::wrong_lba: return "wrong_lba";
-    case verdict::stale: return "stale";
-    case verdict::future: return "future";
-    case verdict::unwritten_mismatch: return "unwritten_mismatch";
-    case verdict::not_discarded: return "not_discarded";
+    case verdict::ok:
+      return "ok";
+    case verdict::untouched:
+      return "untouched";
+    case verdict::missing:
+      return "missing";
+    case verdict::corrupt:
+      return "corrupt";
+    case verdict::wrong_lba:
+      return "wrong_lba";
+    case verdict::stale:
+      return "stale";
+    case verdict::future:
+      return "future";
+    case verdict::unwritten_mismatch:
+      return "unwritten_mismatch";
+    case verdict::not_discarded:
+      return "not_discarded";
   }
   return "?";
 }
 
-check_result check_block(std::span<const std::byte> block, std::uint64_t lba,
-                         std::uint64_t run_id, const expectation& e, unwritten_policy policy,
-                         discard_policy discards) {
+check_result check_block(std::span<const std::byte> block, std::uint64_t lba, std::uint64_t run_id,
+                         const expectation& e, unwritten_policy policy, discard_policy discards) {
   check_result r;
   const bool may_be_unwritten = e.committed == 0;
   const bool after_discard = e.discarded || e.maybe_discarded;
@@ -109,7 +113,9 @@ check_result check_block(std::span<const std::byte> block, std::uint64_t lba,
   // After a discard that guarantees nothing, older data of the block is as
   // good as zeroes; newer data than we wrote, or another block's, is not.
   const bool older_ok = after_discard && discards == discard_policy::unknown;
-  auto all_zero = [&] { return std::all_of(block.begin(), block.end(), [](std::byte b) { return b == std::byte{0}; }); };
+  auto all_zero = [&] {
+    return std::all_of(block.begin(), block.end(), [](std::byte b) { return b == std::byte{0}; });
+  };
 
   if (std::all_of(block.begin(), block.begin() + 8, [](std::byte b) { return b == poison_byte; })) {
     r.v = verdict::untouched;
@@ -154,9 +160,12 @@ check_result check_block(std::span<const std::byte> block, std::uint64_t lba,
   if (r.found_run_id != run_id) {
     // Another run's data is what a never-written block legitimately holds
     // on a reused image; where we wrote, it means our write was lost.
-    if (zero_base) r.v = verdict::not_discarded;
-    else if (!may_be_unwritten) r.v = verdict::stale;
-    else if (policy == unwritten_policy::zero) r.v = verdict::unwritten_mismatch;
+    if (zero_base)
+      r.v = verdict::not_discarded;
+    else if (!may_be_unwritten)
+      r.v = verdict::stale;
+    else if (policy == unwritten_policy::zero)
+      r.v = verdict::unwritten_mismatch;
     return r;
   }
   const auto g = r.found_generation;
@@ -176,8 +185,7 @@ generation_tracker::generation_tracker(std::uint64_t blocks) : committed_(blocks
 
 std::uint32_t generation_tracker::next_generation(std::uint64_t block) const {
   std::uint32_t g = committed_.at(block);
-  if (auto it = maybe_.find(block); it != maybe_.end() && !it->second.empty())
-    g = std::max(g, it->second.back());
+  if (auto it = maybe_.find(block); it != maybe_.end() && !it->second.empty()) g = std::max(g, it->second.back());
   return g + 1;
 }
 

@@ -66,12 +66,12 @@ struct expectation {
 
 enum class verdict {
   ok,
-  untouched,   // still our poison: the backend said OKAY but sent nothing
-  missing,     // no stamp where we wrote one
-  corrupt,     // stamp present, checksum wrong (torn or damaged block)
-  wrong_lba,   // a valid block of another LBA (misdirected read or write)
-  stale,       // an older generation, or another run's data, where we wrote
-  future,      // a generation we never acknowledged
+  untouched,           // still our poison: the backend said OKAY but sent nothing
+  missing,             // no stamp where we wrote one
+  corrupt,             // stamp present, checksum wrong (torn or damaged block)
+  wrong_lba,           // a valid block of another LBA (misdirected read or write)
+  stale,               // an older generation, or another run's data, where we wrote
+  future,              // a generation we never acknowledged
   unwritten_mismatch,  // a never-written block that breaks the policy
   not_discarded,       // discarded (policy zero), but does not read as zeroes
 };
@@ -85,9 +85,8 @@ struct check_result {
   std::size_t first_bad_offset = 0;  // for corrupt: best effort
 };
 
-check_result check_block(std::span<const std::byte> block, std::uint64_t lba,
-                         std::uint64_t run_id, const expectation& e, unwritten_policy policy,
-                         discard_policy discards = discard_policy::zero);
+check_result check_block(std::span<const std::byte> block, std::uint64_t lba, std::uint64_t run_id,
+                         const expectation& e, unwritten_policy policy, discard_policy discards = discard_policy::zero);
 
 // Generations per verify block of the region, in memory. Callers never have
 // two requests on one block in flight (the workload's block locks), so a

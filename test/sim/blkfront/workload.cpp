@@ -4,10 +4,14 @@ namespace xbd::sim::blkfront {
 
 std::string_view to_string(io_kind k) {
   switch (k) {
-    case io_kind::read: return "read";
-    case io_kind::write: return "write";
-    case io_kind::flush: return "flush";
-    case io_kind::discard: return "discard";
+    case io_kind::read:
+      return "read";
+    case io_kind::write:
+      return "write";
+    case io_kind::flush:
+      return "flush";
+    case io_kind::discard:
+      return "discard";
   }
   return "?";
 }
@@ -60,10 +64,9 @@ std::optional<planned_io> workload::next() {
   planned_io io;
   // Each share draws only when it is a real choice, so a seed gives the same
   // sequence as before for workloads that do not discard.
-  const bool is_discard = spec_.discard_pct >= 100 ||
-                          (spec_.discard_pct > 0 && random_below(100) < spec_.discard_pct);
-  const bool is_read = !is_discard && (spec_.read_pct >= 100 ||
-                                       (spec_.read_pct > 0 && random_below(100) < spec_.read_pct));
+  const bool is_discard = spec_.discard_pct >= 100 || (spec_.discard_pct > 0 && random_below(100) < spec_.discard_pct);
+  const bool is_read =
+      !is_discard && (spec_.read_pct >= 100 || (spec_.read_pct > 0 && random_below(100) < spec_.read_pct));
   io.kind = is_discard ? io_kind::discard : is_read ? io_kind::read : io_kind::write;
   io.block = block;
   io.bytes = spec_.bs;
@@ -71,13 +74,11 @@ std::optional<planned_io> workload::next() {
   busy_.insert(block);
   ++issued_ios_;
   issued_bytes_ += spec_.bs;
-  if (io.kind == io_kind::write && spec_.barrier_every &&
-      ++writes_since_barrier_ == spec_.barrier_every) {
+  if (io.kind == io_kind::write && spec_.barrier_every && ++writes_since_barrier_ == spec_.barrier_every) {
     writes_since_barrier_ = 0;
     io.barrier = true;
   }
-  if (io.kind == io_kind::write && spec_.flush_every &&
-      ++writes_since_flush_ == spec_.flush_every) {
+  if (io.kind == io_kind::write && spec_.flush_every && ++writes_since_flush_ == spec_.flush_every) {
     writes_since_flush_ = 0;
     flush_due_ = true;
   }

@@ -21,15 +21,15 @@ std::string_view to_string(io_kind k);
 
 struct workload_spec {
   bool random = false;
-  unsigned read_pct = 100;             // share of reads among the I/Os that are not discards
-  unsigned discard_pct = 0;            // share of I/Os that discard their block
-  std::uint64_t region_offset = 0;     // bytes, multiple of the sector size
-  std::uint64_t region_bytes = 0;      // bytes; the tail short of `bs` is unused
+  unsigned read_pct = 100;          // share of reads among the I/Os that are not discards
+  unsigned discard_pct = 0;         // share of I/Os that discard their block
+  std::uint64_t region_offset = 0;  // bytes, multiple of the sector size
+  std::uint64_t region_bytes = 0;   // bytes; the tail short of `bs` is unused
   std::uint32_t bs = 4096;
-  std::uint64_t flush_every = 0;       // a flush after every N writes issued
-  std::uint64_t barrier_every = 0;     // every Nth write is a WRITE_BARRIER
-  std::uint64_t max_ios = 0;           // data I/Os to issue, 0 = no limit
-  std::uint64_t max_bytes = 0;         // data bytes to issue, 0 = no limit
+  std::uint64_t flush_every = 0;    // a flush after every N writes issued
+  std::uint64_t barrier_every = 0;  // every Nth write is a WRITE_BARRIER
+  std::uint64_t max_ios = 0;        // data I/Os to issue, 0 = no limit
+  std::uint64_t max_bytes = 0;      // data bytes to issue, 0 = no limit
   std::uint64_t seed = 1;
 };
 
@@ -38,7 +38,7 @@ struct planned_io {
   std::uint64_t block = 0;   // index in the region (unused for flush)
   std::uint64_t sector = 0;  // absolute, 512-byte units
   std::uint32_t bytes = 0;
-  bool barrier = false;      // a write sent as BLKIF_OP_WRITE_BARRIER
+  bool barrier = false;  // a write sent as BLKIF_OP_WRITE_BARRIER
 };
 
 class workload {

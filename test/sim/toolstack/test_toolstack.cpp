@@ -48,8 +48,7 @@ struct sim {
   toolstack ts;
   xs_client& xs() { return ts.xs(); }
 
-  xbd::sim::domain_info make_domain(unsigned domid, domain_type type = domain_type::pv,
-                                    bool introduce = false) {
+  xbd::sim::domain_info make_domain(unsigned domid, domain_type type = domain_type::pv, bool introduce = false) {
     domain_spec s;
     s.domid = domid;
     s.name = "guest" + std::to_string(domid);
@@ -67,8 +66,7 @@ std::set<std::string> children(xs_client& xs, const std::string& path) {
 }
 
 // Value and permissions of one node.
-void check_node(xs_client& xs, const std::string& path, const std::string& value,
-                const std::string& perms) {
+void check_node(xs_client& xs, const std::string& path, const std::string& value, const std::string& perms) {
   CAPTURE(path);
   auto v = xs.read(path);
   REQUIRE_MESSAGE(v, path << " missing");
@@ -78,8 +76,7 @@ void check_node(xs_client& xs, const std::string& path, const std::string& value
 
 // A directory holding exactly `kv` (no more, no less), each key with
 // `perms`.
-void check_dir(xs_client& xs, const std::string& dir,
-               const std::vector<std::pair<std::string, std::string>>& kv,
+void check_dir(xs_client& xs, const std::string& dir, const std::vector<std::pair<std::string, std::string>>& kv,
                const std::string& perms) {
   std::set<std::string> want;
   for (const auto& [k, v] : kv) {
@@ -100,8 +97,8 @@ struct fake_backend {
   explicit fake_backend(std::string backend_path) : be(std::move(backend_path)) {
     th = std::thread([this] {
       xs_client xs;
-      if (!xs.wait_for(be + "/state",
-                       [](const std::optional<std::string>& v) { return v && *v == "5"; }, 10s))
+      if (!xs.wait_for(
+              be + "/state", [](const std::optional<std::string>& v) { return v && *v == "5"; }, 10s))
         return;
       online_at_closing = xs.read(be + "/online").value_or("<none>");
       saw_closing = true;
@@ -198,17 +195,15 @@ TEST_CASE("create_domain: libxl's PV domain skeleton, key by key") {
   const std::string d = "/local/domain/5";
   const std::string ro = "n0,r5", rw = "n5";
   check_node(xs, d, "", ro);
-  CHECK(children(xs, d) == std::set<std::string>{"vm", "name", "cpu", "memory", "device",
-                                                 "control", "data", "drivers", "feature",
-                                                 "attr", "error", "domid", "store"});
+  CHECK(children(xs, d) == std::set<std::string>{"vm", "name", "cpu", "memory", "device", "control", "data", "drivers",
+                                                 "feature", "attr", "error", "domid", "store"});
   check_node(xs, d + "/vm", info.vm_path, ro);
   check_node(xs, d + "/name", "guest5", ro);
   check_node(xs, d + "/domid", "5", ro);
   check_node(xs, d + "/cpu", "", ro);
   check_dir(xs, d + "/cpu/0", {{"availability", "online"}}, ro);
   check_node(xs, d + "/memory", "", ro);
-  check_dir(xs, d + "/memory",
-            {{"static-max", "131072"}, {"target", "131072"}, {"videoram", "0"}}, ro);
+  check_dir(xs, d + "/memory", {{"static-max", "131072"}, {"target", "131072"}, {"videoram", "0"}}, ro);
   check_dir(xs, d + "/store", {{"port", "1"}, {"ring-ref", "0"}}, ro);
   check_node(xs, d + "/device", "", ro);
   CHECK(children(xs, d + "/device") == std::set<std::string>{"suspend"});
@@ -216,17 +211,13 @@ TEST_CASE("create_domain: libxl's PV domain skeleton, key by key") {
   check_dir(xs, d + "/device/suspend", {{"event-channel", ""}}, rw);
   check_node(xs, d + "/control", "", ro);
   CHECK(children(xs, d + "/control") ==
-        std::set<std::string>{"shutdown", "feature-poweroff", "feature-reboot",
-                              "feature-suspend", "sysrq",
-                              "platform-feature-multiprocessor-suspend",
-                              "platform-feature-xs_reset_watches"});
-  for (const char* k : {"shutdown", "feature-poweroff", "feature-reboot", "feature-suspend",
-                        "sysrq"})
+        std::set<std::string>{"shutdown", "feature-poweroff", "feature-reboot", "feature-suspend", "sysrq",
+                              "platform-feature-multiprocessor-suspend", "platform-feature-xs_reset_watches"});
+  for (const char* k : {"shutdown", "feature-poweroff", "feature-reboot", "feature-suspend", "sysrq"})
     check_node(xs, d + "/control/" + k, "", rw);
   check_node(xs, d + "/control/platform-feature-multiprocessor-suspend", "1", ro);
   check_node(xs, d + "/control/platform-feature-xs_reset_watches", "1", ro);
-  for (const char* k : {"data", "drivers", "feature", "attr", "error"})
-    check_node(xs, d + "/" + k, "", rw);
+  for (const char* k : {"data", "drivers", "feature", "attr", "error"}) check_node(xs, d + "/" + k, "", rw);
 
   const std::string vm = info.vm_path;
   check_node(xs, vm, "", ro);
@@ -263,10 +254,10 @@ TEST_CASE("create_domain: HVM extras, random uuid, driver domain") {
   check_node(xs, d + "/control/feature-s4", "", rw);
   check_node(xs, d + "/libxl", "", rw);
   check_node(xs, d + "/device-model", "", rw);
-  check_dir(xs, d + "/platform",
-            {{"acpi", "1"}, {"acpi_s3", "1"}, {"acpi_s4", "1"}, {"acpi_laptop_slate", "0"},
-             {"device-model", "qemu_xen"}},
-            ro);
+  check_dir(
+      xs, d + "/platform",
+      {{"acpi", "1"}, {"acpi_s3", "1"}, {"acpi_s4", "1"}, {"acpi_laptop_slate", "0"}, {"device-model", "qemu_xen"}},
+      ro);
   check_node(xs, d + "/memory/target", std::to_string(131072 - 1024), ro);
   check_node(xs, d + "/cpu/1/availability", "online", ro);
   check_node(xs, info.vm_path + "/image/ostype", "hvm", ro);
@@ -280,8 +271,7 @@ TEST_CASE("create_domain: refusals") {
   domain_spec dup;
   dup.domid = 6;
   dup.name = "guest5";
-  CHECK_THROWS_WITH_AS(s.ts.create_domain(dup),
-                       doctest::Contains("Domain with name \"guest5\" already exists."),
+  CHECK_THROWS_WITH_AS(s.ts.create_domain(dup), doctest::Contains("Domain with name \"guest5\" already exists."),
                        toolstack_error);
   CHECK_FALSE(s.xs().exists("/local/domain/6"));  // the transaction was aborted
   domain_spec again;
@@ -356,11 +346,14 @@ TEST_CASE("add_disk: one transaction, libxl's order of requests (xenstored trace
   const std::string fe = "/local/domain/5/device/vbd/51712";
   const std::string lp = "/libxl/5/device/vbd/51712";
   std::vector<std::string> want = {
-      "RM " + lp, "WRITE " + lp + "/frontend " + fe, "WRITE " + lp + "/backend " + be,
-      "RM " + fe, "MKDIR " + fe, "SET_PERMS " + fe + " n5 r0", "WRITE " + fe + "/backend " + be};
-  for (auto [k, v] : std::vector<std::pair<std::string, std::string>>{
-           {"backend-id", "0"}, {"state", "1"}, {"virtual-device", "51712"},
-           {"device-type", "disk"}, {"trusted", "1"}, {"protocol", "x86_64-abi"}}) {
+      "RM " + lp,    "WRITE " + lp + "/frontend " + fe, "WRITE " + lp + "/backend " + be, "RM " + fe,
+      "MKDIR " + fe, "SET_PERMS " + fe + " n5 r0",      "WRITE " + fe + "/backend " + be};
+  for (auto [k, v] : std::vector<std::pair<std::string, std::string>>{{"backend-id", "0"},
+                                                                      {"state", "1"},
+                                                                      {"virtual-device", "51712"},
+                                                                      {"device-type", "disk"},
+                                                                      {"trusted", "1"},
+                                                                      {"protocol", "x86_64-abi"}}) {
     want.push_back("WRITE " + fe + "/" + k + " " + v);
     want.push_back("SET_PERMS " + fe + "/" + k + " n5 r0");
   }
@@ -369,10 +362,11 @@ TEST_CASE("add_disk: one transaction, libxl's order of requests (xenstored trace
   want.push_back("SET_PERMS " + be + " n0 r5");
   want.push_back("WRITE " + be + "/frontend " + fe);
   const std::vector<std::pair<std::string, std::string>> back = {
-      {"params", "aio:/i.img"}, {"frontend-id", "5"}, {"online", "1"},
-      {"removable", "0"}, {"bootable", "1"}, {"state", "1"}, {"dev", "xvda"},
-      {"type", "qdisk"}, {"mode", "w"}, {"device-type", "disk"},
-      {"direct-io-safe", "1"}, {"discard-enable", "1"}, {"specification", "xen"}};
+      {"params", "aio:/i.img"}, {"frontend-id", "5"},    {"online", "1"},
+      {"removable", "0"},       {"bootable", "1"},       {"state", "1"},
+      {"dev", "xvda"},          {"type", "qdisk"},       {"mode", "w"},
+      {"device-type", "disk"},  {"direct-io-safe", "1"}, {"discard-enable", "1"},
+      {"specification", "xen"}};
   for (const auto& [k, v] : back) want.push_back("WRITE " + be + "/" + k + " " + v);
   for (const auto& [k, v] : back) want.push_back("WRITE " + lp + "/" + k + " " + v);
   CHECK(transaction_ops(s.xsd.trace(), lp) == want);
@@ -441,8 +435,7 @@ TEST_CASE("add_disk: flags, read-only, cdrom, HVM guest, other backend type") {
   REQUIRE(s.ts.add_disk(h) == 51712u);
   CHECK_FALSE(xs.exists("/local/domain/6/device/vbd/51712/protocol"));  // not PV
   check_node(xs, "/local/domain/0/backend/xbd/6/51712/type", "xbd", "n0,r6");
-  check_node(xs, "/local/domain/6/device/vbd/51712/backend",
-             "/local/domain/0/backend/xbd/6/51712", "n6,r0");
+  check_node(xs, "/local/domain/6/device/vbd/51712/backend", "/local/domain/0/backend/xbd/6/51712", "n6,r0");
 }
 
 TEST_CASE("add_disk: refusals") {
@@ -453,19 +446,16 @@ TEST_CASE("add_disk: refusals") {
   d.vdev = "xvda";
   d.target = "/images/a.img";
   s.ts.add_disk(d);
-  CHECK_THROWS_WITH_AS(s.ts.add_disk(d), doctest::Contains("device already exists in xenstore"),
-                       toolstack_error);
+  CHECK_THROWS_WITH_AS(s.ts.add_disk(d), doctest::Contains("device already exists in xenstore"), toolstack_error);
   d.vdev = "xvda0";
-  CHECK_THROWS_WITH_AS(s.ts.add_disk(d),
-                       doctest::Contains("Invalid or unsupported virtual disk identifier"),
+  CHECK_THROWS_WITH_AS(s.ts.add_disk(d), doctest::Contains("Invalid or unsupported virtual disk identifier"),
                        toolstack_error);
   d.vdev = "xvdb";
   d.domid = 9;
   CHECK_THROWS_AS(s.ts.add_disk(d), toolstack_error);
   d.domid = 5;
   d.target.clear();
-  CHECK_THROWS_WITH_AS(s.ts.add_disk(d), doctest::Contains("no target specified"),
-                       toolstack_error);
+  CHECK_THROWS_WITH_AS(s.ts.add_disk(d), doctest::Contains("no target specified"), toolstack_error);
 }
 
 TEST_CASE("the permissions work for a real guest: it reads its vbd, cannot touch the backend") {
@@ -503,9 +493,7 @@ struct attached {
     d.target = "/images/a.img";
     s.ts.add_disk(d);
   }
-  bool all_gone() {
-    return !s.xs().exists(be) && !s.xs().exists(fe) && !s.xs().exists(lp);
-  }
+  bool all_gone() { return !s.xs().exists(be) && !s.xs().exists(fe) && !s.xs().exists(lp); }
 };
 }  // namespace
 
@@ -578,7 +566,8 @@ TEST_CASE("remove_disk, destroy mode (xl block-detach -f): frontend first, one w
   // treats a vanished frontend as a dead guest.
   std::thread backend([&] {
     xs_client xs;
-    if (xs.wait_for(a.fe, [](const std::optional<std::string>& v) { return !v; }, 10s))
+    if (xs.wait_for(
+            a.fe, [](const std::optional<std::string>& v) { return !v; }, 10s))
       xs.write(a.be + "/state", "6");
   });
   auto r = a.s.ts.remove_disk(5, 51712, {10s, remove_mode::destroy});
@@ -593,7 +582,8 @@ TEST_CASE("remove_disk: the forced pass lets a frontend-watching backend close")
   attached a;
   std::thread backend([&] {
     xs_client xs;
-    if (xs.wait_for(a.fe, [](const std::optional<std::string>& v) { return !v; }, 10s))
+    if (xs.wait_for(
+            a.fe, [](const std::optional<std::string>& v) { return !v; }, 10s))
       xs.write(a.be + "/state", "6");
   });
   auto t0 = std::chrono::steady_clock::now();
@@ -632,8 +622,8 @@ TEST_CASE("remove_disk: a backend deleting its state node while libxl waits is a
   attached a;
   std::thread backend([&] {
     xs_client xs;
-    if (xs.wait_for(a.be + "/state",
-                    [](const std::optional<std::string>& v) { return v && *v == "5"; }, 10s))
+    if (xs.wait_for(
+            a.be + "/state", [](const std::optional<std::string>& v) { return v && *v == "5"; }, 10s))
       xs.rm(a.be);
   });
   auto r = a.s.ts.remove_disk(5, 51712, {5s, remove_mode::remove});
@@ -647,8 +637,7 @@ TEST_CASE("remove_disk: a backend deleting its state node while libxl waits is a
 
 TEST_CASE("remove_disk: unknown device") {
   attached a;
-  CHECK_THROWS_WITH_AS(a.s.ts.remove_disk(5, 51728, {}), doctest::Contains("not connected"),
-                       toolstack_error);
+  CHECK_THROWS_WITH_AS(a.s.ts.remove_disk(5, 51728, {}), doctest::Contains("not connected"), toolstack_error);
 }
 
 // ------------------------------------------------------------ destroy_domain
@@ -662,14 +651,15 @@ TEST_CASE("destroy_domain: qdisk gets the QEMU bodge (state=6 by the toolstack),
   std::atomic<bool> watching{false};
   std::thread watcher([&] {
     xs_client w;
-    w.wait_for(a.be + "/state",
-               [&](const std::optional<std::string>& v) {
-                 watching = true;  // the watch is set: nothing after this is missed
-                 if (v && *v == "5") saw_closing = true;
-                 if (v && *v == "6") saw_closed = true;
-                 return !v;
-               },
-               10s);
+    w.wait_for(
+        a.be + "/state",
+        [&](const std::optional<std::string>& v) {
+          watching = true;  // the watch is set: nothing after this is missed
+          if (v && *v == "5") saw_closing = true;
+          if (v && *v == "6") saw_closed = true;
+          return !v;
+        },
+        10s);
   });
   // On a loaded machine the watcher may start late; the destroy must not
   // begin before it looks.
@@ -694,8 +684,7 @@ TEST_CASE("destroy_domain: qdisk gets the QEMU bodge (state=6 by the toolstack),
   CHECK_FALSE(xs.exists(vm));
   CHECK_FALSE(xs.exists("/libxl/5"));
   CHECK(destroyed == std::vector<unsigned>{5});
-  CHECK_THROWS_WITH_AS(a.s.ts.destroy_domain(5, o), doctest::Contains("Non-existant domain"),
-                       toolstack_error);
+  CHECK_THROWS_WITH_AS(a.s.ts.destroy_domain(5, o), doctest::Contains("Non-existant domain"), toolstack_error);
 }
 
 TEST_CASE("destroy_domain: a non-QEMU backend is asked to close (forced) and waited for") {
@@ -822,6 +811,6 @@ TEST_CASE("CLI: bad arguments exit 2, failures exit 1") {
   CHECK(run_cli("remove-disk --domid 5 --devid 1 --timeout -1").status == 2);
   CHECK(run_cli("remove-disk --domid 5 --devid 1 --safe --force").status == 2);
   CHECK(run_cli("remove-disk --domid 5 --devid 51712").status == 1);  // not connected
-  CHECK(run_cli("destroy-domain --domid 5").status == 1);              // no such domain
+  CHECK(run_cli("destroy-domain --domid 5").status == 1);             // no such domain
   CHECK(run_cli("devid xvd").status == 1);
 }

@@ -71,14 +71,14 @@ TEST_CASE("plain numbers are taken as the devid") {
 }
 
 TEST_CASE("names libxl rejects, and the garbage it would accept that we reject") {
-  CHECK_FALSE(vdev_to_devid("xvda0"));   // leading zero in the partition
+  CHECK_FALSE(vdev_to_devid("xvda0"));  // leading zero in the partition
   CHECK_FALSE(vdev_to_devid("xvdA"));
   CHECK_FALSE(vdev_to_devid("xvda1x"));
   CHECK_FALSE(vdev_to_devid("vda"));
-  CHECK_FALSE(vdev_to_devid("xvd"));     // libxl: -16
-  CHECK_FALSE(vdev_to_devid("hd"));      // libxl: 832
-  CHECK_FALSE(vdev_to_devid(""));        // libxl: 0 (strtoul of "")
-  CHECK_FALSE(vdev_to_devid("d-1p0"));   // libxl: negative garbage
+  CHECK_FALSE(vdev_to_devid("xvd"));    // libxl: -16
+  CHECK_FALSE(vdev_to_devid("hd"));     // libxl: 832
+  CHECK_FALSE(vdev_to_devid(""));       // libxl: 0 (strtoul of "")
+  CHECK_FALSE(vdev_to_devid("d-1p0"));  // libxl: negative garbage
 }
 
 TEST_CASE("devid -> xvd name (libxl__devid_to_vdev) and round trips") {

@@ -163,9 +163,9 @@ constexpr unsigned domid_first_reserved = DOMID_FIRST_RESERVED;
 // libxl_types_internal.idl; the 4.17 string table in libxenlight.so ends
 // "vkbd 9pfs pvcalls vinput virtio_disk"); libxl skips devices whose kind or
 // backend kind is not among them when destroying a domain.
-constexpr std::string_view known_kinds[] = {
-    "none", "vif",    "vbd",   "qdisk",  "vfb",  "vkbd",   "console",    "vtpm", "vusb",
-    "qusb", "9pfs",   "vdispl", "vuart", "pvcalls", "vsnd", "vinput", "virtio_disk"};
+constexpr std::string_view known_kinds[] = {"none",    "vif",     "vbd",  "qdisk",  "vfb",        "vkbd",
+                                            "console", "vtpm",    "vusb", "qusb",   "9pfs",       "vdispl",
+                                            "vuart",   "pvcalls", "vsnd", "vinput", "virtio_disk"};
 
 bool known_kind(std::string_view k) {
   for (auto kk : known_kinds)
@@ -175,8 +175,7 @@ bool known_kind(std::string_view k) {
 
 // QEMU_BACKEND() in libxl_internal.h.
 bool qemu_backend(std::string_view kind) {
-  return kind == "qdisk" || kind == "vfb" || kind == "vkbd" || kind == "qusb" ||
-         kind == "9pfs";
+  return kind == "qdisk" || kind == "vfb" || kind == "vkbd" || kind == "qusb" || kind == "9pfs";
 }
 
 std::string fmt_u(std::uint64_t v) { return std::to_string(v); }
@@ -185,8 +184,8 @@ std::vector<xs_perm> perms_of(std::initializer_list<xs_perm> l) { return l; }
 
 // device_virtdisk_matches: the bijective base-26 drive letters and the
 // optional partition number. index is -1 when there are no letters.
-bool virtdisk_matches(const std::string& path, std::string_view type, long& index,
-                      long max_index, long& partition, long max_partition) {
+bool virtdisk_matches(const std::string& path, std::string_view type, long& index, long max_index, long& partition,
+                      long max_partition) {
   if (path.compare(0, type.size(), type) != 0) return false;
   index = -1;
   std::size_t i = type.size();
@@ -225,10 +224,8 @@ std::string random_uuid() {
   b[6] = static_cast<std::uint8_t>((b[6] & 0x0f) | 0x40);  // version 4
   b[8] = static_cast<std::uint8_t>((b[8] & 0x3f) | 0x80);  // RFC 4122 variant
   char s[37];
-  std::snprintf(s, sizeof s,
-                "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
-                b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11],
-                b[12], b[13], b[14], b[15]);
+  std::snprintf(s, sizeof s, "%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", b[0], b[1], b[2],
+                b[3], b[4], b[5], b[6], b[7], b[8], b[9], b[10], b[11], b[12], b[13], b[14], b[15]);
   return s;
 }
 
@@ -247,12 +244,17 @@ bool valid_uuid(const std::string& u) {
 
 std::string_view format_prefix(disk_format f) {
   switch (f) {
-    case disk_format::qcow: return "qcow";
-    case disk_format::qcow2: return "qcow2";
-    case disk_format::vhd: return "vhd";
-    case disk_format::qed: return "qed";
+    case disk_format::qcow:
+      return "qcow";
+    case disk_format::qcow2:
+      return "qcow2";
+    case disk_format::vhd:
+      return "vhd";
+    case disk_format::qed:
+      return "qed";
     case disk_format::raw:
-    case disk_format::empty: return "aio";
+    case disk_format::empty:
+      return "aio";
   }
   return "aio";
 }
@@ -267,12 +269,8 @@ struct device {
   std::string kind = "vbd";
   std::uint32_t devid = 0;
 
-  std::string fe_path() const {
-    return toolstack::dom_path(domid) + "/device/" + kind + "/" + std::to_string(devid);
-  }
-  std::string be_path() const {
-    return toolstack::backend_path(backend_domid, backend_kind, domid, devid);
-  }
+  std::string fe_path() const { return toolstack::dom_path(domid) + "/device/" + kind + "/" + std::to_string(devid); }
+  std::string be_path() const { return toolstack::backend_path(backend_domid, backend_kind, domid, devid); }
   std::string libxl_path() const {
     return "/libxl/" + std::to_string(domid) + "/device/" + kind + "/" + std::to_string(devid);
   }
@@ -283,8 +281,7 @@ std::optional<device> parse_backend_path(const std::string& path) {
   int bdom = 0, devid = 0;
   unsigned dom = 0;
   char kind[16] = {};
-  if (std::sscanf(path.c_str(), "/local/domain/%d/backend/%15[^/]/%u/%d", &bdom, kind, &dom,
-                  &devid) != 4)
+  if (std::sscanf(path.c_str(), "/local/domain/%d/backend/%15[^/]/%u/%d", &bdom, kind, &dom, &devid) != 4)
     return std::nullopt;
   device d;
   d.backend_domid = static_cast<unsigned>(bdom);
@@ -324,8 +321,7 @@ void device_destroy(xs_client& xs, const device& dev) {
 enum class wait_rc { ok, timed_out, removed };
 
 // libxl__ev_devstate_wait + devstate_callback.
-wait_rc devstate_wait(xs_client& xs, const std::string& state_path, int wanted,
-                      std::chrono::milliseconds timeout) {
+wait_rc devstate_wait(xs_client& xs, const std::string& state_path, int wanted, std::chrono::milliseconds timeout) {
   wait_rc rc = wait_rc::timed_out;
   bool done = xs.wait_for(
       state_path,
@@ -356,8 +352,7 @@ bool initiate_remove(xs_client& xs, const device& dev, bool forced) {
       auto state = xs.read(be + "/state", t);
       if (!state) throw backend_gone{};
       xs.write(be + "/online", "0", t);
-      if (std::atoi(state->c_str()) != state_closed)
-        xs.write(be + "/state", std::to_string(state_closing), t);
+      if (std::atoi(state->c_str()) != state_closed) xs.write(be + "/state", std::to_string(state_closing), t);
     });
   } catch (const backend_gone&) {
     return false;
@@ -368,8 +363,8 @@ bool initiate_remove(xs_client& xs, const device& dev, bool forced) {
 // The remove sequence of one device (see the header comment). `result`
 // collects what happened; `remove` returns with result.error set when libxl
 // would report failure.
-void generic_remove(xs_client& xs, const device& dev, force_flag force,
-                    std::chrono::milliseconds timeout, remove_result& result) {
+void generic_remove(xs_client& xs, const device& dev, force_flag force, std::chrono::milliseconds timeout,
+                    remove_result& result) {
   const std::string be = dev.be_path();
   const std::string state_path = be + "/state";
 
@@ -398,15 +393,14 @@ void generic_remove(xs_client& xs, const device& dev, force_flag force,
     if (rc == wait_rc::timed_out) {
       result.timed_out = true;
       result.error = "unable to remove device with path " + be + " - timed out waiting for state " +
-                     std::to_string(state_closed) + " (currently " +
-                     xs.read(state_path).value_or("<none>") + ")";
+                     std::to_string(state_closed) + " (currently " + xs.read(state_path).value_or("<none>") + ")";
       hotplug_done(true);
       return;
     }
     if (rc == wait_rc::removed) {
       result.backend_vanished = true;
-      result.error = "unable to remove device with path " + be +
-                     " - backend state node was removed while waiting for state 6";
+      result.error =
+          "unable to remove device with path " + be + " - backend state node was removed while waiting for state 6";
       hotplug_done(true);
       return;
     }
@@ -440,8 +434,8 @@ std::optional<std::uint32_t> vdev_to_devid(std::string_view vdev_sv) {
   long disk = 0, partition = 0;
   {
     int d = 0, p = 0, used = -1;
-    if (std::sscanf(vdev.c_str(), "d%ip%i%n", &d, &p, &used) >= 2 &&
-        used == static_cast<int>(vdev.size()) && d < (1 << 20) && p < 256) {
+    if (std::sscanf(vdev.c_str(), "d%ip%i%n", &d, &p, &used) >= 2 && used == static_cast<int>(vdev.size()) &&
+        d < (1 << 20) && p < 256) {
       if (d < 0 || p < 0) return std::nullopt;  // libxl does not check; garbage
       disk = d;
       partition = p;
@@ -460,8 +454,7 @@ std::optional<std::uint32_t> vdev_to_devid(std::string_view vdev_sv) {
   }
   if (virtdisk_matches(vdev, "hd", disk, 3, partition, 63)) {
     if (disk < 0) return std::nullopt;
-    return static_cast<std::uint32_t>(((disk < 2 ? 3 : 22) << 8) | ((disk & 1) << 6) |
-                                      partition);
+    return static_cast<std::uint32_t>(((disk < 2 ? 3 : 22) << 8) | ((disk & 1) << 6) | partition);
   }
   if (virtdisk_matches(vdev, "sd", disk, 15, partition, 15)) {
     if (disk < 0) return std::nullopt;
@@ -470,8 +463,7 @@ std::optional<std::uint32_t> vdev_to_devid(std::string_view vdev_sv) {
   return std::nullopt;
 
 xvd:
-  if (disk <= 15 && partition <= 15)
-    return static_cast<std::uint32_t>((202 << 8) | (disk << 4) | partition);
+  if (disk <= 15 && partition <= 15) return static_cast<std::uint32_t>((202 << 8) | (disk << 4) | partition);
   return static_cast<std::uint32_t>((1u << 28) | (static_cast<std::uint32_t>(disk) << 8) |
                                     static_cast<std::uint32_t>(partition));
 }
@@ -493,18 +485,19 @@ std::string devid_to_vdev(std::uint32_t devid) {
 
 std::string_view to_string(domain_type t) {
   switch (t) {
-    case domain_type::pv: return "pv";
-    case domain_type::pvh: return "pvh";
-    case domain_type::hvm: return "hvm";
+    case domain_type::pv:
+      return "pv";
+    case domain_type::pvh:
+      return "pvh";
+    case domain_type::hvm:
+      return "hvm";
   }
   return "pv";
 }
 
 // -------------------------------------------------------------------- paths
 
-std::string toolstack::dom_path(unsigned domid) {
-  return "/local/domain/" + std::to_string(domid);
-}
+std::string toolstack::dom_path(unsigned domid) { return "/local/domain/" + std::to_string(domid); }
 std::string toolstack::libxl_vbd_path(unsigned domid, std::uint32_t devid) {
   return "/libxl/" + std::to_string(domid) + "/device/vbd/" + std::to_string(devid);
 }
@@ -513,8 +506,8 @@ std::string toolstack::frontend_vbd_path(unsigned domid, std::uint32_t devid) {
 }
 std::string toolstack::backend_path(unsigned backend_domid, std::string_view kind, unsigned domid,
                                     std::uint32_t devid) {
-  return dom_path(backend_domid) + "/backend/" + std::string(kind) + "/" +
-         std::to_string(domid) + "/" + std::to_string(devid);
+  return dom_path(backend_domid) + "/backend/" + std::string(kind) + "/" + std::to_string(domid) + "/" +
+         std::to_string(devid);
 }
 
 // ---------------------------------------------------------------- toolstack
@@ -530,15 +523,14 @@ void toolstack::init_dom0() {
 
 domain_info toolstack::create_domain(const domain_spec& spec) {
   if (spec.domid == 0 || spec.domid >= domid_first_reserved)
-    throw toolstack_error("invalid guest domid " + std::to_string(spec.domid) +
-                          " (must be 1.." + std::to_string(domid_first_reserved - 1) + ")");
+    throw toolstack_error("invalid guest domid " + std::to_string(spec.domid) + " (must be 1.." +
+                          std::to_string(domid_first_reserved - 1) + ")");
   if (spec.max_vcpus == 0) throw toolstack_error("max_vcpus must be at least 1");
   domain_info info;
   info.domid = spec.domid;
   info.name = spec.name.empty() ? "sim-" + std::to_string(spec.domid) : spec.name;
   info.uuid = spec.uuid.empty() ? random_uuid() : spec.uuid;
-  if (!valid_uuid(info.uuid))
-    throw toolstack_error("invalid uuid '" + info.uuid + "' (want lowercase 8-4-4-4-12 hex)");
+  if (!valid_uuid(info.uuid)) throw toolstack_error("invalid uuid '" + info.uuid + "' (want lowercase 8-4-4-4-12 hex)");
   info.dom_path = dom_path(spec.domid);
   info.vm_path = "/vm/" + info.uuid;
   info.libxl_path = "/libxl/" + std::to_string(spec.domid);
@@ -548,8 +540,8 @@ domain_info toolstack::create_domain(const domain_spec& spec) {
   // The simulated hypervisor's view: a domain exists while its xenstore
   // directory does (xc_domain_create would fail with EEXIST).
   if (xs_.exists(info.dom_path))
-    throw toolstack_error("domain creation fail: domain " + std::to_string(spec.domid) +
-                          " already exists (" + info.dom_path + ")");
+    throw toolstack_error("domain creation fail: domain " + std::to_string(spec.domid) + " already exists (" +
+                          info.dom_path + ")");
 
   const unsigned d = spec.domid;
   const auto roperm = perms_of({{0, 'n'}, {d, 'r'}});
@@ -629,12 +621,9 @@ domain_info toolstack::create_domain(const domain_spec& spec) {
   std::uint64_t fudge = (hvm && spec.max_memkb > spec.target_memkb) ? 1024 : 0;
 
   kvs ents = {
-      {"memory/static-max", fmt_u(spec.max_memkb)},
-      {"memory/target", fmt_u(spec.target_memkb - fudge)},
-      {"memory/videoram", fmt_u(spec.video_memkb)},
-      {"domid", std::to_string(d)},
-      {"store/port", std::to_string(spec.store_port)},
-      {"store/ring-ref", fmt_u(spec.store_mfn)},
+      {"memory/static-max", fmt_u(spec.max_memkb)},    {"memory/target", fmt_u(spec.target_memkb - fudge)},
+      {"memory/videoram", fmt_u(spec.video_memkb)},    {"domid", std::to_string(d)},
+      {"store/port", std::to_string(spec.store_port)}, {"store/ring-ref", fmt_u(spec.store_mfn)},
   };
   for (unsigned i = 0; i < spec.max_vcpus; ++i)
     ents.emplace_back("cpu/" + std::to_string(i) + "/availability", "online");
@@ -650,9 +639,7 @@ domain_info toolstack::create_domain(const domain_spec& spec) {
                     {"platform/device-model", "qemu_xen"}};
       break;
     case domain_type::pv:
-      vm_ents = {{"image/ostype", "linux"},
-                 {"image/kernel", spec.kernel},
-                 {"start_time", start_time}};
+      vm_ents = {{"image/ostype", "linux"}, {"image/kernel", spec.kernel}, {"start_time", start_time}};
       if (!spec.ramdisk.empty()) vm_ents.emplace_back("image/ramdisk", spec.ramdisk);
       if (!spec.cmdline.empty()) vm_ents.emplace_back("image/cmdline", spec.cmdline);
       break;
@@ -672,8 +659,7 @@ domain_info toolstack::create_domain(const domain_spec& spec) {
 std::uint32_t toolstack::add_disk(const disk_spec& in) {
   disk_spec disk = in;
   auto devid = vdev_to_devid(disk.vdev);
-  if (!devid)
-    throw toolstack_error("Invalid or unsupported virtual disk identifier " + disk.vdev);
+  if (!devid) throw toolstack_error("Invalid or unsupported virtual disk identifier " + disk.vdev);
   if (disk.backend_type.empty() || disk.backend_type.find('/') != std::string::npos)
     throw toolstack_error("invalid backend type '" + disk.backend_type + "'");
 
@@ -683,8 +669,7 @@ std::uint32_t toolstack::add_disk(const disk_spec& in) {
     disk.writable = false;
     if (disk.target.empty()) disk.format = disk_format::empty;
   }
-  if (disk.target.empty() && !disk.removable)
-    throw toolstack_error("no target specified (and device not removable)");
+  if (disk.target.empty() && !disk.removable) throw toolstack_error("no target specified (and device not removable)");
   // libxl__device_disk_setdefault / libxl__device_disk_set_backend.
   const bool discard = disk.discard_enable.value_or(disk.writable);
   if (disk.format == disk_format::empty) {
@@ -698,8 +683,7 @@ std::uint32_t toolstack::add_disk(const disk_spec& in) {
   const unsigned domid = disk.domid;
   if (domid == 0 || !xs_.exists(dom_path(domid)))
     throw toolstack_error("domain " + std::to_string(domid) + " does not exist");
-  const std::string type =
-      xs_.read("/libxl/" + std::to_string(domid) + "/type").value_or("pv");
+  const std::string type = xs_.read("/libxl/" + std::to_string(domid) + "/type").value_or("pv");
 
   device dev;
   dev.backend_domid = disk.backend_domid;
@@ -741,8 +725,7 @@ std::uint32_t toolstack::add_disk(const disk_spec& in) {
 
   xs_.in_transaction([&](txn t) {
     // libxl__device_exists.
-    if (xs_.exists(lp, t))
-      throw toolstack_error("device already exists in xenstore (" + lp + ")");
+    if (xs_.exists(lp, t)) throw toolstack_error("device already exists in xenstore (" + lp + ")");
     // libxl__device_generic_add.
     xs_.rm(lp, t);
     xs_.write(lp + "/frontend", fe, t);
@@ -768,20 +751,17 @@ std::uint32_t toolstack::add_disk(const disk_spec& in) {
   return *devid;
 }
 
-remove_result toolstack::remove_disk(unsigned domid, std::uint32_t devid,
-                                     const remove_options& opts) {
+remove_result toolstack::remove_disk(unsigned domid, std::uint32_t devid, const remove_options& opts) {
   // libxl_vdev_to_device_disk / libxl__disk_from_xenstore read libxl's copy.
   const std::string lp = libxl_vbd_path(domid, devid);
   auto backend = xs_.read(lp + "/backend");
   if (!backend)
-    throw toolstack_error("Device " + std::to_string(devid) + " (" + devid_to_vdev(devid) +
-                          ") of domain " + std::to_string(domid) + " not connected.");
+    throw toolstack_error("Device " + std::to_string(devid) + " (" + devid_to_vdev(devid) + ") of domain " +
+                          std::to_string(domid) + " not connected.");
   for (const char* key : {"type", "dev", "removable", "mode", "device-type"})
-    if (!xs_.exists(lp + "/" + key))
-      throw toolstack_error("Missing xenstore node " + lp + "/" + key);
+    if (!xs_.exists(lp + "/" + key)) throw toolstack_error("Missing xenstore node " + lp + "/" + key);
   auto parsed = parse_backend_path(*backend);
-  if (!parsed)
-    throw toolstack_error("internal error: backend path " + *backend + " unparseable!");
+  if (!parsed) throw toolstack_error("internal error: backend path " + *backend + " unparseable!");
   device dev = *parsed;
   dev.domid = domid;
   dev.kind = "vbd";
@@ -804,8 +784,7 @@ remove_result toolstack::remove_disk(unsigned domid, std::uint32_t devid,
   return result;
 }
 
-bool toolstack::wait_backend_state(unsigned domid, std::uint32_t devid, int state,
-                                   std::chrono::milliseconds timeout) {
+bool toolstack::wait_backend_state(unsigned domid, std::uint32_t devid, int state, std::chrono::milliseconds timeout) {
   auto backend = xs_.read(libxl_vbd_path(domid, devid) + "/backend");
   if (!backend) return false;
   return devstate_wait(xs_, *backend + "/state", state, timeout) == wait_rc::ok;
@@ -868,11 +847,10 @@ destroy_result toolstack::destroy_domain(unsigned domid, const destroy_options& 
       // device_qemu_timeout.
       std::this_thread::sleep_until(start + opts.qemu_bodge_timeout);
       auto st = xs_.read(state_path);
-      if (st && std::atoi(st->c_str()) != state_closed)
-        xs_.write(state_path, std::to_string(state_closed));
+      if (st && std::atoi(st->c_str()) != state_closed) xs_.write(state_path, std::to_string(state_closed));
     } else {
-      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-          start + opts.destroy_timeout - std::chrono::steady_clock::now());
+      auto left = std::chrono::duration_cast<std::chrono::milliseconds>(start + opts.destroy_timeout -
+                                                                        std::chrono::steady_clock::now());
       auto rc = devstate_wait(xs_, state_path, state_closed, std::max(left, 0ms));
       if (rc != wait_rc::ok)
         res.errors.push_back("unable to remove device with path " + p.dev.be_path() +
@@ -882,8 +860,7 @@ destroy_result toolstack::destroy_domain(unsigned domid, const destroy_options& 
       // device_hotplug for a driver-domain backend: wait for it to remove
       // its directory (errors do not stop a forced removal).
       if (!xs_.wait_for(
-              p.dev.be_path(),
-              [](const std::optional<std::string>& v) { return !v.has_value(); },
+              p.dev.be_path(), [](const std::optional<std::string>& v) { return !v.has_value(); },
               opts.destroy_timeout))
         res.errors.push_back("timed out while waiting for " + p.dev.be_path() + " to be removed");
     }

@@ -40,9 +40,9 @@ enum class domain_type { pv, pvh, hvm };
 std::string_view to_string(domain_type t);  // "pv", "pvh", "hvm" (libxl IDL)
 
 struct domain_spec {
-  unsigned domid = 0;         // required, 1..32751 (DOMID_FIRST_RESERVED-1)
-  std::string name;           // empty: "sim-<domid>"
-  std::string uuid;           // empty: a random one, as xl generates
+  unsigned domid = 0;  // required, 1..32751 (DOMID_FIRST_RESERVED-1)
+  std::string name;    // empty: "sim-<domid>"
+  std::string uuid;    // empty: a random one, as xl generates
   domain_type type = domain_type::pv;
   unsigned max_vcpus = 1;
   std::uint64_t max_memkb = 131072;
@@ -53,7 +53,7 @@ struct domain_spec {
   std::string ramdisk;                       // PV: image/ramdisk when set
   unsigned store_port = 1;                   // <dom>/store/port
   std::uint64_t store_mfn = 0;               // <dom>/store/ring-ref
-  bool driver_domain = false;  // libxl: also creates <dom>/libxl, device-model
+  bool driver_domain = false;                // libxl: also creates <dom>/libxl, device-model
   // Called where libxl__build_post calls xs_introduce_domain(domid, store
   // mfn, store port), i.e. after every node is written. Empty: the domain is
   // not introduced. With the xenstored fixture:
@@ -105,12 +105,12 @@ struct disk_spec {
   std::string vdev = "xvda";
   std::filesystem::path target;  // pdev_path; may be empty only for a cdrom
   disk_format format = disk_format::raw;
-  bool writable = true;          // xl access=rw (mode "w") / ro (mode "r")
-  bool cdrom = false;            // xl devtype=cdrom: forces removable, ro
+  bool writable = true;  // xl access=rw (mode "w") / ro (mode "r")
+  bool cdrom = false;    // xl devtype=cdrom: forces removable, ro
   bool removable = false;
-  bool direct_io_safe = false;   // xl flag direct-io-safe
+  bool direct_io_safe = false;         // xl flag direct-io-safe
   std::optional<bool> discard_enable;  // unset: libxl default = writable
-  bool trusted = true;           // xl trusted/untrusted (frontend `trusted`)
+  bool trusted = true;                 // xl trusted/untrusted (frontend `trusted`)
   std::string backend_type = "qdisk";  // backend dir kind and `type` value
   unsigned backend_domid = 0;
   // Written to the frontend's `protocol` for PV guests only, as libxl does
@@ -139,16 +139,16 @@ struct remove_options {
 };
 
 struct remove_result {
-  bool closed = false;           // the backend reached Closed (6) in a wait
-  bool timed_out = false;        // the last wait timed out (libxl's error)
-  bool forced = false;           // a forced pass ran (frontend dir removed
-                                 // first): always in `destroy` mode; in
-                                 // `remove` mode after a first timeout
-  bool backend_missing = false;  // backend state absent at the start:
-                                 // "backend already removed, cleanup frontend only"
-  bool backend_vanished = false; // state node removed during the wait
-  bool nodes_removed = false;    // frontend, backend and libxl nodes removed
-  std::string error;             // empty iff libxl would return success
+  bool closed = false;            // the backend reached Closed (6) in a wait
+  bool timed_out = false;         // the last wait timed out (libxl's error)
+  bool forced = false;            // a forced pass ran (frontend dir removed
+                                  // first): always in `destroy` mode; in
+                                  // `remove` mode after a first timeout
+  bool backend_missing = false;   // backend state absent at the start:
+                                  // "backend already removed, cleanup frontend only"
+  bool backend_vanished = false;  // state node removed during the wait
+  bool nodes_removed = false;     // frontend, backend and libxl nodes removed
+  std::string error;              // empty iff libxl would return success
   bool ok() const { return error.empty(); }
 };
 
@@ -180,20 +180,17 @@ class toolstack {
 
   // libxl__initiate_device_generic_remove and what follows, for the vbd
   // <devid> of <domid> (found through libxl's copy under /libxl).
-  remove_result remove_disk(unsigned domid, std::uint32_t devid,
-                            const remove_options& opts = {});
+  remove_result remove_disk(unsigned domid, std::uint32_t devid, const remove_options& opts = {});
 
   // Convenience for tests and the CLI: wait until the backend state of a vbd
   // is `state` (true) or the timeout passes (false).
-  bool wait_backend_state(unsigned domid, std::uint32_t devid, int state,
-                          std::chrono::milliseconds timeout);
+  bool wait_backend_state(unsigned domid, std::uint32_t devid, int state, std::chrono::milliseconds timeout);
 
   // Paths, as libxl computes them.
   static std::string dom_path(unsigned domid);
   static std::string libxl_vbd_path(unsigned domid, std::uint32_t devid);
   static std::string frontend_vbd_path(unsigned domid, std::uint32_t devid);
-  static std::string backend_path(unsigned backend_domid, std::string_view kind,
-                                  unsigned domid, std::uint32_t devid);
+  static std::string backend_path(unsigned backend_domid, std::string_view kind, unsigned domid, std::uint32_t devid);
 
   xs_client& xs() { return xs_; }
 

@@ -34,8 +34,7 @@ using xbd::sim::toolstack_error;
 // names (xbd::sim::socket_path(dir) = dir/socket).
 std::filesystem::path sim_dir() {
   const char* p = std::getenv("XENSTORED_PATH");
-  if (!p || !*p)
-    throw toolstack_error("XENSTORED_PATH is not set: cannot find the simulator's run directory");
+  if (!p || !*p) throw toolstack_error("XENSTORED_PATH is not set: cannot find the simulator's run directory");
   return std::filesystem::path(p).parent_path();
 }
 
@@ -91,8 +90,7 @@ struct usage_error : std::runtime_error {
 // Parses "--key value", "--key=value" and bare flags.
 class args {
  public:
-  args(int argc, char** argv, int first, const std::set<std::string>& with_value,
-       const std::set<std::string>& flags) {
+  args(int argc, char** argv, int first, const std::set<std::string>& with_value, const std::set<std::string>& flags) {
     for (int i = first; i < argc; ++i) {
       std::string a = argv[i];
       if (a.rfind("--", 0) != 0) {
@@ -144,8 +142,7 @@ class args {
   std::vector<std::string> positional_;
 };
 
-unsigned long long parse_uint(const std::string& what, const std::string& s,
-                              unsigned long long max) {
+unsigned long long parse_uint(const std::string& what, const std::string& s, unsigned long long max) {
   if (s.empty() || s[0] == '-' || s[0] == '+' || s[0] == ' ')
     throw usage_error("bad " + what + " '" + s + "' (want a non-negative integer)");
   errno = 0;
@@ -165,9 +162,7 @@ std::chrono::milliseconds parse_seconds(const std::string& what, const std::stri
   return std::chrono::milliseconds(static_cast<long long>(std::llround(v * 1000)));
 }
 
-unsigned parse_domid(const args& a) {
-  return static_cast<unsigned>(parse_uint("domid", a.need("domid"), 0x7FEF));
-}
+unsigned parse_domid(const args& a) { return static_cast<unsigned>(parse_uint("domid", a.need("domid"), 0x7FEF)); }
 
 std::uint32_t parse_device(const args& a) {
   auto devid = a.get("devid");
@@ -183,8 +178,7 @@ std::uint32_t parse_device(const args& a) {
 }
 
 int cmd_create_domain(int argc, char** argv) {
-  args a(argc, argv, 2,
-         {"domid", "name", "uuid", "type", "vcpus", "memory", "kernel", "store-port", "store-mfn"},
+  args a(argc, argv, 2, {"domid", "name", "uuid", "type", "vcpus", "memory", "kernel", "store-port", "store-mfn"},
          {"introduce", "driver-domain"});
   a.no_positional();
   xbd::sim::domain_spec spec;
@@ -193,17 +187,20 @@ int cmd_create_domain(int argc, char** argv) {
   spec.name = a.get("name").value_or("");
   spec.uuid = a.get("uuid").value_or("");
   if (auto t = a.get("type")) {
-    if (*t == "pv") spec.type = xbd::sim::domain_type::pv;
-    else if (*t == "pvh") spec.type = xbd::sim::domain_type::pvh;
-    else if (*t == "hvm") spec.type = xbd::sim::domain_type::hvm;
-    else throw usage_error("bad --type '" + *t + "' (want pv, pvh or hvm)");
+    if (*t == "pv")
+      spec.type = xbd::sim::domain_type::pv;
+    else if (*t == "pvh")
+      spec.type = xbd::sim::domain_type::pvh;
+    else if (*t == "hvm")
+      spec.type = xbd::sim::domain_type::hvm;
+    else
+      throw usage_error("bad --type '" + *t + "' (want pv, pvh or hvm)");
   }
   if (auto v = a.get("vcpus")) {
     spec.max_vcpus = static_cast<unsigned>(parse_uint("vcpus", *v, 512));
     if (!spec.max_vcpus) throw usage_error("--vcpus must be at least 1");
   }
-  if (auto v = a.get("memory"))
-    spec.max_memkb = spec.target_memkb = parse_uint("memory", *v, 1u << 24) * 1024;
+  if (auto v = a.get("memory")) spec.max_memkb = spec.target_memkb = parse_uint("memory", *v, 1u << 24) * 1024;
   if (auto v = a.get("kernel")) spec.kernel = *v;
   if (auto v = a.get("store-port")) spec.store_port = static_cast<unsigned>(parse_uint("store-port", *v, 0xFFFFFFFF));
   if (auto v = a.get("store-mfn")) spec.store_mfn = parse_uint("store-mfn", *v, ~0ull);
@@ -213,8 +210,8 @@ int cmd_create_domain(int argc, char** argv) {
     spec.introduce = [dir](unsigned d) { xbd::sim::introduce_domain(dir, d); };
 #else
     spec.introduce = [](unsigned d) {
-      throw toolstack_error("--introduce: built without the xenstored simulator (domain " +
-                            std::to_string(d) + " not introduced)");
+      throw toolstack_error("--introduce: built without the xenstored simulator (domain " + std::to_string(d) +
+                            " not introduced)");
     };
 #endif
   }
@@ -254,8 +251,7 @@ int cmd_destroy_domain(int argc, char** argv) {
 
 int cmd_add_disk(int argc, char** argv) {
   args a(argc, argv, 2,
-         {"domid", "vdev", "target", "mode", "format", "discard-enable", "type", "backend-domid",
-          "protocol"},
+         {"domid", "vdev", "target", "mode", "format", "discard-enable", "type", "backend-domid", "protocol"},
          {"cdrom", "direct-io-safe", "untrusted", "removable"});
   a.no_positional();
   xbd::sim::disk_spec d;
@@ -264,38 +260,50 @@ int cmd_add_disk(int argc, char** argv) {
   if (!xbd::sim::vdev_to_devid(d.vdev))
     throw usage_error("invalid or unsupported virtual disk identifier '" + d.vdev + "'");
   d.cdrom = a.flag("cdrom");
-  if (auto t = a.get("target")) d.target = *t;
-  else if (!d.cdrom) throw usage_error("missing required option --target (only a cdrom may be empty)");
+  if (auto t = a.get("target"))
+    d.target = *t;
+  else if (!d.cdrom)
+    throw usage_error("missing required option --target (only a cdrom may be empty)");
   if (auto m = a.get("mode")) {
-    if (*m == "w" || *m == "rw") d.writable = true;
-    else if (*m == "r" || *m == "ro") d.writable = false;
-    else throw usage_error("bad --mode '" + *m + "' (want r or w)");
+    if (*m == "w" || *m == "rw")
+      d.writable = true;
+    else if (*m == "r" || *m == "ro")
+      d.writable = false;
+    else
+      throw usage_error("bad --mode '" + *m + "' (want r or w)");
     if (d.cdrom && d.writable) throw usage_error("a cdrom is always read-only (xl forces mode r)");
   }
   if (auto f = a.get("format")) {
     using xbd::sim::disk_format;
-    if (*f == "raw") d.format = disk_format::raw;
-    else if (*f == "qcow") d.format = disk_format::qcow;
-    else if (*f == "qcow2") d.format = disk_format::qcow2;
-    else if (*f == "vhd") d.format = disk_format::vhd;
-    else if (*f == "qed") d.format = disk_format::qed;
-    else throw usage_error("bad --format '" + *f + "' (want raw, qcow, qcow2, vhd or qed)");
+    if (*f == "raw")
+      d.format = disk_format::raw;
+    else if (*f == "qcow")
+      d.format = disk_format::qcow;
+    else if (*f == "qcow2")
+      d.format = disk_format::qcow2;
+    else if (*f == "vhd")
+      d.format = disk_format::vhd;
+    else if (*f == "qed")
+      d.format = disk_format::qed;
+    else
+      throw usage_error("bad --format '" + *f + "' (want raw, qcow, qcow2, vhd or qed)");
   }
   d.direct_io_safe = a.flag("direct-io-safe");
   d.removable = a.flag("removable");
   d.trusted = !a.flag("untrusted");
   if (auto v = a.get("discard-enable")) {
-    if (*v == "1") d.discard_enable = true;
-    else if (*v == "0") d.discard_enable = false;
-    else throw usage_error("bad --discard-enable '" + *v + "' (want 0 or 1)");
+    if (*v == "1")
+      d.discard_enable = true;
+    else if (*v == "0")
+      d.discard_enable = false;
+    else
+      throw usage_error("bad --discard-enable '" + *v + "' (want 0 or 1)");
   }
   if (auto t = a.get("type")) {
-    if (t->empty() || t->find('/') != std::string::npos)
-      throw usage_error("bad --type '" + *t + "'");
+    if (t->empty() || t->find('/') != std::string::npos) throw usage_error("bad --type '" + *t + "'");
     d.backend_type = *t;
   }
-  if (auto b = a.get("backend-domid"))
-    d.backend_domid = static_cast<unsigned>(parse_uint("backend-domid", *b, 0x7FEF));
+  if (auto b = a.get("backend-domid")) d.backend_domid = static_cast<unsigned>(parse_uint("backend-domid", *b, 0x7FEF));
   if (auto p = a.get("protocol")) d.pv_protocol = *p;
   xbd::sim::toolstack ts;
   std::cout << ts.add_disk(d) << '\n';
@@ -314,8 +322,7 @@ int cmd_remove_disk(int argc, char** argv) {
   if (a.flag("force")) opts.mode = xbd::sim::remove_mode::destroy;
   xbd::sim::toolstack ts;
   auto r = ts.remove_disk(domid, devid, opts);
-  if (r.backend_missing)
-    std::cerr << "toolstack-sim: backend already removed, cleaned up frontend only\n";
+  if (r.backend_missing) std::cerr << "toolstack-sim: backend already removed, cleaned up frontend only\n";
   if (r.forced && opts.mode == xbd::sim::remove_mode::remove)
     std::cerr << "toolstack-sim: backend did not reach Closed in time; forced removal"
               << (r.closed ? " (then it closed)" : "") << '\n';
@@ -337,8 +344,8 @@ int cmd_wait_backend_state(int argc, char** argv) {
   if (auto v = a.get("timeout")) timeout = parse_seconds("timeout", *v);
   xbd::sim::toolstack ts;
   if (ts.wait_backend_state(domid, devid, state, timeout)) return 0;
-  std::cerr << "toolstack-sim: backend of vbd " << devid << " of domain " << domid
-            << " did not reach state " << state << '\n';
+  std::cerr << "toolstack-sim: backend of vbd " << devid << " of domain " << domid << " did not reach state " << state
+            << '\n';
   return 1;
 }
 
@@ -349,8 +356,7 @@ int cmd_devid(int argc, char** argv) {
     if (auto d = xbd::sim::vdev_to_devid(argv[i])) {
       std::cout << *d << '\n';
     } else {
-      std::cerr << "toolstack-sim: invalid or unsupported virtual disk identifier '" << argv[i]
-                << "'\n";
+      std::cerr << "toolstack-sim: invalid or unsupported virtual disk identifier '" << argv[i] << "'\n";
       rc = 1;
     }
   }

@@ -13,26 +13,33 @@ namespace xbd::sim {
 
 namespace {
 
-[[noreturn]] void fail(const std::string& what, int err) {
-  throw toolstack_error(what + ": " + std::strerror(err));
-}
+[[noreturn]] void fail(const std::string& what, int err) { throw toolstack_error(what + ": " + std::strerror(err)); }
 
 char access_char(unsigned perms) {
   switch (perms & (XS_PERM_READ | XS_PERM_WRITE)) {
-    case XS_PERM_READ: return 'r';
-    case XS_PERM_WRITE: return 'w';
-    case XS_PERM_READ | XS_PERM_WRITE: return 'b';
-    default: return 'n';
+    case XS_PERM_READ:
+      return 'r';
+    case XS_PERM_WRITE:
+      return 'w';
+    case XS_PERM_READ | XS_PERM_WRITE:
+      return 'b';
+    default:
+      return 'n';
   }
 }
 
 unsigned access_bits(char c) {
   switch (c) {
-    case 'n': return XS_PERM_NONE;
-    case 'r': return XS_PERM_READ;
-    case 'w': return XS_PERM_WRITE;
-    case 'b': return XS_PERM_READ | XS_PERM_WRITE;
-    default: throw toolstack_error(std::string("bad permission letter '") + c + "'");
+    case 'n':
+      return XS_PERM_NONE;
+    case 'r':
+      return XS_PERM_READ;
+    case 'w':
+      return XS_PERM_WRITE;
+    case 'b':
+      return XS_PERM_READ | XS_PERM_WRITE;
+    default:
+      throw toolstack_error(std::string("bad permission letter '") + c + "'");
   }
 }
 
@@ -87,8 +94,7 @@ xs_client::~xs_client() { xs_close(h_); }
 
 std::optional<std::string> xs_client::read(const std::string& path, transaction t) {
   unsigned len = 0;
-  std::unique_ptr<char, free_deleter> v(
-      static_cast<char*>(xs_read(h_, t, path.c_str(), &len)));
+  std::unique_ptr<char, free_deleter> v(static_cast<char*>(xs_read(h_, t, path.c_str(), &len)));
   if (!v) {
     if (errno == ENOENT) return std::nullopt;
     fail("xenstore read " + path, errno);
@@ -96,9 +102,7 @@ std::optional<std::string> xs_client::read(const std::string& path, transaction 
   return std::string(v.get(), len);
 }
 
-bool xs_client::exists(const std::string& path, transaction t) {
-  return read(path, t).has_value();
-}
+bool xs_client::exists(const std::string& path, transaction t) { return read(path, t).has_value(); }
 
 void xs_client::write(const std::string& path, std::string_view value, transaction t) {
   if (!xs_write(h_, t, path.c_str(), value.data(), static_cast<unsigned>(value.size())))
@@ -115,8 +119,7 @@ bool xs_client::rm(const std::string& path, transaction t) {
   fail("xenstore rm " + path, errno);
 }
 
-std::optional<std::vector<std::string>> xs_client::directory(const std::string& path,
-                                                              transaction t) {
+std::optional<std::vector<std::string>> xs_client::directory(const std::string& path, transaction t) {
   unsigned n = 0;
   std::unique_ptr<char*, free_deleter> d(xs_directory(h_, t, path.c_str(), &n));
   if (!d) {
@@ -129,21 +132,17 @@ std::optional<std::vector<std::string>> xs_client::directory(const std::string& 
   return out;
 }
 
-void xs_client::set_perms(const std::string& path, const std::vector<xs_perm>& perms,
-                          transaction t) {
+void xs_client::set_perms(const std::string& path, const std::vector<xs_perm>& perms, transaction t) {
   std::vector<xs_permissions> raw;
   raw.reserve(perms.size());
   for (const auto& p : perms) raw.push_back({p.domid, access_bits(p.access)});
-  if (!xs_set_permissions(h_, t, path.c_str(), raw.data(),
-                          static_cast<unsigned>(raw.size())))
+  if (!xs_set_permissions(h_, t, path.c_str(), raw.data(), static_cast<unsigned>(raw.size())))
     fail("xenstore set permissions " + path + " to " + to_string(perms), errno);
 }
 
-std::optional<std::vector<xs_perm>> xs_client::perms(const std::string& path,
-                                                     transaction t) {
+std::optional<std::vector<xs_perm>> xs_client::perms(const std::string& path, transaction t) {
   unsigned n = 0;
-  std::unique_ptr<xs_permissions, free_deleter> p(
-      xs_get_permissions(h_, t, path.c_str(), &n));
+  std::unique_ptr<xs_permissions, free_deleter> p(xs_get_permissions(h_, t, path.c_str(), &n));
   if (!p) {
     if (errno == ENOENT) return std::nullopt;
     fail("xenstore get permissions " + path, errno);
@@ -173,8 +172,7 @@ void xs_client::in_transaction(const std::function<void(transaction)>& body) {
   }
 }
 
-bool xs_client::wait_for(const std::string& path,
-                         const std::function<bool(const std::optional<std::string>&)>& pred,
+bool xs_client::wait_for(const std::string& path, const std::function<bool(const std::optional<std::string>&)>& pred,
                          std::chrono::milliseconds timeout) {
   using clock = std::chrono::steady_clock;
   const auto deadline = clock::now() + timeout;

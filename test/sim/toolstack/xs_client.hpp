@@ -48,22 +48,17 @@ class xs_client {
   xs_client& operator=(const xs_client&) = delete;
 
   // Reads a node; nullopt when it does not exist (ENOENT). Other errors throw.
-  std::optional<std::string> read(const std::string& path,
-                                  transaction t = no_transaction);
+  std::optional<std::string> read(const std::string& path, transaction t = no_transaction);
   bool exists(const std::string& path, transaction t = no_transaction);
-  void write(const std::string& path, std::string_view value,
-             transaction t = no_transaction);
+  void write(const std::string& path, std::string_view value, transaction t = no_transaction);
   void mkdir(const std::string& path, transaction t = no_transaction);
   // Removes a node and its subtree. Returns false if it did not exist.
   bool rm(const std::string& path, transaction t = no_transaction);
   // Children's names; nullopt when the node does not exist.
-  std::optional<std::vector<std::string>> directory(
-      const std::string& path, transaction t = no_transaction);
-  void set_perms(const std::string& path, const std::vector<xs_perm>& perms,
-                 transaction t = no_transaction);
+  std::optional<std::vector<std::string>> directory(const std::string& path, transaction t = no_transaction);
+  void set_perms(const std::string& path, const std::vector<xs_perm>& perms, transaction t = no_transaction);
   // Permissions of a node; nullopt when it does not exist.
-  std::optional<std::vector<xs_perm>> perms(const std::string& path,
-                                            transaction t = no_transaction);
+  std::optional<std::vector<xs_perm>> perms(const std::string& path, transaction t = no_transaction);
   // Shorthand for tests: "n0,r5", or "" when the node does not exist.
   std::string perms_string(const std::string& path);
 
@@ -75,9 +70,7 @@ class xs_client {
   // Waits until `pred(value of path)` is true, re-evaluated on every watch
   // event on `path` (the watch also fires once on registration, so the
   // current value is always looked at). Returns false on timeout.
-  bool wait_for(const std::string& path,
-                const std::function<bool(const std::optional<std::string>&)>&
-                    pred,
+  bool wait_for(const std::string& path, const std::function<bool(const std::optional<std::string>&)>& pred,
                 std::chrono::milliseconds timeout);
 
   bool introduce_domain(unsigned domid, unsigned long mfn, unsigned port);

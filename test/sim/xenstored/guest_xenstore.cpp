@@ -24,19 +24,26 @@ using detail::throw_errno;
 using detail::unique_fd;
 using clock = std::chrono::steady_clock;
 
-std::string permission::to_string() const {
-  return static_cast<char>(access) + std::to_string(domid);
-}
+std::string permission::to_string() const { return static_cast<char>(access) + std::to_string(domid); }
 
 std::optional<permission> permission::parse(std::string_view s) {
   if (s.size() < 2 || s.size() > 6) return std::nullopt;
   permission p;
   switch (s[0]) {
-    case 'n': p.access = none; break;
-    case 'r': p.access = read; break;
-    case 'w': p.access = write; break;
-    case 'b': p.access = both; break;
-    default: return std::nullopt;
+    case 'n':
+      p.access = none;
+      break;
+    case 'r':
+      p.access = read;
+      break;
+    case 'w':
+      p.access = write;
+      break;
+    case 'b':
+      p.access = both;
+      break;
+    default:
+      return std::nullopt;
   }
   unsigned id = 0;
   for (char c : s.substr(1)) {
@@ -121,8 +128,7 @@ struct guest_xenstore::impl {
       if (prod - cons > XENSTORE_RING_SIZE) return errno_code(EIO);
       const std::size_t room = XENSTORE_RING_SIZE - (prod - cons);
       if (room == 0) break;
-      const std::size_t n =
-          std::min({room, std::size_t{XENSTORE_RING_SIZE} - MASK_XENSTORE_IDX(prod), tx.size()});
+      const std::size_t n = std::min({room, std::size_t{XENSTORE_RING_SIZE} - MASK_XENSTORE_IDX(prod), tx.size()});
       std::memcpy(intf->req + MASK_XENSTORE_IDX(prod), tx.data(), n);
       store(intf->req_prod, prod + static_cast<XENSTORE_RING_IDX>(n));
       tx.erase(0, n);
@@ -138,8 +144,8 @@ struct guest_xenstore::impl {
       const XENSTORE_RING_IDX cons = load(intf->rsp_cons);
       if (prod - cons > XENSTORE_RING_SIZE) return errno_code(EIO);
       if (prod == cons) break;
-      const std::size_t n = std::min<std::size_t>(
-          prod - cons, std::size_t{XENSTORE_RING_SIZE} - MASK_XENSTORE_IDX(cons));
+      const std::size_t n =
+          std::min<std::size_t>(prod - cons, std::size_t{XENSTORE_RING_SIZE} - MASK_XENSTORE_IDX(cons));
       rx.append(intf->rsp + MASK_XENSTORE_IDX(cons), n);
       store(intf->rsp_cons, cons + static_cast<XENSTORE_RING_IDX>(n));
       moved = true;
@@ -177,8 +183,7 @@ struct guest_xenstore::impl {
       const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now());
       if (left.count() <= 0) return errno_code(ETIMEDOUT);
       pollfd pfd{notify_fd.get(), POLLIN, 0};
-      if (::poll(&pfd, 1, static_cast<int>(std::min<long long>(left.count(), 1 << 30))) < 0 &&
-          errno != EINTR)
+      if (::poll(&pfd, 1, static_cast<int>(std::min<long long>(left.count(), 1 << 30))) < 0 && errno != EINTR)
         return errno_code();
       char buf[256];
       while (::read(notify_fd.get(), buf, sizeof buf) > 0) {
@@ -214,8 +219,7 @@ struct guest_xenstore::impl {
   }
 };
 
-guest_xenstore::guest_xenstore(const std::filesystem::path& sim_dir, unsigned domid,
-                               duration timeout)
+guest_xenstore::guest_xenstore(const std::filesystem::path& sim_dir, unsigned domid, duration timeout)
     : p_(std::make_unique<impl>()) {
   p_->domid = domid;
   p_->timeout = timeout;
@@ -226,8 +230,7 @@ guest_xenstore::guest_xenstore(const std::filesystem::path& sim_dir, unsigned do
   if (::flock(p_->page_fd.get(), LOCK_EX | LOCK_NB) < 0)
     throw_errno(errno == EWOULDBLOCK ? EBUSY : errno,
                 "guest " + std::to_string(domid) + ": another guest_xenstore holds the ring");
-  void* m = ::mmap(nullptr, XBD_XS_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED,
-                   p_->page_fd.get(), 0);
+  void* m = ::mmap(nullptr, XBD_XS_PAGE_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, p_->page_fd.get(), 0);
   if (m == MAP_FAILED) throw_errno(errno, "mmap " + page.string());
   p_->intf = static_cast<xenstore_domain_interface*>(m);
 
@@ -241,8 +244,7 @@ guest_xenstore::guest_xenstore(const std::filesystem::path& sim_dir, unsigned do
 
   std::error_code ec;
   p_->kick_fd = detail::open_kick(sim_dir, ec);
-  if (ec) throw std::system_error(ec, "guest " + std::to_string(domid) + ": xenstored in " +
-                                          sim_dir.string());
+  if (ec) throw std::system_error(ec, "guest " + std::to_string(domid) + ": xenstored in " + sim_dir.string());
 
   // Request ids of an earlier guest object may still have answers in flight;
   // start somewhere else so that none of them is taken for ours.
@@ -262,8 +264,7 @@ result<std::string> guest_xenstore::read(std::string_view path, std::uint32_t tx
   return p_->transact(XS_READ, with_nul(path), txn);
 }
 
-std::error_code guest_xenstore::write(std::string_view path, std::string_view value,
-                                      std::uint32_t txn) {
+std::error_code guest_xenstore::write(std::string_view path, std::string_view value, std::uint32_t txn) {
   // The value is not NUL-terminated on the wire: it ends with the message.
   std::string payload = with_nul(path);
   payload.append(value);
@@ -278,15 +279,13 @@ std::error_code guest_xenstore::rm(std::string_view path, std::uint32_t txn) {
   return p_->ack(XS_RM, with_nul(path), txn);
 }
 
-result<std::vector<std::string>> guest_xenstore::directory(std::string_view path,
-                                                           std::uint32_t txn) {
+result<std::vector<std::string>> guest_xenstore::directory(std::string_view path, std::uint32_t txn) {
   auto r = p_->transact(XS_DIRECTORY, with_nul(path), txn);
   if (!r) return r.error();
   return split_nul(*r);
 }
 
-result<std::vector<permission>> guest_xenstore::get_permissions(std::string_view path,
-                                                                std::uint32_t txn) {
+result<std::vector<permission>> guest_xenstore::get_permissions(std::string_view path, std::uint32_t txn) {
   auto r = p_->transact(XS_GET_PERMS, with_nul(path), txn);
   if (!r) return r.error();
   std::vector<permission> perms;
@@ -298,8 +297,7 @@ result<std::vector<permission>> guest_xenstore::get_permissions(std::string_view
   return perms;
 }
 
-std::error_code guest_xenstore::set_permissions(std::string_view path,
-                                                std::span<const permission> perms,
+std::error_code guest_xenstore::set_permissions(std::string_view path, std::span<const permission> perms,
                                                 std::uint32_t txn) {
   std::string payload = with_nul(path);
   for (const auto& p : perms) payload += with_nul(p.to_string());
@@ -335,8 +333,7 @@ result<std::uint32_t> guest_xenstore::transaction_start() {
 }
 
 std::error_code guest_xenstore::transaction_end(std::uint32_t txn, bool commit) {
-  return p_->ack(XS_TRANSACTION_END, commit ? std::string_view("T", 2) : std::string_view("F", 2),
-                 txn);
+  return p_->ack(XS_TRANSACTION_END, commit ? std::string_view("T", 2) : std::string_view("F", 2), txn);
 }
 
 result<std::string> guest_xenstore::get_domain_path(unsigned domid) {
@@ -345,8 +342,7 @@ result<std::string> guest_xenstore::get_domain_path(unsigned domid) {
   return r->substr(0, r->find('\0'));
 }
 
-result<std::string> guest_xenstore::request(std::uint32_t type, std::string_view payload,
-                                            std::uint32_t txn) {
+result<std::string> guest_xenstore::request(std::uint32_t type, std::string_view payload, std::uint32_t txn) {
   return p_->transact(type, payload, txn);
 }
 

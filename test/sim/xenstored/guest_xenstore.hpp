@@ -33,9 +33,7 @@ class [[nodiscard]] result {
   bool has_value() const noexcept { return v_.index() == 0; }
   explicit operator bool() const noexcept { return has_value(); }
   // The error; empty (false) when there is a value.
-  std::error_code error() const noexcept {
-    return has_value() ? std::error_code{} : std::get<1>(v_);
-  }
+  std::error_code error() const noexcept { return has_value() ? std::error_code{} : std::get<1>(v_); }
   // Throws std::system_error when there is no value.
   T& value() & {
     check();
@@ -94,8 +92,7 @@ class guest_xenstore {
 
   // Throws std::system_error: ENOENT if the domain was never introduced in
   // `sim_dir`, ECONNREFUSED if no xenstored serves it, EBUSY as above.
-  guest_xenstore(const std::filesystem::path& sim_dir, unsigned domid,
-                 duration timeout = std::chrono::seconds(5));
+  guest_xenstore(const std::filesystem::path& sim_dir, unsigned domid, duration timeout = std::chrono::seconds(5));
   ~guest_xenstore();
   guest_xenstore(guest_xenstore&&) noexcept;
   guest_xenstore& operator=(guest_xenstore&&) noexcept;
@@ -108,17 +105,12 @@ class guest_xenstore {
 
   // txn is a transaction id from transaction_start(), or 0 for none.
   result<std::string> read(std::string_view path, std::uint32_t txn = 0);
-  std::error_code write(std::string_view path, std::string_view value,
-                        std::uint32_t txn = 0);
+  std::error_code write(std::string_view path, std::string_view value, std::uint32_t txn = 0);
   std::error_code mkdir(std::string_view path, std::uint32_t txn = 0);
   std::error_code rm(std::string_view path, std::uint32_t txn = 0);
-  result<std::vector<std::string>> directory(std::string_view path,
-                                             std::uint32_t txn = 0);
-  result<std::vector<permission>> get_permissions(std::string_view path,
-                                                  std::uint32_t txn = 0);
-  std::error_code set_permissions(std::string_view path,
-                                  std::span<const permission> perms,
-                                  std::uint32_t txn = 0);
+  result<std::vector<std::string>> directory(std::string_view path, std::uint32_t txn = 0);
+  result<std::vector<permission>> get_permissions(std::string_view path, std::uint32_t txn = 0);
+  std::error_code set_permissions(std::string_view path, std::span<const permission> perms, std::uint32_t txn = 0);
 
   // xenstored fires a new watch once right away (with the watched path).
   std::error_code watch(std::string_view path, std::string_view token);
@@ -140,8 +132,7 @@ class guest_xenstore {
   // check that xenstored refuses it. `type` is an xsd_sockmsg_type; the
   // payload goes out byte for byte (include the NULs the request needs).
   // Returns the reply payload.
-  result<std::string> request(std::uint32_t type, std::string_view payload,
-                              std::uint32_t txn = 0);
+  result<std::string> request(std::uint32_t type, std::string_view payload, std::uint32_t txn = 0);
 
  private:
   struct impl;

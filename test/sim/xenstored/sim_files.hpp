@@ -41,13 +41,9 @@ class unique_fd {
   int fd_ = -1;
 };
 
-inline std::error_code errno_code(int e = errno) {
-  return {e, std::generic_category()};
-}
+inline std::error_code errno_code(int e = errno) { return {e, std::generic_category()}; }
 
-[[noreturn]] inline void throw_errno(int e, const std::string& what) {
-  throw std::system_error(errno_code(e), what);
-}
+[[noreturn]] inline void throw_errno(int e, const std::string& what) { throw std::system_error(errno_code(e), what); }
 
 inline std::filesystem::path page_file(const std::filesystem::path& dir, unsigned domid) {
   char name[64];
@@ -64,9 +60,7 @@ inline std::filesystem::path dying_file(const std::filesystem::path& dir, unsign
   std::snprintf(name, sizeof name, XBD_XS_DYING_FMT, domid);
   return dir / name;
 }
-inline std::filesystem::path kick_fifo(const std::filesystem::path& dir) {
-  return dir / XBD_XS_KICK_FIFO;
-}
+inline std::filesystem::path kick_fifo(const std::filesystem::path& dir) { return dir / XBD_XS_KICK_FIFO; }
 
 // Opens xenstored's kick FIFO for writing. The first, write-only open proves
 // that xenstored is there to read (ECONNREFUSED otherwise); the descriptor

@@ -2,11 +2,11 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <poll.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
-#include <poll.h>
 
 #include <atomic>
 #include <chrono>
@@ -54,8 +54,7 @@ void dom0_write(xs_handle* h, const std::string& path, const std::string& value)
 }
 
 // perms as libxl writes them: the first entry is the owner.
-void dom0_set_perms(xs_handle* h, const std::string& path,
-                    std::initializer_list<std::pair<unsigned, unsigned>> perms) {
+void dom0_set_perms(xs_handle* h, const std::string& path, std::initializer_list<std::pair<unsigned, unsigned>> perms) {
   std::vector<xs_permissions> p;
   for (auto [id, kind] : perms) p.push_back({id, kind});
   REQUIRE(xs_set_permissions(h, XBT_NULL, path.c_str(), p.data(), unsigned(p.size())));
@@ -80,8 +79,7 @@ bool dom0_wait_watch(xs_handle* h, const std::string& path, std::chrono::millise
       std::free(ev);
       if (match) return true;
     }
-    const auto left =
-        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left <= 0ms) return false;
     pollfd pfd{xs_fileno(h), POLLIN, 0};
     ::poll(&pfd, 1, int(left.count()));
@@ -93,8 +91,7 @@ bool guest_wait_watch(guest_xenstore& g, const std::string& path, const std::str
                       std::chrono::milliseconds timeout = 2s) {
   const auto deadline = std::chrono::steady_clock::now() + timeout;
   for (;;) {
-    const auto left =
-        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
     if (left <= 0ms) return false;
     auto ev = g.wait_watch(left);
     if (!ev) return false;
@@ -327,12 +324,14 @@ TEST_CASE("privileged operations from a guest are refused") {
   guest_xenstore g(w.xs.dir(), guest_domid);
   using namespace std::string_view_literals;
 
-  CHECK(g.request(XS_INTRODUCE, "9\0"
-                                "0\0"
-                                "1\0"sv) == std::errc::permission_denied);
+  CHECK(g.request(XS_INTRODUCE,
+                  "9\0"
+                  "0\0"
+                  "1\0"sv) == std::errc::permission_denied);
   CHECK(g.request(XS_RELEASE, "5\0"sv) == std::errc::permission_denied);
-  CHECK(g.request(XS_SET_TARGET, "5\0"
-                                 "0\0"sv) == std::errc::permission_denied);
+  CHECK(g.request(XS_SET_TARGET,
+                  "5\0"
+                  "0\0"sv) == std::errc::permission_denied);
   CHECK(g.request(XS_RESUME, "5\0"sv) == std::errc::permission_denied);
   CHECK_FALSE(xs_is_domain_introduced(w.dom0.get(), 9));
   CHECK(xs_is_domain_introduced(w.dom0.get(), guest_domid));
@@ -441,8 +440,7 @@ TEST_CASE("a guest in a forked child process gets the same treatment") {
   int status = 0;
   const auto deadline = std::chrono::steady_clock::now() + 10s;
   pid_t r;
-  while ((r = ::waitpid(child, &status, WNOHANG)) == 0 &&
-         std::chrono::steady_clock::now() < deadline)
+  while ((r = ::waitpid(child, &status, WNOHANG)) == 0 && std::chrono::steady_clock::now() < deadline)
     std::this_thread::sleep_for(2ms);
   if (r == 0) {
     ::kill(child, SIGKILL);

@@ -53,13 +53,9 @@ std::string read_file(const std::filesystem::path& p) {
 
 }  // namespace
 
-std::filesystem::path default_xenstored_binary() {
-  return from_env_or("XBD_XENSTORED", XBD_SIM_XENSTORED_BINARY);
-}
+std::filesystem::path default_xenstored_binary() { return from_env_or("XBD_XENSTORED", XBD_SIM_XENSTORED_BINARY); }
 
-std::filesystem::path default_shim() {
-  return from_env_or("XBD_XENSTORED_SHIM", XBD_SIM_XENSTORED_SHIM);
-}
+std::filesystem::path default_shim() { return from_env_or("XBD_XENSTORED_SHIM", XBD_SIM_XENSTORED_SHIM); }
 
 std::filesystem::path socket_path(const std::filesystem::path& dir) { return dir / "socket"; }
 
@@ -106,12 +102,10 @@ void introduce_domain(const std::filesystem::path& dir, unsigned domid) {
   fd.reset();
 
   const auto fifo = detail::notify_fifo(dir, domid);
-  if (::mkfifo(fifo.c_str(), 0600) < 0 && errno != EEXIST)
-    throw_errno(errno, "mkfifo " + fifo.string());
+  if (::mkfifo(fifo.c_str(), 0600) < 0 && errno != EEXIST) throw_errno(errno, "mkfifo " + fifo.string());
 
   const auto dying = detail::dying_file(dir, domid);
-  if (::unlink(dying.c_str()) < 0 && errno != ENOENT)
-    throw_errno(errno, "unlink " + dying.string());
+  if (::unlink(dying.c_str()) < 0 && errno != ENOENT) throw_errno(errno, "unlink " + dying.string());
 
   auto h = open_dom0(dir);
   // The frame number is ignored by xenstored (it maps the domain's
@@ -136,8 +130,7 @@ void kill_domain(const std::filesystem::path& dir, unsigned domid) {
 void release_domain(const std::filesystem::path& dir, unsigned domid) {
   check_domid(domid, "release_domain");
   auto h = open_dom0(dir);
-  if (!xs_release_domain(h.get(), domid))
-    throw_errno(errno, "xs_release_domain " + std::to_string(domid));
+  if (!xs_release_domain(h.get(), domid)) throw_errno(errno, "xs_release_domain " + std::to_string(domid));
 }
 
 namespace detail {
@@ -214,8 +207,8 @@ xenstored::xenstored(xenstored_options o) : stop_timeout_(o.stop_timeout) {
   keep_ = o.keep || (keep && std::string_view(keep) == "1");
 
   if (::access(o.binary.c_str(), X_OK) < 0)
-    throw_errno(errno, "xenstored binary " + o.binary.string() +
-                           " (run scripts/fetch-xen-utils, or set XBD_XENSTORED)");
+    throw_errno(errno,
+                "xenstored binary " + o.binary.string() + " (run scripts/fetch-xen-utils, or set XBD_XENSTORED)");
   if (::access(o.shim.c_str(), R_OK) < 0)
     throw_errno(errno, "xenstored shim " + o.shim.string() + " (or set XBD_XENSTORED_SHIM)");
 
@@ -246,8 +239,7 @@ xenstored::xenstored(xenstored_options o) : stop_timeout_(o.stop_timeout) {
       ::sigemptyset(&none);
       ::sigprocmask(SIG_SETMASK, &none, nullptr);
       ::signal(SIGTERM, SIG_DFL);
-      if (::dup2(devnull.get(), 0) < 0 || ::dup2(out_w.get(), 1) < 0 || ::dup2(log.get(), 2) < 0)
-        ::_exit(126);
+      if (::dup2(devnull.get(), 0) < 0 || ::dup2(out_w.get(), 1) < 0 || ::dup2(log.get(), 2) < 0) ::_exit(126);
       ::close_range(3, ~0u, 0);
       ::execve(plan.argv[0], plan.argv.data(), plan.envp.data());
       ::_exit(127);
@@ -261,9 +253,8 @@ xenstored::xenstored(xenstored_options o) : stop_timeout_(o.stop_timeout) {
     while (line.find('\n') == std::string::npos) {
       const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - clock::now());
       if (left <= 0ms)
-        throw_errno(ETIMEDOUT, "xenstored did not become ready in " +
-                                   std::to_string(o.start_timeout.count()) + " ms; log:\n" +
-                                   read_file(log_path()));
+        throw_errno(ETIMEDOUT, "xenstored did not become ready in " + std::to_string(o.start_timeout.count()) +
+                                   " ms; log:\n" + read_file(log_path()));
       pollfd pfd{out_r.get(), POLLIN, 0};
       const int r = ::poll(&pfd, 1, static_cast<int>(left.count()));
       if (r < 0 && errno != EINTR) throw_errno(errno, "poll");
@@ -271,12 +262,10 @@ xenstored::xenstored(xenstored_options o) : stop_timeout_(o.stop_timeout) {
       char buf[64];
       const ssize_t n = ::read(out_r.get(), buf, sizeof buf);
       if (n < 0 && errno != EINTR && errno != EAGAIN) throw_errno(errno, "read xenstored stdout");
-      if (n == 0)
-        throw_errno(ECHILD, "xenstored exited during start-up; log:\n" + read_file(log_path()));
+      if (n == 0) throw_errno(ECHILD, "xenstored exited during start-up; log:\n" + read_file(log_path()));
       if (n > 0) line.append(buf, static_cast<std::size_t>(n));
     }
-    if (std::atol(line.c_str()) != pid_)
-      throw_errno(EPROTO, "xenstored printed an unexpected pid: " + line);
+    if (std::atol(line.c_str()) != pid_) throw_errno(EPROTO, "xenstored printed an unexpected pid: " + line);
 
     std::ofstream(dir_ / XBD_XS_PID_FILE) << pid_ << '\n';
   } catch (...) {
@@ -292,8 +281,8 @@ xenstored::xenstored(xenstored_options o) : stop_timeout_(o.stop_timeout) {
 xenstored::~xenstored() {
   stop();
   if (keep_) {
-    std::fprintf(stderr, "xbd::sim::xenstored: kept %s (request trace: %s, log: %s)\n",
-                 dir_.c_str(), trace_path().c_str(), log_path().c_str());
+    std::fprintf(stderr, "xbd::sim::xenstored: kept %s (request trace: %s, log: %s)\n", dir_.c_str(),
+                 trace_path().c_str(), log_path().c_str());
   } else {
     std::error_code ec;
     std::filesystem::remove_all(dir_, ec);

@@ -1,5 +1,5 @@
-#include "test/sim/blkfront/tests/i386_blkif.hpp"
 #include "fake_backend.hpp"
+#include "test/sim/blkfront/tests/i386_blkif.hpp"
 
 #include <algorithm>
 #include <cstdlib>
@@ -238,8 +238,7 @@ std::int16_t fake_backend::handle(const request& req, std::uint8_t& op) {
         ++bad_requests;
         return BLKIF_RSP_ERROR;
       }
-      if (!faults.discard_keeps_data)
-        std::memset(disk.data() + req.sector * 512, 0, req.nr_sectors * 512);
+      if (!faults.discard_keeps_data) std::memset(disk.data() + req.sector * 512, 0, req.nr_sectors * 512);
       return BLKIF_RSP_OKAY;
     }
     case BLKIF_OP_FLUSH_DISKCACHE:
@@ -315,8 +314,10 @@ std::vector<std::uint32_t> fake_backend::service() {
     auto& r = *rp;
     if (p_.kicked.erase(r.q->port.port())) r.awake = true;
     if (!r.awake || r.dead) continue;
-    if (r.x86_32) serve(r, r.br32, kick);
-    else serve(r, r.br, kick);
+    if (r.x86_32)
+      serve(r, r.br32, kick);
+    else
+      serve(r, r.br, kick);
   }
   return kick;
 }

@@ -60,19 +60,19 @@ class fake_platform final : public platform {
 };
 
 struct fault_knobs {
-  bool drop_writes = false;        // answer OKAY, store nothing
-  bool misdirect_writes = false;   // store 8 sectors further on
-  bool corrupt_reads = false;      // flip one byte in every read
-  bool skip_read_data = false;     // answer OKAY, transfer nothing
-  bool stale_reads = false;        // serve reads from the disk as it was at the first read
-  bool wrong_id = false;           // answer with id + 1
-  bool echo_indirect_op = false;   // answer indirect requests with op 6 (not Linux's rule)
-  bool extra_response = false;     // publish one response too many
-  bool silent = false;             // take requests, never answer
-  bool error_writes = false;       // answer writes with BLKIF_RSP_ERROR (storing them anyway)
-  bool reverse_order = false;      // answer each batch in reverse (legal)
-  unsigned batch_limit = 0;        // requests per turn, 0 = all
-  bool discard_keeps_data = false; // answer discards OKAY, zero nothing
+  bool drop_writes = false;          // answer OKAY, store nothing
+  bool misdirect_writes = false;     // store 8 sectors further on
+  bool corrupt_reads = false;        // flip one byte in every read
+  bool skip_read_data = false;       // answer OKAY, transfer nothing
+  bool stale_reads = false;          // serve reads from the disk as it was at the first read
+  bool wrong_id = false;             // answer with id + 1
+  bool echo_indirect_op = false;     // answer indirect requests with op 6 (not Linux's rule)
+  bool extra_response = false;       // publish one response too many
+  bool silent = false;               // take requests, never answer
+  bool error_writes = false;         // answer writes with BLKIF_RSP_ERROR (storing them anyway)
+  bool reverse_order = false;        // answer each batch in reverse (legal)
+  unsigned batch_limit = 0;          // requests per turn, 0 = all
+  bool discard_keeps_data = false;   // answer discards OKAY, zero nothing
   bool discard_unsupported = false;  // answer discards EOPNOTSUPP (allowed by blkif.h)
 };
 

@@ -4,12 +4,12 @@
 // (test/sim/xensim), and the real blkfront-sim binary as domain 5. The
 // backend is a tiny one in this process (domain 0) on the public Xen
 // libraries, standing in until the daemon exists.
-#include "test/sim/blkfront/tests/i386_blkif.hpp"
 #include <doctest/doctest.h>
 #include <poll.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include "test/sim/blkfront/tests/i386_blkif.hpp"
 
 #include <array>
 #include <atomic>
@@ -62,7 +62,9 @@ class tiny_backend {
   tiny_backend(std::string be, std::string fe) : be_(std::move(be)), fe_(std::move(fe)), disk_(disk_sectors * 512) {}
   ~tiny_backend() { stop(); }
 
-  void start() { thread_ = std::thread([this] { run(); }); }
+  void start() {
+    thread_ = std::thread([this] { run(); });
+  }
   void stop() {
     stop_ = true;
     if (thread_.joinable()) thread_.join();
@@ -134,8 +136,10 @@ class tiny_backend {
       r.mem = xengnttab_map_domain_grant_refs(gt_, r.pages, guest, refs.data(), PROT_READ | PROT_WRITE);
       if (!r.mem) return false;
       r.x86_32 = x86_32;
-      if (x86_32) BACK_RING_INIT(&r.br32, static_cast<i386_blkif_sring_t*>(r.mem), r.pages * 4096);
-      else BACK_RING_INIT(&r.br, static_cast<blkif_sring_t*>(r.mem), r.pages * 4096);
+      if (x86_32)
+        BACK_RING_INIT(&r.br32, static_cast<i386_blkif_sring_t*>(r.mem), r.pages * 4096);
+      else
+        BACK_RING_INIT(&r.br, static_cast<blkif_sring_t*>(r.mem), r.pages * 4096);
       const int p = xenevtchn_bind_interdomain(ev_, guest, xs_num(xs_, dir + "/event-channel", 0));
       if (p < 0) return false;
       r.port = static_cast<evtchn_port_t>(p);
@@ -157,8 +161,7 @@ class tiny_backend {
     rings_.clear();
   }
 
-  std::int16_t transfer(std::uint8_t op, std::uint64_t sector,
-                        const std::vector<struct blkif_request_segment>& segs) {
+  std::int16_t transfer(std::uint8_t op, std::uint64_t sector, const std::vector<struct blkif_request_segment>& segs) {
     std::uint64_t off = sector * 512;
     for (const auto& s : segs) {
       const bool read = op == BLKIF_OP_READ;
@@ -168,8 +171,10 @@ class tiny_backend {
       auto* page = static_cast<std::byte*>(
           xengnttab_map_grant_ref(gt_, guest, s.gref, read ? PROT_READ | PROT_WRITE : PROT_READ));
       if (!page) return BLKIF_RSP_ERROR;
-      if (read) std::memcpy(page + s.first_sect * 512, disk_.data() + off, len);
-      else std::memcpy(disk_.data() + off, page + s.first_sect * 512, len);
+      if (read)
+        std::memcpy(page + s.first_sect * 512, disk_.data() + off, len);
+      else
+        std::memcpy(disk_.data() + off, page + s.first_sect * 512, len);
       xengnttab_unmap(gt_, page, 1);
       off += len;
     }
@@ -369,8 +374,8 @@ struct world {
   // Starts blkfront-sim as domain 5 with the simulator in place of the Xen
   // libraries (LD_LIBRARY_PATH to xensim's soname links).
   child start(std::vector<std::string> args) {
-    args.insert(args.begin(), {BLKFRONT_SIM_BIN, "--domid", std::to_string(guest), "--devid",
-                               std::to_string(devid), "--json", "--timeout", "10"});
+    args.insert(args.begin(), {BLKFRONT_SIM_BIN, "--domid", std::to_string(guest), "--devid", std::to_string(devid),
+                               "--json", "--timeout", "10"});
     std::vector<std::string> env;
     for (char** e = environ; *e; ++e)
       if (std::strncmp(*e, "XENSIM_DOMID=", 13) != 0 && std::strncmp(*e, "LD_LIBRARY_PATH=", 16) != 0)
@@ -440,9 +445,8 @@ bool has(const std::string& s, const std::string& what) { return s.find(what) !=
 
 TEST_CASE("verified random I/O over 2 queues, 4-page rings, indirect, flush, one reconnect") {
   world w;
-  auto r = w.blkfront({"--rw", "randrw", "--verify", "--bs", "64k", "--qd", "8", "--ios", "400",
-                       "--queues", "2", "--ring-order", "2", "--indirect", "32", "--flush-every", "50",
-                       "--reconnect", "1"});
+  auto r = w.blkfront({"--rw", "randrw", "--verify", "--bs", "64k", "--qd", "8", "--ios", "400", "--queues", "2",
+                       "--ring-order", "2", "--indirect", "32", "--flush-every", "50", "--reconnect", "1"});
   INFO(r.out);
   CHECK(r.status == 0);
   CHECK(has(r.out, "\"ok\":true"));
@@ -468,8 +472,8 @@ TEST_CASE("verified random I/O over 2 queues, 4-page rings, indirect, flush, one
 
 TEST_CASE("a single-page ring, single queue, direct requests only") {
   world w;
-  auto r = w.blkfront({"--rw", "write", "--ring-order", "0", "--indirect", "0", "--ios", "100",
-                       "--verify", "--bs", "8k"});
+  auto r =
+      w.blkfront({"--rw", "write", "--ring-order", "0", "--indirect", "0", "--ios", "100", "--verify", "--bs", "8k"});
   INFO(r.out);
   CHECK(r.status == 0);
   CHECK(has(r.out, "\"ring_entries\":32"));
@@ -538,8 +542,8 @@ TEST_CASE("after --no-close, the next run closes the stale connection first") {
 
 TEST_CASE("a timed run with a prefilled region verifies every read") {
   world w;
-  auto r = w.blkfront({"--rw", "randread", "--runtime", "1", "--qd", "32", "--verify", "--prefill",
-                       "--size", "1m", "--offset", "1m", "--ring-order", "1"});
+  auto r = w.blkfront({"--rw", "randread", "--runtime", "1", "--qd", "32", "--verify", "--prefill", "--size", "1m",
+                       "--offset", "1m", "--ring-order", "1"});
   INFO(r.out);
   CHECK(r.status == 0);
   CHECK(has(r.out, "\"prefill_ios\":256"));
@@ -550,10 +554,32 @@ TEST_CASE("a timed run with a prefilled region verifies every read") {
 
 TEST_CASE("x86_32-abi end to end: verified reads, writes, barriers, discards and flushes over 2 queues") {
   world w;
-  auto r = w.blkfront({"--protocol", "x86_32-abi", "--rw", "randrw", "--discard-pct", "20",
-                       "--barrier-every", "5", "--flush-every", "40", "--verify", "--bs", "16k", "--qd", "8",
-                       "--ios", "600", "--queues", "2", "--ring-order", "2", "--force-indirect",
-                       "--indirect", "32", "--size", "2m"});
+  auto r = w.blkfront({"--protocol",
+                       "x86_32-abi",
+                       "--rw",
+                       "randrw",
+                       "--discard-pct",
+                       "20",
+                       "--barrier-every",
+                       "5",
+                       "--flush-every",
+                       "40",
+                       "--verify",
+                       "--bs",
+                       "16k",
+                       "--qd",
+                       "8",
+                       "--ios",
+                       "600",
+                       "--queues",
+                       "2",
+                       "--ring-order",
+                       "2",
+                       "--force-indirect",
+                       "--indirect",
+                       "32",
+                       "--size",
+                       "2m"});
   INFO(r.out);
   CHECK(r.status == 0);
   CHECK(has(r.out, "\"protocol\":\"x86_32-abi\""));
@@ -572,8 +598,8 @@ TEST_CASE("x86_32-abi end to end: verified reads, writes, barriers, discards and
 
 TEST_CASE("a trim workload with secure discards, on a single-page x86_32 ring") {
   world w;
-  auto r = w.blkfront({"--protocol", "x86_32-abi", "--rw", "randtrim", "--discard-secure", "--bs", "8k",
-                       "--ios", "200", "--ring-order", "0", "--qd", "16"});
+  auto r = w.blkfront({"--protocol", "x86_32-abi", "--rw", "randtrim", "--discard-secure", "--bs", "8k", "--ios", "200",
+                       "--ring-order", "0", "--qd", "16"});
   INFO(r.out);
   CHECK(r.status == 0);
   CHECK(has(r.out, "\"ring_entries\":32"));

@@ -281,7 +281,8 @@ TEST_CASE("verify catches stale reads") {
   r.be->faults.stale_reads = true;
   r.run();
   CHECK(r.stats.mismatches[static_cast<std::size_t>(verdict::stale)] +
-            r.stats.mismatches[static_cast<std::size_t>(verdict::missing)] > 0);
+            r.stats.mismatches[static_cast<std::size_t>(verdict::missing)] >
+        0);
 }
 
 TEST_CASE("failed writes are counted, and their blocks may read back old or new") {

@@ -219,10 +219,10 @@ TEST_CASE("the summary is one line of valid JSON with the documented fields") {
   CHECK(out.find('\n') == std::string::npos);
   validator v;
   REQUIRE(valid(out, &v));
-  for (const char* key : {"tool", "ok", "exit", "end", "error", "device", "backend_features", "negotiated",
-                          "disk", "workload", "runtime_s", "iops", "mib_s", "lat_us", "read_lat_us",
-                          "write_lat_us", "ops", "bytes", "requests", "errors", "verify", "reconnects",
-                          "backend_states"})
+  for (const char* key :
+       {"tool", "ok",       "exit",      "end",    "error",  "device",     "backend_features", "negotiated",
+        "disk", "workload", "runtime_s", "iops",   "mib_s",  "lat_us",     "read_lat_us",      "write_lat_us",
+        "ops",  "bytes",    "requests",  "errors", "verify", "reconnects", "backend_states"})
     CHECK_MESSAGE(v.top.contains(key), key);
   CHECK(v.top["iops"] == "500.0");  // (600 + 400) / 2 s
   CHECK(v.top["mib_s"] == "1.95");  // 1000 * 4 KiB / 2 s
@@ -324,8 +324,7 @@ TEST_CASE("discards and barriers appear in the summary: ops, bytes, latency, wor
   CHECK(v.top["mib_s"] == "1.95");  // only the bytes that moved
   CHECK(v.top.contains("discard_lat_us"));
   CHECK(v.top["discard_lat_us"].find("\"count\":1") != std::string::npos);
-  CHECK(v.top["workload"].find("\"discard_pct\":20,\"discard_secure\":true,\"barrier_every\":8") !=
-        std::string::npos);
+  CHECK(v.top["workload"].find("\"discard_pct\":20,\"discard_secure\":true,\"barrier_every\":8") != std::string::npos);
   CHECK(v.top["disk"].find("\"barrier\":true,\"discard\":true,\"discard_granularity\":4096,"
                            "\"discard_alignment\":512,\"discard_secure\":true") != std::string::npos);
   CHECK(v.top["verify"].find("\"not_discarded\":2") != std::string::npos);

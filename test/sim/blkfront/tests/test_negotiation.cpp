@@ -16,8 +16,7 @@ key_reader reader(std::map<std::string, std::string> keys) {
   };
 }
 
-bool has(const std::vector<key_op>& plan, key_op::kind k, const std::string& path,
-         const std::string& value = {}) {
+bool has(const std::vector<key_op>& plan, key_op::kind k, const std::string& path, const std::string& value = {}) {
   return std::any_of(plan.begin(), plan.end(), [&](const key_op& o) {
     return o.what == k && o.path == path && (k == key_op::kind::remove || o.value == value);
   });
@@ -118,10 +117,11 @@ TEST_CASE("indirect segments: the smaller of both, none without the key or when 
 
 TEST_CASE("malformed backend feature keys are reported and the defaults apply") {
   std::vector<std::string> errors;
-  const auto f = read_backend_features(
-      reader({{"max-ring-page-order", "4 "}, {"multi-queue-max-queues", "-1"},
-              {"feature-max-indirect-segments", "0x100"}, {"feature-persistent", "2"}}),
-      errors);
+  const auto f = read_backend_features(reader({{"max-ring-page-order", "4 "},
+                                               {"multi-queue-max-queues", "-1"},
+                                               {"feature-max-indirect-segments", "0x100"},
+                                               {"feature-persistent", "2"}}),
+                                       errors);
   CHECK(errors.size() == 4);
   CHECK(f.max_ring_page_order == 0);
   CHECK(f.max_queues == 1);
@@ -135,8 +135,7 @@ TEST_CASE("disk properties: sectors, info and sector-size are required") {
   CHECK(errors.size() == 1);
   errors.clear();
   const auto d = read_disk_properties(
-      reader({{"sectors", "2048"}, {"info", "4"}, {"sector-size", "512"}, {"feature-flush-cache", "1"}}),
-      errors);
+      reader({{"sectors", "2048"}, {"info", "4"}, {"sector-size", "512"}, {"feature-flush-cache", "1"}}), errors);
   REQUIRE(d);
   CHECK(errors.empty());
   CHECK(d->sectors == 2048);
@@ -156,8 +155,7 @@ TEST_CASE("disk properties: a sector-size that is not a power of two >= 512 is r
   }
   std::vector<std::string> errors;
   const auto d = read_disk_properties(
-      reader({{"sectors", "8"}, {"info", "0"}, {"sector-size", "4096"}, {"physical-sector-size", "2048"}}),
-      errors);
+      reader({{"sectors", "8"}, {"info", "0"}, {"sector-size", "4096"}, {"physical-sector-size", "2048"}}), errors);
   CHECK(d);
   CHECK(errors.size() == 1);  // physical smaller than logical
 }
@@ -244,13 +242,13 @@ TEST_CASE("key plan can spell a one-page ring as ring-page-order=0 + ring-ref0")
 TEST_CASE("key plan removes an earlier connection's transport keys, first") {
   negotiated n;
   const std::vector<queue_keys> q = {{{5}, 1}};
-  const std::vector<std::string> existing = {"backend", "backend-id", "state", "virtual-device",
-                                             "ring-ref0", "ring-ref1", "ring-page-order",
-                                             "multi-queue-num-queues", "queue-0", "queue-1",
-                                             "event-channel", "protocol", "queue-x"};
+  const std::vector<std::string> existing = {"backend",   "backend-id", "state",           "virtual-device",
+                                             "ring-ref0", "ring-ref1",  "ring-page-order", "multi-queue-num-queues",
+                                             "queue-0",   "queue-1",    "event-channel",   "protocol",
+                                             "queue-x"};
   const auto plan = frontend_key_plan("/fe", n, q, {}, existing);
-  for (const char* gone : {"/fe/ring-ref0", "/fe/ring-ref1", "/fe/ring-page-order",
-                           "/fe/multi-queue-num-queues", "/fe/queue-0", "/fe/queue-1", "/fe/protocol"})
+  for (const char* gone : {"/fe/ring-ref0", "/fe/ring-ref1", "/fe/ring-page-order", "/fe/multi-queue-num-queues",
+                           "/fe/queue-0", "/fe/queue-1", "/fe/protocol"})
     CHECK(has(plan, key_op::kind::remove, gone));
   // Keys the toolstack owns, and keys we rewrite anyway, stay.
   for (const char* kept : {"/fe/backend", "/fe/backend-id", "/fe/state", "/fe/virtual-device", "/fe/queue-x"})

@@ -28,9 +28,29 @@ TEST_CASE("sizes take k, m, g suffixes in powers of 1024") {
 }
 
 TEST_CASE("the issue's example command line parses") {
-  auto r = parse({"--rw", "randrw", "--read-pct", "70", "--bs", "4096", "--qd", "32", "--runtime", "10",
-                  "--verify", "--flush-every", "100", "--queues", "4", "--ring-order", "2",
-                  "--indirect", "64", "--protocol", "x86_64-abi", "--json", "--backend-path",
+  auto r = parse({"--rw",
+                  "randrw",
+                  "--read-pct",
+                  "70",
+                  "--bs",
+                  "4096",
+                  "--qd",
+                  "32",
+                  "--runtime",
+                  "10",
+                  "--verify",
+                  "--flush-every",
+                  "100",
+                  "--queues",
+                  "4",
+                  "--ring-order",
+                  "2",
+                  "--indirect",
+                  "64",
+                  "--protocol",
+                  "x86_64-abi",
+                  "--json",
+                  "--backend-path",
                   "/local/domain/0/backend/qdisk/5/51712"});
   REQUIRE(std::holds_alternative<options>(r));
   const auto& o = std::get<options>(r);

@@ -102,7 +102,8 @@ TEST_CASE("a raw file becomes one raw slot per image, a push and a soft wait") {
   CHECK(cmds[2].v == verb::push);
   CHECK(cmds[3].v == verb::wait);
   CHECK(cmds[3].args == std::vector<std::string>{"2", "50", "soft"});
-  CHECK(std::holds_alternative<script_error>(raw_file_script(std::string(100, 'x'), 112, std::chrono::milliseconds(1))));
+  CHECK(
+      std::holds_alternative<script_error>(raw_file_script(std::string(100, 'x'), 112, std::chrono::milliseconds(1))));
 }
 
 TEST_CASE("a scripted write and read reach the disk and come back") {

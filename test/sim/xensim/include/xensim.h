@@ -17,8 +17,8 @@
 
 #include <stdint.h>
 
-#include <xen/xen.h>
 #include <xen/grant_table.h>
+#include <xen/xen.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -70,17 +70,16 @@ int xensim_end_access(uint32_t domid, uint32_t ref);
 int xensim_grant_status(uint32_t domid, uint32_t ref, uint32_t *pins_ro, uint32_t *pins_rw);
 
 /* Event-channel port state, as the hypervisor sees it. */
-enum { XENSIM_PORT_FREE = 0, XENSIM_PORT_UNBOUND = 1, XENSIM_PORT_INTERDOMAIN = 2,
-       XENSIM_PORT_VIRQ = 3 };
+enum { XENSIM_PORT_FREE = 0, XENSIM_PORT_UNBOUND = 1, XENSIM_PORT_INTERDOMAIN = 2, XENSIM_PORT_VIRQ = 3 };
 typedef struct xensim_port_info {
   uint32_t state;       /* XENSIM_PORT_* */
   uint32_t remote_dom;  /* unbound: who may bind it; interdomain: the peer */
   uint32_t remote_port; /* interdomain: the peer's port */
   uint32_t virq;
-  int pending;          /* an event is latched (arrived while masked) */
+  int pending; /* an event is latched (arrived while masked) */
   int masked;
-  int queued;           /* delivered to its handle, not yet returned by pending() */
-  int bound;            /* bound to a live xenevtchn handle */
+  int queued; /* delivered to its handle, not yet returned by pending() */
+  int bound;  /* bound to a live xenevtchn handle */
 } xensim_port_info_t;
 int xensim_port_info(uint32_t domid, uint32_t port, xensim_port_info_t *out);
 

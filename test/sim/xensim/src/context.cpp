@@ -64,9 +64,7 @@ void atfork_child() {
 }
 std::once_flag g_atfork_once;
 
-std::string name_of(const char* base, std::uint32_t n) {
-  return std::string(base) + std::to_string(n);
-}
+std::string name_of(const char* base, std::uint32_t n) { return std::string(base) + std::to_string(n); }
 
 // Creates `name` in `dirfd` with `size` bytes, initialised by `init`, so that
 // it appears complete or not at all. Returns an fd on the file now named
@@ -79,8 +77,7 @@ int create_complete(int dirfd, const std::string& name, std::size_t size, Init i
     std::uint64_t r = 0;
     if (getrandom(&r, sizeof r, 0) != sizeof r) r = static_cast<std::uint64_t>(now_ns());
     char tmp[96];
-    std::snprintf(tmp, sizeof tmp, "%s.tmp.%d.%016llx", name.c_str(), getpid(),
-                  static_cast<unsigned long long>(r));
+    std::snprintf(tmp, sizeof tmp, "%s.tmp.%d.%016llx", name.c_str(), getpid(), static_cast<unsigned long long>(r));
     fd = openat(dirfd, tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) return -1;
     void* p = MAP_FAILED;
@@ -156,8 +153,7 @@ bool open_sim(Ctx& c) {
   pthread_condattr_destroy(&ca);
   if (const char* f = getenv("XENSIM_FAULTS")) {
     std::string err;
-    if (!parse_faults(f, c.env_faults, err))
-      log_err("XENSIM_FAULTS: %s", err.c_str());
+    if (!parse_faults(f, c.env_faults, err)) log_err("XENSIM_FAULTS: %s", err.c_str());
   }
   c.faults_on = c.env_faults.any();
   return true;
@@ -208,8 +204,7 @@ void reap_slot(Ctx& c, std::uint32_t s) {
       Rec& x = r[i];
       if (x.kind != kRecPin) continue;
       if (x.flags & kRecActive)
-        if (Dom* d = domain(c, x.domid, false))
-          grant_release(c, *d, x.ref, x.flags & kRecWritable, &x);
+        if (Dom* d = domain(c, x.domid, false)) grant_release(c, *d, x.ref, x.flags & kRecWritable, &x);
       if (x.flags & kRecNotifyEvent)
         if (Dom* d = domain(c, x.notify_dom, false)) port_send(c, *d, x.port, false);
       x = Rec{};
@@ -230,8 +225,7 @@ void reap_slot(Ctx& c, std::uint32_t s) {
       if (x.kind != kRecPort) continue;
       if (Dom* d = domain(c, x.domid, false); d && x.port < kNrPorts) {
         Port& p = d->ports[x.port];
-        if (p.state != kFree && p.owner_proc == s && p.owner_gen == ps.gen)
-          port_close_locked(c, *d, x.port);
+        if (p.state != kFree && p.owner_proc == s && p.owner_gen == ps.gen) port_close_locked(c, *d, x.port);
       }
       x = Rec{};
     }
@@ -280,12 +274,13 @@ int env_domid(const char* who) {
 }
 
 Ctx* context(const char* who) {
-  std::call_once(g_atfork_once,
-                 [] { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); });
+  std::call_once(g_atfork_once, [] { pthread_atfork(atfork_prepare, atfork_parent, atfork_child); });
   const char* dir = getenv("XENSIM_DIR");
   if (!dir || !*dir) {
-    log_err("%s: XENSIM_DIR is not set: there is no simulated Xen to use "
-            "(set it to the simulation's directory)", who);
+    log_err(
+        "%s: XENSIM_DIR is not set: there is no simulated Xen to use "
+        "(set it to the simulation's directory)",
+        who);
     errno = ENOENT;
     return nullptr;
   }
@@ -504,8 +499,7 @@ Dom* domain(Ctx& c, std::uint32_t domid, bool create) {
     return nullptr;
   }
   int mfd = openat(c.dirfd, mname.c_str(), O_RDWR | O_CLOEXEC);
-  void* m = mfd < 0 ? MAP_FAILED
-                    : mmap(nullptr, kMemSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, mfd, 0);
+  void* m = mfd < 0 ? MAP_FAILED : mmap(nullptr, kMemSize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_NORESERVE, mfd, 0);
   if (m == MAP_FAILED) {
     e = errno;
     if (mfd >= 0) close(mfd);
@@ -527,8 +521,7 @@ Dom* domain(Ctx& c, std::uint32_t domid, bool create) {
 
 namespace {
 
-bool bits_alloc(std::uint64_t* map, std::uint32_t nbits, std::uint32_t first, std::uint32_t count,
-                std::uint32_t* out) {
+bool bits_alloc(std::uint64_t* map, std::uint32_t nbits, std::uint32_t first, std::uint32_t count, std::uint32_t* out) {
   std::uint32_t got = 0;
   for (std::uint32_t w = first / 64; w < nbits / 64 && got < count; ++w) {
     std::uint64_t v = ld(&map[w]);
@@ -555,8 +548,7 @@ void frame_free(Dom& d, std::uint32_t frame) {
   if (frame >= kNrFrames) return;
   // Fresh pages are zero (gntalloc allocates zeroed pages); punching also
   // gives the memory back.
-  if (fallocate(d.mem_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE,
-                static_cast<off_t>(frame) * kPage, kPage) != 0)
+  if (fallocate(d.mem_fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, static_cast<off_t>(frame) * kPage, kPage) != 0)
     std::memset(d.mem + std::size_t{frame} * kPage, 0, kPage);
   fetch_and(&d.hdr->frame_map[frame / 64], ~(1ull << (frame % 64)));
 }
@@ -578,8 +570,8 @@ void* stitch(Dom* const* doms, const std::uint32_t* frames, std::uint32_t count,
   for (std::uint32_t i = 0; i < count;) {
     std::uint32_t j = i + 1;
     while (j < count && doms[j] == doms[i] && frames[j] == frames[j - 1] + 1) ++j;
-    void* p = mmap(b + std::size_t{i} * kPage, std::size_t{j - i} * kPage, prot,
-                   MAP_SHARED | MAP_FIXED, doms[i]->mem_fd, static_cast<off_t>(frames[i]) * kPage);
+    void* p = mmap(b + std::size_t{i} * kPage, std::size_t{j - i} * kPage, prot, MAP_SHARED | MAP_FIXED,
+                   doms[i]->mem_fd, static_cast<off_t>(frames[i]) * kPage);
     if (p == MAP_FAILED) {
       int e = errno;
       munmap(base, len);

@@ -65,8 +65,7 @@ XENSIM_API int xensim_frames_free(uint32_t domid, uint32_t count, const uint32_t
   return 0;
 }
 
-XENSIM_API int xensim_grant_access(uint32_t domid, uint32_t to_domid, uint32_t frame,
-                                   int readonly) {
+XENSIM_API int xensim_grant_access(uint32_t domid, uint32_t to_domid, uint32_t frame, int readonly) {
   Dom* d = dom_of("xensim_grant_access", domid, false);
   if (!d) return -1;
   if (to_domid >= kMaxDomid) {
@@ -100,8 +99,7 @@ XENSIM_API int xensim_end_access(uint32_t domid, uint32_t ref) {
   return -1;
 }
 
-XENSIM_API int xensim_grant_status(uint32_t domid, uint32_t ref, uint32_t* pins_ro,
-                                   uint32_t* pins_rw) {
+XENSIM_API int xensim_grant_status(uint32_t domid, uint32_t ref, uint32_t* pins_ro, uint32_t* pins_rw) {
   Ctx* c = nullptr;
   Dom* d = dom_of("xensim_grant_status", domid, false, &c);
   if (!d) return -1;

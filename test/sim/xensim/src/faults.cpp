@@ -140,8 +140,8 @@ bool reload_locked(Ctx& c, bool forced, std::uint32_t g) {
       c.fault_mtime_ns = mt;
       c.fault_ino = sb.st_ino;
       c.fault_size = static_cast<std::uint64_t>(sb.st_size);
-      std::uint64_t stamp = (static_cast<std::uint64_t>(mt) * 1000003u) ^ (sb.st_ino << 20) ^
-                            static_cast<std::uint64_t>(sb.st_size);
+      std::uint64_t stamp =
+          (static_cast<std::uint64_t>(mt) * 1000003u) ^ (sb.st_ino << 20) ^ static_cast<std::uint64_t>(sb.st_size);
       set_counters_for(c, stamp | 1);
     }
   }

@@ -27,8 +27,8 @@
 //    port (EINVAL otherwise).
 #include "internal.hpp"
 
-#include <sys/mman.h>
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -85,15 +85,13 @@ std::uint32_t* combo(grant_entry_v1_t& e) { return reinterpret_cast<std::uint32_
 // Xen's _set_status_v1: checks the entry (unless already pinned) and sets
 // GTF_reading/GTF_writing in it with a cmpxchg on flags+domid, racing a guest
 // that may be ending access at the same time.
-int set_status(grant_entry_v1_t& e, bool pinned, bool writable, bool mapping,
-               std::uint32_t ldom) {
+int set_status(grant_entry_v1_t& e, bool pinned, bool writable, bool mapping, std::uint32_t ldom) {
   std::uint16_t mask = GTF_type_mask | (mapping ? GTF_sub_page : 0);
   std::uint32_t cur = ld(combo(e));
   for (int retries = 0;; ++retries) {
     std::uint16_t flags = static_cast<std::uint16_t>(cur & 0xffff);
     std::uint16_t domid = static_cast<std::uint16_t>(cur >> 16);
-    if (!pinned && ((flags & mask) != GTF_permit_access || domid != ldom))
-      return GNTST_general_error;
+    if (!pinned && ((flags & mask) != GTF_permit_access || domid != ldom)) return GNTST_general_error;
     std::uint32_t n = cur | GTF_reading;
     if (writable) {
       n |= GTF_writing;
@@ -127,8 +125,8 @@ void after_end(Dom& d, std::uint32_t ref, std::uint32_t frame) {
 
 }  // namespace
 
-int grant_acquire(Ctx& c, Dom& d, std::uint32_t ref, bool writable, bool mapping,
-                  std::uint32_t caller_dom, std::uint32_t* frame, Rec* rec) {
+int grant_acquire(Ctx& c, Dom& d, std::uint32_t ref, bool writable, bool mapping, std::uint32_t caller_dom,
+                  std::uint32_t* frame, Rec* rec) {
   if (ref >= kNrGrants) return GNTST_bad_gntref;
   Active& a = d.act[ref];
   grant_entry_v1_t& e = d.gnt[ref];
@@ -246,13 +244,11 @@ bool notify_port_ok(Ctx& c, std::uint32_t domid, std::uint32_t port) {
   // gntdev/gntalloc take a reference with evtchn_get(), which only works on
   // a port bound through some evtchn handle of the domain.
   Dom* d = domain(c, domid, false);
-  return d && port < kNrPorts && ld(&d->ports[port].state) != kFree &&
-         (ld(&d->ports[port].ev) >> 32) != 0;
+  return d && port < kNrPorts && ld(&d->ports[port].state) != kFree && (ld(&d->ports[port].ev) >> 32) != 0;
 }
 
-void* map_common(xengntdev_handle* h, std::uint32_t count, const std::uint32_t* domids,
-                 bool one_domid, const std::uint32_t* refs, int prot, std::uint32_t notify_off,
-                 std::uint32_t notify_port) {
+void* map_common(xengntdev_handle* h, std::uint32_t count, const std::uint32_t* domids, bool one_domid,
+                 const std::uint32_t* refs, int prot, std::uint32_t notify_off, std::uint32_t notify_port) {
   if (!usable(h, false)) return nullptr;
   if (count == 0 || !refs || !domids) {
     errno = EINVAL;
@@ -296,8 +292,7 @@ void* map_common(xengntdev_handle* h, std::uint32_t count, const std::uint32_t* 
     m.doms[done] = d;
     m.recs[done] = rec;
     c.recs[rec].flags = writable ? kRecWritable : 0;
-    int rc = grant_acquire(c, *d, refs[done], writable, true, h->domid, &frames[done],
-                           &c.recs[rec]);
+    int rc = grant_acquire(c, *d, refs[done], writable, true, h->domid, &frames[done], &c.recs[rec]);
     if (rc != GNTST_okay) {
       rec_free(c, rec);
       m.recs[done] = ~0u;
@@ -307,8 +302,8 @@ void* map_common(xengntdev_handle* h, std::uint32_t count, const std::uint32_t* 
   }
   std::uint8_t* addr = nullptr;
   if (!err) {
-    addr = static_cast<std::uint8_t*>(stitch(m.doms.data(), frames.data(), count,
-                                             writable ? PROT_READ | PROT_WRITE : PROT_READ));
+    addr = static_cast<std::uint8_t*>(
+        stitch(m.doms.data(), frames.data(), count, writable ? PROT_READ | PROT_WRITE : PROT_READ));
     if (!addr) err = errno;
   }
   if (err) {
@@ -378,8 +373,8 @@ std::uint32_t end_share_page_locked(xengntdev_handle* h, Share& s, std::uint32_t
   return port;
 }
 
-void* share_common(xengntshr_handle* h, std::uint32_t domid, int count_in, std::uint32_t* refs,
-                   int writable, std::uint32_t notify_off, std::uint32_t notify_port) {
+void* share_common(xengntshr_handle* h, std::uint32_t domid, int count_in, std::uint32_t* refs, int writable,
+                   std::uint32_t notify_off, std::uint32_t notify_port) {
   if (!usable(h, true)) return nullptr;
   if (count_in <= 0 || !refs || domid >= kMaxDomid) {
     errno = EINVAL;
@@ -434,8 +429,7 @@ void* share_common(xengntshr_handle* h, std::uint32_t domid, int count_in, std::
     st(&e.flags, static_cast<std::uint16_t>(GTF_permit_access | (writable ? 0 : GTF_readonly)));
   }
   std::vector<Dom*> doms(count, d);
-  auto* addr = static_cast<std::uint8_t*>(
-      stitch(doms.data(), s.frames.data(), count, PROT_READ | PROT_WRITE));
+  auto* addr = static_cast<std::uint8_t*>(stitch(doms.data(), s.frames.data(), count, PROT_READ | PROT_WRITE));
   if (!addr) {
     int e = errno;
     for (std::uint32_t i = 0; i < count; ++i) {
@@ -495,9 +489,7 @@ std::int16_t copy_one(xengntdev_handle* h, xengnttab_grant_copy_segment_t& s) {
   Ctx& c = *h->ctx;
   if (fault_check(c, kCntCopy).fail) return static_cast<std::int16_t>(fault_copy_status(c));
   const bool sg = s.flags & GNTCOPY_source_gref, dg = s.flags & GNTCOPY_dest_gref;
-  auto dom_of = [&](std::uint16_t domid) {
-    return domain(c, domid == DOMID_SELF ? h->domid : domid, false);
-  };
+  auto dom_of = [&](std::uint16_t domid) { return domain(c, domid == DOMID_SELF ? h->domid : domid, false); };
   // Xen's order: both domains, then the source grant, then the destination
   // grant, then the page bounds.
   Dom* sd = sg ? dom_of(s.source.foreign.domid) : nullptr;
@@ -566,24 +558,22 @@ XENSIM_API int xengnttab_fd(xengnttab_handle* h) {
   return h->fd;
 }
 
-XENSIM_API void* xengnttab_map_grant_ref(xengnttab_handle* h, uint32_t domid, uint32_t ref,
-                                         int prot) {
+XENSIM_API void* xengnttab_map_grant_ref(xengnttab_handle* h, uint32_t domid, uint32_t ref, int prot) {
   return map_common(h, 1, &domid, true, &ref, prot, ~0u, ~0u);
 }
 
-XENSIM_API void* xengnttab_map_grant_refs(xengnttab_handle* h, uint32_t count, uint32_t* domids,
-                                          uint32_t* refs, int prot) {
+XENSIM_API void* xengnttab_map_grant_refs(xengnttab_handle* h, uint32_t count, uint32_t* domids, uint32_t* refs,
+                                          int prot) {
   return map_common(h, count, domids, false, refs, prot, ~0u, ~0u);
 }
 
-XENSIM_API void* xengnttab_map_domain_grant_refs(xengnttab_handle* h, uint32_t count,
-                                                 uint32_t domid, uint32_t* refs, int prot) {
+XENSIM_API void* xengnttab_map_domain_grant_refs(xengnttab_handle* h, uint32_t count, uint32_t domid, uint32_t* refs,
+                                                 int prot) {
   return map_common(h, count, &domid, true, refs, prot, ~0u, ~0u);
 }
 
-XENSIM_API void* xengnttab_map_grant_ref_notify(xengnttab_handle* h, uint32_t domid, uint32_t ref,
-                                                int prot, uint32_t notify_offset,
-                                                evtchn_port_t notify_port) {
+XENSIM_API void* xengnttab_map_grant_ref_notify(xengnttab_handle* h, uint32_t domid, uint32_t ref, int prot,
+                                                uint32_t notify_offset, evtchn_port_t notify_port) {
   return map_common(h, 1, &domid, true, &ref, prot, notify_offset, notify_port);
 }
 
@@ -592,8 +582,7 @@ XENSIM_API int xengnttab_unmap(xengnttab_handle* h, void* start_address, uint32_
   std::uint32_t port;
   {
     std::lock_guard lk(h->mu);
-    auto it = std::find_if(h->maps.begin(), h->maps.end(),
-                           [&](const Mapping& m) { return m.addr == start_address; });
+    auto it = std::find_if(h->maps.begin(), h->maps.end(), [&](const Mapping& m) { return m.addr == start_address; });
     // gntdev's GET_OFFSET_FOR_VADDR, then libxengnttab's count check.
     if (!start_address || it == h->maps.end() || it->count != count) {
       errno = EINVAL;
@@ -613,8 +602,7 @@ XENSIM_API int xengnttab_set_max_grants(xengnttab_handle* h, uint32_t nr_grants)
   return 0;
 }
 
-XENSIM_API int xengnttab_grant_copy(xengnttab_handle* h, uint32_t count,
-                                    xengnttab_grant_copy_segment_t* segs) {
+XENSIM_API int xengnttab_grant_copy(xengnttab_handle* h, uint32_t count, xengnttab_grant_copy_segment_t* segs) {
   if (!usable(h, false)) return -1;
   Ctx& c = *h->ctx;
   if (!fault_xen_copy_checks(c)) {
@@ -632,8 +620,8 @@ XENSIM_API int xengnttab_grant_copy(xengnttab_handle* h, uint32_t count,
   return 0;
 }
 
-XENSIM_API int xengnttab_dmabuf_exp_from_refs(xengnttab_handle*, uint32_t, uint32_t, uint32_t,
-                                              const uint32_t*, uint32_t*) {
+XENSIM_API int xengnttab_dmabuf_exp_from_refs(xengnttab_handle*, uint32_t, uint32_t, uint32_t, const uint32_t*,
+                                              uint32_t*) {
   errno = EOPNOTSUPP;
   return -1;
 }
@@ -643,8 +631,7 @@ XENSIM_API int xengnttab_dmabuf_exp_wait_released(xengnttab_handle*, uint32_t, u
   return -1;
 }
 
-XENSIM_API int xengnttab_dmabuf_imp_to_refs(xengnttab_handle*, uint32_t, uint32_t, uint32_t,
-                                            uint32_t*) {
+XENSIM_API int xengnttab_dmabuf_imp_to_refs(xengnttab_handle*, uint32_t, uint32_t, uint32_t, uint32_t*) {
   errno = EOPNOTSUPP;
   return -1;
 }
@@ -688,14 +675,12 @@ XENSIM_API int xengntshr_fd(xengntshr_handle* h) {
   return h->fd;
 }
 
-XENSIM_API void* xengntshr_share_pages(xengntshr_handle* h, uint32_t domid, int count,
-                                       uint32_t* refs, int writable) {
+XENSIM_API void* xengntshr_share_pages(xengntshr_handle* h, uint32_t domid, int count, uint32_t* refs, int writable) {
   return share_common(h, domid, count, refs, writable, ~0u, ~0u);
 }
 
-XENSIM_API void* xengntshr_share_page_notify(xengntshr_handle* h, uint32_t domid, uint32_t* ref,
-                                             int writable, uint32_t notify_offset,
-                                             evtchn_port_t notify_port) {
+XENSIM_API void* xengntshr_share_page_notify(xengntshr_handle* h, uint32_t domid, uint32_t* ref, int writable,
+                                             uint32_t notify_offset, evtchn_port_t notify_port) {
   return share_common(h, domid, 1, ref, writable, notify_offset, notify_port);
 }
 
@@ -713,11 +698,9 @@ XENSIM_API int xengntshr_unshare(xengntshr_handle* h, void* start_address, uint3
     std::size_t covered = 0;
     for (auto& s : h->shares) {
       std::uint8_t* e = s.addr + std::size_t{s.count} * kPage;
-      if (s.addr < hi && lo < e)
-        covered += static_cast<std::size_t>(std::min(e, hi) - std::max(s.addr, lo));
+      if (s.addr < hi && lo < e) covered += static_cast<std::size_t>(std::min(e, hi) - std::max(s.addr, lo));
     }
-    if (!count || reinterpret_cast<std::uintptr_t>(lo) % kPage ||
-        covered != std::size_t{count} * kPage) {
+    if (!count || reinterpret_cast<std::uintptr_t>(lo) % kPage || covered != std::size_t{count} * kPage) {
       errno = EINVAL;
       return -1;
     }
@@ -727,8 +710,7 @@ XENSIM_API int xengntshr_unshare(xengntshr_handle* h, void* start_address, uint3
         if (p >= lo && p < hi && !s.ended[i]) ports.push_back(end_share_page_locked(h, s, i));
       }
     rc = munmap(lo, std::size_t{count} * kPage);
-    h->shares.erase(std::remove_if(h->shares.begin(), h->shares.end(),
-                                   [](const Share& s) { return s.live == 0; }),
+    h->shares.erase(std::remove_if(h->shares.begin(), h->shares.end(), [](const Share& s) { return s.live == 0; }),
                     h->shares.end());
   }
   for (auto p : ports) send_notify(h, p);

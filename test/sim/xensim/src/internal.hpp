@@ -66,22 +66,33 @@ inline constexpr std::uint32_t kMaxDomid = DOMID_FIRST_RESERVED;
 // 16-bit flags word and the 32-bit flags+domid word overlapping it can both be
 // updated atomically, as Xen and Linux do on the real grant table).
 template <class T>
-inline T ld(const T* p) { return __atomic_load_n(p, __ATOMIC_ACQUIRE); }
-template <class T>
-inline void st(T* p, std::type_identity_t<T> v) { __atomic_store_n(p, v, __ATOMIC_RELEASE); }
-template <class T>
-inline bool cas(T* p, T& expected, std::type_identity_t<T> desired) {
-  return __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_ACQ_REL,
-                                     __ATOMIC_ACQUIRE);
+inline T ld(const T* p) {
+  return __atomic_load_n(p, __ATOMIC_ACQUIRE);
 }
 template <class T>
-inline T fetch_add(T* p, std::type_identity_t<T> v) { return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL); }
+inline void st(T* p, std::type_identity_t<T> v) {
+  __atomic_store_n(p, v, __ATOMIC_RELEASE);
+}
 template <class T>
-inline T fetch_or(T* p, std::type_identity_t<T> v) { return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL); }
+inline bool cas(T* p, T& expected, std::type_identity_t<T> desired) {
+  return __atomic_compare_exchange_n(p, &expected, desired, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+}
 template <class T>
-inline T fetch_and(T* p, std::type_identity_t<T> v) { return __atomic_fetch_and(p, v, __ATOMIC_ACQ_REL); }
+inline T fetch_add(T* p, std::type_identity_t<T> v) {
+  return __atomic_fetch_add(p, v, __ATOMIC_ACQ_REL);
+}
 template <class T>
-inline T xchg(T* p, std::type_identity_t<T> v) { return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL); }
+inline T fetch_or(T* p, std::type_identity_t<T> v) {
+  return __atomic_fetch_or(p, v, __ATOMIC_ACQ_REL);
+}
+template <class T>
+inline T fetch_and(T* p, std::type_identity_t<T> v) {
+  return __atomic_fetch_and(p, v, __ATOMIC_ACQ_REL);
+}
+template <class T>
+inline T xchg(T* p, std::type_identity_t<T> v) {
+  return __atomic_exchange_n(p, v, __ATOMIC_ACQ_REL);
+}
 
 // ------------------------------------------------------------ shared state
 enum Counter : unsigned { kCntMap, kCntCopy, kCntNotify, kNrCounters };
@@ -93,10 +104,10 @@ struct ProcSlot {
   std::uint32_t pad;
 };
 
-struct HandleSlot {  // one event-channel handle (one wake-up FIFO)
-  std::uint64_t uid;    // names the handle's FIFO; never reused in a simulation
-  std::int32_t ready;   // ports queued for the handle's pending(); see evtchn.cpp
-  std::uint32_t proc;   // owning process slot
+struct HandleSlot {    // one event-channel handle (one wake-up FIFO)
+  std::uint64_t uid;   // names the handle's FIFO; never reused in a simulation
+  std::int32_t ready;  // ports queued for the handle's pending(); see evtchn.cpp
+  std::uint32_t proc;  // owning process slot
   std::uint32_t in_use;
   std::uint32_t domid;
   std::uint64_t pad;
@@ -206,8 +217,8 @@ struct Faults {
   std::uint32_t spurious_us = 0;
   bool xen_copy_checks = false;  // per-segment bad_copy_arg instead of gntdev's EINVAL
   bool any() const {
-    return map_fail.on() || copy_fail.on() || evt_drop.on() || evt_dup.on() ||
-           evt_delay.on() || spurious_us || xen_copy_checks;
+    return map_fail.on() || copy_fail.on() || evt_drop.on() || evt_dup.on() || evt_delay.on() || spurious_us ||
+           xen_copy_checks;
   }
 };
 // Parses "key=value ..." (whitespace, commas or newlines between); returns
@@ -334,8 +345,8 @@ void ref_free(Dom& d, std::uint32_t ref);
 // entry is pinned (and the caller's record, if any, marked active) and
 // *frame is the granted frame.
 // `mapping` adds Xen's map-only check (no sub-page grants).
-int grant_acquire(Ctx& c, Dom& d, std::uint32_t ref, bool writable, bool mapping,
-                  std::uint32_t caller_dom, std::uint32_t* frame, Rec* rec);
+int grant_acquire(Ctx& c, Dom& d, std::uint32_t ref, bool writable, bool mapping, std::uint32_t caller_dom,
+                  std::uint32_t* frame, Rec* rec);
 void grant_release(Ctx& c, Dom& d, std::uint32_t ref, bool writable, Rec* rec);
 // The guest side: gnttab_end_foreign_access. Returns true if access ended
 // now; with `defer`, a grant still in use is left for the last unpin to end.

@@ -52,8 +52,7 @@ bool all_from_xensim(bool print) {
   ok &= provider_is_xensim(reinterpret_cast<void*>(&xenevtchn_open), "xenevtchn_open", print);
   ok &= provider_is_xensim(reinterpret_cast<void*>(&xengnttab_open), "xengnttab_open", print);
   ok &= provider_is_xensim(reinterpret_cast<void*>(&xengntshr_open), "xengntshr_open", print);
-  ok &= provider_is_xensim(reinterpret_cast<void*>(&xengnttab_grant_copy), "xengnttab_grant_copy",
-                           print);
+  ok &= provider_is_xensim(reinterpret_cast<void*>(&xengnttab_grant_copy), "xengnttab_grant_copy", print);
   return ok;
 }
 
@@ -116,8 +115,8 @@ int guest(int requests, const char* outfile) {
     blkif_response* rsp = RING_GET_RESPONSE(&front, front.rsp_cons);
     front.rsp_cons++;
     if (rsp->id != static_cast<std::uint64_t>(i) || rsp->status != BLKIF_RSP_OKAY) {
-      std::fprintf(stderr, "xensim-peer guest: bad response %llu/%d to %d\n",
-                   static_cast<unsigned long long>(rsp->id), rsp->status, i);
+      std::fprintf(stderr, "xensim-peer guest: bad response %llu/%d to %d\n", static_cast<unsigned long long>(rsp->id),
+                   rsp->status, i);
       return 5;
     }
     for (std::size_t j = 0; j < xbd::xen::page_size; ++j)
@@ -200,8 +199,7 @@ int main(int argc, char** argv) {
   if (mode == "backend" && argc == 6)
     return backend(static_cast<std::uint32_t>(std::strtoul(argv[2], nullptr, 0)),
                    static_cast<std::uint32_t>(std::strtoul(argv[3], nullptr, 0)),
-                   static_cast<std::uint32_t>(std::strtoul(argv[4], nullptr, 0)),
-                   std::atoi(argv[5]));
+                   static_cast<std::uint32_t>(std::strtoul(argv[4], nullptr, 0)), std::atoi(argv[5]));
   std::fprintf(stderr, "usage: xensim-peer which | guest N FILE | backend DOMID RING PORT N\n");
   return 2;
 }

@@ -37,8 +37,7 @@ std::string asan_runtime() {
 
 enum class Load { preload, libpath, none };
 
-pid_t spawn(const std::vector<std::string>& args, const std::string& dir, unsigned domid,
-            Load how) {
+pid_t spawn(const std::vector<std::string>& args, const std::string& dir, unsigned domid, Load how) {
   std::vector<std::string> env;
   auto overridden = [](const char* e) {
     for (const char* k : {"XENSIM_DIR=", "XENSIM_DOMID=", "LD_PRELOAD=", "LD_LIBRARY_PATH="})
@@ -121,8 +120,8 @@ Pair start_pair(const SimDir& sim, Load how, int requests) {
     REQUIRE(ms_since(t0) < 10000);
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  p.back = spawn({XENSIM_PEER_PATH, "backend", std::to_string(kGuest), std::to_string(ring),
-                  std::to_string(port), std::to_string(requests)},
+  p.back = spawn({XENSIM_PEER_PATH, "backend", std::to_string(kGuest), std::to_string(ring), std::to_string(port),
+                  std::to_string(requests)},
                  sim.path, kBack, how);
   return p;
 }
@@ -130,208 +129,205 @@ Pair start_pair(const SimDir& sim, Load how, int requests) {
 }  // namespace
 
 TEST_SUITE("xensim") {
-
-TEST_CASE("a binary linked against the real libraries gets the simulator") {
-  SimDir sim;
-  CHECK(wait_exit(spawn({XENSIM_PEER_PATH, "which"}, sim.path, 0, Load::preload)) == 0);
-  CHECK(wait_exit(spawn({XENSIM_PEER_PATH, "which"}, sim.path, 0, Load::libpath)) == 0);
-  // Without either, the real libraries answer (and the check says so).
-  CHECK(wait_exit(spawn({XENSIM_PEER_PATH, "which"}, sim.path, 0, Load::none)) == 3);
-}
-
-TEST_CASE("two processes exchange a ring, grants and events (LD_PRELOAD on the real binary)") {
-  SimDir sim;
-  Pair p = start_pair(sim, Load::preload, 300);
-  CHECK(wait_exit(p.back) == 0);
-  CHECK(wait_exit(p.guest) == 0);
-}
-
-TEST_CASE("simulations side by side do not interfere") {
-  SimDir a, b;
-  // Two pairs at once, same domids, same ports and refs, one per simulation;
-  // one pair through LD_PRELOAD, the other through LD_LIBRARY_PATH.
-  Pair pa = start_pair(a, Load::preload, 200);
-  Pair pb = start_pair(b, Load::libpath, 200);
-  CHECK(wait_exit(pa.back) == 0);
-  CHECK(wait_exit(pb.back) == 0);
-  CHECK(wait_exit(pa.guest) == 0);
-  CHECK(wait_exit(pb.guest) == 0);
-
-  // In this process too: same numbers, separate worlds.
-  a.use();
-  Channel ca;
-  b.use();
-  Channel cb;
-  CHECK(ca.gport == cb.gport);
-  a.use();
-  REQUIRE(xenevtchn_notify(ca.guest, static_cast<evtchn_port_t>(ca.gport)) == 0);
-  CHECK(readable(xenevtchn_fd(ca.back), 1000));
-  CHECK_FALSE(readable(xenevtchn_fd(cb.back), 50));
-  auto* sa = gntshr_as(kGuest);
-  std::uint32_t ra = 0;
-  auto* pa_page = static_cast<char*>(xengntshr_share_pages(sa, kBack, 1, &ra, 1));
-  REQUIRE(pa_page != nullptr);
-  pa_page[0] = 'A';
-  b.use();
-  auto* sb = gntshr_as(kGuest);
-  std::uint32_t rb = 0;
-  auto* pb_page = static_cast<char*>(xengntshr_share_pages(sb, kBack, 1, &rb, 1));
-  REQUIRE(pb_page != nullptr);
-  pb_page[0] = 'B';
-  CHECK(ra == rb);
-  auto* gt = gnttab_as(kBack);  // in b
-  auto* m = static_cast<char*>(xengnttab_map_grant_ref(gt, kGuest, rb, PROT_READ));
-  REQUIRE(m != nullptr);
-  CHECK(m[0] == 'B');
-  xengnttab_unmap(gt, m, 1);
-  xengnttab_close(gt);
-  xengntshr_close(sb);
-  a.use();
-  xengntshr_close(sa);
-}
-
-TEST_CASE("XENSIM_FAULTS affects its own process only") {
-  setenv("XENSIM_FAULTS", "map_fail=all", 1);
-  SimDir sim;
-  REQUIRE(xensim_domain_create(kGuest) == 0);
-  int ref = xensim_grant_access(kGuest, kBack, 100, 0);
-  REQUIRE(ref > 0);
-  auto* gt = gnttab_as(kBack);
-  unsetenv("XENSIM_FAULTS");
-  CHECK(xengnttab_map_grant_ref(gt, kGuest, static_cast<std::uint32_t>(ref), PROT_READ) == nullptr);
-  CHECK(xengnttab_map_grant_ref(gt, kGuest, static_cast<std::uint32_t>(ref), PROT_READ) == nullptr);
-  // Meanwhile another pair in the same simulation maps its ring fine.
-  Pair p = start_pair(sim, Load::preload, 20);
-  CHECK(wait_exit(p.back) == 0);
-  CHECK(wait_exit(p.guest) == 0);
-  xengnttab_close(gt);
-}
-
-TEST_CASE("a backend killed while bound and mapping: its port and grants are released") {
-  SimDir sim;
-  auto* gev = evtchn_as(kGuest);
-  auto* gs = gntshr_as(kGuest);
-  set_nonblock(xenevtchn_fd(gev));
-  int gp = xenevtchn_bind_unbound_port(gev, kBack);
-  REQUIRE(gp > 0);
-  std::uint32_t ref = 0;
-  auto* page = static_cast<std::uint8_t*>(xengntshr_share_pages(gs, kBack, 1, &ref, 1));
-  REQUIRE(page != nullptr);
-  page[16] = 0x77;
-  Pipe ready;
-  pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    setenv("XENSIM_DOMID", "0", 1);
-    auto* ev = xenevtchn_open(nullptr, 0);
-    auto* gt = xengnttab_open(nullptr, 0);
-    if (!ev || !gt) _exit(2);
-    int bp = xenevtchn_bind_interdomain(ev, kGuest, static_cast<evtchn_port_t>(gp));
-    if (bp < 0) _exit(3);
-    if (!xengnttab_map_grant_ref_notify(gt, kGuest, ref, PROT_READ | PROT_WRITE, 16,
-                                        static_cast<evtchn_port_t>(bp)))
-      _exit(4);
-    char c = 'r';
-    if (write(ready.fd[1], &c, 1) != 1) _exit(5);
-    for (;;) pause();
+  TEST_CASE("a binary linked against the real libraries gets the simulator") {
+    SimDir sim;
+    CHECK(wait_exit(spawn({XENSIM_PEER_PATH, "which"}, sim.path, 0, Load::preload)) == 0);
+    CHECK(wait_exit(spawn({XENSIM_PEER_PATH, "which"}, sim.path, 0, Load::libpath)) == 0);
+    // Without either, the real libraries answer (and the check says so).
+    CHECK(wait_exit(spawn({XENSIM_PEER_PATH, "which"}, sim.path, 0, Load::none)) == 3);
   }
-  ChildGuard child(pid);
-  REQUIRE(ready.hear() == 'r');
-  CHECK(port_info(kGuest, static_cast<unsigned>(gp)).state == XENSIM_PORT_INTERDOMAIN);
-  std::uint32_t ro = 0, rw = 0;
-  xensim_grant_status(kGuest, ref, &ro, &rw);
-  CHECK(rw == 1);
-  child.kill_now();
 
-  // A restarted backend binds the same port: the dead one is detected, and
-  // what its kernel would have done at exit is done.
-  auto* b2 = evtchn_as(kBack);
-  int bp2 = xenevtchn_bind_interdomain(b2, kGuest, static_cast<evtchn_port_t>(gp));
-  CHECK(bp2 > 0);
-  xensim_grant_status(kGuest, ref, &ro, &rw);
-  CHECK(ro + rw == 0);
-  CHECK(page[16] == 0);  // its unmap notification: byte cleared...
-  CHECK(xenevtchn_pending(gev) == gp);  // ...and event sent
-  xenevtchn_close(b2);
-  xengntshr_close(gs);
-  xenevtchn_close(gev);
-}
+  TEST_CASE("two processes exchange a ring, grants and events (LD_PRELOAD on the real binary)") {
+    SimDir sim;
+    Pair p = start_pair(sim, Load::preload, 300);
+    CHECK(wait_exit(p.back) == 0);
+    CHECK(wait_exit(p.guest) == 0);
+  }
 
-TEST_CASE("a guest killed while sharing: reap notifies the backend and ends access after unmap") {
-  SimDir sim;
-  Pipe ready;
-  struct Info {
-    std::uint32_t ref;
-    int port;
-  };
-  int info_pipe[2];
-  REQUIRE(pipe(info_pipe) == 0);
-  pid_t pid = fork();
-  REQUIRE(pid >= 0);
-  if (pid == 0) {
-    setenv("XENSIM_DOMID", "5", 1);
-    auto* ev = xenevtchn_open(nullptr, 0);
-    auto* gs = xengntshr_open(nullptr, 0);
-    if (!ev || !gs) _exit(2);
+  TEST_CASE("simulations side by side do not interfere") {
+    SimDir a, b;
+    // Two pairs at once, same domids, same ports and refs, one per simulation;
+    // one pair through LD_PRELOAD, the other through LD_LIBRARY_PATH.
+    Pair pa = start_pair(a, Load::preload, 200);
+    Pair pb = start_pair(b, Load::libpath, 200);
+    CHECK(wait_exit(pa.back) == 0);
+    CHECK(wait_exit(pb.back) == 0);
+    CHECK(wait_exit(pa.guest) == 0);
+    CHECK(wait_exit(pb.guest) == 0);
+
+    // In this process too: same numbers, separate worlds.
+    a.use();
+    Channel ca;
+    b.use();
+    Channel cb;
+    CHECK(ca.gport == cb.gport);
+    a.use();
+    REQUIRE(xenevtchn_notify(ca.guest, static_cast<evtchn_port_t>(ca.gport)) == 0);
+    CHECK(readable(xenevtchn_fd(ca.back), 1000));
+    CHECK_FALSE(readable(xenevtchn_fd(cb.back), 50));
+    auto* sa = gntshr_as(kGuest);
+    std::uint32_t ra = 0;
+    auto* pa_page = static_cast<char*>(xengntshr_share_pages(sa, kBack, 1, &ra, 1));
+    REQUIRE(pa_page != nullptr);
+    pa_page[0] = 'A';
+    b.use();
+    auto* sb = gntshr_as(kGuest);
+    std::uint32_t rb = 0;
+    auto* pb_page = static_cast<char*>(xengntshr_share_pages(sb, kBack, 1, &rb, 1));
+    REQUIRE(pb_page != nullptr);
+    pb_page[0] = 'B';
+    CHECK(ra == rb);
+    auto* gt = gnttab_as(kBack);  // in b
+    auto* m = static_cast<char*>(xengnttab_map_grant_ref(gt, kGuest, rb, PROT_READ));
+    REQUIRE(m != nullptr);
+    CHECK(m[0] == 'B');
+    xengnttab_unmap(gt, m, 1);
+    xengnttab_close(gt);
+    xengntshr_close(sb);
+    a.use();
+    xengntshr_close(sa);
+  }
+
+  TEST_CASE("XENSIM_FAULTS affects its own process only") {
+    setenv("XENSIM_FAULTS", "map_fail=all", 1);
+    SimDir sim;
+    REQUIRE(xensim_domain_create(kGuest) == 0);
+    int ref = xensim_grant_access(kGuest, kBack, 100, 0);
+    REQUIRE(ref > 0);
+    auto* gt = gnttab_as(kBack);
+    unsetenv("XENSIM_FAULTS");
+    CHECK(xengnttab_map_grant_ref(gt, kGuest, static_cast<std::uint32_t>(ref), PROT_READ) == nullptr);
+    CHECK(xengnttab_map_grant_ref(gt, kGuest, static_cast<std::uint32_t>(ref), PROT_READ) == nullptr);
+    // Meanwhile another pair in the same simulation maps its ring fine.
+    Pair p = start_pair(sim, Load::preload, 20);
+    CHECK(wait_exit(p.back) == 0);
+    CHECK(wait_exit(p.guest) == 0);
+    xengnttab_close(gt);
+  }
+
+  TEST_CASE("a backend killed while bound and mapping: its port and grants are released") {
+    SimDir sim;
+    auto* gev = evtchn_as(kGuest);
+    auto* gs = gntshr_as(kGuest);
+    set_nonblock(xenevtchn_fd(gev));
+    int gp = xenevtchn_bind_unbound_port(gev, kBack);
+    REQUIRE(gp > 0);
+    std::uint32_t ref = 0;
+    auto* page = static_cast<std::uint8_t*>(xengntshr_share_pages(gs, kBack, 1, &ref, 1));
+    REQUIRE(page != nullptr);
+    page[16] = 0x77;
+    Pipe ready;
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      setenv("XENSIM_DOMID", "0", 1);
+      auto* ev = xenevtchn_open(nullptr, 0);
+      auto* gt = xengnttab_open(nullptr, 0);
+      if (!ev || !gt) _exit(2);
+      int bp = xenevtchn_bind_interdomain(ev, kGuest, static_cast<evtchn_port_t>(gp));
+      if (bp < 0) _exit(3);
+      if (!xengnttab_map_grant_ref_notify(gt, kGuest, ref, PROT_READ | PROT_WRITE, 16, static_cast<evtchn_port_t>(bp)))
+        _exit(4);
+      char c = 'r';
+      if (write(ready.fd[1], &c, 1) != 1) _exit(5);
+      for (;;) pause();
+    }
+    ChildGuard child(pid);
+    REQUIRE(ready.hear() == 'r');
+    CHECK(port_info(kGuest, static_cast<unsigned>(gp)).state == XENSIM_PORT_INTERDOMAIN);
+    std::uint32_t ro = 0, rw = 0;
+    xensim_grant_status(kGuest, ref, &ro, &rw);
+    CHECK(rw == 1);
+    child.kill_now();
+
+    // A restarted backend binds the same port: the dead one is detected, and
+    // what its kernel would have done at exit is done.
+    auto* b2 = evtchn_as(kBack);
+    int bp2 = xenevtchn_bind_interdomain(b2, kGuest, static_cast<evtchn_port_t>(gp));
+    CHECK(bp2 > 0);
+    xensim_grant_status(kGuest, ref, &ro, &rw);
+    CHECK(ro + rw == 0);
+    CHECK(page[16] == 0);                 // its unmap notification: byte cleared...
+    CHECK(xenevtchn_pending(gev) == gp);  // ...and event sent
+    xenevtchn_close(b2);
+    xengntshr_close(gs);
+    xenevtchn_close(gev);
+  }
+
+  TEST_CASE("a guest killed while sharing: reap notifies the backend and ends access after unmap") {
+    SimDir sim;
+    Pipe ready;
+    struct Info {
+      std::uint32_t ref;
+      int port;
+    };
+    int info_pipe[2];
+    REQUIRE(pipe(info_pipe) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+      setenv("XENSIM_DOMID", "5", 1);
+      auto* ev = xenevtchn_open(nullptr, 0);
+      auto* gs = xengntshr_open(nullptr, 0);
+      if (!ev || !gs) _exit(2);
+      Info in{};
+      in.port = xenevtchn_bind_unbound_port(ev, kBack);
+      auto* p = static_cast<std::uint8_t*>(
+          xengntshr_share_page_notify(gs, kBack, &in.ref, 1, 8, static_cast<evtchn_port_t>(in.port)));
+      if (!p || in.port < 0) _exit(3);
+      p[8] = 1;
+      if (write(info_pipe[1], &in, sizeof in) != sizeof in) _exit(4);
+      for (;;) pause();
+    }
+    ChildGuard child(pid);
     Info in{};
-    in.port = xenevtchn_bind_unbound_port(ev, kBack);
-    auto* p = static_cast<std::uint8_t*>(
-        xengntshr_share_page_notify(gs, kBack, &in.ref, 1, 8, static_cast<evtchn_port_t>(in.port)));
-    if (!p || in.port < 0) _exit(3);
-    p[8] = 1;
-    if (write(info_pipe[1], &in, sizeof in) != sizeof in) _exit(4);
-    for (;;) pause();
+    REQUIRE(read(info_pipe[0], &in, sizeof in) == sizeof in);
+    close(info_pipe[0]);
+    close(info_pipe[1]);
+    auto* ev = evtchn_as(kBack);
+    set_nonblock(xenevtchn_fd(ev));
+    int bp = xenevtchn_bind_interdomain(ev, kGuest, static_cast<evtchn_port_t>(in.port));
+    REQUIRE(bp > 0);
+    REQUIRE(xenevtchn_pending(ev) == bp);
+    xenevtchn_unmask(ev, static_cast<evtchn_port_t>(bp));
+    auto* gt = gnttab_as(kBack);
+    auto* m = static_cast<std::uint8_t*>(xengnttab_map_grant_ref(gt, kGuest, in.ref, PROT_READ));
+    REQUIRE(m != nullptr);
+    CHECK(m[8] == 1);
+    child.kill_now();
+
+    CHECK(xensim_reap() == 1);
+    CHECK(m[8] == 0);                    // gntalloc's notify byte...
+    CHECK(xenevtchn_pending(ev) == bp);  // ...and event
+    auto bi = port_info(kBack, static_cast<unsigned>(bp));
+    CHECK(bi.state == XENSIM_PORT_UNBOUND);  // the guest's port closed
+    CHECK(bi.remote_dom == kGuest);
+    grant_entry_v1_t* gnt = xensim_grant_table(kGuest, nullptr);
+    CHECK((gnt[in.ref].flags & GTF_permit_access) != 0);  // deferred: still mapped
+    REQUIRE(xengnttab_unmap(gt, m, 1) == 0);
+    CHECK(gnt[in.ref].flags == 0);
+    CHECK(xensim_reap() == 0);
+    xengnttab_close(gt);
+    xenevtchn_close(ev);
   }
-  ChildGuard child(pid);
-  Info in{};
-  REQUIRE(read(info_pipe[0], &in, sizeof in) == sizeof in);
-  close(info_pipe[0]);
-  close(info_pipe[1]);
-  auto* ev = evtchn_as(kBack);
-  set_nonblock(xenevtchn_fd(ev));
-  int bp = xenevtchn_bind_interdomain(ev, kGuest, static_cast<evtchn_port_t>(in.port));
-  REQUIRE(bp > 0);
-  REQUIRE(xenevtchn_pending(ev) == bp);
-  xenevtchn_unmask(ev, static_cast<evtchn_port_t>(bp));
-  auto* gt = gnttab_as(kBack);
-  auto* m = static_cast<std::uint8_t*>(xengnttab_map_grant_ref(gt, kGuest, in.ref, PROT_READ));
-  REQUIRE(m != nullptr);
-  CHECK(m[8] == 1);
-  child.kill_now();
 
-  CHECK(xensim_reap() == 1);
-  CHECK(m[8] == 0);                       // gntalloc's notify byte...
-  CHECK(xenevtchn_pending(ev) == bp);     // ...and event
-  auto bi = port_info(kBack, static_cast<unsigned>(bp));
-  CHECK(bi.state == XENSIM_PORT_UNBOUND);  // the guest's port closed
-  CHECK(bi.remote_dom == kGuest);
-  grant_entry_v1_t* gnt = xensim_grant_table(kGuest, nullptr);
-  CHECK((gnt[in.ref].flags & GTF_permit_access) != 0);  // deferred: still mapped
-  REQUIRE(xengnttab_unmap(gt, m, 1) == 0);
-  CHECK(gnt[in.ref].flags == 0);
-  CHECK(xensim_reap() == 0);
-  xengnttab_close(gt);
-  xenevtchn_close(ev);
-}
-
-TEST_CASE("a fork child cannot use its parent's handles, and closing them is harmless") {
-  SimDir sim;
-  Channel ch;
-  int rc = in_child([&] {
-    errno = 0;
-    if (xenevtchn_notify(ch.back, static_cast<evtchn_port_t>(ch.bport)) != -1 || errno != EBADF)
-      return 1;
-    xenevtchn_close(ch.back);
-    // Its own handles work.
-    auto* mine = xenevtchn_open(nullptr, 0);
-    if (!mine) return 2;
-    xenevtchn_close(mine);
-    return 0;
-  });
-  CHECK(rc == 0);
-  CHECK(port_info(kBack, static_cast<unsigned>(ch.bport)).state == XENSIM_PORT_INTERDOMAIN);
-  REQUIRE(xenevtchn_notify(ch.back, static_cast<evtchn_port_t>(ch.bport)) == 0);
-  CHECK(readable(xenevtchn_fd(ch.guest), 1000));
-}
+  TEST_CASE("a fork child cannot use its parent's handles, and closing them is harmless") {
+    SimDir sim;
+    Channel ch;
+    int rc = in_child([&] {
+      errno = 0;
+      if (xenevtchn_notify(ch.back, static_cast<evtchn_port_t>(ch.bport)) != -1 || errno != EBADF) return 1;
+      xenevtchn_close(ch.back);
+      // Its own handles work.
+      auto* mine = xenevtchn_open(nullptr, 0);
+      if (!mine) return 2;
+      xenevtchn_close(mine);
+      return 0;
+    });
+    CHECK(rc == 0);
+    CHECK(port_info(kBack, static_cast<unsigned>(ch.bport)).state == XENSIM_PORT_INTERDOMAIN);
+    REQUIRE(xenevtchn_notify(ch.back, static_cast<evtchn_port_t>(ch.bport)) == 0);
+    CHECK(readable(xenevtchn_fd(ch.guest), 1000));
+  }
 
 }  // TEST_SUITE

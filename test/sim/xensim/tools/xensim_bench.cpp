@@ -89,8 +89,7 @@ struct Shared {  // between the two processes
 // (on cpu_guest), each sleeping in poll() on its event-channel descriptor.
 void wakeups(int n, int cpu_back, int cpu_guest, Stats& one_way, Stats& rtt) {
   std::size_t shsize = sizeof(Shared) + sizeof(double) * static_cast<std::size_t>(n);
-  auto* sh = static_cast<Shared*>(
-      mmap(nullptr, shsize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
+  auto* sh = static_cast<Shared*>(mmap(nullptr, shsize, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0));
   sh->guest_port = 0;
   const int warm = n / 10;
   pid_t pid = fork();
@@ -204,10 +203,9 @@ int main(int argc, char** argv) {
   for (int two = 0; two <= (cpus > 1 ? 1 : 0); ++two) {
     Stats ow{}, rt{};
     wakeups(n, 0, two, ow, rt);
-    std::printf("  %-50s %8.1f us %8.1f us\n", two ? "one-way wake, two CPUs" : "one-way wake, one CPU",
-                ow.median, ow.p99);
-    std::printf("  %-50s %8.1f us %8.1f us\n", two ? "round trip, two CPUs" : "round trip, one CPU",
-                rt.median, rt.p99);
+    std::printf("  %-50s %8.1f us %8.1f us\n", two ? "one-way wake, two CPUs" : "one-way wake, one CPU", ow.median,
+                ow.p99);
+    std::printf("  %-50s %8.1f us %8.1f us\n", two ? "round trip, two CPUs" : "round trip, one CPU", rt.median, rt.p99);
     Stats raw = raw_pipe_rtt(n, 0, two);
     std::printf("  %-50s %8.1f us %8.1f us\n",
                 two ? "(reference: raw pipe round trip, two CPUs)" : "(reference: raw pipe round trip, one CPU)",
@@ -253,8 +251,7 @@ int main(int argc, char** argv) {
     std::uint32_t frames[11];
     if (xensim_frames_alloc(kGuest, 11, frames) != 0) die("frames");
     std::uint32_t refs[11];
-    for (int i = 0; i < 11; ++i)
-      refs[i] = static_cast<std::uint32_t>(xensim_grant_access(kGuest, 0, frames[i], 0));
+    for (int i = 0; i < 11; ++i) refs[i] = static_cast<std::uint32_t>(xensim_grant_access(kGuest, 0, frames[i], 0));
     auto* mem = static_cast<std::uint8_t*>(xensim_domain_memory(kGuest, nullptr));
     for (auto f : frames) std::memset(mem + f * kPg, 0x33, kPg);
     as_dom(0);

@@ -49,10 +49,14 @@ int check(int rc, const char* what) {
 
 const char* state_name(unsigned s) {
   switch (s) {
-    case XENSIM_PORT_UNBOUND: return "unbound";
-    case XENSIM_PORT_INTERDOMAIN: return "interdomain";
-    case XENSIM_PORT_VIRQ: return "virq";
-    default: return "free";
+    case XENSIM_PORT_UNBOUND:
+      return "unbound";
+    case XENSIM_PORT_INTERDOMAIN:
+      return "interdomain";
+    case XENSIM_PORT_VIRQ:
+      return "virq";
+    default:
+      return "free";
   }
 }
 
@@ -65,8 +69,8 @@ void dump(unsigned domid) {
     if (i.state == XENSIM_PORT_UNBOUND) std::printf(" (open to %u)", i.remote_dom);
     if (i.state == XENSIM_PORT_INTERDOMAIN) std::printf(" -> %u:%u", i.remote_dom, i.remote_port);
     if (i.state == XENSIM_PORT_VIRQ) std::printf(" %u", i.virq);
-    std::printf("%s%s%s%s\n", i.bound ? "" : " (owner dead)", i.masked ? " masked" : "",
-                i.pending ? " pending" : "", i.queued ? " queued" : "");
+    std::printf("%s%s%s%s\n", i.bound ? "" : " (owner dead)", i.masked ? " masked" : "", i.pending ? " pending" : "",
+                i.queued ? " queued" : "");
   }
   grant_entry_v1_t* g = xensim_grant_table(domid, nullptr);
   if (!g) return;
@@ -74,8 +78,8 @@ void dump(unsigned domid) {
     if (!g[r].flags) continue;
     std::uint32_t ro = 0, rw = 0;
     int f = xensim_grant_status(domid, r, &ro, &rw);
-    std::printf("  ref %u: frame %u to d%u flags %#x%s pins ro %u rw %u\n", r, g[r].frame,
-                g[r].domid, f, (f & GTF_readonly) ? " (read-only)" : "", ro, rw);
+    std::printf("  ref %u: frame %u to d%u flags %#x%s pins ro %u rw %u\n", r, g[r].frame, g[r].domid, f,
+                (f & GTF_readonly) ? " (read-only)" : "", ro, rw);
   }
 }
 
@@ -105,8 +109,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (cmd == "raise" && left == 2) return check(xensim_raise(num(argv[i]), num(argv[i + 1])), "raise");
-  if (cmd == "virq" && left == 2)
-    return check(xensim_send_virq(num(argv[i]), num(argv[i + 1])), "virq");
+  if (cmd == "virq" && left == 2) return check(xensim_send_virq(num(argv[i]), num(argv[i + 1])), "virq");
   if (cmd == "create" && left == 1) return check(xensim_domain_create(num(argv[i])), "create");
   if (cmd == "reap" && left == 0) {
     int n = xensim_reap();
