@@ -18,11 +18,13 @@
 
 #include <fcntl.h>
 #include <unistd.h>
+#include <functional>
 #include <thread>
 
 using namespace xbd;
 using namespace xbd::blkback;
 namespace asio = boost::asio;
+namespace bb = xbd::blkback;  // bb::xenbus_state: xenbus.h has a C enum of that name
 
 namespace {
 
@@ -90,11 +92,26 @@ struct rig {
   void start() {
     dev = std::make_unique<vbd>(ctx, vbd_id{"qdisk", guest, 51712});
     done = asio::co_spawn(ioc, dev->run(), asio::use_future);
-    settle();
+    // Started: it has left Initialising (or ended).
+    (void)until([&] { return state() != bb::xenbus_state::initialising || finished(); });
   }
-  // Runs until nothing has been ready to run for a while (bounded), so
-  // that a loaded machine slows the test down rather than failing it.
-  void settle() {
+  // Runs the vbd until `pred` holds; false if it does not within `limit`
+  // (a loaded machine slows the test down rather than failing it).
+  bool until(const std::function<bool()>& pred, std::chrono::milliseconds limit = std::chrono::seconds(10)) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!pred()) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      ioc.restart();
+      if (ioc.poll() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return true;
+  }
+  bool reaches(bb::xenbus_state s) {
+    return until([&] { return state() == s; });
+  }
+  // For checks that something does NOT happen: runs until nothing has been
+  // ready to run for 10 ms (bounded).
+  void quiet() {
     int idle = 0;
     for (int i = 0; i < 2000 && idle < 10; ++i) {
       ioc.restart();
@@ -107,18 +124,25 @@ struct rig {
     }
   }
   bool finished() { return done.wait_for(std::chrono::seconds(0)) == std::future_status::ready; }
-  std::string state() { return db.read(be + "/state").value_or("(none)"); }
+  // Our state as we last wrote it (unknown when there is none).
+  bb::xenbus_state state() {
+    auto v = db.read(be + "/state");
+    if (!v || v->size() != 1 || (*v)[0] < '0' || (*v)[0] > '8') return bb::xenbus_state::unknown;
+    return static_cast<bb::xenbus_state>((*v)[0] - '0');
+  }
+  void set_frontend(bb::xenbus_state s) { db.write(fe + "/state", std::to_string(static_cast<unsigned>(s))); }
 
   // The frontend publishes a one-page ring and an event channel.
-  void frontend_ready(const std::string& fe_state = "3") {
+  void frontend_ready(bb::xenbus_state fe_state = bb::xenbus_state::initialised) {
     auto ref = mem.grant(0, 0);
     (void)asio_xen::front_ring<blkif_request, blkif_response>::init({mem.page(0).data(), xen::page_size});
     fe_port.emplace(*asio_xen::event_channel::bind_unbound(ioc.get_executor(), bus.open(guest), 0));
     db.write(fe + "/ring-ref", std::to_string(ref));
     db.write(fe + "/event-channel", std::to_string(fe_port->local_port()));
     db.write(fe + "/protocol", "x86_64-abi");
-    db.write(fe + "/state", fe_state);
-    settle();
+    set_frontend(fe_state);
+    // The outcome of a connect: Connected, or Closed with a reason.
+    if (dev) (void)until([&] { return state() == bb::xenbus_state::connected || state() == bb::xenbus_state::closed; });
   }
 };
 
@@ -127,7 +151,7 @@ struct rig {
 TEST_CASE("a new vbd opens its image, publishes its features and waits in InitWait") {
   rig r;
   r.start();
-  CHECK(r.state() == "2");
+  CHECK(r.state() == bb::xenbus_state::init_wait);
   CHECK(r.db.read(be + "/feature-flush-cache") == "1");
   CHECK(r.db.read(be + "/feature-persistent") == "0");
   CHECK(r.db.read(be + "/max-ring-page-order") == "4");
@@ -140,7 +164,7 @@ TEST_CASE("frontend Initialised: map, bind, publish the disk in one go, then Con
   rig r;
   r.start();
   r.frontend_ready();
-  CHECK(r.state() == "4");
+  CHECK(r.state() == bb::xenbus_state::connected);
   CHECK(r.db.read(be + "/sectors") == "2048");
   CHECK(r.db.read(be + "/info") == "0");
   CHECK(r.db.read(be + "/sector-size") == "512");
@@ -152,14 +176,12 @@ TEST_CASE("frontend Closing -> Closing while still serving; Closed -> released a
   rig r;
   r.start();
   r.frontend_ready();
-  REQUIRE(r.state() == "4");
-  r.db.write(fe + "/state", "5");
-  r.settle();
-  CHECK(r.state() == "5");
+  REQUIRE(r.state() == bb::xenbus_state::connected);
+  r.set_frontend(bb::xenbus_state::closing);
+  CHECK(r.reaches(bb::xenbus_state::closing));
   CHECK(r.tables.mapped_pages() == 1u);  // the ring stays until the frontend is Closed
-  r.db.write(fe + "/state", "6");
-  r.settle();
-  CHECK(r.state() == "6");
+  r.set_frontend(bb::xenbus_state::closed);
+  CHECK(r.reaches(bb::xenbus_state::closed));
   CHECK(r.tables.mapped_pages() == 0u);
   CHECK_FALSE(r.finished());  // online: waits for the guest to come back
 }
@@ -168,14 +190,12 @@ TEST_CASE("a frontend that initialises again after Closed gets InitWait and can 
   rig r;
   r.start();
   r.frontend_ready();
-  r.db.write(fe + "/state", "6");
-  r.settle();
-  REQUIRE(r.state() == "6");
-  r.db.write(fe + "/state", "1");
-  r.settle();
-  CHECK(r.state() == "2");
-  r.frontend_ready("4");
-  CHECK(r.state() == "4");
+  r.set_frontend(bb::xenbus_state::closed);
+  REQUIRE(r.reaches(bb::xenbus_state::closed));
+  r.set_frontend(bb::xenbus_state::initialising);
+  CHECK(r.reaches(bb::xenbus_state::init_wait));
+  r.frontend_ready(bb::xenbus_state::connected);
+  CHECK(r.state() == bb::xenbus_state::connected);
 }
 
 TEST_CASE("online=0 with an idle frontend: Closed and the vbd ends") {
@@ -183,9 +203,8 @@ TEST_CASE("online=0 with an idle frontend: Closed and the vbd ends") {
   r.start();
   r.db.write(be + "/online", "0");
   r.db.write(be + "/state", "5");  // what libxl writes
-  r.settle();
-  CHECK(r.state() == "6");
-  CHECK(r.finished());
+  CHECK(r.reaches(bb::xenbus_state::closed));
+  CHECK(r.until([&] { return r.finished(); }));
 }
 
 TEST_CASE("online=0 while connected waits for the frontend to close, then ends") {
@@ -194,13 +213,12 @@ TEST_CASE("online=0 while connected waits for the frontend to close, then ends")
   r.frontend_ready();
   r.db.write(be + "/online", "0");
   r.db.write(be + "/state", "5");
-  r.settle();
+  r.quiet();  // it must not end while the guest still uses the ring
   CHECK_FALSE(r.finished());
   CHECK(r.tables.mapped_pages() == 1u);
-  r.db.write(fe + "/state", "6");
-  r.settle();
-  CHECK(r.state() == "6");
-  CHECK(r.finished());
+  r.set_frontend(bb::xenbus_state::closed);
+  CHECK(r.reaches(bb::xenbus_state::closed));
+  CHECK(r.until([&] { return r.finished(); }));
   CHECK(r.tables.mapped_pages() == 0u);
 }
 
@@ -208,14 +226,13 @@ TEST_CASE("an unknown protocol is refused with an error node and Closed") {
   rig r;
   r.start();
   r.frontend_ready();
-  r.db.write(fe + "/state", "6");
-  r.settle();
-  r.db.write(fe + "/state", "1");
-  r.settle();
+  r.set_frontend(bb::xenbus_state::closed);
+  REQUIRE(r.reaches(bb::xenbus_state::closed));
+  r.set_frontend(bb::xenbus_state::initialising);
+  REQUIRE(r.reaches(bb::xenbus_state::init_wait));
   r.db.write(fe + "/protocol", "arm-abi");
-  r.db.write(fe + "/state", "3");
-  r.settle();
-  CHECK(r.state() == "6");
+  r.set_frontend(bb::xenbus_state::initialised);
+  CHECK(r.reaches(bb::xenbus_state::closed));
   CHECK(r.db.read(be + "/error").has_value());
   CHECK(r.tables.mapped_pages() == 0u);
 }
@@ -225,9 +242,8 @@ TEST_CASE("a ring-page-order above our maximum is refused") {
   r.start();
   r.db.write(fe + "/ring-page-order", "5");
   r.db.write(fe + "/event-channel", "1");
-  r.db.write(fe + "/state", "3");
-  r.settle();
-  CHECK(r.state() == "6");
+  r.set_frontend(bb::xenbus_state::initialised);
+  CHECK(r.reaches(bb::xenbus_state::closed));
   CHECK(r.db.read(be + "/error").has_value());
 }
 
@@ -236,9 +252,8 @@ TEST_CASE("a malformed ring-ref or event-channel is refused, not guessed") {
   r.start();
   r.db.write(fe + "/ring-ref", "12x");
   r.db.write(fe + "/event-channel", "3");
-  r.db.write(fe + "/state", "3");
-  r.settle();
-  CHECK(r.state() == "6");
+  r.set_frontend(bb::xenbus_state::initialised);
+  CHECK(r.reaches(bb::xenbus_state::closed));
 }
 
 TEST_CASE("the frontend directory vanishing ends the vbd") {
@@ -247,8 +262,7 @@ TEST_CASE("the frontend directory vanishing ends the vbd") {
   r.frontend_ready();
   auto c = r.db.connect(0);
   REQUIRE_FALSE(c->rm(asio_xen::no_transaction, "/local/domain/5"));
-  r.settle();
-  CHECK(r.finished());
+  CHECK(r.until([&] { return r.finished(); }));
   CHECK(r.tables.mapped_pages() == 0u);
 }
 
@@ -258,9 +272,8 @@ TEST_CASE("the guest's death (@releaseDomain) tears the vbd down without waiting
   r.frontend_ready();
   r.db.kill_domain(guest);
   r.dev->check_domain();  // what the backend does on @releaseDomain
-  r.settle();
-  CHECK(r.finished());
-  CHECK(r.state() == "6");
+  CHECK(r.until([&] { return r.finished(); }));
+  CHECK(r.state() == bb::xenbus_state::closed);
   CHECK(r.tables.mapped_pages() == 0u);
 }
 
@@ -269,21 +282,20 @@ TEST_CASE("shutdown releases the ring but leaves xenstore as it was") {
   r.start();
   r.frontend_ready();
   r.dev->shutdown();
-  r.settle();
-  CHECK(r.finished());
-  CHECK(r.state() == "4");
+  CHECK(r.until([&] { return r.finished(); }));
+  CHECK(r.state() == bb::xenbus_state::connected);
   CHECK(r.tables.mapped_pages() == 0u);
   CHECK(r.bus.bound(guest, r.fe_port->local_port()) == false);  // unbound: a new backend can bind
 }
 
 TEST_CASE("a backend found Connected at start-up re-attaches without touching xenstore") {
   rig r;
-  r.frontend_ready("4");
+  r.frontend_ready(bb::xenbus_state::connected);
   r.db.write(be + "/state", "4");
   r.db.write(be + "/sectors", "2048");
   r.start();
-  CHECK(r.state() == "4");
-  CHECK(r.tables.mapped_pages() == 1u);
+  CHECK(r.until([&] { return r.tables.mapped_pages() == 1u; }));
+  CHECK(r.state() == bb::xenbus_state::connected);
   CHECK_FALSE(r.db.exists(be + "/hotplug-status"));  // nothing was re-published
 }
 
@@ -292,34 +304,34 @@ TEST_CASE("bad toolstack keys close the vbd with a reason") {
     rig r;
     r.db.write(be + "/params", "qcow2:" + r.img.path);
     r.start();
-    CHECK(r.state() == "6");
+    CHECK(r.state() == bb::xenbus_state::closed);
     CHECK(r.db.read(be + "/error").value_or("").find("params") != std::string::npos);
-    CHECK(r.finished());
+    CHECK(r.until([&] { return r.finished(); }));
   }
   SUBCASE("a relative path") {
     rig r;
     r.db.write(be + "/params", "raw:disk.img");
     r.start();
-    CHECK(r.state() == "6");
+    CHECK(r.state() == bb::xenbus_state::closed);
   }
   SUBCASE("a missing image") {
     rig r;
     r.db.write(be + "/params", "raw:/nonexistent/xbd.img");
     r.start();
-    CHECK(r.state() == "6");
+    CHECK(r.state() == bb::xenbus_state::closed);
     CHECK(r.db.read(be + "/error").value_or("").find("No such file") != std::string::npos);
   }
   SUBCASE("a frontend-id that is not the directory's domain") {
     rig r;
     r.db.write(be + "/frontend-id", "7");
     r.start();
-    CHECK(r.state() == "6");
+    CHECK(r.state() == bb::xenbus_state::closed);
   }
   SUBCASE("a mode that is neither w nor r") {
     rig r;
     r.db.write(be + "/mode", "rw");
     r.start();
-    CHECK(r.state() == "6");
+    CHECK(r.state() == bb::xenbus_state::closed);
   }
 }
 
@@ -398,9 +410,8 @@ TEST_CASE("multi-queue: the offer is published and a request beyond it is refuse
   r.db.write(fe + "/multi-queue-num-queues", "5");
   r.db.write(fe + "/ring-ref", "8");
   r.db.write(fe + "/event-channel", "1");
-  r.db.write(fe + "/state", "3");
-  r.settle();
-  CHECK(r.state() == "6");
+  r.set_frontend(bb::xenbus_state::initialised);
+  CHECK(r.reaches(bb::xenbus_state::closed));
   CHECK(r.db.read(be + "/error").value_or("").find("multi-queue-num-queues 5") != std::string::npos);
 }
 
@@ -417,9 +428,8 @@ TEST_CASE("multi-queue: two queues read their keys under queue-0 and queue-1") {
     r.db.write(fe + "/queue-" + std::to_string(q) + "/event-channel", std::to_string(ports.back().local_port()));
   }
   r.db.write(fe + "/multi-queue-num-queues", "2");
-  r.db.write(fe + "/state", "3");
-  r.settle();
-  CHECK(r.state() == "4");
+  r.set_frontend(bb::xenbus_state::initialised);
+  CHECK(r.reaches(bb::xenbus_state::connected));
   CHECK(r.tables.mapped_pages() == 2u);
 }
 
