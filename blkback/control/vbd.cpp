@@ -445,93 +445,104 @@ vbd::outcome<vbd::ring_keys> vbd::read_ring_keys(const std::string& dir, unsigne
   return k;
 }
 
-asio::awaitable<std::optional<vbd::problem>> vbd::connect(bool reattach) {
+// What the frontend published for this connection, each key read once
+// (XSA-155 applies to xenstore too).
+vbd::outcome<vbd::transport> vbd::read_transport() {
   auto& xs = ctx_.xs;
-  // Every transport key is read once (XSA-155 applies to xenstore too).
+  transport t;
   auto order = xs.read_optional<unsigned>(fe_ + "/ring-page-order");
-  if (!order) co_return bad_key("ring-page-order: " + order.error().message(), order.error());
+  if (!order) return bad_key("ring-page-order: " + order.error().message(), order.error());
   const bool has_order = order->has_value();
-  const unsigned ring_order = order->value_or(0);
-  if (ring_order > ctx_.cfg.max_ring_page_order)
-    co_return bad_key("ring-page-order " + std::to_string(ring_order) + " is above our maximum " +
-                          std::to_string(ctx_.cfg.max_ring_page_order),
-                      invalid());
+  t.ring_order = order->value_or(0);
+  if (t.ring_order > ctx_.cfg.max_ring_page_order)
+    return bad_key("ring-page-order " + std::to_string(t.ring_order) + " is above our maximum " +
+                       std::to_string(ctx_.cfg.max_ring_page_order),
+                   invalid());
   auto nq = xs.read_optional<unsigned>(fe_ + "/multi-queue-num-queues");
-  if (!nq) co_return bad_key("multi-queue-num-queues: " + nq.error().message(), nq.error());
+  if (!nq) return bad_key("multi-queue-num-queues: " + nq.error().message(), nq.error());
   const unsigned queues = nq->value_or(1);
   if (queues == 0 || queues > ctx_.max_queues)
-    co_return bad_key(
+    return bad_key(
         "multi-queue-num-queues " + std::to_string(queues) + " is not within 1.." + std::to_string(ctx_.max_queues),
         invalid());
   auto proto = xs.read_optional<std::string>(fe_ + "/protocol");
-  if (!proto) co_return bad_key("protocol: " + proto.error().message(), proto.error());
-  abi layout = native_abi;
+  if (!proto) return bad_key("protocol: " + proto.error().message(), proto.error());
   if (*proto) {
     auto a = parse_protocol(**proto);
     if (!a)
-      co_return bad_key("unknown protocol " + quote(**proto),
-                        error_code(EPROTONOSUPPORT, boost::system::generic_category()));
-    layout = *a;
+      return bad_key("unknown protocol " + quote(**proto),
+                     error_code(EPROTONOSUPPORT, boost::system::generic_category()));
+    t.layout = *a;
   } else if (ctx_.cfg.default_protocol == ring_protocol::x86_32) {
-    layout = abi::x86_32;  // what Linux's blkback assumes of an x86 guest
+    t.layout = abi::x86_32;  // what Linux's blkback assumes of an x86 guest
   }
   // Linux's blkfront puts a single queue's keys at the top, several under
   // queue-<i>/.
-  std::vector<ring_keys> rings;
   for (unsigned i = 0; i < queues; ++i) {
-    auto k = read_ring_keys(queues == 1 ? fe_ : fe_ + "/queue-" + std::to_string(i), ring_order, has_order);
-    if (!k) co_return k.error();
-    rings.push_back(std::move(*k));
+    auto k = read_ring_keys(queues == 1 ? fe_ : fe_ + "/queue-" + std::to_string(i), t.ring_order, has_order);
+    if (!k) return k.error();
+    t.rings.push_back(std::move(*k));
   }
+  return t;
+}
 
-  // The size now: the image may have grown while no frontend was connected.
-  if (auto size = store_->current_size()) offer_.limits.sectors = *size / 512;
-  published_sectors_ = offer_.limits.sectors;
-
-  auto executor = co_await asio::this_coro::executor;
-  auto c = std::make_shared<connection>(executor, rings.size());
-  for (const auto& k : rings) {
+// Maps each ring and starts its queue on a worker. On failure the queues
+// already running are in conn_, for disconnect() to stop.
+std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_executor control) {
+  auto c = std::make_shared<connection>(control, t.rings.size());
+  conn_ = c;
+  for (const auto& k : t.rings) {
     queue_params qp;
     qp.frontend_domid = id_.frontend_domid;
-    qp.layout = layout;
+    qp.layout = t.layout;
     qp.ring_refs = k.refs;
     qp.remote_port = k.port;
     qp.limits = offer_.limits;
     worker w = ctx_.pick_worker();
     auto q = queue::connect(w, ctx_.xen, qp, *store_, log_);
-    if (!q) {
-      // Queues already running are stopped by disconnect().
-      conn_ = c;
-      co_return bad_key("cannot map the ring or bind its event channel: " + q.error().what(), q.error());
-    }
+    if (!q) return bad_key("cannot map the ring or bind its event channel: " + q.error().what(), q.error());
     queue* raw = q->get();
     c->queues.push_back(std::move(*q));
     c->workers.push_back(w);
     ++c->running;
-    asio::co_spawn(w.ex, raw->run(), [c, executor](std::exception_ptr e, error_code ec) {
+    asio::co_spawn(w.ex, raw->run(), [c, control](std::exception_ptr e, error_code ec) {
       if (e) ec = error_code(EFAULT, boost::system::generic_category());
-      asio::post(executor, [c, ec] { (void)c->exited.try_send(error_code{}, ec); });
+      asio::post(control, [c, ec] { (void)c->exited.try_send(error_code{}, ec); });
     });
   }
-  conn_ = c;
+  return std::nullopt;
+}
 
+// The disk's size and properties, in one transaction, then Connected.
+std::optional<vbd::problem> vbd::publish_disk() {
+  error_code ec = ctx_.xs.transact([&](asio_xen::transaction& t) -> error_code {
+    const auto& props = store_->props();
+    if (auto e = t.write(be_ + "/sectors", published_sectors_)) return e;  // always 512-byte units
+    if (auto e = t.write(be_ + "/info", offer_.info)) return e;
+    if (auto e = t.write(be_ + "/sector-size", props.logical_sector)) return e;
+    if (auto e = t.write(be_ + "/physical-sector-size", props.physical_sector)) return e;
+    return {};
+  });
+  if (ec) return bad_key("publishing the disk: " + ec.message(), ec);
+  if (ec = switch_state(xenbus_state::connected); ec) return problem{"connecting to the frontend", ec};
+  return std::nullopt;
+}
+
+asio::awaitable<std::optional<vbd::problem>> vbd::connect(bool reattach) {
+  auto t = read_transport();
+  if (!t) co_return t.error();
+  // The size now: the image may have grown while no frontend was connected.
+  if (auto size = store_->current_size()) offer_.limits.sectors = *size / 512;
+  published_sectors_ = offer_.limits.sectors;
+  if (auto p = start_queues(*t, co_await asio::this_coro::executor)) co_return p;
   if (!reattach) {
-    error_code ec = xs.transact([&](asio_xen::transaction& t) -> error_code {
-      const auto& props = store_->props();
-      if (auto e = t.write(be_ + "/sectors", published_sectors_)) return e;  // always 512-byte units
-      if (auto e = t.write(be_ + "/info", offer_.info)) return e;
-      if (auto e = t.write(be_ + "/sector-size", props.logical_sector)) return e;
-      if (auto e = t.write(be_ + "/physical-sector-size", props.physical_sector)) return e;
-      return {};
-    });
-    if (ec) co_return bad_key("publishing the disk: " + ec.message(), ec);
-    if (error_code e = switch_state(xenbus_state::connected)) co_return problem{"connecting to the frontend", e};
-  } else if (auto s = xs.read<std::uint64_t>(be_ + "/sectors")) {
+    if (auto p = publish_disk()) co_return p;
+  } else if (auto s = ctx_.xs.read<std::uint64_t>(be_ + "/sectors")) {
     published_sectors_ = *s;
   }
-  XBD_LOG(log_, info) << (reattach ? "re-attached" : "connected") << ": " << queues << " queue(s) of "
-                      << (1u << ring_order) << " ring page(s), " << c->queues.front()->ring_size()
-                      << " entries each, event channel " << rings.front().port << ", " << to_string(layout)
+  XBD_LOG(log_, info) << (reattach ? "re-attached" : "connected") << ": " << t->rings.size() << " queue(s) of "
+                      << (1u << t->ring_order) << " ring page(s), " << conn_->queues.front()->ring_size()
+                      << " entries each, event channel " << t->rings.front().port << ", " << to_string(t->layout)
                       << (offer_.limits.max_indirect_segments ? ", indirect" : "");
   co_return std::nullopt;
 }

@@ -116,6 +116,14 @@ class vbd {
     asio_xen::evtchn_port port = 0;
   };
   outcome<ring_keys> read_ring_keys(const std::string& dir, unsigned order, bool has_order);
+  struct transport {
+    unsigned ring_order = 0;
+    abi layout = native_abi;
+    std::vector<ring_keys> rings;
+  };
+  outcome<transport> read_transport();
+  std::optional<problem> start_queues(const transport& t, boost::asio::any_io_executor control);
+  std::optional<problem> publish_disk();
   boost::asio::awaitable<std::optional<problem>> connect(bool reattach);
   void apply_resize();
   boost::asio::awaitable<void> disconnect();
