@@ -62,6 +62,12 @@ class sim_env {
   int frontend_runs_ = 0;
 };
 
+// xenbus.h's states as xenstore holds them, by name.
+namespace xenbus {
+inline const std::string initialising = "1", init_wait = "2", initialised = "3", connected = "4", closing = "5",
+                         closed = "6";
+}  // namespace xenbus
+
 // A field of blkfront-sim's JSON summary, found textually ("key":value).
 std::string json_field(const std::string& json, const std::string& key);
 

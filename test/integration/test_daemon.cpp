@@ -33,9 +33,9 @@ std::string backend(unsigned domid, unsigned devid = xvda) {
 // Both ends Connected: the guest is using the disk.
 bool both_connected(sim_env& env, unsigned domid, unsigned devid = xvda) {
   return eventually([&] {
-    return env.read(backend(domid, devid) + "/state") == "4" &&
+    return env.read(backend(domid, devid) + "/state") == xenbus::connected &&
            env.read("/local/domain/" + std::to_string(domid) + "/device/vbd/" + std::to_string(devid) + "/state") ==
-               "4";
+               xenbus::connected;
   });
 }
 
@@ -59,7 +59,7 @@ TEST_CASE("verified random reads and writes through a 16-page ring, with flushes
   CHECK(json_field(r.json, "ring_page_order") == "4");
   CHECK(json_field(r.json, "flush") != "0");
   CHECK(env.log_shows("connected: 1 queue(s) of 16 ring page(s), 512 entries each"));
-  CHECK(env.read(backend(5) + "/state") == "6");  // the frontend closed at the end
+  CHECK(env.read(backend(5) + "/state") == xenbus::closed);  // the frontend closed at the end
   CHECK(env.stop_daemon() == 0);
 }
 
@@ -142,7 +142,7 @@ TEST_CASE("a missing backing file closes that vbd with an error node and another
   add_disk(env, 5, env.dir() / "does-not-exist.img");
   add_disk(env, 6, env.make_image("good.img", 8 << 20));
   env.start_daemon();
-  CHECK(eventually([&] { return env.read(backend(5) + "/state") == "6"; }));
+  CHECK(eventually([&] { return env.read(backend(5) + "/state") == xenbus::closed; }));
   auto err = env.read(backend(5) + "/error");
   REQUIRE(err.has_value());
   CHECK(err->find("No such file or directory") != std::string::npos);
@@ -156,7 +156,7 @@ TEST_CASE("a toolstack unplug while the guest is idle closes the vbd and the too
   env.create_guest(5);
   auto devid = add_disk(env, 5, env.make_image("disk.img", 8 << 20));
   env.start_daemon();
-  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == "2"; }));
+  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == xenbus::init_wait; }));
   auto res = env.toolstack().remove_disk(5, devid, {5s, xbd::sim::remove_mode::remove});
   CHECK(res.ok());
   CHECK(res.closed);
@@ -209,13 +209,13 @@ TEST_CASE("SIGTERM answers the requests in flight and a restarted daemon re-atta
   auto fe = env.start_frontend(
       5, {"--devid", "51712", "--rw", "randrw", "--qd", "64", "--runtime", "4", "--verify", "--timeout", "120"},
       "long");
-  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == "4"; }));
+  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == xenbus::connected; }));
   std::this_thread::sleep_for(700ms);
   INFO("daemon log:\n" << env.daemon_log());
   CHECK(env.stop_daemon() == 0);
   CHECK(env.log_shows("all devices released"));
   // Guest-visible state is untouched: still Connected.
-  CHECK(env.read(backend(5) + "/state") == "4");
+  CHECK(env.read(backend(5) + "/state") == xenbus::connected);
   env.start_daemon();
   CHECK(env.log_shows("re-attached"));
   REQUIRE(fe->wait(150s) == 0);
@@ -232,7 +232,7 @@ TEST_CASE("bad values from the toolstack close the vbd with a reason") {
   add_disk(env, 5, env.make_image("disk.img", 8 << 20));
   env.toolstack().xs().write(backend(5) + "/params", "qcow2:" + (env.dir() / "disk.img").string());
   env.start_daemon();
-  CHECK(eventually([&] { return env.read(backend(5) + "/state") == "6"; }));
+  CHECK(eventually([&] { return env.read(backend(5) + "/state") == xenbus::closed; }));
   CHECK(env.read(backend(5) + "/error").has_value());
   CHECK(env.log_shows("only raw images are served"));
 }
@@ -276,7 +276,7 @@ TEST_CASE("online resize: the image grows, SIGHUP, and the backend publishes the
   env.daemon().signal(SIGHUP);
   CHECK(eventually([&] { return env.read(backend(5) + "/sectors") == std::to_string((48 << 20) / 512); }));
   CHECK(env.log_shows("resized: 32768 -> 98304 sectors"));
-  CHECK(env.read(backend(5) + "/state") == "4");
+  CHECK(env.read(backend(5) + "/state") == xenbus::connected);
   // The new sectors are served.
   fe->signal(SIGTERM);
   (void)fe->wait(10s);
