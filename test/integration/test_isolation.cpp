@@ -221,3 +221,34 @@ TEST_CASE("another guest's churning, hostile and dying vbds never touch a victim
   CHECK(env.daemon_log().find("[d5/51712 xvda] read at") == std::string::npos);
   CHECK(env.daemon().running());
 }
+
+TEST_CASE("a vbd with 128 queues, every ring halted by its own guest, still finishes closing") {
+  // Each ring that ends reports to the vbd; those reports used to go
+  // through a channel of 64 whose full try_send was ignored, so a guest
+  // that halted more than 64 rings at once left its vbd Closing forever.
+  sim_env env("[rings]\nmax-queues = 128\n[log]\nlevel = \"debug\"\n");
+  env.create_guest(5);
+  add_disk(env, 5, env.make_image("wide.img", 64 << 20), "xvda");
+  env.start_daemon();
+  auto script = env.dir() / "halt-all.script";
+  {
+    std::ofstream out(script);
+    for (int q = 0; q < 128; ++q) out << "queue " << q << "\nreq-prod +1000\n";
+    out << "expect-no-response 300\n";
+  }
+  auto r = env.run_frontend(5,
+                            {"--devid", std::to_string(xvda), "--queues", "128", "--ring-order", "0", "--rw", "none",
+                             "--script", script.string(), "--timeout", "20"},
+                            std::chrono::seconds(120));
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(json_field(r.json, "queues") == "128");
+  CHECK(env.log_shows("connected: 128 queue(s)"));
+  CHECK(env.log_shows("[d5/51712 xvda] state Closing -> Closed", 30s));
+  CHECK(env.daemon().running());
+  // The vbd is usable again afterwards.
+  auto again = env.run_frontend(5, {"--devid", std::to_string(xvda), "--queues", "4", "--rw", "randrw", "--ios", "500",
+                                    "--verify", "--timeout", "20"});
+  INFO(again.output);
+  CHECK(again.status == 0);
+}
