@@ -20,9 +20,13 @@ using asio_xen::result;
 namespace {
 
 error_code invalid() { return {EINVAL, boost::system::generic_category()}; }
+// A value for a log line or the `error` node: quoted, and cut short when a
+// guest or toolstack wrote kilobytes of it.
 std::string quote(const std::string& s) {
+  constexpr std::size_t shown = 64;
   std::ostringstream os;
-  os << std::quoted(s);
+  os << std::quoted(s.substr(0, shown));
+  if (s.size() > shown) os << "... (" << s.size() << " bytes)";
   return os.str();
 }
 
@@ -233,14 +237,23 @@ error_code vbd::publish_features() {
   return switch_state(xenbus_state::init_wait);
 }
 
+// The frontend's state; unknown only when its node is gone. A value that is
+// not a state is logged (within the vbd's budget) and ignored: the frontend
+// keeps the state it had, and a guest cannot end its vbd by writing garbage.
 xenbus_state vbd::frontend_state() {
   auto s = ctx_.xs.read<unsigned>(fe_ + "/state");
-  if (!s) {
-    if (!is_enoent(s.error())) XBD_LOG(log_, warning) << "frontend state unreadable: " << s.error().what();
-    return xenbus_state::unknown;
+  if (!s && is_enoent(s.error())) return xenbus_state::unknown;
+  if (s && *s >= static_cast<unsigned>(xenbus_state::initialising) &&
+      *s <= static_cast<unsigned>(xenbus_state::reconfigured)) {
+    fe_seen_ = static_cast<xenbus_state>(*s);
+    return fe_seen_;
   }
-  if (*s > static_cast<unsigned>(xenbus_state::reconfigured)) return xenbus_state::unknown;
-  return static_cast<xenbus_state>(*s);
+  const std::string why = s ? std::to_string(*s) + " is not a state" : s.error().what();
+  if (guest_log_->spend(failure_kind::rejected))
+    XBD_LOG(log_, warning) << "frontend state ignored: " << why;
+  else
+    XBD_LOG(log_, debug) << "frontend state ignored: " << why;
+  return fe_seen_;
 }
 
 asio::awaitable<void> vbd::run() {
@@ -498,6 +511,7 @@ std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_e
     qp.ring_refs = k.refs;
     qp.remote_port = k.port;
     qp.limits = offer_.limits;
+    qp.budget = guest_log_;
     worker w = ctx_.pick_worker();
     auto q = queue::connect(w, ctx_.xen, qp, *store_, log_);
     if (!q) return bad_key("cannot map the ring or bind its event channel: " + q.error().what(), q.error());
@@ -616,6 +630,7 @@ asio::awaitable<void> vbd::disconnect() {
     total.bytes_read += s.bytes_read;
     total.bytes_written += s.bytes_written;
   }
+  if (auto line = guest_log_->take_unlogged(); !line.empty()) XBD_LOG(log_, warning) << line;
   XBD_LOG(log_, info) << "disconnected after " << total.requests << " requests (" << total.bytes_read << " bytes read, "
                       << total.bytes_written << " written, " << total.rejected << " rejected, " << total.failed
                       << " failed)";

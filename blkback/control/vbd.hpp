@@ -12,6 +12,7 @@
 #include "asio_xen/xenstore.hpp"
 #include "blkback/config.hpp"
 #include "blkback/control/offer.hpp"
+#include "blkback/data/log_budget.hpp"
 #include "blkback/data/queue.hpp"
 #include "blkback/log.hpp"
 #include "blkback/platform.hpp"
@@ -146,6 +147,8 @@ class vbd {
   // Protocol state.
   bool connect_failed_ = false;  // wait for the frontend to move before retrying
   bool domain_was_known_ = false;
+  xenbus_state fe_seen_ = xenbus_state::initialising;                       // the frontend's last valid state
+  std::shared_ptr<log_budget> guest_log_ = std::make_shared<log_budget>();  // shared with the rings
   std::uint64_t published_sectors_ = 0;
 };
 

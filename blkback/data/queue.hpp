@@ -41,6 +41,8 @@ struct queue_params {
   std::vector<asio_xen::grant_ref> ring_refs;  // 1 << ring-page-order of them
   asio_xen::evtchn_port remote_port = 0;
   device_limits limits;
+  // The vbd's: shared by its rings, kept across reconnects.
+  std::shared_ptr<log_budget> budget = std::make_shared<log_budget>();
 };
 
 struct queue_stats {
@@ -119,7 +121,7 @@ class queue {
   bool waiting_idle_ = false;
   boost::asio::steady_timer idle_;  // wakes wait_idle() when the last request is answered
   queue_stats stats_;
-  log_budget budget_;
+  std::shared_ptr<log_budget> budget_;
 };
 
 }  // namespace xbd::blkback

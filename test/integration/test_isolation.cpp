@@ -252,3 +252,31 @@ TEST_CASE("a vbd with 128 queues, every ring halted by its own guest, still fini
   INFO(again.output);
   CHECK(again.status == 0);
 }
+
+TEST_CASE("a guest that fails requests and reconnects again and again cannot flood the log") {
+  sim_env env("[log]\nlevel = \"debug\"\n");
+  env.create_guest(5);
+  add_disk(env, 5, env.make_image("noisy.img", 8 << 20), "xvda");
+  env.start_daemon();
+  auto script = env.dir() / "noisy.script";
+  {
+    std::ofstream out(script);
+    for (int id = 1; id <= 20; ++id) out << "req op=0x63 id=" << id << "\n";  // unknown operation
+    out << "push\nwait 20\n";
+    for (int id = 1; id <= 20; ++id) out << "expect " << id << " eopnotsupp\n";
+  }
+  for (int round = 0; round < 10; ++round) {
+    auto r = env.run_frontend(5, {"--devid", std::to_string(xvda), "--rw", "none", "--script", script.string()});
+    INFO(r.output);
+    REQUIRE(r.status == 0);
+  }
+  const auto log = env.daemon_log();
+  std::size_t warnings = 0;
+  for (auto pos = log.find("warning [d5/51712 xvda] rejected request"); pos != std::string::npos;
+       pos = log.find("warning [d5/51712 xvda] rejected request", pos + 1))
+    ++warnings;
+  // 200 failures over ten connections: the budget's five warnings, and a
+  // line per connection saying how many more there were.
+  CHECK(warnings <= 5);
+  CHECK(log.find("guest-caused failures were logged at debug only (in all: 200 rejected") != std::string::npos);
+}

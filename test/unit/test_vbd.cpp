@@ -455,3 +455,34 @@ TEST_CASE("discard is offered on a writable file unless the toolstack says disca
     CHECK(r.db.read(be + "/feature-barrier") == "0");
   }
 }
+
+TEST_CASE("a frontend state that is not a state is ignored, not taken for the frontend's end") {
+  rig r;
+  r.start();
+  r.frontend_ready();
+  REQUIRE(r.state() == bb::xenbus_state::connected);
+  for (const char* junk : {"banana", "", "9", "0", "-1", "4 "}) {
+    r.db.write(fe + "/state", junk);
+    r.quiet();
+    CHECK(r.state() == bb::xenbus_state::connected);
+    CHECK_FALSE(r.finished());
+    CHECK(r.tables.mapped_pages() == 1u);
+  }
+  // A real state is still followed.
+  r.set_frontend(bb::xenbus_state::closing);
+  CHECK(r.reaches(bb::xenbus_state::closing));
+}
+
+TEST_CASE("a kilobyte-long protocol value is cut short in the error node") {
+  rig r;
+  r.start();
+  r.db.write(fe + "/protocol", std::string(4096, 'x'));
+  r.db.write(fe + "/ring-ref", "8");
+  r.db.write(fe + "/event-channel", "1");
+  r.set_frontend(bb::xenbus_state::initialised);
+  REQUIRE(r.reaches(bb::xenbus_state::closed));
+  const auto error = r.db.read(be + "/error").value_or("");
+  CHECK(error.find("unknown protocol") != std::string::npos);
+  CHECK(error.find("(4096 bytes)") != std::string::npos);
+  CHECK(error.size() < 256);
+}
