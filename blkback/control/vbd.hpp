@@ -85,7 +85,6 @@ class vbd {
   void check_size();
 
   const vbd_id& id() const { return id_; }
-  const std::string& backend_path() const { return be_; }
 
   struct connection;
 

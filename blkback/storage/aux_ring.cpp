@@ -144,6 +144,5 @@ void aux_ring::fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t l
   impl_->submit({op::fallocate, fd, mode, offset, length, &done});
 }
 
-unsigned aux_ring::in_flight() const { return impl_->in_flight; }
 
 }  // namespace xbd::blkback
