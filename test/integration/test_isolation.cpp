@@ -129,6 +129,22 @@ void churn_round(sim_env& env, unsigned domid, std::uint32_t devid, const std::f
   CHECK(r.status == 0);
 }
 
+// A daemon with `config` serving guest 5 one disk, xvda, of `bytes`.
+std::unique_ptr<sim_env> one_disk(const std::string& config, std::uint64_t bytes) {
+  auto env = std::make_unique<sim_env>(config);
+  env->create_guest(5);
+  add_disk(*env, 5, env->make_image("disk.img", bytes), "xvda");
+  env->start_daemon();
+  return env;
+}
+
+// A blkfront-sim script file in the test's directory.
+std::filesystem::path write_script(sim_env& env, const std::string& name, const std::string& text) {
+  auto path = env.dir() / name;
+  std::ofstream(path) << text;
+  return path;
+}
+
 }  // namespace
 
 TEST_CASE("another guest's churning, hostile and dying vbds never touch a victim guest's verified I/O") {
@@ -226,16 +242,11 @@ TEST_CASE("a vbd with 128 queues, every ring halted by its own guest, still fini
   // Each ring that ends reports to the vbd; those reports used to go
   // through a channel of 64 whose full try_send was ignored, so a guest
   // that halted more than 64 rings at once left its vbd Closing forever.
-  sim_env env("[rings]\nmax-queues = 128\n[log]\nlevel = \"debug\"\n");
-  env.create_guest(5);
-  add_disk(env, 5, env.make_image("wide.img", 64 << 20), "xvda");
-  env.start_daemon();
-  auto script = env.dir() / "halt-all.script";
-  {
-    std::ofstream out(script);
-    for (int q = 0; q < 128; ++q) out << "queue " << q << "\nreq-prod +1000\n";
-    out << "expect-no-response 300\n";
-  }
+  auto envp = one_disk("[rings]\nmax-queues = 128\n[log]\nlevel = \"debug\"\n", 64 << 20);
+  auto& env = *envp;
+  std::string halt_all;
+  for (int q = 0; q < 128; ++q) halt_all += "queue " + std::to_string(q) + "\nreq-prod +1000\n";
+  const auto script = write_script(env, "halt-all.script", halt_all + "expect-no-response 300\n");
   auto r = env.run_frontend(5,
                             {"--devid", std::to_string(xvda), "--queues", "128", "--ring-order", "0", "--rw", "none",
                              "--script", script.string(), "--timeout", "20"},
@@ -254,17 +265,13 @@ TEST_CASE("a vbd with 128 queues, every ring halted by its own guest, still fini
 }
 
 TEST_CASE("a guest that fails requests and reconnects again and again cannot flood the log") {
-  sim_env env("[log]\nlevel = \"debug\"\n");
-  env.create_guest(5);
-  add_disk(env, 5, env.make_image("noisy.img", 8 << 20), "xvda");
-  env.start_daemon();
-  auto script = env.dir() / "noisy.script";
-  {
-    std::ofstream out(script);
-    for (int id = 1; id <= 20; ++id) out << "req op=0x63 id=" << id << "\n";  // unknown operation
-    out << "push\nwait 20\n";
-    for (int id = 1; id <= 20; ++id) out << "expect " << id << " eopnotsupp\n";
-  }
+  auto envp = one_disk("[log]\nlevel = \"debug\"\n", 8 << 20);
+  auto& env = *envp;
+  std::string noisy;
+  for (int id = 1; id <= 20; ++id) noisy += "req op=0x63 id=" + std::to_string(id) + "\n";  // unknown operation
+  noisy += "push\nwait 20\n";
+  for (int id = 1; id <= 20; ++id) noisy += "expect " + std::to_string(id) + " eopnotsupp\n";
+  const auto script = write_script(env, "noisy.script", noisy);
   for (int round = 0; round < 10; ++round) {
     auto r = env.run_frontend(5, {"--devid", std::to_string(xvda), "--rw", "none", "--script", script.string()});
     INFO(r.output);
