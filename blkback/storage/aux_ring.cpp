@@ -144,5 +144,4 @@ void aux_ring::fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t l
   impl_->submit({op::fallocate, fd, mode, offset, length, &done});
 }
 
-
 }  // namespace xbd::blkback

@@ -43,7 +43,6 @@ class aux_ring {
   // fallocate(2) with `mode` (e.g. FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE).
   void fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t length, aux_completion& done);
 
-
   struct impl;
 
  private:
