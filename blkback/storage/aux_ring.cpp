@@ -5,6 +5,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <liburing.h>
@@ -44,6 +45,9 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
   unsigned in_flight = 0;
   bool reaping = false;
   bool closed = false;
+  std::optional<asio::steady_timer> retry;  // a failed submission's next attempt
+  bool retry_armed = false;
+  unsigned failures_to_inject = 0;  // tests: the next submissions fail with EAGAIN
 
   ~impl() {
     if (ring_ready) io_uring_queue_exit(&ring);
@@ -65,13 +69,32 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
     else
       io_uring_prep_fallocate(sqe, o.fd, o.mode, o.offset, o.length);
     io_uring_sqe_set_data(sqe, o.done);
-    int rc = io_uring_submit(&ring);
-    if (rc < 0) {
-      complete(*o.done, error_code(-rc, uring_call));
-      return;
-    }
+    // From here the entry is in the ring: it completes exactly once,
+    // through the reaper, whatever io_uring_submit() answers now.
     ++in_flight;
     start_reaper();
+    flush();
+  }
+
+  // Hands the queued entries to the kernel. liburing has already published
+  // them when io_uring_enter fails (EAGAIN, EBUSY, ENOMEM), so they are not
+  // lost: the next attempt, a millisecond later, takes them along. Failing
+  // the operation here instead would complete it twice.
+  void flush() {
+    int rc = 0;
+    if (failures_to_inject > 0) {
+      --failures_to_inject;
+      rc = -EAGAIN;
+    } else {
+      rc = io_uring_submit(&ring);
+    }
+    if (rc >= 0 || retry_armed || closed) return;
+    retry_armed = true;
+    retry->expires_after(std::chrono::milliseconds(1));
+    retry->async_wait([self = shared_from_this()](const error_code& ec) {
+      self->retry_armed = false;
+      if (!ec && !self->closed) self->flush();
+    });
   }
 
   // Never inline from submit(): the caller's bookkeeping must be done
@@ -118,6 +141,7 @@ asio_xen::result<std::shared_ptr<aux_ring>> aux_ring::create(asio::any_io_execut
   int rc = io_uring_queue_init(entries, &i->ring, 0);
   if (rc < 0) return error_code(-rc, uring_call);
   i->ring_ready = true;
+  i->retry.emplace(ex);
   i->efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (i->efd < 0) return asio_xen::xen_error(uring_call);
   rc = io_uring_register_eventfd(&i->ring, i->efd);
@@ -137,6 +161,8 @@ aux_ring::~aux_ring() {
     impl_->wake.reset();
   }
 }
+
+void aux_ring::fail_next_submissions(unsigned n) { impl_->failures_to_inject = n; }
 
 void aux_ring::fdatasync(int fd, aux_completion& done) { impl_->submit({op::fdatasync, fd, 0, 0, 0, &done}); }
 

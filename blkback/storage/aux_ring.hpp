@@ -43,6 +43,10 @@ class aux_ring {
   // fallocate(2) with `mode` (e.g. FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE).
   void fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t length, aux_completion& done);
 
+  // Fault injection for tests: the next `n` submissions to the kernel fail
+  // with EAGAIN (as io_uring_enter may), and are retried.
+  void fail_next_submissions(unsigned n);
+
   struct impl;
 
  private:
