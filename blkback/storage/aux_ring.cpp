@@ -1,5 +1,6 @@
 #include "blkback/storage/aux_ring.hpp"
 #include "asio_xen/wakeable.hpp"
+#include "blkback/log.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
@@ -47,7 +48,10 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
   bool closed = false;
   std::optional<asio::steady_timer> retry;  // a failed submission's next attempt
   bool retry_armed = false;
-  unsigned failures_to_inject = 0;  // tests: the next submissions fail with EAGAIN
+  unsigned failures_to_inject = 0;                         // tests: the next submissions fail with EAGAIN
+  unsigned failed_attempts = 0;                            // in a row
+  static constexpr unsigned attempts_before_warning = 20;  // about a second
+  logger lg;
 
   ~impl() {
     if (ring_ready) io_uring_queue_exit(&ring);
@@ -78,8 +82,10 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
 
   // Hands the queued entries to the kernel. liburing has already published
   // them when io_uring_enter fails (EAGAIN, EBUSY, ENOMEM), so they are not
-  // lost: the next attempt, a millisecond later, takes them along. Failing
-  // the operation here instead would complete it twice.
+  // lost: the next attempt takes them along. Failing the operation here
+  // instead would complete it twice. Attempts back off from 1 ms to 100 ms;
+  // a failure that lasts says so in the log, once, and the daemon's
+  // shutdown ends the attempts (closed).
   void flush() {
     int rc = 0;
     if (failures_to_inject > 0) {
@@ -88,9 +94,18 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
     } else {
       rc = io_uring_submit(&ring);
     }
-    if (rc >= 0 || retry_armed || closed) return;
+    if (rc >= 0) {
+      if (failed_attempts >= attempts_before_warning)
+        XBD_LOG(lg, info) << "io_uring accepts submissions again after " << failed_attempts << " attempts";
+      failed_attempts = 0;
+      return;
+    }
+    if (++failed_attempts == attempts_before_warning)
+      XBD_LOG(lg, error) << "io_uring refuses submissions (" << error_code(-rc, uring_call).what()
+                         << "); flushes and discards wait and are retried";
+    if (retry_armed || closed) return;
     retry_armed = true;
-    retry->expires_after(std::chrono::milliseconds(1));
+    retry->expires_after(std::chrono::milliseconds(std::min(100u, 1u << std::min(failed_attempts - 1, 7u))));
     retry->async_wait([self = shared_from_this()](const error_code& ec) {
       self->retry_armed = false;
       if (!ec && !self->closed) self->flush();

@@ -219,6 +219,7 @@ class local_store final : public store {
 
 local_channel::local_channel(local_store& store, const worker& w, unsigned depth)
     : store_(store), w_(w), depth_(depth) {
+  ops_.reserve(depth);
   free_.reserve(depth);
 }
 

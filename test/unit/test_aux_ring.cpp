@@ -74,3 +74,16 @@ TEST_CASE("operations whose submission fails at first complete once each, when a
   CHECK_FALSE(flush.last);
   CHECK_FALSE(punch.last);
 }
+
+TEST_CASE("a submission refused for over a second is still retried, backing off, and completes once") {
+  asio::io_context ioc;
+  auto aux = aux_ring::create(ioc.get_executor());
+  REQUIRE(aux.has_value());
+  scratch_file f;
+  counted flush;
+  (*aux)->fail_next_submissions(25);  // past the point where the log says so
+  (*aux)->fdatasync(f.fd, flush);
+  CHECK(run_until(ioc, [&] { return flush.calls > 0; }));
+  CHECK(flush.calls == 1);
+  CHECK_FALSE(flush.last);
+}
