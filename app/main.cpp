@@ -244,10 +244,11 @@ int run(int argc, char** argv) {
     });
 
   std::atomic<unsigned> next{0};
-  blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, 0, 1, {}};
+  blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, 0, 1, {}, {}};
   ctx.own_domid = blkback::resolve_own_domid(xs, cfg, lg);
   // One queue per worker thread is what multi-queue can use.
   ctx.max_queues = cfg.max_queues ? cfg.max_queues : threads;
+  ctx.memory = std::make_shared<blkback::memory_budget>(cfg.buffer_memory);
   ctx.pick_worker = [&]() {
     auto& w = *workers[next++ % workers.size()];
     return blkback::worker{w.ioc.get_executor(), w.aux};

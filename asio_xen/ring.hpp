@@ -154,6 +154,10 @@ class back_ring : public ring_base<Req, Rsp> {
     return r;
   }
 
+  // Puts the last request taken back: the next consume_request() copies it
+  // again (a request the backend cannot start yet stays in the ring).
+  void unconsume_request() { --req_cons_; }
+
   // The slot of the next response, for the caller to fill completely;
   // published by push_responses().
   std::span<std::byte, ring_detail::entry_size<Req, Rsp>()> next_response_slot() {

@@ -6,9 +6,11 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <charconv>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 #include <utility>
@@ -80,6 +82,7 @@ constexpr known_key layout[] = {
     {"io", "worker-threads"},
     {"io", "discard"},
     {"io", "resize-poll-seconds"},
+    {"io", "buffer-memory"},
     {"log", "level"},
     {"log", "sink"},
 };
@@ -346,6 +349,17 @@ void read_io(reader& r, const toml::table* t, settings& s) {
   r.read(t, "io", "worker-threads", 0, limits::max_worker_threads, s.worker_threads);
   r.read(t, "io", "discard", s.discard);
   r.read(t, "io", "resize-poll-seconds", 0, limits::max_resize_poll_seconds, s.resize_poll_seconds);
+  if (const auto v = r.string(t, "io", "buffer-memory")) {
+    const auto bytes = parse_size(v->second);
+    if (!bytes)
+      r.problem(*v->first,
+                "io.buffer-memory must be a size such as \"256MiB\" or \"1GiB\", got " + in_quotes(v->second));
+    else if (*bytes < limits::min_buffer_memory || *bytes > limits::max_buffer_memory)
+      r.problem(*v->first, "io.buffer-memory must be " + format_size(limits::min_buffer_memory) + ".." +
+                               format_size(limits::max_buffer_memory) + ", got " + in_quotes(v->second));
+    else
+      s.buffer_memory = *bytes;
+  }
 }
 
 void read_log(reader& r, const toml::table* t, settings& s) {
@@ -418,6 +432,30 @@ settings load_settings(const std::filesystem::path& file) {
   return parse_settings(text, name);
 }
 
+std::optional<std::uint64_t> parse_size(std::string_view text) {
+  std::uint64_t n = 0;
+  const char* end = text.data() + text.size();
+  auto [p, ec] = std::from_chars(text.data(), end, n);
+  if (ec != std::errc{} || p == text.data()) return std::nullopt;
+  std::string_view unit(p, static_cast<std::size_t>(end - p));
+  static constexpr std::pair<std::string_view, unsigned> units[] = {
+      {"", 0}, {"K", 10}, {"KiB", 10}, {"M", 20}, {"MiB", 20}, {"G", 30}, {"GiB", 30}, {"T", 40}, {"TiB", 40}};
+  for (const auto& [name, shift] : units) {
+    if (unit != name) continue;
+    if (shift != 0 && n > (std::numeric_limits<std::uint64_t>::max() >> shift)) return std::nullopt;
+    return n << shift;
+  }
+  return std::nullopt;
+}
+
+std::string format_size(std::uint64_t bytes) {
+  static constexpr std::pair<std::string_view, unsigned> units[] = {{"TiB", 40}, {"GiB", 30}, {"MiB", 20}, {"KiB", 10}};
+  for (const auto& [name, shift] : units)
+    if (bytes != 0 && bytes % (std::uint64_t{1} << shift) == 0)
+      return std::to_string(bytes >> shift) + std::string(name);
+  return std::to_string(bytes);
+}
+
 std::string describe(const settings& s) {
   std::string d = "types=";
   for (std::size_t i = 0; i < s.backend_types.size(); ++i) {
@@ -434,6 +472,7 @@ std::string describe(const settings& s) {
   d += " worker-threads=" + or_auto(s.worker_threads);
   d += std::string(" discard=") + (s.discard ? "true" : "false");
   d += " resize-poll-seconds=" + std::to_string(s.resize_poll_seconds);
+  d += " buffer-memory=" + format_size(s.buffer_memory);
   d += " log.level=" + std::string(to_string(s.log.level));
   d += " log.sink=" + s.log.sink;
   return d;

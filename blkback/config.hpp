@@ -11,6 +11,7 @@
 
 #include "blkback/log.hpp"
 
+#include <cstdint>
 #include <filesystem>
 #include <optional>
 #include <stdexcept>
@@ -49,6 +50,10 @@ inline constexpr unsigned direct_segments = 11;
 // xen.h: DOMID_FIRST_RESERVED - 1.
 inline constexpr unsigned max_domid = 0x7FEF;
 inline constexpr unsigned max_resize_poll_seconds = 24 * 60 * 60;
+// The buffer memory budget: room for one largest request (4096 segments of
+// 4 KiB) at the least, and an upper bound no host will meet by mistake.
+inline constexpr std::uint64_t min_buffer_memory = std::uint64_t{16} << 20;
+inline constexpr std::uint64_t max_buffer_memory = std::uint64_t{1} << 40;
 }  // namespace limits
 
 struct log_settings {
@@ -79,6 +84,8 @@ struct settings {
   bool discard = true;
   // 0 = look at the backing size only on SIGHUP.
   unsigned resize_poll_seconds = 0;
+  // Bytes of request buffers the whole daemon may hold ([io] buffer-memory).
+  std::uint64_t buffer_memory = std::uint64_t{256} << 20;
   log_settings log;
 
   friend bool operator==(const settings&, const settings&) = default;
@@ -106,6 +113,12 @@ class config_error : public std::runtime_error {
 // defaults.
 settings load_settings(const std::filesystem::path& file);
 settings parse_settings(std::string_view toml_text, std::string_view source_name);
+
+// "64MiB", "1GiB", "1048576": a size in bytes with an optional binary unit
+// (KiB, MiB, GiB, TiB; K, M, G, T mean the same). Empty on anything else.
+std::optional<std::uint64_t> parse_size(std::string_view text);
+// 268435456 -> "256MiB": the largest unit that divides it.
+std::string format_size(std::uint64_t bytes);
 
 // One line for the start-up log, every setting as key=value with the keys
 // of the file.

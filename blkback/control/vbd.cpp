@@ -83,7 +83,8 @@ vbd::vbd(vbd_context& ctx, vbd_id id)
       id_(std::move(id)),
       be_("/local/domain/" + std::to_string(ctx.own_domid) + "/backend/" + id_.type + "/" +
           std::to_string(id_.frontend_domid) + "/" + std::to_string(id_.devid)),
-      log_(device_logger(id_.frontend_domid, id_.devid)) {}
+      log_(device_logger(id_.frontend_domid, id_.devid)),
+      memory_(ctx.memory ? ctx.memory->open_account() : nullptr) {}
 
 vbd::~vbd() = default;
 
@@ -512,6 +513,7 @@ std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_e
     qp.remote_port = k.port;
     qp.limits = offer_.limits;
     qp.budget = guest_log_;
+    qp.memory = memory_;
     worker w = ctx_.pick_worker();
     auto q = queue::connect(w, ctx_.xen, qp, *store_, log_);
     if (!q) return bad_key("cannot map the ring or bind its event channel: " + q.error().what(), q.error());
@@ -629,11 +631,15 @@ asio::awaitable<void> vbd::disconnect() {
     total.failed += s.failed;
     total.bytes_read += s.bytes_read;
     total.bytes_written += s.bytes_written;
+    total.memory_waits += s.memory_waits;
+    total.storm_pauses += s.storm_pauses;
   }
   if (auto line = guest_log_->take_unlogged(); !line.empty()) XBD_LOG(log_, warning) << line;
+  const std::uint64_t peak = memory_ ? memory_->usage().peak : 0;
   XBD_LOG(log_, info) << "disconnected after " << total.requests << " requests (" << total.bytes_read << " bytes read, "
                       << total.bytes_written << " written, " << total.rejected << " rejected, " << total.failed
-                      << " failed)";
+                      << " failed); buffers: peak " << format_size(peak) << ", waited for memory " << total.memory_waits
+                      << " time(s); " << total.storm_pauses << " notify-storm pause(s)";
   // Each queue goes away on its own thread, where its I/O objects live.
   // Its slots are many small allocations that malloc would keep for reuse;
   // give the memory back so that a daemon's RSS follows what it serves.

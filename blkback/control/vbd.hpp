@@ -13,6 +13,7 @@
 #include "blkback/config.hpp"
 #include "blkback/control/offer.hpp"
 #include "blkback/data/log_budget.hpp"
+#include "blkback/data/memory.hpp"
 #include "blkback/data/queue.hpp"
 #include "blkback/log.hpp"
 #include "blkback/platform.hpp"
@@ -55,6 +56,9 @@ struct vbd_context {
   unsigned own_domid = 0;
   unsigned max_queues = 1;  // multi-queue-max-queues we offer
   std::function<worker()> pick_worker;
+  // Request buffers of every vbd ([io] buffer-memory); null: each ring has
+  // a budget of its own (tests).
+  std::shared_ptr<memory_budget> memory;
 };
 
 struct vbd_id {
@@ -148,6 +152,7 @@ class vbd {
   bool domain_was_known_ = false;
   xenbus_state fe_seen_ = xenbus_state::initialising;                       // the frontend's last valid state
   std::shared_ptr<log_budget> guest_log_ = std::make_shared<log_budget>();  // shared with the rings
+  std::shared_ptr<memory_budget::account> memory_;                          // shared with the rings
   std::uint64_t published_sectors_ = 0;
 };
 

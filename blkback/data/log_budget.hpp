@@ -15,7 +15,7 @@
 
 namespace xbd::blkback {
 
-enum class failure_kind { rejected, grant, io };
+enum class failure_kind { rejected, grant, io, storm };
 
 class log_budget {
  public:
@@ -38,15 +38,18 @@ class log_budget {
   std::uint64_t rejected() const { return rejected_.load(std::memory_order_relaxed); }
   std::uint64_t grant_failures() const { return grant_.load(std::memory_order_relaxed); }
   std::uint64_t io_failures() const { return io_.load(std::memory_order_relaxed); }
+  std::uint64_t storms() const { return storm_.load(std::memory_order_relaxed); }
 
   // What went unlogged since the last call, as a log line, or empty:
-  // "12 guest-caused failures were logged at debug only (in all: 10 rejected, 2 grant copies, 0 I/O)".
+  // "12 guest-caused failures were logged at debug only (in all: 10 rejected, 2 grant copies, 0 I/O, 0 notify
+  // storms)".
   std::string take_unlogged() {
     const auto n = unlogged_.exchange(0, std::memory_order_relaxed);
     if (n == 0) return {};
     return std::to_string(n) +
            " guest-caused failures were logged at debug only (in all: " + std::to_string(rejected()) + " rejected, " +
-           std::to_string(grant_failures()) + " grant copies, " + std::to_string(io_failures()) + " I/O)";
+           std::to_string(grant_failures()) + " grant copies, " + std::to_string(io_failures()) + " I/O, " +
+           std::to_string(storms()) + " notify storms)";
   }
 
  private:
@@ -58,6 +61,8 @@ class log_budget {
         return grant_;
       case failure_kind::io:
         return io_;
+      case failure_kind::storm:
+        return storm_;
     }
     return io_;
   }
@@ -67,6 +72,7 @@ class log_budget {
   std::atomic<std::uint64_t> rejected_{0};
   std::atomic<std::uint64_t> grant_{0};
   std::atomic<std::uint64_t> io_{0};
+  std::atomic<std::uint64_t> storm_{0};
 };
 
 }  // namespace xbd::blkback

@@ -1,6 +1,8 @@
 #include "blkback/data/queue.hpp"
 
 #include <boost/asio/as_tuple.hpp>
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
@@ -36,17 +38,23 @@ const char* what(op_kind k) {
 }  // namespace
 
 struct queue::slot {
-  std::byte* buf = nullptr;
+  buffer_cache::chunk buf;
   checked_request req;
-  std::vector<segment> segs;
-  std::vector<asio_xen::copy_segment> copies;
-  // Indirect requests: the segment descriptors, fetched once from the
-  // guest's indirect pages (XSA-155 applies to them as to the ring).
-  std::vector<blkif_request_segment> descriptors;
+  std::unique_ptr<segment[]> segs;
   storage_wait io;    // where the storage channel resumes serve()
   frame_arena frame;  // serve()'s coroutine frame
 
-  std::span<std::byte> data() const { return {buf, req.length}; }
+  std::span<std::byte> data() const { return {buf.data, req.length}; }
+};
+
+// Told by the budget that memory was freed: ends the ring's wait for it.
+// Shared with the posted wake-up, which may run after the queue is gone.
+struct queue::memory_wake final : memory_waiter, std::enable_shared_from_this<memory_wake> {
+  explicit memory_wake(const asio::any_io_executor& ex) : timer(ex) {}
+  void memory_freed() override {
+    asio::post(timer.get_executor(), [self = shared_from_this()] { self->timer.cancel(); });
+  }
+  asio::steady_timer timer;
 };
 
 asio_xen::result<std::unique_ptr<queue>> queue::connect(const worker& w, const xen_platform& xen,
@@ -67,18 +75,18 @@ asio_xen::result<std::unique_ptr<queue>> queue::connect(const worker& w, const x
   if (!ch) return ch.error();
   auto chan = store.open_channel(w, ring->size());
   if (!chan) return chan.error();
-  std::unique_ptr<queue> q(new queue(w.ex, std::move(gt), std::move(*mem), std::move(*ring), std::move(*ch), params,
-                                     std::move(*chan), std::move(lg)));
-  // Bounce buffers: reserved for every slot, committed only when touched.
-  q->buffers_size_ = q->slot_bytes_ * q->slots_.size();
-  void* p =
-      ::mmap(nullptr, q->buffers_size_, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-  if (p == MAP_FAILED) return asio_xen::xen_error(mmap_call);
-  q->buffers_ = p;
-  for (std::size_t i = 0; i < q->slots_.size(); ++i)
-    q->slots_[i]->buf = static_cast<std::byte*>(p) + i * q->slot_bytes_;
-  return q;
+  return std::unique_ptr<queue>(new queue(w.ex, std::move(gt), std::move(*mem), std::move(*ring), std::move(*ch),
+                                          params, std::move(*chan), std::move(lg)));
 }
+
+namespace {
+
+// A queue without a vbd's account (unit tests) has a budget of its own.
+std::shared_ptr<memory_budget> private_budget(const queue_params& p) {
+  return p.memory ? nullptr : std::make_shared<memory_budget>(std::uint64_t{1} << 30);
+}
+
+}  // namespace
 
 queue::queue(asio::any_io_executor ex, asio_xen::grant_table gt, asio_xen::grant_mapping ring_mem, abi_ring ring,
              asio_xen::event_channel evtchn, const queue_params& params, std::unique_ptr<storage::channel> chan,
@@ -91,31 +99,29 @@ queue::queue(asio::any_io_executor ex, asio_xen::grant_table gt, asio_xen::grant
       params_(params),
       chan_(std::move(chan)),
       log_(std::move(lg)),
+      max_segments_(std::max<std::size_t>(BLKIF_MAX_SEGMENTS_PER_REQUEST, params.limits.max_indirect_segments)),
+      slot_charge_((sizeof(slot) + max_segments_ * sizeof(segment) + buffer_cache::page - 1) / buffer_cache::page *
+                   buffer_cache::page),
+      own_budget_(private_budget(params)),
+      buffers_(params.memory ? params.memory : own_budget_->open_account()),
       idle_(ex),
-      budget_(params.budget ? params.budget : std::make_shared<log_budget>()) {
-  const std::size_t max_segments =
-      std::max<std::size_t>(BLKIF_MAX_SEGMENTS_PER_REQUEST, params.limits.max_indirect_segments);
-  slot_bytes_ = max_segments * xen::page_size;
-  slots_.reserve(ring_.size());
-  for (std::uint32_t i = 0; i < ring_.size(); ++i) {
-    auto s = std::make_unique<slot>();
-    s->segs.resize(max_segments);
-    s->copies.reserve(std::max<std::size_t>(max_segments, BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST));
-    if (params.limits.max_indirect_segments > 0) s->descriptors.resize(params.limits.max_indirect_segments);
-    slots_.push_back(std::move(s));
-  }
-  free_.reserve(slots_.size());
-  for (auto it = slots_.rbegin(); it != slots_.rend(); ++it) free_.push_back(it->get());
-}
+      trim_(ex),
+      pause_(ex),
+      memory_wake_(std::make_shared<memory_wake>(ex)),
+      budget_(params.budget ? params.budget : std::make_shared<log_budget>()) {}
 
 queue::~queue() {
-  if (buffers_) ::munmap(buffers_, buffers_size_);
+  buffers_.account().forget(*memory_wake_);
+  buffers_.account().shrink(slot_charge_ * slots_.size());
 }
 
 void queue::stop() {
   stopping_ = true;
   evtchn_.cancel();  // a wake-up, not an Asio cancel (asio_xen/wakeable.hpp)
   idle_.cancel();
+  trim_.cancel();
+  pause_.cancel();
+  memory_wake_->timer.cancel();
 }
 
 // Until every request taken from the ring has been answered and pushed.
@@ -129,7 +135,28 @@ asio::awaitable<void> queue::wait_idle() {
 }
 
 asio::awaitable<error_code> queue::run() {
-  error_code result;
+  trimming_ = true;
+  asio::co_spawn(ex_, trim_loop(), asio::detached);
+  const error_code result = co_await serve_ring();
+  stopping_ = true;
+  XBD_LOG(log_, debug) << "ring stopping with " << in_flight_ << " request(s) in flight";
+  // Answer everything in flight before returning: the guest gets a response
+  // for every request we took, and nothing can call back into this queue
+  // once run() has returned (docs/architecture.md, "Lifetimes").
+  co_await wait_idle();
+  push_now();
+  trim_.cancel();
+  while (trimming_) {
+    idle_.expires_at(asio::steady_timer::time_point::max());
+    co_await idle_.async_wait(asio::as_tuple(asio::use_awaitable));
+  }
+  buffers_.account().forget(*memory_wake_);
+  co_return result;
+}
+
+// Takes requests until stop() or a broken ring; see the header for the
+// rules of a turn.
+asio::awaitable<error_code> queue::serve_ring() {
   // Requests may already be waiting (a backend restarted mid-connection):
   // look at the ring before the first wait.
   while (!stopping_) {
@@ -142,47 +169,159 @@ asio::awaitable<error_code> queue::run() {
     }
     if (!n) {
       XBD_LOG(log_, error) << "frontend published an impossible request index; this ring is halted";
-      result = n.error();
-      break;
+      co_return n.error();
     }
     if (*n == 0) {
-      error_code ec = co_await evtchn_.wait();
-      if (ec == asio::error::operation_aborted) continue;  // stop()
-      if (ec) {
-        XBD_LOG(log_, error) << "event channel failed: " << ec.what() << "; this ring is halted";
-        result = ec;
-        break;
-      }
+      if (error_code ec = co_await sleep_for_event()) co_return ec;
       continue;
     }
+    unsigned started = 0;
+    std::uint64_t copied = 0;
     for (std::uint32_t i = 0; i < *n && !stopping_; ++i) {
       wire_request w = ring_.consume_request();
-      ++stats_.requests;
-      if (free_.empty()) {
-        // Cannot happen with a sane ring (one slot per entry); answer
-        // rather than trust it.
-        respond(w.id, w.operation, BLKIF_RSP_ERROR);
-        continue;
-      }
+      took_since_event_ = true;
       const bool barrier = w.operation == BLKIF_OP_WRITE_BARRIER && params_.limits.barrier;
       // A barrier orders the stream: everything before it is finished
       // first, and nothing after it starts until it is done.
       if (barrier) co_await wait_idle();
-      serve(acquire(), w);
+      slot* s = admit(w);
+      if (s == nullptr) {
+        // No memory for it now: it stays in the ring until some frees up.
+        ring_.unconsume_request();
+        ++stats_.memory_waits;
+        waiting_memory_ = true;
+        memory_wake_->timer.expires_after(std::chrono::milliseconds(100));  // a bound, not the signal
+        co_await memory_wake_->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+        waiting_memory_ = false;
+        break;
+      }
+      ++stats_.requests;
+      copied += data_bound(w);
+      serve(*s, w);
       if (barrier) {
         co_await wait_idle();
         break;  // look at the ring afresh
       }
+      if (++started >= tuning_.turn_requests || copied >= tuning_.turn_bytes) {
+        // Let the other rings on this thread have a turn.
+        ++stats_.yields;
+        co_await asio::post(ex_, asio::use_awaitable);
+        break;
+      }
     }
   }
-  stopping_ = true;
-  XBD_LOG(log_, debug) << "ring stopping with " << in_flight_ << " request(s) in flight";
-  // Answer everything in flight before returning: the guest gets a response
-  // for every request we took, and nothing can call back into this queue
-  // once run() has returned (docs/architecture.md, "Lifetimes").
-  co_await wait_idle();
-  push_now();
-  co_return result;
+  co_return error_code{};
+}
+// Sleeps until the frontend notifies. A frontend that keeps notifying with
+// nothing in the ring (a notify storm) waits a growing pause first, 1 ms
+// doubling up to tuning_.storm_pause_max: its port stays masked meanwhile,
+// so the storm costs this thread nothing (XSA-332; Linux's lateeoi).
+asio::awaitable<error_code> queue::sleep_for_event() {
+  if (event_seen_ && !took_since_event_) {
+    ++stats_.idle_events;
+    ++idle_events_in_row_;
+  } else {
+    idle_events_in_row_ = 0;
+  }
+  if (idle_events_in_row_ >= tuning_.storm_after) {
+    const unsigned doublings = std::min(idle_events_in_row_ - tuning_.storm_after, 16u);
+    const auto d =
+        std::min<std::chrono::milliseconds>(std::chrono::milliseconds(1 << doublings), tuning_.storm_pause_max);
+    if (idle_events_in_row_ == tuning_.storm_after && budget_->spend(failure_kind::storm))
+      XBD_LOG(log_, warning) << "frontend notifies without requests (" << idle_events_in_row_
+                             << " events in a row); pausing this ring between events";
+    ++stats_.storm_pauses;
+    co_await pause(d);
+  }
+  event_seen_ = false;
+  took_since_event_ = false;
+  error_code ec = co_await evtchn_.wait();
+  if (ec == asio::error::operation_aborted) co_return error_code{};  // stop()
+  if (ec) {
+    XBD_LOG(log_, error) << "event channel failed: " << ec.what() << "; this ring is halted";
+    co_return ec;
+  }
+  event_seen_ = true;
+  co_return error_code{};
+}
+
+asio::awaitable<void> queue::pause(std::chrono::milliseconds d) {
+  pause_.expires_after(d);
+  co_await pause_.async_wait(asio::as_tuple(asio::use_awaitable));
+}
+
+// Gives idle memory back: a tick every quarter second while there is any,
+// none otherwise (an idle ring costs no wake-ups). Ends with the ring.
+asio::awaitable<void> queue::trim_loop() {
+  using namespace std::chrono_literals;
+  while (!stopping_) {
+    trim_.expires_after(trim_armed_ ? std::chrono::steady_clock::duration(250ms)
+                                    : std::chrono::steady_clock::duration(24h));
+    co_await trim_.async_wait(asio::as_tuple(asio::use_awaitable));
+    if (stopping_) break;
+    if (trim_armed_) trim_armed_ = trim_idle();
+  }
+  trimming_ = false;
+  idle_.cancel();
+}
+
+// Unmaps buffers unused for a second (at once when another vbd waits for
+// memory and this one holds more than its share); when the ring has been
+// idle as long, its slots and scratch space go too, and the storage
+// channel lets go of what it keeps. Whether anything is left to trim.
+bool queue::trim_idle() {
+  const bool give_back = buffers_.account().should_yield();
+  buffers_.trim(give_back ? std::chrono::steady_clock::duration::zero()
+                          : std::chrono::steady_clock::duration(tuning_.idle_after));
+  const bool idle = in_flight_ == 0 && std::chrono::steady_clock::now() - last_release_ >= tuning_.idle_after;
+  if (idle && !slots_.empty()) {
+    buffers_.account().shrink(slot_charge_ * slots_.size());
+    free_.clear();
+    slots_.clear();
+    copies_ = {};
+    descriptors_ = {};
+    chan_->trim();
+  }
+  return buffers_.cached_bytes() > 0 || !slots_.empty();
+}
+
+// The largest data a request can carry, from its header: what its buffer
+// must hold. Anything without data, or that validation will refuse, needs
+// none.
+std::size_t queue::data_bound(const wire_request& w) const {
+  switch (w.operation) {
+    case BLKIF_OP_READ:
+    case BLKIF_OP_WRITE:
+    case BLKIF_OP_WRITE_BARRIER:
+    case BLKIF_OP_FLUSH_DISKCACHE:
+      return std::size_t{std::min<std::uint8_t>(w.nr_segments, BLKIF_MAX_SEGMENTS_PER_REQUEST)} * xen::page_size;
+    case BLKIF_OP_INDIRECT:
+      return w.indirect_nr_segments <= max_segments_ ? std::size_t{w.indirect_nr_segments} * xen::page_size : 0;
+    default:
+      return 0;
+  }
+}
+
+// A slot with a buffer for `w`, within the budget; null when the ring must
+// wait for memory (memory_wake_ is then told when some frees up).
+queue::slot* queue::admit(const wire_request& w) {
+  const bool ring_idle = in_flight_ == 0;
+  if (free_.empty()) {
+    if (!buffers_.account().grow(slot_charge_, ring_idle, *memory_wake_)) return nullptr;
+    auto s = std::make_unique<slot>();
+    s->segs = std::make_unique<segment[]>(max_segments_);
+    free_.push_back(s.get());
+    slots_.push_back(std::move(s));
+  }
+  buffer_cache::chunk c;
+  if (const std::size_t bytes = data_bound(w)) {
+    auto got = buffers_.take(bytes, ring_idle, *memory_wake_);
+    if (!got) return nullptr;
+    c = *got;
+  }
+  slot& s = acquire();
+  s.buf = c;
+  return &s;
 }
 
 // GCC (12, without optimisation) takes the frame's deallocation by the
@@ -194,13 +333,14 @@ asio::awaitable<error_code> queue::run() {
 // eagerly up to its first storage operation, so requests are validated and
 // started in ring order.
 request_task queue::serve(slot& s, wire_request w) {
-  validation v = validate(w, params_.limits, s.segs);
+  validation v = validate(w, params_.limits, std::span(s.segs.get(), max_segments_));
   if (auto* need = std::get_if<needs_indirect>(&v)) v = fetch_indirect(s, w, *need);
   if (auto* r = std::get_if<rejected>(&v)) {
     reject(s, *r);
     co_return;
   }
   s.req = std::get<checked_request>(v);
+  if (s.req.kind != op_kind::discard && s.req.length > 0 && s.buf.data == nullptr) co_return finish(s, no_buffer(s));
   error_code ec;
   switch (s.req.kind) {
     case op_kind::read:
@@ -231,33 +371,35 @@ request_task queue::serve(slot& s, wire_request w) {
 // Copies an indirect request's descriptors out of the guest's indirect
 // pages into the slot, once, and validates that private copy.
 validation queue::fetch_indirect(slot& s, const wire_request& w, const needs_indirect& need) {
-  s.copies.clear();
+  copies_.clear();
+  descriptors_.resize(std::size_t{need.pages} * segments_per_indirect_page);
   const auto dom = static_cast<std::uint16_t>(params_.frontend_domid);
   std::size_t bytes = std::size_t{need.nr_segments} * sizeof(blkif_request_segment);
-  auto* dest = reinterpret_cast<std::byte*>(s.descriptors.data());
+  auto* dest = reinterpret_cast<std::byte*>(descriptors_.data());
   for (std::uint16_t page = 0; page < need.pages; ++page) {
     const auto len = static_cast<std::uint16_t>(std::min<std::size_t>(bytes, xen::page_size));
-    s.copies.push_back(asio_xen::copy_from_guest(dom, w.indirect_grefs[page], 0, dest + page * xen::page_size, len));
+    copies_.push_back(asio_xen::copy_from_guest(dom, w.indirect_grefs[page], 0, dest + page * xen::page_size, len));
     bytes -= len;
   }
-  if (error_code ec = gnttab_.copy(s.copies))
+  if (error_code ec = gnttab_.copy(copies_))
     return rejected{w.id, w.indirect_op, BLKIF_RSP_ERROR, "indirect pages could not be copied"};
-  return validate_indirect(w, std::span(s.descriptors.data(), need.nr_segments), params_.limits, s.segs);
+  return validate_indirect(w, std::span(descriptors_.data(), need.nr_segments), params_.limits,
+                           std::span(s.segs.get(), max_segments_));
 }
 
 // Grant copy between the guest's segments and the slot's buffer, where the
 // segments lie back to back in disk order.
 bool queue::copy_segments(slot& s, bool to_guest) {
-  s.copies.clear();
+  copies_.clear();
   std::size_t off = 0;
   const auto dom = static_cast<std::uint16_t>(params_.frontend_domid);
   for (const segment& seg : s.req.segments) {
-    std::byte* local = s.buf + off;
-    s.copies.push_back(to_guest ? asio_xen::copy_to_guest(dom, seg.gref, seg.offset, local, seg.length)
-                                : asio_xen::copy_from_guest(dom, seg.gref, seg.offset, local, seg.length));
+    std::byte* local = s.buf.data + off;
+    copies_.push_back(to_guest ? asio_xen::copy_to_guest(dom, seg.gref, seg.offset, local, seg.length)
+                               : asio_xen::copy_from_guest(dom, seg.gref, seg.offset, local, seg.length));
     off += seg.length;
   }
-  error_code ec = gnttab_.copy(s.copies);
+  error_code ec = gnttab_.copy(copies_);
   if (!ec) return true;
   // XSA-362/365: a bad grant is the guest's mistake, answered with ERROR.
   ++stats_.failed;
@@ -322,12 +464,31 @@ queue::slot& queue::acquire() {
   slot* s = free_.back();
   free_.pop_back();
   ++in_flight_;
+  stats_.peak_in_flight = std::max(stats_.peak_in_flight, in_flight_);
   return *s;
 }
 
+// The slot and its buffer go back for reuse; trim_loop() returns them to
+// the kernel if they stay unused. A ring waiting for memory tries again.
 void queue::release(slot& s) {
+  buffers_.give(std::exchange(s.buf, {}));
   free_.push_back(&s);
   --in_flight_;
+  last_release_ = std::chrono::steady_clock::now();
+  if (!trim_armed_) {
+    trim_armed_ = true;
+    trim_.cancel();
+  }
+  if (waiting_memory_) memory_wake_->timer.cancel();
+}
+
+// The buffer could not be mapped (the kernel is out of memory): the
+// request fails, the ring goes on.
+std::int16_t queue::no_buffer(const slot& s) {
+  ++stats_.failed;
+  if (budget_->spend(failure_kind::io))
+    XBD_LOG(log_, warning) << what(s.req.kind) << " at " << s.req.offset << " failed: no memory for its buffer";
+  return BLKIF_RSP_ERROR;
 }
 
 void queue::set_sectors(std::uint64_t sectors) { params_.limits.sectors = sectors; }

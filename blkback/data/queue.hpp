@@ -8,16 +8,22 @@
 // notified, once per turn of the io_context. Everything of a queue runs on
 // one io_context thread: no locks.
 //
-// Memory is sized from the ring when the queue connects: one slot per ring
-// entry, each with a bounce buffer for the largest request and room for its
-// request's coroutine frame. Nothing is allocated per request. The buffers
-// are reserved, not committed: only slots that have been used take memory,
-// and slots are reused most-recently-freed first.
+// Memory comes and goes with the work (blkback/data/memory.hpp): a request
+// is taken from the ring only when a slot (its coroutine frame and segment
+// list) and a buffer for its data can be had within the daemon's budget;
+// otherwise it stays in the ring until memory frees up. Slots and buffers
+// are reused most-recently-freed first and handed back to the kernel after
+// an idle second, so an idle ring holds almost nothing.
+//
+// Fairness on a shared worker thread: a ring yields the thread after a
+// bounded amount of work per turn, and a frontend that notifies without
+// publishing requests is answered with a growing pause (XSA-332).
 #pragma once
 
 #include "asio_xen/evtchn.hpp"
 #include "asio_xen/gnttab.hpp"
 #include "blkback/data/log_budget.hpp"
+#include "blkback/data/memory.hpp"
 #include "blkback/data/request_task.hpp"
 #include "blkback/log.hpp"
 #include "blkback/platform.hpp"
@@ -29,6 +35,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <vector>
@@ -43,6 +50,9 @@ struct queue_params {
   device_limits limits;
   // The vbd's: shared by its rings, kept across reconnects.
   std::shared_ptr<log_budget> budget = std::make_shared<log_budget>();
+  // The vbd's share of the daemon's buffer memory; null: a budget of the
+  // queue's own (tests).
+  std::shared_ptr<memory_budget::account> memory;
 };
 
 struct queue_stats {
@@ -55,6 +65,20 @@ struct queue_stats {
   std::uint64_t failed = 0;    // answered ERROR or EOPNOTSUPP: grant copy or storage failed
   std::uint64_t bytes_read = 0;
   std::uint64_t bytes_written = 0;
+  std::uint64_t memory_waits = 0;  // times the ring waited for buffer memory
+  std::uint64_t idle_events = 0;   // events that brought no request
+  std::uint64_t storm_pauses = 0;  // pauses imposed on a notify storm
+  std::uint64_t yields = 0;        // turns cut short to let other rings run
+  std::uint32_t peak_in_flight = 0;
+};
+
+// Limits of one ring's turn and of its answer to a notify storm.
+struct queue_tuning {
+  unsigned turn_requests = 64;                     // requests started per turn at most
+  std::uint64_t turn_bytes = 8u << 20;             // bytes copied in per turn at most
+  unsigned storm_after = 8;                        // idle events in a row before pausing
+  std::chrono::milliseconds storm_pause_max{128};  // the longest pause
+  std::chrono::milliseconds idle_after{1000};      // memory unused this long goes back
 };
 
 class queue {
@@ -81,6 +105,10 @@ class queue {
   std::uint32_t ring_size() const { return ring_.size(); }
   asio_xen::evtchn_port local_port() const { return evtchn_.local_port(); }
   std::uint32_t in_flight() const { return in_flight_; }
+  // Slots that exist now (in flight or cached).
+  std::size_t slots() const { return slots_.size(); }
+  std::size_t cached_buffer_bytes() const { return buffers_.cached_bytes(); }
+  void set_tuning(const queue_tuning& t) { tuning_ = t; }
 
   struct slot;
 
@@ -89,11 +117,19 @@ class queue {
         asio_xen::event_channel evtchn, const queue_params& params, std::unique_ptr<storage::channel> chan, logger lg);
 
   request_task serve(slot& s, wire_request w);
+  boost::asio::awaitable<asio_xen::error_code> serve_ring();
+  boost::asio::awaitable<asio_xen::error_code> sleep_for_event();
+  boost::asio::awaitable<void> pause(std::chrono::milliseconds d);
   boost::asio::awaitable<void> wait_idle();
+  boost::asio::awaitable<void> trim_loop();
+  bool trim_idle();
+  slot* admit(const wire_request& w);
+  std::size_t data_bound(const wire_request& w) const;
   validation fetch_indirect(slot& s, const wire_request& w, const needs_indirect& need);
   bool copy_segments(slot& s, bool to_guest);
   void reject(slot& s, const rejected& r);
   std::int16_t account(const slot& s, asio_xen::error_code ec);
+  std::int16_t no_buffer(const slot& s);
   void finish(slot& s, std::int16_t status);
   void respond(std::uint64_t id, std::uint8_t op, std::int16_t status);
   void schedule_push();
@@ -110,16 +146,32 @@ class queue {
   std::unique_ptr<storage::channel> chan_;
   logger log_;
 
-  std::size_t slot_bytes_;
-  void* buffers_ = nullptr;
-  std::size_t buffers_size_ = 0;
+  std::size_t max_segments_;
+  std::uint64_t slot_charge_;                  // bytes of a slot, counted against the budget
+  std::shared_ptr<memory_budget> own_budget_;  // only without a vbd's account
+  buffer_cache buffers_;
   std::vector<std::unique_ptr<slot>> slots_;
   std::vector<slot*> free_;
+  // Scratch for the synchronous grant copies, grown on demand.
+  std::vector<asio_xen::copy_segment> copies_;
+  std::vector<blkif_request_segment> descriptors_;
   std::uint32_t in_flight_ = 0;
   bool stopping_ = false;
   bool push_scheduled_ = false;
   bool waiting_idle_ = false;
-  boost::asio::steady_timer idle_;  // wakes wait_idle() when the last request is answered
+  bool trimming_ = false;    // trim_loop() runs
+  bool trim_armed_ = false;  // something may go back to the kernel
+  bool waiting_memory_ = false;
+  bool event_seen_ = false;  // the last sleep ended with an event
+  bool took_since_event_ = false;
+  unsigned idle_events_in_row_ = 0;
+  std::chrono::steady_clock::time_point last_release_;
+  boost::asio::steady_timer idle_;   // wakes waits on the queue's own state (wait_idle, run's end)
+  boost::asio::steady_timer trim_;   // trim_loop()'s tick
+  boost::asio::steady_timer pause_;  // a storm pause
+  struct memory_wake;
+  std::shared_ptr<memory_wake> memory_wake_;  // the wait for buffer memory
+  queue_tuning tuning_;
   queue_stats stats_;
   std::shared_ptr<log_budget> budget_;
 };

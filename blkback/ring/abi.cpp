@@ -237,6 +237,10 @@ wire_request abi_ring::consume_request() {
   return decode_x86_64(std::span<const std::byte, x86_64_request_size>(copy.bytes));
 }
 
+void abi_ring::unconsume_request() {
+  std::visit([](auto& r) { r.unconsume_request(); }, ring_);
+}
+
 // The slot is the whole ring entry (108 or 112 bytes, and it still holds
 // the request); only the response's own bytes are written, zeroes included.
 void abi_ring::put_response(std::uint64_t id, std::uint8_t op, std::int16_t status) {

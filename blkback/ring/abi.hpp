@@ -99,6 +99,8 @@ class abi_ring {
   asio_xen::result<std::uint32_t> unconsumed_requests() const;
   // Copies the next slot out once and decodes the copy.
   wire_request consume_request();
+  // The last request taken goes back into the ring, to be copied again.
+  void unconsume_request();
   void put_response(std::uint64_t id, std::uint8_t op, std::int16_t status);
   bool push_responses();
   asio_xen::result<bool> final_check_for_requests();

@@ -145,9 +145,13 @@ error_code probe(int fd, const struct stat& st, properties& p) {
 
 class local_store;
 
-// One ring's channel. Each operation in flight takes an `op`: its own file
-// object and the memory for Asio's handlers, created on first use and
-// reused most-recently-freed first.
+// One ring's channel. Each operation in flight takes an `op` (the memory
+// for Asio's handlers), created on first use and reused most-recently-freed
+// first, and reads and writes a file object. Asio runs one operation of a
+// kind at a time on a file object and queues the rest, so each object is
+// its own dup of the store's descriptor; there are at most max_files of
+// them per channel, the least busy taken first (descriptors stay bounded
+// however deep the ring). trim() lets go of all of it.
 class local_channel final : public channel {
  public:
   local_channel(local_store& store, const worker& w, unsigned depth);
@@ -156,12 +160,19 @@ class local_channel final : public channel {
   void write(std::uint64_t offset, std::span<const std::byte> from, completion& done) override;
   void flush(completion& done) override;
   void discard(std::uint64_t offset, std::uint64_t length, bool secure, completion& done) override;
+  void trim() override;
+
+  static constexpr std::size_t max_files = 32;
 
  private:
+  struct file {
+    asio::random_access_file f;
+    unsigned busy = 0;  // operations using it
+  };
   struct op final : aux_completion {
     local_channel* owner = nullptr;
     completion* done = nullptr;
-    std::optional<asio::random_access_file> file;
+    file* on = nullptr;
     handler_arena arena;
     void aux_complete(error_code ec) override { owner->finish(*this, ec); }
   };
@@ -170,13 +181,14 @@ class local_channel final : public channel {
   op* start(completion& done, bool needs_file);
   void finish(op& o, error_code ec);
   void fail_later(completion& done, error_code ec);
-  bool ensure_file(op& o, error_code& ec);
+  file* pick_file(error_code& ec);
 
   local_store& store_;
   worker w_;
   unsigned depth_;
   std::vector<std::unique_ptr<op>> ops_;
   std::vector<op*> free_;
+  std::vector<std::unique_ptr<file>> files_;
 };
 
 class local_store final : public store {
@@ -240,6 +252,7 @@ local_channel::op* local_channel::acquire(completion& done) {
 }
 
 void local_channel::finish(op& o, error_code ec) {
+  if (file* f = std::exchange(o.on, nullptr)) --f->busy;
   completion* done = std::exchange(o.done, nullptr);
   free_.push_back(&o);
   done->complete(ec);
@@ -249,16 +262,33 @@ void local_channel::fail_later(completion& done, error_code ec) {
   asio::post(w_.ex, [&done, ec] { done.complete(ec); });
 }
 
-// Each op's own file object, on its own dup of the store's descriptor.
-bool local_channel::ensure_file(op& o, error_code& ec) {
-  if (o.file) return true;
-  int fd = ::dup(store_.fd());
-  if (fd < 0) {
-    ec = asio_xen::xen_error(dup_call);
-    return false;
+// An idle file object, a new one while there are fewer than max_files, or
+// else the least busy (the operation then queues behind its others).
+local_channel::file* local_channel::pick_file(error_code& ec) {
+  file* best = nullptr;
+  for (auto& f : files_)
+    if (best == nullptr || f->busy < best->busy) best = f.get();
+  if ((best == nullptr || best->busy > 0) && files_.size() < max_files) {
+    const int fd = ::dup(store_.fd());
+    if (fd >= 0) {
+      files_.push_back(std::unique_ptr<file>(new file{asio::random_access_file(w_.ex, fd)}));
+      best = files_.back().get();
+    } else if (best == nullptr) {
+      ec = asio_xen::xen_error(dup_call);
+      return nullptr;
+    }
   }
-  o.file.emplace(w_.ex, fd);
-  return true;
+  ++best->busy;
+  return best;
+}
+
+// Nothing is in flight: no file object has an operation pending, so
+// closing them cancels nothing (asio_xen/wakeable.hpp says why that
+// matters).
+void local_channel::trim() {
+  free_.clear();
+  ops_.clear();
+  files_.clear();
 }
 
 // An operation that cannot start (no file object, or more operations than
@@ -266,7 +296,7 @@ bool local_channel::ensure_file(op& o, error_code& ec) {
 local_channel::op* local_channel::start(completion& done, bool needs_file) {
   op* o = acquire(done);
   error_code ec(EBUSY, boost::system::generic_category());
-  if (o && (!needs_file || ensure_file(*o, ec))) return o;
+  if (o && (!needs_file || (o->on = pick_file(ec)) != nullptr)) return o;
   if (o) {
     o->done = nullptr;
     free_.push_back(o);
@@ -278,7 +308,7 @@ local_channel::op* local_channel::start(completion& done, bool needs_file) {
 void local_channel::read(std::uint64_t offset, std::span<std::byte> into, completion& done) {
   op* o = start(done, true);
   if (!o) return;
-  asio::async_read_at(*o->file, offset, asio::buffer(into.data(), into.size()), whole(into.size()),
+  asio::async_read_at(o->on->f, offset, asio::buffer(into.data(), into.size()), whole(into.size()),
                       asio::bind_allocator(arena_allocator<void>(o->arena),
                                            [this, o, n = into.size()](error_code e, std::size_t moved) {
                                              finish(*o, io_result(e, moved, n));
@@ -288,7 +318,7 @@ void local_channel::read(std::uint64_t offset, std::span<std::byte> into, comple
 void local_channel::write(std::uint64_t offset, std::span<const std::byte> from, completion& done) {
   op* o = start(done, true);
   if (!o) return;
-  asio::async_write_at(*o->file, offset, asio::buffer(from.data(), from.size()), whole(from.size()),
+  asio::async_write_at(o->on->f, offset, asio::buffer(from.data(), from.size()), whole(from.size()),
                        asio::bind_allocator(arena_allocator<void>(o->arena),
                                             [this, o, n = from.size()](error_code e, std::size_t moved) {
                                               finish(*o, io_result(e, moved, n));

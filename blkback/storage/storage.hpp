@@ -74,6 +74,9 @@ class channel {
   virtual void flush(completion& done) = 0;
   // operation_not_supported if the store turns out unable to.
   virtual void discard(std::uint64_t offset, std::uint64_t length, bool secure, completion& done) = 0;
+  // The ring has been idle a while: let go of what idle operations keep
+  // (descriptors, memory). Called with nothing in flight.
+  virtual void trim() {}
 };
 
 class store {

@@ -80,7 +80,7 @@ TEST_CASE("the defaults shown commented out in the shipped file are the real def
   const toml::table root = toml::parse(text);
   for (const char* key : {"backend.types", "rings.max-ring-page-order", "rings.max-queues",
                           "rings.max-indirect-segments", "rings.default-protocol", "io.direct-io", "io.worker-threads",
-                          "io.discard", "io.resize-poll-seconds", "log.level", "log.sink"}) {
+                          "io.discard", "io.resize-poll-seconds", "io.buffer-memory", "log.level", "log.sink"}) {
     CAPTURE(key);
     CHECK(root.at_path(key).node() != nullptr);
   }
@@ -106,6 +106,7 @@ direct-io = "never"
 worker-threads = 5
 discard = false
 resize-poll-seconds = 30
+buffer-memory = "64MiB"
 
 [log]
 level = "debug"
@@ -121,6 +122,7 @@ sink = "file:/var/log/xen-blkbackd.log"
   CHECK(s.worker_threads == 5);
   CHECK(s.discard == false);
   CHECK(s.resize_poll_seconds == 30);
+  CHECK(s.buffer_memory == 64u << 20);
   CHECK(s.log.level == severity::debug);
   CHECK(s.log.sink == "file:/var/log/xen-blkbackd.log");
 }
@@ -168,6 +170,28 @@ TEST_CASE("the bounds of every number are accepted") {
   CHECK(parse("rings.max-indirect-segments = 4096").max_indirect_segments == 4096);
   CHECK(parse("io.worker-threads = 256").worker_threads == 256);
   CHECK(parse("io.resize-poll-seconds = 86400").resize_poll_seconds == 86400);
+}
+
+TEST_CASE("buffer-memory is a size with a binary unit, within its bounds") {
+  CHECK(parse("io.buffer-memory = \"16MiB\"").buffer_memory == 16u << 20);
+  CHECK(parse("io.buffer-memory = \"1GiB\"").buffer_memory == std::uint64_t{1} << 30);
+  CHECK(parse("io.buffer-memory = \"2G\"").buffer_memory == std::uint64_t{2} << 30);
+  CHECK(parse("io.buffer-memory = \"1TiB\"").buffer_memory == std::uint64_t{1} << 40);
+  CHECK(parse("io.buffer-memory = \"33554432\"").buffer_memory == 32u << 20);
+  CHECK(error_of("[io]\nbuffer-memory = \"15MiB\"\n") ==
+        "test.toml:2:17: io.buffer-memory must be 16MiB..1TiB, got \"15MiB\"");
+  CHECK(error_of("[io]\nbuffer-memory = \"2TiB\"\n") ==
+        "test.toml:2:17: io.buffer-memory must be 16MiB..1TiB, got \"2TiB\"");
+  CHECK(error_of("[io]\nbuffer-memory = \"256 MB\"\n") ==
+        "test.toml:2:17: io.buffer-memory must be a size such as \"256MiB\" or \"1GiB\", got \"256 MB\"");
+  CHECK(error_of("[io]\nbuffer-memory = 268435456\n") ==
+        "test.toml:2:17: io.buffer-memory must be a string, not an integer");
+  CHECK(error_of("[io]\nbuffer-memory = \"99999999999999999999G\"\n").find("must be a size") != std::string::npos);
+  CHECK(parse_size("18446744073709551615T") == std::nullopt);
+  CHECK(parse_size("") == std::nullopt);
+  CHECK(parse_size("MiB") == std::nullopt);
+  CHECK(format_size(3u << 20) == "3MiB");
+  CHECK(format_size(1536) == "1536");
 }
 
 TEST_CASE("an unknown key at top level is an error at its line") {
@@ -325,7 +349,7 @@ TEST_CASE("describe() is one line with every setting") {
   CHECK(describe(settings{}) ==
         "types=qdisk domid=xenstore max-ring-page-order=4 max-queues=auto max-indirect-segments=256 "
         "default-protocol=native direct-io=auto worker-threads=auto discard=true resize-poll-seconds=0 "
-        "log.level=info log.sink=stderr");
+        "buffer-memory=256MiB log.level=info log.sink=stderr");
   settings s;
   s.backend_types = {"qdisk", "vbd"};
   s.domid = 3;
@@ -337,9 +361,10 @@ TEST_CASE("describe() is one line with every setting") {
   s.worker_threads = 4;
   s.discard = false;
   s.resize_poll_seconds = 10;
+  s.buffer_memory = std::uint64_t{3} << 30;
   s.log = {severity::warning, "syslog"};
   CHECK(describe(s) ==
         "types=qdisk,vbd domid=3 max-ring-page-order=0 max-queues=2 max-indirect-segments=0 "
         "default-protocol=x86_32-abi direct-io=always worker-threads=4 discard=false resize-poll-seconds=10 "
-        "log.level=warning log.sink=syslog");
+        "buffer-memory=3GiB log.level=warning log.sink=syslog");
 }

@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
 
 using namespace xbd;
 using namespace xbd::blkback;
@@ -65,11 +66,16 @@ struct rig {
   std::optional<asio_xen::event_channel> front_evtchn;
   temp_file file;
   std::unique_ptr<storage::store> store;
+  std::shared_ptr<memory_budget> memory;
   std::unique_ptr<queue> q;
   std::future<asio_xen::error_code> running;
 
-  explicit rig(std::size_t pages = 1, device_limits lim = {}, std::uint64_t disk_bytes = 1 << 20, bool readonly = false)
-      : ring_pages(pages), guest(tables.add_guest(guest_domid, pages + data_frames)), file(disk_bytes) {
+  explicit rig(std::size_t pages = 1, device_limits lim = {}, std::uint64_t disk_bytes = 1 << 20, bool readonly = false,
+               std::uint64_t memory_budget_bytes = std::uint64_t{1} << 30, queue_tuning tuning = {})
+      : ring_pages(pages),
+        guest(tables.add_guest(guest_domid, pages + data_frames)),
+        file(disk_bytes),
+        memory(std::make_shared<memory_budget>(memory_budget_bytes)) {
     for (std::size_t i = 0; i < pages; ++i) ring_refs.push_back(guest.grant(i, 0));
     for (std::size_t i = 0; i < data_frames; ++i) data_refs.push_back(guest.grant(pages + i, 0));
     front.emplace(*asio_xen::front_ring<blkif_request, blkif_response>::init({guest.page(0).data(), pages * page}));
@@ -84,6 +90,7 @@ struct rig {
     p.ring_refs = ring_refs;
     p.remote_port = front_evtchn->local_port();
     p.limits = lim;
+    p.memory = memory->open_account();
     xen_platform xp{[this] { return asio_xen::result<std::unique_ptr<asio_xen::evtchn_driver>>(bus.open(0)); },
                     [this] { return asio_xen::result<std::unique_ptr<asio_xen::gnttab_driver>>(tables.open(0)); }};
     auto aux = aux_ring::create(ioc.get_executor());
@@ -91,6 +98,7 @@ struct rig {
     auto qq = queue::connect(worker{ioc.get_executor(), *aux}, xp, p, *store, device_logger(guest_domid, 51712));
     REQUIRE(qq.has_value());
     q = std::move(*qq);
+    q->set_tuning(tuning);
     running = asio::co_spawn(ioc, q->run(), asio::use_future);
   }
 
@@ -113,6 +121,12 @@ struct rig {
       xbd::test::run_for(ioc, std::chrono::milliseconds(5));
     }
     return out;
+  }
+
+  // Runs the backend for a while, whatever happens.
+  void idle_for(std::chrono::milliseconds d) {
+    ioc.restart();
+    xbd::test::run_for(ioc, d);
   }
 
   // Stops the queue and returns what run() returned.
@@ -440,5 +454,104 @@ TEST_CASE("a discard punches a hole: the range reads back as zeroes") {
   CHECK(r.file.read(7 * 512, 1)[0] == pattern(7 * 512));
   CHECK(r.file.read(24 * 512, 1)[0] == pattern(24 * 512));
   CHECK(r.q->stats().discards == 1u);
+  CHECK_FALSE(r.stop());
+}
+
+namespace {
+
+std::size_t open_fds() {
+  std::size_t n = 0;
+  for ([[maybe_unused]] auto& e : std::filesystem::directory_iterator("/proc/self/fd")) ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("memory: over the budget requests wait in the ring and are all served; idle memory goes back") {
+  queue_tuning t;
+  t.idle_after = std::chrono::milliseconds(50);
+  // Room for one 11-segment request (a 64 KiB buffer and its slot) and no
+  // more: each request waits for the one before.
+  rig r(1, {}, 1 << 20, false, 64 * 1024, t);
+  for (std::uint64_t i = 0; i < 8; ++i) {
+    std::vector<std::tuple<grant_ref, int, int>> segs;
+    for (std::size_t k = 0; k < 11; ++k) segs.emplace_back(r.data_refs[i * 11 % (data_frames - 11) + k], 0, 7);
+    r.submit(make(BLKIF_OP_WRITE, 100 + i, i * 88, segs));
+  }
+  r.kick();
+  auto rs = r.responses(8);
+  REQUIRE(rs.size() == 8u);
+  for (auto& x : rs) CHECK(x.status == BLKIF_RSP_OKAY);
+  CHECK(r.q->stats().memory_waits >= 1u);
+  CHECK(r.q->stats().peak_in_flight == 1u);
+  // Never more than the budget and the one request an idle ring may start.
+  CHECK(r.memory->usage().peak <= 64 * 1024 + 64 * 1024 + 4096);
+  // A quarter-second tick after 50 ms idle: slots and buffers are gone.
+  r.idle_for(std::chrono::milliseconds(700));
+  CHECK(r.q->slots() == 0u);
+  CHECK(r.q->cached_buffer_bytes() == 0u);
+  CHECK(r.memory->usage().committed == 0u);
+  // And they come back when needed.
+  r.submit(make(BLKIF_OP_READ, 200, 0, {{r.data_refs[0], 0, 7}}));
+  r.kick();
+  auto again = r.responses(1);
+  REQUIRE(again.size() == 1u);
+  CHECK(again[0].status == BLKIF_RSP_OKAY);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("memory: an idle ring keeps no slots, buffers or file descriptors") {
+  queue_tuning t;
+  t.idle_after = std::chrono::milliseconds(50);
+  rig r(2, {}, 1 << 20, false, std::uint64_t{1} << 30, t);
+  const std::size_t before = open_fds();
+  // A full two-page ring of reads: each operation in flight wants a file
+  // object, and there are at most local_channel's 32 of them.
+  const std::uint32_t n = 64;
+  for (std::uint64_t i = 0; i < n; ++i) r.submit(make(BLKIF_OP_READ, i, (i % 32) * 8, {{r.data_refs[i], 0, 7}}));
+  r.kick();
+  auto rs = r.responses(n);
+  REQUIRE(rs.size() == n);
+  for (auto& x : rs) CHECK(x.status == BLKIF_RSP_OKAY);
+  CHECK(open_fds() <= before + 32);
+  r.idle_for(std::chrono::milliseconds(700));
+  CHECK(r.q->slots() == 0u);
+  CHECK(open_fds() == before);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("a notify storm on an empty ring is paused, counted and logged once, and real requests still get through") {
+  queue_tuning t;
+  t.storm_after = 4;
+  t.storm_pause_max = std::chrono::milliseconds(20);
+  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, t);
+  for (int i = 0; i < 40; ++i) {
+    REQUIRE_FALSE(r.front_evtchn->notify());
+    r.idle_for(std::chrono::milliseconds(2));
+  }
+  const auto& st = r.q->stats();
+  CHECK(st.idle_events >= 8u);
+  CHECK(st.storm_pauses >= 1u);
+  // Fewer events than notifications reached the ring: the pauses held the
+  // port masked and the rest coalesced.
+  CHECK(st.idle_events < 40u);
+  r.submit(make(BLKIF_OP_READ, 9, 0, {{r.data_refs[0], 0, 7}}));
+  r.kick();
+  auto rs = r.responses(1, std::chrono::milliseconds(1000));
+  REQUIRE(rs.size() == 1u);
+  CHECK(rs[0].status == BLKIF_RSP_OKAY);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("a ring yields its thread after a bounded turn, and serves everything") {
+  queue_tuning t;
+  t.turn_requests = 4;
+  rig r(2, {}, 1 << 20, false, std::uint64_t{1} << 30, t);
+  for (std::uint64_t i = 0; i < 40; ++i) r.submit(make(BLKIF_OP_READ, i, i * 8, {{r.data_refs[i], 0, 7}}));
+  r.kick();
+  auto rs = r.responses(40);
+  REQUIRE(rs.size() == 40u);
+  for (auto& x : rs) CHECK(x.status == BLKIF_RSP_OKAY);
+  CHECK(r.q->stats().yields >= 9u);
   CHECK_FALSE(r.stop());
 }

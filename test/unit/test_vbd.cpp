@@ -60,7 +60,8 @@ struct rig {
       settings{},
       0,
       1,
-      {}};
+      {},
+      std::make_shared<memory_budget>(settings{}.buffer_memory)};
   std::unique_ptr<vbd> dev;
   std::future<void> done;
   std::optional<asio_xen::event_channel> fe_port;
