@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "blkfront/stop.hpp"
+
 namespace xbd::sim::blkfront {
 
 namespace {
@@ -438,6 +440,8 @@ run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_
   const auto start = clock::now();
   for (auto& s : states_) s->last_progress = start;
   bool stopping = false;
+  // After a signal, what is in flight gets until here to be answered.
+  std::optional<clock::time_point> drain_until;
   run_end end = run_end::completed;
   auto finish = [&](run_end e) {
     st.seconds = std::chrono::duration<double>(clock::now() - start).count();
@@ -447,6 +451,13 @@ run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_
   for (;;) {
     auto now = clock::now();
     if (deadline && now >= *deadline) w.stop();
+    if (!stopping && platform_.stop_requested()) {
+      // A stop asked for in an earlier wait (the script's, say).
+      stopping = true;
+      end = run_end::interrupted;
+      w.stop();
+    }
+    if (stopping && !drain_until) drain_until = platform_.stop_requested().value_or(now) + stop_bound::drain;
     if (!stopping)
       for (auto& s : states_) submit(*s, w, st);
 
@@ -455,11 +466,19 @@ run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_
     // With nothing outstanding every resource is free, so a submit that
     // issued nothing means the workload has nothing left to give.
     if (in_flight == 0) return finish(end);
+    if (drain_until && now >= *drain_until) {
+      // Not the backend's fault: we stopped waiting. The close that follows
+      // tells it to let go of the rest.
+      if (diagnostics_on)
+        std::fprintf(stderr, "blkfront-sim: stopping: %u request(s) still in flight after %lld ms, abandoned\n",
+                     in_flight, static_cast<long long>(stop_bound::drain.count()));
+      return finish(end);
+    }
 
     auto timeout = std::chrono::milliseconds(100);
     if (deadline && !stopping && *deadline > now)
-      timeout = std::min(timeout, std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - now) +
-                                      std::chrono::milliseconds(1));
+      timeout = std::min(timeout, std::chrono::ceil<std::chrono::milliseconds>(*deadline - now));
+    if (drain_until) timeout = std::min(timeout, std::chrono::ceil<std::chrono::milliseconds>(*drain_until - now));
     const wait_result r = platform_.wait(timeout);
     st.events += r.ports.size();
     if (r.signal && !stopping) {

@@ -74,7 +74,8 @@ Device:
   --devid N               the virtual device id (e.g. 51712 = xvda)
   --backend-path PATH     use PATH instead of the frontend's `backend` key
   --backend-id N          grant to / bind for domain N instead of `backend-id`
-  --timeout SEC           limit for each state change and each response (30)
+  --timeout SEC           limit for each state change, each response, each
+                          script wait and each xenstore request (30)
 
 Negotiation (each is cut down to what the backend advertises):
   --ring-order N          ring-page-order wish, 0..8 (4)
@@ -136,8 +137,12 @@ Output:
   --quiet                 no progress messages on stderr
   -h, --help
 
+SIGINT/SIGTERM: stop within a second (in-flight I/O gets 200 ms, the close
+runs until 500 ms, at 750 ms or a second signal it exits at once).
+
 Exit status: 0 success; 1 mismatch, protocol error, I/O error, failed
-expectation; 2 usage or setup failure (negotiation, xenstore, grants).
+expectation; 2 usage or setup failure (negotiation, xenstore, grants, a
+signal before the device connected).
 )";
 }
 

@@ -1,9 +1,5 @@
 #include "blkfront/runner.hpp"
 
-#include <signal.h>
-#include <sys/signalfd.h>
-#include <unistd.h>
-
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -12,6 +8,7 @@
 #include "blkfront/engine.hpp"
 #include "blkfront/frontend.hpp"
 #include "blkfront/script.hpp"
+#include "blkfront/stop.hpp"
 #include "blkfront/summary.hpp"
 #include "blkfront/xen_platform.hpp"
 
@@ -20,27 +17,6 @@ namespace {
 
 // One verify generation per block of the region: cap the table at 1 GiB.
 constexpr std::uint64_t max_verify_blocks = std::uint64_t{1} << 28;
-
-class signal_fd {
- public:
-  // Blocked in every thread (libxenstore starts a reader thread), taken
-  // from a signalfd the wait loop polls.
-  signal_fd() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, nullptr);
-    fd_ = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-  }
-  ~signal_fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int fd() const { return fd_; }
-
- private:
-  int fd_ = -1;
-};
 
 std::optional<std::string> slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -53,13 +29,20 @@ std::optional<std::string> slurp(const std::string& path) {
 struct program {
   const options& o;
   summary s;
+  // First: blocks the signals before libxenstore starts its thread.
+  stop_control stop;
   xenstore xs;
-  signal_fd sig;
   std::unique_ptr<xen_platform> plat;
   std::unique_ptr<frontend> fe;
   std::unique_ptr<generation_tracker> tracker;
   std::uint64_t region_offset = 0, region_bytes = 0;
-  bool interrupted = false;
+
+  explicit program(const options& opts) : o(opts) {}
+
+  bool interrupted() const { return stop.requested_at().has_value(); }
+  void mark_interrupted() {
+    if (s.end == "completed") s.end = "interrupted";
+  }
 
   void log(const std::string& msg) const {
     if (!o.quiet && !o.json) std::fprintf(stderr, "blkfront-sim: %s\n", msg.c_str());
@@ -177,7 +160,6 @@ struct program {
       for (const auto& m : ps.protocol_messages) s.stats.protocol_error("prefill: " + m);
       if (end != run_end::completed) {
         s.end = std::string(to_string(end));
-        interrupted = end == run_end::interrupted;
         return false;
       }
     }
@@ -191,7 +173,6 @@ struct program {
     s.stats.merge(rs);
     if (end != run_end::completed) {
       s.end = std::string(to_string(end));
-      interrupted = end == run_end::interrupted;
       return false;
     }
     return true;
@@ -217,8 +198,13 @@ struct program {
     env.layout = c.layout.get();
     env.handle = static_cast<std::uint16_t>(o.devid);
     env.backend_state = [this] { return fe->backend_state(); };
+    env.max_wait = o.timeout;
     s.raw = script_runner(env).run(std::get<std::vector<command>>(parsed));
     for (const auto& f : s.raw->failures) log("script: " + f);
+    if (s.raw->interrupted) {
+      mark_interrupted();
+      return false;
+    }
     return true;
   }
 
@@ -237,7 +223,8 @@ struct program {
       }
       const wait_result r = plat->wait(timeout);
       if (r.signal) {
-        interrupted = true;
+        // The documented end of `--hold 0`; a timed hold was cut short.
+        if (deadline) mark_interrupted();
         return;
       }
       // Like Linux's blkfront: a backend that goes Closing is followed to
@@ -266,16 +253,34 @@ struct program {
     s.protocol = o.protocol_key ? *o.protocol_key : o.write_protocol_key ? o.protocol : "(none)";
     run_cycles();
     s.backend_states = fe ? fe->backend_states_seen() : std::vector<unsigned>{};
+    // The watchdog may have written its own summary and be exiting.
+    if (!stop.claim_output()) return 2;
     std::printf("%s\n", to_json(s).c_str());
     std::fflush(stdout);
     if (!o.quiet && !o.json) std::fputs(to_text(s).c_str(), stderr);
     return exit_status(s);
   }
 
+  // The close handshake. After a signal it is bounded by the stop (see
+  // stop.hpp) and a close cut short is no failure of the backend's.
+  void close(connection& c, std::chrono::milliseconds limit) {
+    std::string err;
+    const bool ok = fe->close(c, err, limit);
+    s.stopped = interrupted();
+    if (ok) return;
+    if (s.stopped) {
+      if (s.error.empty()) s.error = "closing: " + err;
+    } else {
+      s.stats.protocol_error("closing: " + err);
+    }
+  }
+
   void run_cycles() {
     std::string err;
+    if (!stop.start(o.domid, o.devid, o.timeout, err)) return (void)setup_failed(err);
     if (!xs.open(err)) return (void)setup_failed(err);
-    plat = std::make_unique<xen_platform>(&xs, sig.fd());
+    xs.set_watchdog(&stop);
+    plat = std::make_unique<xen_platform>(&xs, &stop);
     if (!plat->open(err)) return (void)setup_failed(err);
     fe = std::make_unique<frontend>(xs, *plat, o);
     if (!fe->discover(err)) return (void)setup_failed(err);
@@ -297,8 +302,14 @@ struct program {
           s.end = "reconnect_failed";
           s.error = err;
         }
+        if (interrupted()) {
+          s.end = "interrupted";
+          s.stopped = true;
+        }
+        // The backend did not get there within --timeout (or we were
+        // stopped): a short, polite close, not another full timeout.
         std::string ignored;
-        fe->close(c, ignored);
+        fe->close(c, ignored, std::min(o.timeout, close_grace));
         return;
       }
       for (const auto& m : perrs) s.stats.protocol_error(m);
@@ -311,13 +322,15 @@ struct program {
 
       bool go_on = check_workload(c.disk);
       if (go_on && cycle == 0 && (o.script || o.raw_file)) go_on = run_script(c);
-      if (go_on && o.workload) go_on = run_workload(c, cycle == 0);
-      const bool last = !go_on || cycle == o.reconnect || interrupted;
-      if (last && o.hold && !interrupted && go_on) hold();
+      if (go_on && o.workload && !interrupted()) go_on = run_workload(c, cycle == 0);
+      if (interrupted()) mark_interrupted();
+      const bool last = !go_on || cycle == o.reconnect || interrupted();
+      if (last && o.hold && !interrupted() && go_on) hold();
 
       if (last && o.no_close) return;
-      if (!fe->close(c, err)) s.stats.protocol_error("closing: " + err);
-      if (last) return;
+      // A backend that stopped answering requests gets a short close.
+      close(c, s.end == "stalled" ? std::min(o.timeout, close_grace) : o.timeout);
+      if (last || interrupted()) return;
       ++s.reconnects;
     }
   }
@@ -326,7 +339,7 @@ struct program {
 }  // namespace
 
 int run_blkfront(const options& o) {
-  program p{o, {}, {}, {}, {}, {}, {}, 0, 0, false};
+  program p(o);
   return p.main();
 }
 

@@ -13,7 +13,7 @@ int exit_status(const summary& s) {
   if (!s.allow_io_errors && (st.io_errors || st.eopnotsupp)) return 1;
   if (s.end == "protocol_error" || s.end == "stalled" || s.end == "backend_closed") return 1;
   if (s.raw && !s.raw->failures.empty()) return 1;
-  if (!s.error.empty()) return 1;
+  if (!s.error.empty() && !s.stopped) return 1;
   return 0;
 }
 

@@ -16,6 +16,8 @@ struct summary {
   std::string error;              // why setup failed or the close went wrong
   bool setup_failed = false;
   bool allow_io_errors = false;
+  // A signal stopped the run: `error` (a close cut short) fails nothing.
+  bool stopped = false;
 
   std::uint32_t domid = 0, devid = 0;
   std::string frontend, backend;
@@ -50,7 +52,7 @@ struct summary {
 
 // 0: all good; 1: the backend misbehaved (mismatch, protocol error, I/O
 // error unless allowed, stall, disconnect, failed script expectation);
-// 2: setup failed.
+// 2: setup failed (also when a signal came before the device connected).
 int exit_status(const summary& s);
 std::string to_json(const summary& s);
 // A few human-readable lines for stderr.

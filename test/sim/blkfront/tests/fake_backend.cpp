@@ -67,6 +67,7 @@ wait_result fake_platform::wait(std::chrono::milliseconds timeout) {
   // Let time pass when nothing happened, as a real wait would, so timeouts
   // in the code under test can expire.
   if (r.ports.empty()) std::this_thread::sleep_for(std::min(timeout, std::chrono::milliseconds(1)));
+  r.signal = stop_at.has_value();
   return r;
 }
 

@@ -70,6 +70,11 @@ class tiny_backend {
     if (thread_.joinable()) thread_.join();
   }
 
+  // Knobs: take requests and never answer them; never follow the
+  // frontend's Closing/Closed (a backend that hangs on the way out).
+  std::atomic<bool> silent{false};
+  std::atomic<bool> ignore_close{false};
+
   std::atomic<unsigned> connects{0};
   std::atomic<unsigned> closes{0};
   std::atomic<std::uint64_t> requests{0};
@@ -239,6 +244,7 @@ class tiny_backend {
         std::memcpy(slot.data(), RING_GET_REQUEST(&br, br.req_cons), slot.size());
         ++br.req_cons;
         ++requests;
+        if (silent) continue;
         Req req;
         std::memcpy(&req, slot.data(), sizeof req);
         std::uint8_t op = 0;
@@ -267,6 +273,7 @@ class tiny_backend {
 
   void on_frontend_state() {
     const unsigned fs = xs_num(xs_, fe_ + "/state", 0);
+    if (ignore_close && fs >= XenbusStateClosing) return;
     if ((fs == XenbusStateInitialised || fs == XenbusStateConnected) && state_ == XenbusStateInitWait) {
       if (!connect()) {
         ++errors;
@@ -334,7 +341,9 @@ struct world {
   std::string fe, be;
   std::unique_ptr<tiny_backend> backend;
 
-  world() {
+  // Without `with_backend`, nobody plays the backend: the toolstack's nodes
+  // stay as it wrote them (state 1).
+  explicit world(bool with_backend = true) {
     xsd.export_env();
     char t[] = "/dev/shm/bfs.XXXXXX";
     REQUIRE(mkdtemp(t));
@@ -352,6 +361,7 @@ struct world {
     devid = ts.add_disk(disk);
     fe = xbd::sim::toolstack::frontend_vbd_path(guest, devid);
     be = xbd::sim::toolstack::backend_path(0, "qdisk", guest, devid);
+    if (!with_backend) return;
     backend = std::make_unique<tiny_backend>(be, fe);
     backend->start();
     REQUIRE(ts.wait_backend_state(guest, devid, XenbusStateInitWait, std::chrono::seconds(10)));
@@ -369,13 +379,14 @@ struct world {
   struct result {
     int status = -1;
     std::string out;
+    double seconds = 0;  // from finish() being called to the exit
   };
 
   // Starts blkfront-sim as domain 5 with the simulator in place of the Xen
   // libraries (LD_LIBRARY_PATH to xensim's soname links).
-  child start(std::vector<std::string> args) {
+  child start(std::vector<std::string> args, const std::string& timeout = "10") {
     args.insert(args.begin(), {BLKFRONT_SIM_BIN, "--domid", std::to_string(guest), "--devid", std::to_string(devid),
-                               "--json", "--timeout", "10"});
+                               "--json", "--timeout", timeout});
     std::vector<std::string> env;
     for (char** e = environ; *e; ++e)
       if (std::strncmp(*e, "XENSIM_DOMID=", 13) != 0 && std::strncmp(*e, "LD_LIBRARY_PATH=", 16) != 0)
@@ -405,7 +416,8 @@ struct world {
   // Collects the child's stdout and exit status (SIGKILL after `limit`).
   static result finish(child c, std::chrono::seconds limit = std::chrono::seconds(60)) {
     result r;
-    const auto deadline = std::chrono::steady_clock::now() + limit;
+    const auto t0 = std::chrono::steady_clock::now();
+    const auto deadline = t0 + limit;
     char buf[4096];
     for (;;) {
       pollfd p{c.out_fd, POLLIN, 0};
@@ -422,11 +434,28 @@ struct world {
     close(c.out_fd);
     int st = 0;
     waitpid(c.pid, &st, 0);
+    r.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     r.status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
     return r;
   }
 
+  // SIGTERM to the child, then its result; `seconds` is from the signal.
+  static result terminate(child c) {
+    kill(c.pid, SIGTERM);
+    return finish(c, std::chrono::seconds(20));
+  }
+
   result blkfront(std::vector<std::string> args) { return finish(start(std::move(args))); }
+
+  // Waits until a backend has been told something (or nobody will tell it).
+  bool wait_backend_requests(std::uint64_t n, std::chrono::seconds limit = std::chrono::seconds(10)) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+      if (backend->requests >= n) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
 
   bool wait_frontend_state(unsigned state, std::chrono::seconds limit = std::chrono::seconds(10)) {
     auto xs = xsd.open_dom0();
@@ -440,6 +469,14 @@ struct world {
 };
 
 bool has(const std::string& s, const std::string& what) { return s.find(what) != std::string::npos; }
+
+// How soon blkfront-sim must be gone after SIGTERM (stop.hpp: 0.75 s at the
+// latest, plus the exit). Sanitizers make the exit itself slower.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr double stop_limit_s = 2.0;
+#else
+constexpr double stop_limit_s = 1.0;
+#endif
 
 }  // namespace
 
@@ -630,4 +667,154 @@ TEST_CASE("going from 2 queues to 1 removes the earlier connection's queue keys"
   CHECK_FALSE(w.backend->seen_keys.contains("queue-0"));
   CHECK_FALSE(w.backend->seen_keys.contains("queue-1"));
   CHECK(w.backend->seen_keys.contains("event-channel"));
+}
+
+// ---------------------------------------------------------------------------
+// Every wait is bounded: by --timeout on its own, by one second after
+// SIGTERM, wherever blkfront-sim is.
+
+TEST_CASE("nobody plays the backend: SIGTERM during negotiation stops it within a second") {
+  world w(false);
+  auto c = w.start({"--rw", "read", "--ios", "10"}, "60");
+  REQUIRE(w.wait_frontend_state(XenbusStateInitialising));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  auto r = world::terminate(c);
+  INFO(r.out);
+  CHECK(r.seconds < stop_limit_s);
+  CHECK(r.status == 2);  // never connected: setup did not complete
+  CHECK(has(r.out, "\"end\":\"interrupted\""));
+  CHECK(has(r.out, "interrupted while waiting for the backend to reach InitWait"));
+  // It still said goodbye.
+  CHECK(w.wait_frontend_state(XenbusStateClosed, std::chrono::seconds(1)));
+}
+
+TEST_CASE("nobody plays the backend: on its own it gives up after --timeout (+ a short close)") {
+  world w(false);
+  const auto t0 = std::chrono::steady_clock::now();
+  auto r = world::finish(w.start({"--rw", "read", "--ios", "10"}, "3"));
+  const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  INFO(r.out);
+  CHECK(took >= 3.0);
+  CHECK(took < 3.0 + 1.0 + 1.0);  // --timeout, close_grace, start-up (not a second --timeout)
+  CHECK(r.status == 2);
+  CHECK(has(r.out, "\"end\":\"setup_failed\""));
+  CHECK(has(r.out, "timed out waiting for the backend to reach InitWait"));
+}
+
+TEST_CASE("SIGTERM during a workload the backend never answers: in-flight requests abandoned, closed politely") {
+  world w;
+  w.backend->silent = true;
+  auto c = w.start({"--rw", "randread", "--qd", "4", "--runtime", "60"}, "60");
+  REQUIRE(w.wait_backend_requests(4));
+  auto r = world::terminate(c);
+  INFO(r.out);
+  CHECK(r.seconds < stop_limit_s);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "\"end\":\"interrupted\""));
+  CHECK(w.backend->closes == 1);
+}
+
+TEST_CASE("SIGTERM during a script wait stops the script: no failure, no further command") {
+  world w;
+  w.backend->silent = true;
+  const std::string script = w.sim_dir + "/script.txt";
+  std::ofstream(script) << "req op=read id=1 sector=0\npush\nwait 1 50000\nreq op=read id=2 sector=0\npush\n";
+  auto c = w.start({"--script", script}, "60");
+  REQUIRE(w.wait_backend_requests(1));
+  auto r = world::terminate(c);
+  INFO(r.out);
+  CHECK(r.seconds < stop_limit_s);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "\"end\":\"interrupted\""));
+  CHECK(has(r.out, "\"commands\":3"));
+  CHECK(has(r.out, "\"failures\":[]"));
+  CHECK(w.backend->requests == 1);
+}
+
+TEST_CASE("SIGTERM during a hold whose backend never closes: the close is cut short, not a failure") {
+  world w;
+  w.backend->ignore_close = true;
+  auto c = w.start({"--rw", "none", "--hold", "0"}, "60");
+  REQUIRE(w.wait_frontend_state(XenbusStateConnected));
+  auto r = world::terminate(c);
+  INFO(r.out);
+  CHECK(r.seconds < stop_limit_s);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "stopping after a signal, gave up waiting for the backend to follow to Closing"));
+  CHECK(w.wait_frontend_state(XenbusStateClosed, std::chrono::seconds(1)));
+}
+
+TEST_CASE("a timed hold ends by itself; SIGTERM cuts it short") {
+  world w;
+  auto r = world::finish(w.start({"--rw", "none", "--hold", "0.5"}));
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "\"end\":\"completed\""));
+  auto c = w.start({"--rw", "none", "--hold", "60"});
+  REQUIRE(w.wait_frontend_state(XenbusStateConnected));
+  r = world::terminate(c);
+  INFO(r.out);
+  CHECK(r.seconds < stop_limit_s);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "\"end\":\"interrupted\""));
+  CHECK(w.backend->closes == 2);
+}
+
+TEST_CASE("a backend that never follows the close: --timeout on its own") {
+  world w;
+  w.backend->ignore_close = true;
+  auto r = world::finish(w.start({"--rw", "none"}, "1"));
+  INFO(r.out);
+  CHECK(r.seconds < 1.0 + 1.0);
+  CHECK(r.status == 1);  // the backend did not close
+  CHECK(has(r.out, "timed out waiting for the backend to follow to Closing"));
+}
+
+TEST_CASE("a backend that never follows the close: SIGTERM in the close stops it within a second") {
+  world w;
+  w.backend->ignore_close = true;
+  auto c = w.start({"--rw", "none"}, "60");
+  REQUIRE(w.wait_frontend_state(XenbusStateClosing));
+  auto r = world::terminate(c);
+  INFO(r.out);
+  CHECK(r.seconds < stop_limit_s);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "stopping after a signal"));
+}
+
+namespace {
+// Stops xenstored (SIGSTOP) for as long as it lives: every request then
+// waits for an answer that does not come.
+struct frozen_xenstored {
+  pid_t pid;
+  explicit frozen_xenstored(pid_t p) : pid(p) { REQUIRE(kill(pid, SIGSTOP) == 0); }
+  ~frozen_xenstored() { kill(pid, SIGCONT); }
+  frozen_xenstored(const frozen_xenstored&) = delete;
+  frozen_xenstored& operator=(const frozen_xenstored&) = delete;
+};
+}  // namespace
+
+TEST_CASE("xenstored that never answers: the watchdog ends the run after --timeout, or at once after SIGTERM") {
+  world w(false);
+  {
+    frozen_xenstored frozen(w.xsd.pid());
+    auto r = world::finish(w.start({"--rw", "read", "--ios", "1"}, "1"));
+    INFO(r.out);
+    CHECK(r.seconds >= 1.0);
+    CHECK(r.seconds < 1.0 + 1.0 + 1.0);  // --timeout, the watchdog's tick, start-up
+    CHECK(r.status == 2);
+    CHECK(has(r.out, "\"end\":\"xenstore_stalled\""));
+    CHECK(has(r.out, "xenstored did not answer"));
+  }
+  {
+    frozen_xenstored frozen(w.xsd.pid());
+    auto c = w.start({"--rw", "read", "--ios", "1"}, "60");
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    auto r = world::terminate(c);
+    INFO(r.out);
+    CHECK(r.seconds < stop_limit_s);
+    CHECK(r.status == 2);
+    CHECK(has(r.out, "\"end\":\"interrupted\""));
+    CHECK(has(r.out, "did not stop within 750 ms of the signal"));
+  }
 }

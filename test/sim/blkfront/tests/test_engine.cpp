@@ -4,6 +4,7 @@
 
 #include "asio_xen/xen.hpp"
 #include "blkfront/engine.hpp"
+#include "blkfront/stop.hpp"
 #include "fake_backend.hpp"
 
 using namespace xbd::sim::blkfront;
@@ -362,6 +363,56 @@ TEST_CASE("a watch callback that reports the backend gone ends the run") {
   const auto end = e.run(w, std::nullopt, r.stats, [&] { return ++calls == 3; });
   CHECK(end == run_end::backend_closed);
   CHECK(calls == 3);
+}
+
+TEST_CASE("a signal stops issuing; in-flight requests are still answered, and nothing is an error") {
+  setup s;
+  s.ios = 0;  // unlimited
+  s.qd = 4;
+  rig r(s);
+  std::string err;
+  REQUIRE(r.e->prepare(err));
+  int turns = 0;
+  r.p.backend = [&] {
+    if (++turns == 50) r.p.stop_at = clock::now();
+    return r.be->service();
+  };
+  workload w(r.spec());
+  const auto t0 = clock::now();
+  CHECK(r.e->run(w, std::nullopt, r.stats) == run_end::interrupted);
+  CHECK(clock::now() - t0 < std::chrono::seconds(1));
+  CHECK(r.stats.protocol_errors == 0);
+  CHECK(r.stats.total_mismatches() == 0);
+  CHECK(r.stats.ops[0] + r.stats.ops[1] == r.stats.requests);  // every request was answered
+}
+
+TEST_CASE("after a signal, requests a silent backend holds are abandoned after the drain bound, not the timeout") {
+  setup s;
+  s.response_timeout = std::chrono::milliseconds(20000);
+  rig r(s);
+  r.be->faults.silent = true;
+  std::string err;
+  REQUIRE(r.e->prepare(err));
+  int turns = 0;
+  r.p.backend = [&] {
+    if (++turns == 5) r.p.stop_at = clock::now();
+    return r.be->service();
+  };
+  workload w(r.spec());
+  const auto t0 = clock::now();
+  CHECK(r.e->run(w, std::nullopt, r.stats) == run_end::interrupted);
+  const auto took = clock::now() - t0;
+  CHECK(took >= stop_bound::drain);
+  CHECK(took < stop_bound::drain + std::chrono::milliseconds(300));
+  CHECK(r.stats.protocol_errors == 0);
+  CHECK(r.stats.requests > 0);
+}
+
+TEST_CASE("a signal that came before the run (during a script, say) stops it at once") {
+  rig r(setup{});
+  r.p.stop_at = clock::now();
+  CHECK(r.run() == run_end::interrupted);
+  CHECK(r.stats.requests == 0);
 }
 
 TEST_CASE("every grant and port is released when the engine and queues go") {
