@@ -117,6 +117,12 @@ Workload:
                           zeroes (a hole punched in a file), or zeroes or any
                           older data of its own (blkif.h promises nothing) (zero)
   --prefill               write the whole region once first (with --verify)
+  --same-page             every data segment of every request (direct and
+                          indirect) is the same granted page, one per queue:
+                          the backend buffers up to segments x 4 KiB per
+                          request of one page of ours. With --rw read, a
+                          guest attacking the backend's memory. Not with
+                          --verify
   --run-id N              the run id stamped into blocks (random)
   --allow-io-errors       BLKIF_RSP_ERROR/EOPNOTSUPP do not fail the run
 
@@ -334,6 +340,7 @@ parse_result parse_options(const std::vector<std::string>& args) {
           return "";
         }}},
       {"--prefill", {false, flag(o.prefill)}},
+      {"--same-page", {false, flag(o.same_page)}},
       {"--run-id",
        {true,
         [&](const std::string& v) {
@@ -400,6 +407,7 @@ parse_result parse_options(const std::vector<std::string>& args) {
   if ((o.rw == "rw" || o.rw == "readwrite" || o.rw == "randrw") == false && read_pct_given && o.workload)
     return "--read-pct only applies to --rw rw or randrw";
   if (o.prefill && !o.verify) return "--prefill needs --verify";
+  if (o.same_page && o.verify) return "--same-page excludes --verify (every segment is the same page)";
   if (o.discard_secure && o.discard_pct == 0) return "--discard-secure needs discards (--discard-pct or --rw trim)";
   if (!o.runtime && o.bytes == 0 && o.ios == 0) o.runtime = 5.0;
   if ((o.script || o.raw_file) && !o.rw_given) o.workload = false;

@@ -47,6 +47,7 @@ struct options {
   bool discard_secure = false;
   std::uint64_t barrier_every = 0;
   bool verify = false;
+  bool same_page = false;  // every data segment is the queue's one page
   unwritten_policy unwritten = unwritten_policy::any;
   discard_policy discarded = discard_policy::zero;
   bool prefill = false;

@@ -132,6 +132,7 @@ struct program {
     p.run_id = s.run_id;
     p.region_offset = region_offset;
     p.response_timeout = o.timeout;
+    p.same_page = o.same_page;
     engine e(*plat, c.queue_ptrs(), p, tracker.get());
     std::string err;
     if (!e.prepare(err)) return setup_failed(err);
@@ -249,6 +250,7 @@ struct program {
     s.bs = o.bs;
     s.qd = o.qd;
     s.verify = o.verify;
+    s.same_page = o.same_page;
     s.run_id = o.run_id ? *o.run_id : (std::uint64_t{std::random_device{}()} << 32 | std::random_device{}());
     s.protocol = o.protocol_key ? *o.protocol_key : o.write_protocol_key ? o.protocol : "(none)";
     run_cycles();

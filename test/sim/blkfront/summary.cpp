@@ -103,7 +103,7 @@ std::string to_json(const summary& s) {
   j.field("read_pct", s.read_pct).field("discard_pct", s.discard_pct);
   j.field("discard_secure", s.discard_secure).field("barrier_every", s.barrier_every);
   j.field("bs", s.bs).field("qd", s.qd);
-  j.field("effective_qd", s.effective_qd).field("verify", s.verify);
+  j.field("effective_qd", s.effective_qd).field("verify", s.verify).field("same_page", s.same_page);
   j.field("run_id", hex64(s.run_id)).field("prefill_ios", s.prefill_ios);
   j.field("cycles", s.cycles);
   j.end_object();

@@ -40,6 +40,7 @@ struct summary {
   std::uint32_t bs = 0;
   unsigned qd = 0, effective_qd = 0;
   bool verify = false;
+  bool same_page = false;
   std::uint64_t run_id = 0;
   std::uint64_t prefill_ios = 0;
   unsigned cycles = 0;

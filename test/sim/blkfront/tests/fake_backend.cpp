@@ -168,6 +168,7 @@ std::int16_t fake_backend::handle_rw(std::uint8_t op, std::uint64_t sector,
   std::uint64_t off = sector * 512;
   if (!read && faults.misdirect_writes) off += 8 * 512;
   for (const auto& [gref, first, last] : segs) {
+    data_grefs_seen.insert(gref);
     std::byte* page = p_.map(gref, self_, read);
     if (!page || first > last || last > 7) {
       ++bad_requests;

@@ -97,7 +97,8 @@ class fake_backend {
   std::map<std::uint8_t, std::uint64_t> ops_seen;  // by operation byte
   std::uint64_t indirect_seen = 0;
   std::uint64_t max_segments_seen = 0;
-  std::uint64_t bad_requests = 0;  // requests the backend refused as malformed
+  std::set<std::uint32_t> data_grefs_seen;  // grefs of READ/WRITE data segments
+  std::uint64_t bad_requests = 0;           // requests the backend refused as malformed
   std::vector<std::uint64_t> ids_seen;
   std::vector<std::uint16_t> handles_seen;
   struct discard_seen {

@@ -530,6 +530,19 @@ TEST_CASE("a raw script gets EOPNOTSUPP for an unknown operation") {
   CHECK(has(r.out, "\"responses\":[{\"queue\":0,\"id\":9,\"op\":99,\"status\":-2}]"));
 }
 
+TEST_CASE("--same-page reads and writes through one granted page, indirect and direct") {
+  world w;
+  for (const char* indirect : {"32", "0"}) {
+    auto r = w.blkfront({"--same-page", "--rw", "randrw", "--bs", "128k", "--qd", "4", "--ios", "100", "--indirect",
+                         indirect, "--ring-order", "2"});
+    INFO(r.out);
+    CHECK(r.status == 0);
+    CHECK(has(r.out, "\"same_page\":true"));
+  }
+  CHECK(w.backend->errors == 0);
+  CHECK(w.backend->indirect > 0);
+}
+
 TEST_CASE("a device that does not exist is a setup failure (exit 2)") {
   world w;
   auto r = w.blkfront({"--devid", "1234", "--rw", "read"});

@@ -31,6 +31,7 @@ struct setup {
   bool discard_secure = false;
   discard_policy discards = discard_policy::zero;
   std::uint64_t barrier_every = 0;
+  bool same_page = false;
 };
 
 struct rig {
@@ -72,6 +73,7 @@ struct rig {
     ep.barriers = s.barrier_every > 0;
     ep.run_id = 77;
     ep.response_timeout = s.response_timeout;
+    ep.same_page = s.same_page;
     tracker = std::make_unique<generation_tracker>(s.disk_sectors * 512 / verify_block_size(s.bs));
     std::vector<ring_queue*> qs;
     for (auto& q : queues) qs.push_back(q.get());
@@ -413,6 +415,57 @@ TEST_CASE("a signal that came before the run (during a script, say) stops it at 
   r.p.stop_at = clock::now();
   CHECK(r.run() == run_end::interrupted);
   CHECK(r.stats.requests == 0);
+}
+
+// --same-page: one granted page per queue stands behind every segment of
+// every request, so the backend buffers bs bytes per request of one page.
+TEST_CASE("same-page: every data segment of every request carries the queue's one gref (direct and indirect)") {
+  struct variant {
+    const char* name;
+    unsigned indirect;
+    std::uint32_t bs;
+    bool force_indirect;
+  };
+  for (const variant& v :
+       {variant{"direct, 11 segments", 0, 44 * 1024, false}, variant{"direct, split in 3", 0, 128 * 1024, false},
+        variant{"indirect, 32 segments", 64, 128 * 1024, false}, variant{"indirect, one page", 8, 4096, true}}) {
+    CAPTURE(v.name);
+    for (const char* rw : {"read", "write"}) {
+      CAPTURE(rw);
+      setup s;
+      s.queues = 2;
+      s.ring_pages = 2;
+      s.indirect = v.indirect;
+      s.force_indirect = v.force_indirect;
+      s.bs = v.bs;
+      s.verify = false;
+      s.same_page = true;
+      s.read_pct = rw[0] == 'r' ? 100 : 0;
+      s.ios = 200;
+      s.qd = 8;
+      s.disk_sectors = 8192;
+      rig r(s);
+      CHECK(r.run() == run_end::completed);
+      CHECK(r.stats.protocol_errors == 0);
+      CHECK(r.be->bad_requests == 0);
+      // One page per queue, whatever the depth and the request size.
+      CHECK(r.be->data_grefs_seen.size() == 2);
+      std::size_t indirect_pages = 0;
+      if (r.e->uses_indirect()) indirect_pages = 2 * r.e->effective_qd() * r.e->requests_per_io();
+      CHECK(r.e->shared_data_pages() == 2 + indirect_pages);
+      CHECK(r.be->max_segments_seen == std::min<std::uint64_t>(v.bs / 4096, v.indirect ? v.indirect : 11));
+      CHECK(r.be->indirect_seen == (r.e->uses_indirect() ? 200 * r.e->requests_per_io() : 0));
+    }
+  }
+}
+
+TEST_CASE("same-page refuses verify") {
+  setup s;
+  s.same_page = true;
+  rig r(s);
+  std::string err;
+  CHECK_FALSE(r.e->prepare(err));
+  CHECK(err.find("same page") != std::string::npos);
 }
 
 TEST_CASE("every grant and port is released when the engine and queues go") {

@@ -166,3 +166,10 @@ TEST_CASE("--barrier-every takes a count") {
   CHECK(o.barrier_every == 16);
   CHECK(std::get<options>(parse({})).barrier_every == 0);
 }
+
+TEST_CASE("--same-page is a flag, and excludes --verify") {
+  auto o = std::get<options>(parse({"--same-page", "--rw", "read"}));
+  CHECK(o.same_page);
+  CHECK_FALSE(std::get<options>(parse({})).same_page);
+  CHECK(error_of(parse({"--same-page", "--verify"})).find("--same-page") != std::string::npos);
+}
