@@ -61,6 +61,9 @@ class frontend {
   bool close(connection& c, std::string& err, std::chrono::milliseconds limit);
 
   std::optional<unsigned> backend_state();
+  std::string backend_state_path() const { return backend_dir_ + "/state"; }
+  // Writes our state key (the steps of a close driven from outside).
+  bool write_state(unsigned s, std::string& err) { return set_state(s, err); }
   // The backend left Connected for good: Closing, Closed, or its directory
   // is gone.
   bool backend_left();

@@ -1,5 +1,6 @@
 #include "blkfront/options.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <functional>
@@ -71,7 +72,9 @@ workload, prints one JSON summary line on stdout.
 Device:
   --domid N               the frontend (guest) domain; reads
                           /local/domain/N/device/vbd/<devid>/{backend,backend-id}
-  --devid N               the virtual device id (e.g. 51712 = xvda)
+  --devid N[,N...]        the virtual device id (e.g. 51712 = xvda); several
+                          (a list, or --devid again): connect them all, hold
+                          them idle, close them together (--rw none only)
   --backend-path PATH     use PATH instead of the frontend's `backend` key
   --backend-id N          grant to / bind for domain N instead of `backend-id`
   --timeout SEC           limit for each state change, each response, each
@@ -198,9 +201,19 @@ parse_result parse_options(const std::vector<std::string>& args) {
         }}},
       {"--devid",
        {true,
-        [&](const std::string& v) {
+        [&](const std::string& v) -> std::string {
           have_devid = true;
-          return number(o.devid, 0xffffffffu)(v);
+          std::string_view rest = v;
+          for (;;) {
+            const auto comma = rest.find(',');
+            std::uint32_t d = 0;
+            if (auto e = number(d, 0xffffffffu)(std::string(rest.substr(0, comma))); !e.empty()) return e;
+            o.devids.push_back(d);
+            if (comma == std::string_view::npos) break;
+            rest.remove_prefix(comma + 1);
+          }
+          o.devid = o.devids.front();
+          return "";
         }}},
       {"--backend-path",
        {true,
@@ -412,6 +425,15 @@ parse_result parse_options(const std::vector<std::string>& args) {
   if (!o.runtime && o.bytes == 0 && o.ios == 0) o.runtime = 5.0;
   if ((o.script || o.raw_file) && !o.rw_given) o.workload = false;
   if (o.script && o.raw_file) return "--script and --raw-file exclude each other";
+  if (o.devids.size() > 1) {
+    if (o.workload || o.script || o.raw_file)
+      return "several devices are only connected and held: give --rw none and no script";
+    if (o.reconnect) return "--reconnect takes one device";
+    if (o.backend_path || o.backend_id) return "--backend-path/--backend-id take one device";
+    std::vector<std::uint32_t> sorted = o.devids;
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) return "a --devid is given twice";
+  }
   return o;
 }
 

@@ -16,7 +16,10 @@ namespace xbd::sim::blkfront {
 struct options {
   // The device.
   std::uint32_t domid = 0;
-  std::uint32_t devid = 0;
+  std::uint32_t devid = 0;  // the first of `devids`
+  // Every --devid given (a list: --devid A,B or --devid A --devid B). More
+  // than one: connect them all and hold them idle (--rw none only).
+  std::vector<std::uint32_t> devids;
   std::optional<std::string> backend_path;
   std::optional<std::uint32_t> backend_id;
   std::chrono::milliseconds timeout{30000};

@@ -57,6 +57,12 @@ std::string to_json(const summary& s) {
   j.field("domid", s.domid).field("devid", s.devid);
   j.field("frontend", s.frontend).field("backend", s.backend).field("backend_id", s.backend_id);
   j.end_object();
+  if (s.devices > 1) {
+    j.key("devices").begin_object();
+    j.field("count", static_cast<std::uint64_t>(s.devices));
+    j.field("connected", static_cast<std::uint64_t>(s.connected));
+    j.end_object();
+  }
 
   if (s.features) {
     j.key("backend_features").begin_object();

@@ -20,6 +20,7 @@ struct summary {
   bool stopped = false;
 
   std::uint32_t domid = 0, devid = 0;
+  std::size_t devices = 1, connected = 0;  // several --devid: how many, how many connected
   std::string frontend, backend;
   std::uint32_t backend_id = 0;
 

@@ -134,6 +134,7 @@ int xenstore::fd() const { return xs_fileno(h_); }
 bool xenstore::drain_watches() {
   bool any = false;
   while (char** ev = xs_check_watch(h_)) {
+    if (collect_) paths_.emplace_back(ev[XS_WATCH_PATH]);
     std::free(ev);
     any = true;
   }

@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "blkfront/platform.hpp"
@@ -44,11 +45,17 @@ class xenstore {
   int fd() const;
   // Reads every queued watch event; true if there was any.
   bool drain_watches();
+  // From now on, remember the paths of the watch events drained (for a
+  // program watching many devices); take_watch_paths() hands them over.
+  void collect_watch_paths() { collect_ = true; }
+  std::vector<std::string> take_watch_paths() { return std::exchange(paths_, {}); }
 
  private:
   class request;
   xs_handle* h_ = nullptr;
   stop_control* watchdog_ = nullptr;
+  bool collect_ = false;
+  std::vector<std::string> paths_;
 };
 
 class xen_platform final : public platform {
