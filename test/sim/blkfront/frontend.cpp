@@ -1,7 +1,9 @@
 #include "blkfront/frontend.hpp"
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 
 #include "blkfront/stop.hpp"
 
@@ -73,7 +75,7 @@ bool frontend::backend_left() {
 
 bool frontend::set_state(unsigned s, std::string& err) {
   if (!xs_.write(frontend_dir_ + "/state", std::to_string(s))) {
-    err = "cannot write " + frontend_dir_ + "/state";
+    err = "cannot write " + frontend_dir_ + "/state: " + std::strerror(errno);
     return false;
   }
   return true;
