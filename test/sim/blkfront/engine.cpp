@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <cstdio>
 
+#include "blkfront/stop.hpp"
+
 namespace xbd::sim::blkfront {
 
 namespace {
@@ -95,6 +97,7 @@ struct engine::io_state {
 
 struct engine::queue_state {
   ring_queue* q = nullptr;
+  shared_pages same_page;  // --same-page: the one data page of the queue
   std::vector<request_ctx> ctx;
   std::vector<unsigned> free_ctx;
   std::vector<io_state> ios;
@@ -111,14 +114,20 @@ engine::~engine() = default;
 
 std::size_t engine::shared_data_pages() const {
   std::size_t n = 0;
-  for (const auto& s : states_)
+  for (const auto& s : states_) {
+    n += s->same_page.count();
     for (const auto& c : s->ctx) n += c.data.count() + c.indirect.count();
+  }
   return n;
 }
 
 bool engine::prepare(std::string& err) {
   if (params_.bs == 0 || params_.bs % 512 != 0) {
     err = "block size must be a positive multiple of 512";
+    return false;
+  }
+  if (params_.same_page && params_.verify) {
+    err = "verify cannot work when every segment is the same page";
     return false;
   }
   vblock_ = verify_block_size(params_.bs);
@@ -156,14 +165,21 @@ bool engine::prepare(std::string& err) {
   for (ring_queue* q : queues_) {
     auto st = std::make_unique<queue_state>();
     st->q = q;
+    if (params_.same_page) {
+      st->same_page = platform_.share(params_.backend_domid, 1, true);
+      if (!st->same_page) {
+        err = "sharing the data page failed: " + platform_.last_error();
+        return false;
+      }
+    }
     const unsigned nctx = effective_qd_ * parts_per_io_;
     st->ctx.resize(nctx);
     for (unsigned i = 0; i < nctx; ++i) {
       auto& c = st->ctx[i];
       // Writable even for writes: one pool serves both directions, as with
       // Linux's persistent grants (blkif.h note 8).
-      c.data = platform_.share(params_.backend_domid, pages_per_request_, true);
-      if (!c.data) {
+      if (!params_.same_page) c.data = platform_.share(params_.backend_domid, pages_per_request_, true);
+      if (!params_.same_page && !c.data) {
         err = "sharing " + std::to_string(pages_per_request_) + " data page(s) failed: " + platform_.last_error();
         return false;
       }
@@ -213,10 +229,12 @@ void engine::fill_request(queue_state& qs, request_ctx& c, std::uint8_t operatio
   }
 
   // Segment i covers the part of page i that carries data: whole pages
-  // except a short tail when bs is not a page multiple.
+  // except a short tail when bs is not a page multiple. With --same-page,
+  // "page i" is the queue's one page every time.
   auto seg_of = [&](unsigned i) {
     const std::uint32_t len = std::min<std::uint32_t>(page, c.bytes - i * page);
-    return segment{c.data.ref(i), 0, static_cast<std::uint8_t>(len / 512 - 1)};
+    const std::uint32_t gref = params_.same_page ? qs.same_page.ref(0) : c.data.ref(i);
+    return segment{gref, 0, static_cast<std::uint8_t>(len / 512 - 1)};
   };
   if (use_indirect_ && operation != op::write_barrier) {
     for (unsigned i = 0; i < c.pages; ++i)
@@ -438,6 +456,8 @@ run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_
   const auto start = clock::now();
   for (auto& s : states_) s->last_progress = start;
   bool stopping = false;
+  // After a signal, what is in flight gets until here to be answered.
+  std::optional<clock::time_point> drain_until;
   run_end end = run_end::completed;
   auto finish = [&](run_end e) {
     st.seconds = std::chrono::duration<double>(clock::now() - start).count();
@@ -447,6 +467,13 @@ run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_
   for (;;) {
     auto now = clock::now();
     if (deadline && now >= *deadline) w.stop();
+    if (!stopping && platform_.stop_requested()) {
+      // A stop asked for in an earlier wait (the script's, say).
+      stopping = true;
+      end = run_end::interrupted;
+      w.stop();
+    }
+    if (stopping && !drain_until) drain_until = platform_.stop_requested().value_or(now) + stop_bound::drain;
     if (!stopping)
       for (auto& s : states_) submit(*s, w, st);
 
@@ -455,11 +482,19 @@ run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_
     // With nothing outstanding every resource is free, so a submit that
     // issued nothing means the workload has nothing left to give.
     if (in_flight == 0) return finish(end);
+    if (drain_until && now >= *drain_until) {
+      // Not the backend's fault: we stopped waiting. The close that follows
+      // tells it to let go of the rest.
+      if (diagnostics_on)
+        std::fprintf(stderr, "blkfront-sim: stopping: %u request(s) still in flight after %lld ms, abandoned\n",
+                     in_flight, static_cast<long long>(stop_bound::drain.count()));
+      return finish(end);
+    }
 
     auto timeout = std::chrono::milliseconds(100);
     if (deadline && !stopping && *deadline > now)
-      timeout = std::min(timeout, std::chrono::duration_cast<std::chrono::milliseconds>(*deadline - now) +
-                                      std::chrono::milliseconds(1));
+      timeout = std::min(timeout, std::chrono::ceil<std::chrono::milliseconds>(*deadline - now));
+    if (drain_until) timeout = std::min(timeout, std::chrono::ceil<std::chrono::milliseconds>(*drain_until - now));
     const wait_result r = platform_.wait(timeout);
     st.events += r.ports.size();
     if (r.signal && !stopping) {

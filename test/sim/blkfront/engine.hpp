@@ -42,6 +42,9 @@ struct engine_params {
   std::uint64_t run_id = 0;
   std::uint64_t region_offset = 0;  // bytes; verify blocks are counted from here
   std::chrono::milliseconds response_timeout{30000};
+  // Every data segment of every request references one page per queue
+  // (--same-page); incompatible with verify.
+  bool same_page = false;
 };
 
 struct mismatch_record {

@@ -1,6 +1,11 @@
 #include "blkfront/frontend.hpp"
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
+
+#include "blkfront/stop.hpp"
 
 namespace xbd::sim::blkfront {
 
@@ -70,30 +75,35 @@ bool frontend::backend_left() {
 
 bool frontend::set_state(unsigned s, std::string& err) {
   if (!xs_.write(frontend_dir_ + "/state", std::to_string(s))) {
-    err = "cannot write " + frontend_dir_ + "/state";
+    err = "cannot write " + frontend_dir_ + "/state: " + std::strerror(errno);
     return false;
   }
   return true;
 }
 
 bool frontend::wait_backend(const std::function<bool(std::optional<unsigned>)>& pred, const char* what,
-                            std::string& err) {
-  const auto deadline = std::chrono::steady_clock::now() + o_.timeout;
+                            std::string& err, std::chrono::milliseconds limit, bool closing) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
   for (;;) {
     const auto s = backend_state();
     if (pred(s)) return true;
-    const auto now = std::chrono::steady_clock::now();
-    if (now >= deadline) {
-      err = std::string("timed out waiting for the backend to ") + what + "; its state is " + state_name(s);
-      if (auto e = xs_.read(backend_dir_ + "/error")) err += "; backend error: " + *e;
-      return false;
-    }
-    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now);
-    // Watches wake us; the cap only bounds a missed wake-up.
-    if (p_.wait(std::min(left + std::chrono::milliseconds(1), std::chrono::milliseconds(500))).signal) {
+    const auto stop = p_.stop_requested();
+    if (stop && !closing) {
       err = std::string("interrupted while waiting for the backend to ") + what;
       return false;
     }
+    if (stop) deadline = std::min(deadline, *stop + stop_bound::close);
+    const auto now = std::chrono::steady_clock::now();
+    if (now >= deadline) {
+      err = std::string(stop ? "stopping after a signal, gave up waiting for the backend to "
+                             : "timed out waiting for the backend to ") +
+            what + "; its state is " + state_name(s);
+      if (auto e = xs_.read(backend_dir_ + "/error")) err += "; backend error: " + *e;
+      return false;
+    }
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - now);
+    // Watches wake us; the cap only bounds a missed wake-up.
+    p_.wait(std::min(left, std::chrono::milliseconds(500)));
   }
 }
 
@@ -135,12 +145,12 @@ bool frontend::connect(connection& c, std::string& err, std::vector<std::string>
   if (own_state && *own_state >= xenbus::initialised && *own_state <= xenbus::closing) {
     connection stale;
     std::string ignored;
-    close(stale, ignored);
+    close(stale, ignored, std::min(o_.timeout, close_grace));
   }
   if (!own_state || *own_state != xenbus::initialising)
     if (!set_state(xenbus::initialising, err)) return false;
 
-  if (!wait_backend([](auto s) { return s == xenbus::init_wait; }, "reach InitWait", err)) return false;
+  if (!wait_backend([](auto s) { return s == xenbus::init_wait; }, "reach InitWait", err, o_.timeout)) return false;
 
   const std::string bdir = backend_dir_;
   key_reader read = [&](std::string_view key) { return xs_.read(bdir + "/" + std::string(key)); };
@@ -169,7 +179,7 @@ bool frontend::connect(connection& c, std::string& err, std::vector<std::string>
             last = s;
             return s == xenbus::connected || !s || *s >= xenbus::closing;
           },
-          "reach Connected", err))
+          "reach Connected", err, o_.timeout))
     return false;
   if (last != xenbus::connected) {
     err = "the backend went to state " + state_name(last) + " instead of Connected";
@@ -185,14 +195,14 @@ bool frontend::connect(connection& c, std::string& err, std::vector<std::string>
   return set_state(xenbus::connected, err);
 }
 
-bool frontend::close(connection& c, std::string& err) {
+bool frontend::close(connection& c, std::string& err, std::chrono::milliseconds limit) {
   bool ok = set_state(xenbus::closing, err);
   // A backend that is already gone (directory removed, daemon dead) cannot
   // answer; the bounded waits below then fail and are reported.
   ok = ok && wait_backend([](auto s) { return !s || *s == xenbus::closing || *s == xenbus::closed; },
-                          "follow to Closing", err);
+                          "follow to Closing", err, limit, true);
   ok = set_state(xenbus::closed, err) && ok;
-  if (ok) ok = wait_backend([](auto s) { return !s || *s == xenbus::closed; }, "reach Closed", err);
+  if (ok) ok = wait_backend([](auto s) { return !s || *s == xenbus::closed; }, "reach Closed", err, limit, true);
   // Only now has the backend unmapped the rings and unbound its ports.
   c.queues.clear();
   return ok;

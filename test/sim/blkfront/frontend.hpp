@@ -5,6 +5,7 @@
 // backend Closing/Closed -> Closed -> backend Closed.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -20,6 +21,11 @@
 #include "blkfront/xen_platform.hpp"
 
 namespace xbd::sim::blkfront {
+
+// How long a close may wait for the backend when the backend has already
+// failed us (a connect that timed out) or when closing a stale connection
+// before connecting: it is unlikely to answer, and --timeout was spent.
+inline constexpr std::chrono::milliseconds close_grace{1000};
 
 namespace xenbus {
 inline constexpr unsigned initialising = 1, init_wait = 2, initialised = 3, connected = 4, closing = 5, closed = 6;
@@ -50,18 +56,24 @@ class frontend {
   // up in `protocol_errors`, so the run fails.
   bool connect(connection& c, std::string& err, std::vector<std::string>& protocol_errors);
   // Leaves the queues released whatever happens; false if the backend did
-  // not follow through to Closed in time.
-  bool close(connection& c, std::string& err);
+  // not follow through to Closed in time. Each of its two waits is bounded
+  // by `limit`, and after a signal by stop_bound::close from the signal.
+  bool close(connection& c, std::string& err, std::chrono::milliseconds limit);
 
   std::optional<unsigned> backend_state();
+  std::string backend_state_path() const { return backend_dir_ + "/state"; }
+  // Writes our state key (the steps of a close driven from outside).
+  bool write_state(unsigned s, std::string& err) { return set_state(s, err); }
   // The backend left Connected for good: Closing, Closed, or its directory
   // is gone.
   bool backend_left();
   const std::vector<unsigned>& backend_states_seen() const { return seen_; }
 
-  // Waits until `pred` holds for the backend state; false on timeout or
-  // signal (`err` says which).
-  bool wait_backend(const std::function<bool(std::optional<unsigned>)>& pred, const char* what, std::string& err);
+  // Waits until `pred` holds for the backend state, at most `limit`; false
+  // on timeout or signal (`err` says which). `closing`: a wait of the close
+  // handshake, which a signal does not cut short but bounds (stop.hpp).
+  bool wait_backend(const std::function<bool(std::optional<unsigned>)>& pred, const char* what, std::string& err,
+                    std::chrono::milliseconds limit, bool closing = false);
 
  private:
   bool set_state(unsigned s, std::string& err);

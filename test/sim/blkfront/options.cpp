@@ -1,5 +1,6 @@
 #include "blkfront/options.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <cmath>
 #include <functional>
@@ -71,10 +72,13 @@ workload, prints one JSON summary line on stdout.
 Device:
   --domid N               the frontend (guest) domain; reads
                           /local/domain/N/device/vbd/<devid>/{backend,backend-id}
-  --devid N               the virtual device id (e.g. 51712 = xvda)
+  --devid N[,N...]        the virtual device id (e.g. 51712 = xvda); several
+                          (a list, or --devid again): connect them all, hold
+                          them idle, close them together (--rw none only)
   --backend-path PATH     use PATH instead of the frontend's `backend` key
   --backend-id N          grant to / bind for domain N instead of `backend-id`
-  --timeout SEC           limit for each state change and each response (30)
+  --timeout SEC           limit for each state change, each response, each
+                          script wait and each xenstore request (30)
 
 Negotiation (each is cut down to what the backend advertises):
   --ring-order N          ring-page-order wish, 0..8 (4)
@@ -116,6 +120,12 @@ Workload:
                           zeroes (a hole punched in a file), or zeroes or any
                           older data of its own (blkif.h promises nothing) (zero)
   --prefill               write the whole region once first (with --verify)
+  --same-page             every data segment of every request (direct and
+                          indirect) is the same granted page, one per queue:
+                          the backend buffers up to segments x 4 KiB per
+                          request of one page of ours. With --rw read, a
+                          guest attacking the backend's memory. Not with
+                          --verify
   --run-id N              the run id stamped into blocks (random)
   --allow-io-errors       BLKIF_RSP_ERROR/EOPNOTSUPP do not fail the run
 
@@ -136,8 +146,12 @@ Output:
   --quiet                 no progress messages on stderr
   -h, --help
 
+SIGINT/SIGTERM: stop within a second (in-flight I/O gets 200 ms, the close
+runs until 500 ms, at 750 ms or a second signal it exits at once).
+
 Exit status: 0 success; 1 mismatch, protocol error, I/O error, failed
-expectation; 2 usage or setup failure (negotiation, xenstore, grants).
+expectation; 2 usage or setup failure (negotiation, xenstore, grants, a
+signal before the device connected).
 )";
 }
 
@@ -187,9 +201,19 @@ parse_result parse_options(const std::vector<std::string>& args) {
         }}},
       {"--devid",
        {true,
-        [&](const std::string& v) {
+        [&](const std::string& v) -> std::string {
           have_devid = true;
-          return number(o.devid, 0xffffffffu)(v);
+          std::string_view rest = v;
+          for (;;) {
+            const auto comma = rest.find(',');
+            std::uint32_t d = 0;
+            if (auto e = number(d, 0xffffffffu)(std::string(rest.substr(0, comma))); !e.empty()) return e;
+            o.devids.push_back(d);
+            if (comma == std::string_view::npos) break;
+            rest.remove_prefix(comma + 1);
+          }
+          o.devid = o.devids.front();
+          return "";
         }}},
       {"--backend-path",
        {true,
@@ -329,6 +353,7 @@ parse_result parse_options(const std::vector<std::string>& args) {
           return "";
         }}},
       {"--prefill", {false, flag(o.prefill)}},
+      {"--same-page", {false, flag(o.same_page)}},
       {"--run-id",
        {true,
         [&](const std::string& v) {
@@ -395,10 +420,20 @@ parse_result parse_options(const std::vector<std::string>& args) {
   if ((o.rw == "rw" || o.rw == "readwrite" || o.rw == "randrw") == false && read_pct_given && o.workload)
     return "--read-pct only applies to --rw rw or randrw";
   if (o.prefill && !o.verify) return "--prefill needs --verify";
+  if (o.same_page && o.verify) return "--same-page excludes --verify (every segment is the same page)";
   if (o.discard_secure && o.discard_pct == 0) return "--discard-secure needs discards (--discard-pct or --rw trim)";
   if (!o.runtime && o.bytes == 0 && o.ios == 0) o.runtime = 5.0;
   if ((o.script || o.raw_file) && !o.rw_given) o.workload = false;
   if (o.script && o.raw_file) return "--script and --raw-file exclude each other";
+  if (o.devids.size() > 1) {
+    if (o.workload || o.script || o.raw_file)
+      return "several devices are only connected and held: give --rw none and no script";
+    if (o.reconnect) return "--reconnect takes one device";
+    if (o.backend_path || o.backend_id) return "--backend-path/--backend-id take one device";
+    std::vector<std::uint32_t> sorted = o.devids;
+    std::sort(sorted.begin(), sorted.end());
+    if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end()) return "a --devid is given twice";
+  }
   return o;
 }
 

@@ -16,7 +16,10 @@ namespace xbd::sim::blkfront {
 struct options {
   // The device.
   std::uint32_t domid = 0;
-  std::uint32_t devid = 0;
+  std::uint32_t devid = 0;  // the first of `devids`
+  // Every --devid given (a list: --devid A,B or --devid A --devid B). More
+  // than one: connect them all and hold them idle (--rw none only).
+  std::vector<std::uint32_t> devids;
   std::optional<std::string> backend_path;
   std::optional<std::uint32_t> backend_id;
   std::chrono::milliseconds timeout{30000};
@@ -47,6 +50,7 @@ struct options {
   bool discard_secure = false;
   std::uint64_t barrier_every = 0;
   bool verify = false;
+  bool same_page = false;  // every data segment is the queue's one page
   unwritten_policy unwritten = unwritten_policy::any;
   discard_policy discarded = discard_policy::zero;
   bool prefill = false;

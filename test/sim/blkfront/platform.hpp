@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
 #include <utility>
@@ -69,7 +70,7 @@ class bound_port {
 struct wait_result {
   std::vector<std::uint32_t> ports;  // fired event channels, already unmasked
   bool xenstore = false;             // a xenstore watch fired
-  bool signal = false;               // SIGINT/SIGTERM arrived
+  bool signal = false;               // SIGINT/SIGTERM has asked us to stop (in every wait from then on)
 };
 
 class platform {
@@ -79,9 +80,13 @@ class platform {
   virtual shared_pages share(std::uint32_t domid, unsigned count, bool writable) = 0;
   virtual bound_port bind_unbound_port(std::uint32_t domid) = 0;
   virtual bool notify(std::uint32_t port) = 0;
-  // Sleeps until an event, a watch, a signal, or the timeout.
+  // Sleeps until an event, a watch, a signal, or the timeout. Once a stop
+  // was asked for, it no longer returns early for that alone.
   virtual wait_result wait(std::chrono::milliseconds timeout) = 0;
   virtual std::string last_error() const = 0;
+  // When SIGINT/SIGTERM asked us to stop; the bounds in stop.hpp count from
+  // there. Nullopt until then.
+  virtual std::optional<std::chrono::steady_clock::time_point> stop_requested() const { return std::nullopt; }
 
  protected:
   friend class shared_pages;

@@ -1,9 +1,6 @@
 #include "blkfront/runner.hpp"
 
-#include <signal.h>
-#include <sys/signalfd.h>
-#include <unistd.h>
-
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <random>
@@ -12,6 +9,7 @@
 #include "blkfront/engine.hpp"
 #include "blkfront/frontend.hpp"
 #include "blkfront/script.hpp"
+#include "blkfront/stop.hpp"
 #include "blkfront/summary.hpp"
 #include "blkfront/xen_platform.hpp"
 
@@ -20,27 +18,6 @@ namespace {
 
 // One verify generation per block of the region: cap the table at 1 GiB.
 constexpr std::uint64_t max_verify_blocks = std::uint64_t{1} << 28;
-
-class signal_fd {
- public:
-  // Blocked in every thread (libxenstore starts a reader thread), taken
-  // from a signalfd the wait loop polls.
-  signal_fd() {
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    pthread_sigmask(SIG_BLOCK, &set, nullptr);
-    fd_ = signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK);
-  }
-  ~signal_fd() {
-    if (fd_ >= 0) ::close(fd_);
-  }
-  int fd() const { return fd_; }
-
- private:
-  int fd_ = -1;
-};
 
 std::optional<std::string> slurp(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
@@ -53,13 +30,20 @@ std::optional<std::string> slurp(const std::string& path) {
 struct program {
   const options& o;
   summary s;
+  // First: blocks the signals before libxenstore starts its thread.
+  stop_control stop;
   xenstore xs;
-  signal_fd sig;
   std::unique_ptr<xen_platform> plat;
   std::unique_ptr<frontend> fe;
   std::unique_ptr<generation_tracker> tracker;
   std::uint64_t region_offset = 0, region_bytes = 0;
-  bool interrupted = false;
+
+  explicit program(const options& opts) : o(opts) {}
+
+  bool interrupted() const { return stop.requested_at().has_value(); }
+  void mark_interrupted() {
+    if (s.end == "completed") s.end = "interrupted";
+  }
 
   void log(const std::string& msg) const {
     if (!o.quiet && !o.json) std::fprintf(stderr, "blkfront-sim: %s\n", msg.c_str());
@@ -149,6 +133,7 @@ struct program {
     p.run_id = s.run_id;
     p.region_offset = region_offset;
     p.response_timeout = o.timeout;
+    p.same_page = o.same_page;
     engine e(*plat, c.queue_ptrs(), p, tracker.get());
     std::string err;
     if (!e.prepare(err)) return setup_failed(err);
@@ -177,7 +162,6 @@ struct program {
       for (const auto& m : ps.protocol_messages) s.stats.protocol_error("prefill: " + m);
       if (end != run_end::completed) {
         s.end = std::string(to_string(end));
-        interrupted = end == run_end::interrupted;
         return false;
       }
     }
@@ -191,7 +175,6 @@ struct program {
     s.stats.merge(rs);
     if (end != run_end::completed) {
       s.end = std::string(to_string(end));
-      interrupted = end == run_end::interrupted;
       return false;
     }
     return true;
@@ -217,8 +200,13 @@ struct program {
     env.layout = c.layout.get();
     env.handle = static_cast<std::uint16_t>(o.devid);
     env.backend_state = [this] { return fe->backend_state(); };
+    env.max_wait = o.timeout;
     s.raw = script_runner(env).run(std::get<std::vector<command>>(parsed));
     for (const auto& f : s.raw->failures) log("script: " + f);
+    if (s.raw->interrupted) {
+      mark_interrupted();
+      return false;
+    }
     return true;
   }
 
@@ -237,7 +225,8 @@ struct program {
       }
       const wait_result r = plat->wait(timeout);
       if (r.signal) {
-        interrupted = true;
+        // The documented end of `--hold 0`; a timed hold was cut short.
+        if (deadline) mark_interrupted();
         return;
       }
       // Like Linux's blkfront: a backend that goes Closing is followed to
@@ -262,21 +251,215 @@ struct program {
     s.bs = o.bs;
     s.qd = o.qd;
     s.verify = o.verify;
+    s.same_page = o.same_page;
     s.run_id = o.run_id ? *o.run_id : (std::uint64_t{std::random_device{}()} << 32 | std::random_device{}());
     s.protocol = o.protocol_key ? *o.protocol_key : o.write_protocol_key ? o.protocol : "(none)";
-    run_cycles();
+    s.devices = o.devids.size();
+    if (o.devids.size() > 1)
+      run_devices();
+    else
+      run_cycles();
     s.backend_states = fe ? fe->backend_states_seen() : std::vector<unsigned>{};
+    // The watchdog may have written its own summary and be exiting.
+    if (!stop.claim_output()) return 2;
     std::printf("%s\n", to_json(s).c_str());
     std::fflush(stdout);
     if (!o.quiet && !o.json) std::fputs(to_text(s).c_str(), stderr);
     return exit_status(s);
   }
 
+  // The close handshake. After a signal it is bounded by the stop (see
+  // stop.hpp) and a close cut short is no failure of the backend's.
+  void close(connection& c, std::chrono::milliseconds limit) {
+    std::string err;
+    const bool ok = fe->close(c, err, limit);
+    s.stopped = interrupted();
+    if (ok) return;
+    if (s.stopped) {
+      if (s.error.empty()) s.error = "closing: " + err;
+    } else {
+      s.stats.protocol_error("closing: " + err);
+    }
+  }
+
+  bool open_platform() {
+    std::string err;
+    if (!stop.start(o.domid, o.devid, o.timeout, err)) return setup_failed(err);
+    if (!xs.open(err)) return setup_failed(err);
+    xs.set_watchdog(&stop);
+    plat = std::make_unique<xen_platform>(&xs, &stop);
+    if (!plat->open(err)) return setup_failed(err);
+    return true;
+  }
+
+  // ------------------------------------------------ several devices
+  // --devid A,B,...: each device is connected as a single one is (one after
+  // the other), then all are held idle until the hold ends, a signal comes
+  // or a backend leaves, and then closed together: all go Closing, and once
+  // their backends followed (or the bound passed), all go Closed. One
+  // process, one xenstore connection, one event-channel handle for all: a
+  // guest with many disks, and the cheap way to keep many vbds connected.
+  struct device {
+    options o;
+    std::unique_ptr<frontend> fe;
+    connection c;
+    bool connected = false;
+    bool followed = false;  // its backend followed the close so far
+  };
+  std::vector<std::unique_ptr<device>> devs;
+
+  void run_devices() {
+    if (!open_platform()) return;
+    xs.collect_watch_paths();
+    std::string err;
+    for (std::uint32_t id : o.devids) {
+      auto d = std::make_unique<device>();
+      d->o = o;
+      d->o.devid = id;
+      d->fe = std::make_unique<frontend>(xs, *plat, d->o);
+      if (!d->fe->discover(err)) return (void)setup_failed("device " + std::to_string(id) + ": " + err);
+      devs.push_back(std::move(d));
+    }
+    s.frontend = devs[0]->fe->frontend_dir();
+    s.backend = devs[0]->fe->backend_dir();
+    s.backend_id = devs[0]->fe->backend_id();
+    s.cycles = 1;
+    log("connecting " + std::to_string(devs.size()) + " devices");
+    bool all = true;
+    for (auto& d : devs) {
+      std::vector<std::string> perrs;
+      const bool ok = d->fe->connect(d->c, err, perrs);
+      for (const auto& m : perrs) s.stats.protocol_error("device " + std::to_string(d->o.devid) + ": " + m);
+      if (!ok) {
+        setup_failed("device " + std::to_string(d->o.devid) + ": " + err);
+        if (interrupted()) {
+          s.end = "interrupted";
+          s.stopped = true;
+        }
+        // It may have got half way: its close is part of the close below.
+        d->connected = true;
+        all = false;
+        break;
+      }
+      d->connected = true;
+      ++s.connected;
+      if (!s.neg) {
+        s.features = d->c.features;
+        s.neg = d->c.neg;
+        s.disk = d->c.disk;
+        s.ring_entries = d->c.queues.empty() ? 0 : d->c.queues[0]->ring.size();
+      }
+    }
+    if (all) {
+      log("connected " + std::to_string(devs.size()) + " devices; holding");
+      if (o.hold) hold_devices();
+    }
+    if (all && o.no_close) return;
+    close_devices(all ? o.timeout : std::min(o.timeout, close_grace));
+    s.stopped = s.stopped || interrupted();
+    fe = std::move(devs[0]->fe);  // its states go into the summary
+  }
+
+  // The indices of the devices whose backend state a watch reported.
+  std::vector<std::size_t> watched(const std::vector<std::string>& paths) {
+    std::vector<std::size_t> out;
+    for (const auto& p : paths)
+      for (std::size_t i = 0; i < devs.size(); ++i)
+        if (devs[i]->fe && p == devs[i]->fe->backend_state_path()) out.push_back(i);
+    return out;
+  }
+
+  void hold_devices() {
+    std::optional<clock::time_point> deadline;
+    if (*o.hold > 0)
+      deadline = clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(*o.hold));
+    xs.take_watch_paths();
+    for (;;) {
+      auto timeout = std::chrono::milliseconds(500);
+      if (deadline) {
+        const auto now = clock::now();
+        if (now >= *deadline) return;
+        timeout = std::min(timeout, std::chrono::ceil<std::chrono::milliseconds>(*deadline - now));
+      }
+      const wait_result r = plat->wait(timeout);
+      if (r.signal) {
+        if (deadline) mark_interrupted();
+        return;
+      }
+      for (std::size_t i : watched(xs.take_watch_paths()))
+        if (devs[i]->fe->backend_left()) {
+          s.end = "backend_left";
+          s.error = "device " + std::to_string(devs[i]->o.devid) + ": the backend left";
+          return;
+        }
+    }
+  }
+
+  // One step of the close for every device still in it: write `state`,
+  // then wait until each backend satisfies `done` (within `limit`, and the
+  // stop bound after a signal). Devices that do not get there drop out.
+  void close_step(unsigned state, bool (*done)(std::optional<unsigned>), std::chrono::milliseconds limit,
+                  const char* what) {
+    std::string err;
+    std::vector<std::size_t> waiting;
+    for (std::size_t i = 0; i < devs.size(); ++i) {
+      auto& d = *devs[i];
+      if (!d.connected) continue;
+      if (!d.fe->write_state(state, err)) {
+        d.followed = false;
+        if (!interrupted()) s.stats.protocol_error("closing device " + std::to_string(d.o.devid) + ": " + err);
+      }
+      if (d.followed) waiting.push_back(i);
+    }
+    // Look at each once, then at those a watch names (and all once a second:
+    // a watch event may have been drained by an earlier wait).
+    std::vector<std::size_t> look = waiting;
+    auto deadline = clock::now() + limit;
+    auto next_full = clock::now() + std::chrono::seconds(1);
+    for (;;) {
+      for (std::size_t i : look)
+        if (std::find(waiting.begin(), waiting.end(), i) != waiting.end() && done(devs[i]->fe->backend_state()))
+          waiting.erase(std::find(waiting.begin(), waiting.end(), i));
+      if (waiting.empty()) return;
+      if (auto at = plat->stop_requested()) deadline = std::min(deadline, *at + stop_bound::close);
+      const auto now = clock::now();
+      if (now >= deadline) break;
+      plat->wait(
+          std::min(std::chrono::ceil<std::chrono::milliseconds>(deadline - now), std::chrono::milliseconds(100)));
+      look = watched(xs.take_watch_paths());
+      if (clock::now() >= next_full) {
+        look = waiting;
+        next_full = clock::now() + std::chrono::seconds(1);
+      }
+    }
+    for (std::size_t i : waiting) devs[i]->followed = false;
+    const std::string msg = std::to_string(waiting.size()) + " of the devices' backends did not " + what +
+                            (interrupted() ? " before the stop bound" : " in time") + " (first: device " +
+                            std::to_string(devs[waiting.front()]->o.devid) + ")";
+    if (interrupted()) {
+      if (s.error.empty()) s.error = "closing: " + msg;
+    } else {
+      s.stats.protocol_error("closing: " + msg);
+    }
+  }
+
+  void close_devices(std::chrono::milliseconds limit) {
+    for (auto& d : devs) d->followed = d->connected;
+    xs.take_watch_paths();
+    close_step(
+        xenbus::closing,
+        [](std::optional<unsigned> st) { return !st || *st == xenbus::closing || *st == xenbus::closed; }, limit,
+        "follow to Closing");
+    close_step(
+        xenbus::closed, [](std::optional<unsigned> st) { return !st || *st == xenbus::closed; }, limit, "reach Closed");
+    // Only now have the backends let go of the rings and ports.
+    for (auto& d : devs) d->c.queues.clear();
+  }
+
+  // ------------------------------------------------ one device
   void run_cycles() {
     std::string err;
-    if (!xs.open(err)) return (void)setup_failed(err);
-    plat = std::make_unique<xen_platform>(&xs, sig.fd());
-    if (!plat->open(err)) return (void)setup_failed(err);
+    if (!open_platform()) return;
     fe = std::make_unique<frontend>(xs, *plat, o);
     if (!fe->discover(err)) return (void)setup_failed(err);
     s.frontend = fe->frontend_dir();
@@ -297,8 +480,14 @@ struct program {
           s.end = "reconnect_failed";
           s.error = err;
         }
+        if (interrupted()) {
+          s.end = "interrupted";
+          s.stopped = true;
+        }
+        // The backend did not get there within --timeout (or we were
+        // stopped): a short, polite close, not another full timeout.
         std::string ignored;
-        fe->close(c, ignored);
+        fe->close(c, ignored, std::min(o.timeout, close_grace));
         return;
       }
       for (const auto& m : perrs) s.stats.protocol_error(m);
@@ -311,13 +500,15 @@ struct program {
 
       bool go_on = check_workload(c.disk);
       if (go_on && cycle == 0 && (o.script || o.raw_file)) go_on = run_script(c);
-      if (go_on && o.workload) go_on = run_workload(c, cycle == 0);
-      const bool last = !go_on || cycle == o.reconnect || interrupted;
-      if (last && o.hold && !interrupted && go_on) hold();
+      if (go_on && o.workload && !interrupted()) go_on = run_workload(c, cycle == 0);
+      if (interrupted()) mark_interrupted();
+      const bool last = !go_on || cycle == o.reconnect || interrupted();
+      if (last && o.hold && !interrupted() && go_on) hold();
 
       if (last && o.no_close) return;
-      if (!fe->close(c, err)) s.stats.protocol_error("closing: " + err);
-      if (last) return;
+      // A backend that stopped answering requests gets a short close.
+      close(c, s.end == "stalled" ? std::min(o.timeout, close_grace) : o.timeout);
+      if (last || interrupted()) return;
       ++s.reconnects;
     }
   }
@@ -326,7 +517,7 @@ struct program {
 }  // namespace
 
 int run_blkfront(const options& o) {
-  program p{o, {}, {}, {}, {}, {}, {}, 0, 0, false};
+  program p(o);
   return p.main();
 }
 

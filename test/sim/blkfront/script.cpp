@@ -405,6 +405,10 @@ std::size_t script_runner::pending(unsigned queue, const script_result& out) con
 script_result script_runner::run(const std::vector<command>& cmds) {
   script_result out;
   for (const auto& c : cmds) {
+    if (env_.plat->stop_requested()) {
+      out.interrupted = true;
+      break;
+    }
     ++out.commands;
     if (!exec(c, out)) break;
   }
@@ -424,19 +428,23 @@ bool script_runner::exec(const command& c, script_result& out) {
   auto ms = [&](std::size_t i, std::chrono::milliseconds def) {
     return i < c.args.size() ? std::chrono::milliseconds(*number(c.args[i])) : def;
   };
-  // Sleeps in platform waits until `done` holds or `limit` passes, reading
-  // responses as they come. False on timeout or signal.
+  // Sleeps in platform waits until `done` holds or `limit` (at most
+  // max_wait) passes, reading responses as they come. False on timeout or
+  // signal; a signal also marks the result interrupted, and the command
+  // that waited records no failure for it.
   auto wait_until = [&](std::chrono::milliseconds limit, const std::function<bool()>& done) {
-    const auto deadline = std::chrono::steady_clock::now() + limit;
+    const auto deadline = std::chrono::steady_clock::now() + std::min(limit, env_.max_wait);
     for (;;) {
       collect(out);
       if (done && done()) return true;
+      if (env_.plat->stop_requested()) {
+        out.interrupted = true;
+        return false;
+      }
       const auto now = std::chrono::steady_clock::now();
       if (now >= deadline) return false;
-      auto r = env_.plat->wait(
-          std::min(std::chrono::duration_cast<std::chrono::milliseconds>(deadline - now) + std::chrono::milliseconds(1),
-                   std::chrono::milliseconds(100)));
-      if (r.signal) return false;
+      env_.plat->wait(
+          std::min(std::chrono::ceil<std::chrono::milliseconds>(deadline - now), std::chrono::milliseconds(100)));
     }
   };
   std::string err;
@@ -601,6 +609,7 @@ bool script_runner::exec(const command& c, script_result& out) {
       const bool soft = c.args.size() == 3;
       const bool ok = wait_until(ms(1, default_wait), [&] { return pending(current_, out) >= want; });
       const std::size_t got = pending(current_, out);
+      if (out.interrupted) return false;
       if (!ok && !soft) fail("waited for " + std::to_string(want) + " response(s), got " + std::to_string(got));
       claimed_[current_] += std::min(got, want);
       return true;
@@ -620,6 +629,7 @@ bool script_runner::exec(const command& c, script_result& out) {
     case verb::expect_no_response: {
       const std::size_t before = pending(current_, out);
       wait_until(ms(0, default_wait), {});
+      if (out.interrupted) return false;
       if (pending(current_, out) != before)
         fail(std::to_string(pending(current_, out) - before) + " unexpected response(s)");
       return true;
@@ -631,6 +641,7 @@ bool script_runner::exec(const command& c, script_result& out) {
         seen = env_.backend_state ? env_.backend_state() : std::nullopt;
         return seen == want;
       });
+      if (out.interrupted) return false;
       if (!ok)
         fail("backend state is " + (seen ? std::to_string(*seen) : std::string("absent")) + ", expected " +
              std::to_string(want));
@@ -638,7 +649,7 @@ bool script_runner::exec(const command& c, script_result& out) {
     }
     case verb::sleep:
       wait_until(ms(0, default_wait), {});
-      return true;
+      return !out.interrupted;
   }
   return true;
 }

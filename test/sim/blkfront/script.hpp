@@ -73,6 +73,7 @@ struct script_result {
   std::vector<raw_response> responses;
   std::vector<std::string> failures;   // "line N: ..."
   std::vector<std::string> anomalies;  // ring misbehaviour seen while reading
+  bool interrupted = false;            // a signal stopped the script
 };
 
 class script_runner {
@@ -85,11 +86,14 @@ class script_runner {
     std::uint16_t handle = 0;
     // Reads the backend's state key; nullopt if absent.
     std::function<std::optional<unsigned>()> backend_state;
+    // The longest any one wait of the script may take (--timeout).
+    std::chrono::milliseconds max_wait{30000};
   };
 
   explicit script_runner(environment env) : env_(std::move(env)) {}
   // Runs every command; a failed expectation is recorded and the script goes
-  // on, an unusable command (unknown pool, slot out of range) stops it.
+  // on, an unusable command (unknown pool, slot out of range) or a signal
+  // stops it.
   script_result run(const std::vector<command>& cmds);
 
  private:

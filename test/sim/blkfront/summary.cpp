@@ -13,7 +13,7 @@ int exit_status(const summary& s) {
   if (!s.allow_io_errors && (st.io_errors || st.eopnotsupp)) return 1;
   if (s.end == "protocol_error" || s.end == "stalled" || s.end == "backend_closed") return 1;
   if (s.raw && !s.raw->failures.empty()) return 1;
-  if (!s.error.empty()) return 1;
+  if (!s.error.empty() && !s.stopped) return 1;
   return 0;
 }
 
@@ -57,6 +57,12 @@ std::string to_json(const summary& s) {
   j.field("domid", s.domid).field("devid", s.devid);
   j.field("frontend", s.frontend).field("backend", s.backend).field("backend_id", s.backend_id);
   j.end_object();
+  if (s.devices > 1) {
+    j.key("devices").begin_object();
+    j.field("count", static_cast<std::uint64_t>(s.devices));
+    j.field("connected", static_cast<std::uint64_t>(s.connected));
+    j.end_object();
+  }
 
   if (s.features) {
     j.key("backend_features").begin_object();
@@ -103,7 +109,7 @@ std::string to_json(const summary& s) {
   j.field("read_pct", s.read_pct).field("discard_pct", s.discard_pct);
   j.field("discard_secure", s.discard_secure).field("barrier_every", s.barrier_every);
   j.field("bs", s.bs).field("qd", s.qd);
-  j.field("effective_qd", s.effective_qd).field("verify", s.verify);
+  j.field("effective_qd", s.effective_qd).field("verify", s.verify).field("same_page", s.same_page);
   j.field("run_id", hex64(s.run_id)).field("prefill_ios", s.prefill_ios);
   j.field("cycles", s.cycles);
   j.end_object();

@@ -16,8 +16,11 @@ struct summary {
   std::string error;              // why setup failed or the close went wrong
   bool setup_failed = false;
   bool allow_io_errors = false;
+  // A signal stopped the run: `error` (a close cut short) fails nothing.
+  bool stopped = false;
 
   std::uint32_t domid = 0, devid = 0;
+  std::size_t devices = 1, connected = 0;  // several --devid: how many, how many connected
   std::string frontend, backend;
   std::uint32_t backend_id = 0;
 
@@ -38,6 +41,7 @@ struct summary {
   std::uint32_t bs = 0;
   unsigned qd = 0, effective_qd = 0;
   bool verify = false;
+  bool same_page = false;
   std::uint64_t run_id = 0;
   std::uint64_t prefill_ios = 0;
   unsigned cycles = 0;
@@ -50,7 +54,7 @@ struct summary {
 
 // 0: all good; 1: the backend misbehaved (mismatch, protocol error, I/O
 // error unless allowed, stall, disconnect, failed script expectation);
-// 2: setup failed.
+// 2: setup failed (also when a signal came before the device connected).
 int exit_status(const summary& s);
 std::string to_json(const summary& s);
 // A few human-readable lines for stderr.

@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <poll.h>
-#include <sys/signalfd.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -12,6 +11,22 @@
 #include "asio_xen/xen.hpp"
 
 namespace xbd::sim::blkfront {
+
+// A xenstore request in progress, for the watchdog.
+class xenstore::request {
+ public:
+  request(stop_control* w, const char* what) : w_(w) {
+    if (w_) w_->xenstore_begin(what);
+  }
+  ~request() {
+    if (w_) w_->xenstore_end();
+  }
+  request(const request&) = delete;
+  request& operator=(const request&) = delete;
+
+ private:
+  stop_control* w_;
+};
 
 xenstore::~xenstore() {
   if (h_) xs_close(h_);
@@ -28,6 +43,7 @@ bool xenstore::open(std::string& err) {
 
 std::optional<std::string> xenstore::read(const std::string& path) const {
   unsigned len = 0;
+  request rq(watchdog_, "a read");
   void* v = xs_read(h_, XBT_NULL, path.c_str(), &len);
   if (!v) return std::nullopt;
   std::string s(static_cast<const char*>(v), len);
@@ -49,6 +65,7 @@ std::vector<std::string> xenstore::directory(const std::string& path) const { re
 
 std::vector<std::string> xenstore::directory_in(unsigned t, const std::string& path) const {
   unsigned n = 0;
+  request rq(watchdog_, "a directory listing");
   // Two statements: as one call's arguments, `n` could be read before
   // xs_directory() sets it (the order is unspecified; GCC reads it first).
   char** list = xs_directory(h_, t, path.c_str(), &n);
@@ -60,27 +77,39 @@ bool xenstore::write(const std::string& path, const std::string& value) const {
 }
 
 bool xenstore::write_in(unsigned t, const std::string& path, const std::string& value) const {
+  request rq(watchdog_, "a write");
   return xs_write(h_, t, path.c_str(), value.data(), static_cast<unsigned>(value.size()));
 }
 
 bool xenstore::remove_in(unsigned t, const std::string& path) const {
+  request rq(watchdog_, "a removal");
   return xs_rm(h_, t, path.c_str()) || errno == ENOENT;
 }
 
 bool xenstore::transaction(const std::function<bool(unsigned)>& body, std::string& err) const {
   for (int attempt = 0; attempt < 100; ++attempt) {
-    const xs_transaction_t t = xs_transaction_start(h_);
+    xs_transaction_t t;
+    {
+      request rq(watchdog_, "a transaction start");
+      t = xs_transaction_start(h_);
+    }
     if (t == XBT_NULL) {
       err = std::string("xs_transaction_start: ") + std::strerror(errno);
       return false;
     }
     if (!body(t)) {
       const int saved = errno;
+      request rq(watchdog_, "a transaction abort");
       xs_transaction_end(h_, t, true);
       err = std::string("transaction body failed: ") + std::strerror(saved);
       return false;
     }
-    if (xs_transaction_end(h_, t, false)) return true;
+    bool committed;
+    {
+      request rq(watchdog_, "a transaction commit");
+      committed = xs_transaction_end(h_, t, false);
+    }
+    if (committed) return true;
     if (errno != EAGAIN) {
       err = std::string("xs_transaction_end: ") + std::strerror(errno);
       return false;
@@ -91,10 +120,12 @@ bool xenstore::transaction(const std::function<bool(unsigned)>& body, std::strin
 }
 
 bool xenstore::watch(const std::string& path, const std::string& token) {
+  request rq(watchdog_, "a watch");
   return xs_watch(h_, path.c_str(), token.c_str());
 }
 
 void xenstore::unwatch(const std::string& path, const std::string& token) {
+  request rq(watchdog_, "an unwatch");
   xs_unwatch(h_, path.c_str(), token.c_str());
 }
 
@@ -103,6 +134,7 @@ int xenstore::fd() const { return xs_fileno(h_); }
 bool xenstore::drain_watches() {
   bool any = false;
   while (char** ev = xs_check_watch(h_)) {
+    if (collect_) paths_.emplace_back(ev[XS_WATCH_PATH]);
     std::free(ev);
     any = true;
   }
@@ -174,9 +206,14 @@ bool xen_platform::notify(std::uint32_t port) {
 
 wait_result xen_platform::wait(std::chrono::milliseconds timeout) {
   wait_result r;
-  pollfd fds[3] = {{xenevtchn_fd(evtchn_), POLLIN, 0}, {-1, POLLIN, 0}, {signal_fd_, POLLIN, 0}};
+  // The stop descriptor stays readable once a signal came: poll it only
+  // until then, so that the bounded waits of a stopping run still sleep.
+  const bool stopping = stop_requested().has_value();
+  pollfd fds[3] = {{xenevtchn_fd(evtchn_), POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}};
   if (xs_) fds[1].fd = xs_->fd();
+  if (stop_ && !stopping) fds[2].fd = stop_->stop_fd();
   int n = ::poll(fds, 3, static_cast<int>(timeout.count()));
+  r.signal = stop_requested().has_value();
   if (n <= 0) return r;
 
   // One pending() per readable poll: the descriptor may block when nothing
@@ -196,10 +233,6 @@ wait_result xen_platform::wait(std::chrono::milliseconds timeout) {
     // callers re-read the state they care about either way.
     xs_->drain_watches();
     r.xenstore = true;
-  }
-  if (signal_fd_ >= 0 && (fds[2].revents & POLLIN)) {
-    signalfd_siginfo si;
-    if (::read(signal_fd_, &si, sizeof si) > 0) r.signal = true;
   }
   return r;
 }

@@ -7,9 +7,11 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "blkfront/platform.hpp"
+#include "blkfront/stop.hpp"
 
 struct xs_handle;
 struct xenevtchn_handle;
@@ -25,6 +27,9 @@ class xenstore {
   xenstore& operator=(const xenstore&) = delete;
 
   bool open(std::string& err);
+  // Every request from then on is bracketed for the watchdog, which ends the
+  // run if xenstored leaves one unanswered too long.
+  void set_watchdog(stop_control* w) { watchdog_ = w; }
   std::optional<std::string> read(const std::string& path) const;
   std::vector<std::string> directory(const std::string& path) const;
   bool write(const std::string& path, const std::string& value) const;
@@ -40,15 +45,23 @@ class xenstore {
   int fd() const;
   // Reads every queued watch event; true if there was any.
   bool drain_watches();
+  // From now on, remember the paths of the watch events drained (for a
+  // program watching many devices); take_watch_paths() hands them over.
+  void collect_watch_paths() { collect_ = true; }
+  std::vector<std::string> take_watch_paths() { return std::exchange(paths_, {}); }
 
  private:
+  class request;
   xs_handle* h_ = nullptr;
+  stop_control* watchdog_ = nullptr;
+  bool collect_ = false;
+  std::vector<std::string> paths_;
 };
 
 class xen_platform final : public platform {
  public:
-  // `xs` is polled for watch events; `signal_fd` (a signalfd) for signals.
-  xen_platform(xenstore* xs, int signal_fd) : xs_(xs), signal_fd_(signal_fd) {}
+  // `xs` is polled for watch events; `stop` (may be null) for signals.
+  xen_platform(xenstore* xs, const stop_control* stop) : xs_(xs), stop_(stop) {}
   ~xen_platform() override;
 
   bool open(std::string& err);
@@ -57,6 +70,9 @@ class xen_platform final : public platform {
   bool notify(std::uint32_t port) override;
   wait_result wait(std::chrono::milliseconds timeout) override;
   std::string last_error() const override { return last_error_; }
+  std::optional<std::chrono::steady_clock::time_point> stop_requested() const override {
+    return stop_ ? stop_->requested_at() : std::nullopt;
+  }
 
  protected:
   void unshare(std::byte* addr, std::size_t count) override;
@@ -66,7 +82,7 @@ class xen_platform final : public platform {
   void set_error(const char* what);
 
   xenstore* xs_;
-  int signal_fd_;
+  const stop_control* stop_;
   xenevtchn_handle* evtchn_ = nullptr;
   xengntdev_handle* gntshr_ = nullptr;
   std::string last_error_;

@@ -67,6 +67,7 @@ wait_result fake_platform::wait(std::chrono::milliseconds timeout) {
   // Let time pass when nothing happened, as a real wait would, so timeouts
   // in the code under test can expire.
   if (r.ports.empty()) std::this_thread::sleep_for(std::min(timeout, std::chrono::milliseconds(1)));
+  r.signal = stop_at.has_value();
   return r;
 }
 
@@ -167,6 +168,7 @@ std::int16_t fake_backend::handle_rw(std::uint8_t op, std::uint64_t sector,
   std::uint64_t off = sector * 512;
   if (!read && faults.misdirect_writes) off += 8 * 512;
   for (const auto& [gref, first, last] : segs) {
+    data_grefs_seen.insert(gref);
     std::byte* page = p_.map(gref, self_, read);
     if (!page || first > last || last > 7) {
       ++bad_requests;

@@ -11,6 +11,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <vector>
 
@@ -32,6 +33,7 @@ class fake_platform final : public platform {
   bool notify(std::uint32_t port) override;
   wait_result wait(std::chrono::milliseconds timeout) override;
   std::string last_error() const override { return last_error_; }
+  std::optional<std::chrono::steady_clock::time_point> stop_requested() const override { return stop_at; }
 
   // The backend's view of a grant: null unless it exists, is granted to
   // `domid`, and allows the access.
@@ -44,6 +46,8 @@ class fake_platform final : public platform {
   std::size_t live_grants() const { return grants_.size(); }
   std::size_t live_ports() const { return ports_.size(); }
   unsigned fail_share_after = ~0u;  // shares that succeed before failing
+  // A signal "arrived" at this time (tests set it, e.g. from `backend`).
+  std::optional<std::chrono::steady_clock::time_point> stop_at;
 
  protected:
   void unshare(std::byte* addr, std::size_t count) override;
@@ -93,7 +97,8 @@ class fake_backend {
   std::map<std::uint8_t, std::uint64_t> ops_seen;  // by operation byte
   std::uint64_t indirect_seen = 0;
   std::uint64_t max_segments_seen = 0;
-  std::uint64_t bad_requests = 0;  // requests the backend refused as malformed
+  std::set<std::uint32_t> data_grefs_seen;  // grefs of READ/WRITE data segments
+  std::uint64_t bad_requests = 0;           // requests the backend refused as malformed
   std::vector<std::uint64_t> ids_seen;
   std::vector<std::uint16_t> handles_seen;
   struct discard_seen {

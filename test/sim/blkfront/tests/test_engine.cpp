@@ -4,6 +4,7 @@
 
 #include "asio_xen/xen.hpp"
 #include "blkfront/engine.hpp"
+#include "blkfront/stop.hpp"
 #include "fake_backend.hpp"
 
 using namespace xbd::sim::blkfront;
@@ -30,6 +31,7 @@ struct setup {
   bool discard_secure = false;
   discard_policy discards = discard_policy::zero;
   std::uint64_t barrier_every = 0;
+  bool same_page = false;
 };
 
 struct rig {
@@ -71,6 +73,7 @@ struct rig {
     ep.barriers = s.barrier_every > 0;
     ep.run_id = 77;
     ep.response_timeout = s.response_timeout;
+    ep.same_page = s.same_page;
     tracker = std::make_unique<generation_tracker>(s.disk_sectors * 512 / verify_block_size(s.bs));
     std::vector<ring_queue*> qs;
     for (auto& q : queues) qs.push_back(q.get());
@@ -362,6 +365,107 @@ TEST_CASE("a watch callback that reports the backend gone ends the run") {
   const auto end = e.run(w, std::nullopt, r.stats, [&] { return ++calls == 3; });
   CHECK(end == run_end::backend_closed);
   CHECK(calls == 3);
+}
+
+TEST_CASE("a signal stops issuing; in-flight requests are still answered, and nothing is an error") {
+  setup s;
+  s.ios = 0;  // unlimited
+  s.qd = 4;
+  rig r(s);
+  std::string err;
+  REQUIRE(r.e->prepare(err));
+  int turns = 0;
+  r.p.backend = [&] {
+    if (++turns == 50) r.p.stop_at = clock::now();
+    return r.be->service();
+  };
+  workload w(r.spec());
+  const auto t0 = clock::now();
+  CHECK(r.e->run(w, std::nullopt, r.stats) == run_end::interrupted);
+  CHECK(clock::now() - t0 < std::chrono::seconds(1));
+  CHECK(r.stats.protocol_errors == 0);
+  CHECK(r.stats.total_mismatches() == 0);
+  CHECK(r.stats.ops[0] + r.stats.ops[1] == r.stats.requests);  // every request was answered
+}
+
+TEST_CASE("after a signal, requests a silent backend holds are abandoned after the drain bound, not the timeout") {
+  setup s;
+  s.response_timeout = std::chrono::milliseconds(20000);
+  rig r(s);
+  r.be->faults.silent = true;
+  std::string err;
+  REQUIRE(r.e->prepare(err));
+  int turns = 0;
+  r.p.backend = [&] {
+    if (++turns == 5) r.p.stop_at = clock::now();
+    return r.be->service();
+  };
+  workload w(r.spec());
+  const auto t0 = clock::now();
+  CHECK(r.e->run(w, std::nullopt, r.stats) == run_end::interrupted);
+  const auto took = clock::now() - t0;
+  CHECK(took >= stop_bound::drain);
+  CHECK(took < stop_bound::drain + std::chrono::milliseconds(300));
+  CHECK(r.stats.protocol_errors == 0);
+  CHECK(r.stats.requests > 0);
+}
+
+TEST_CASE("a signal that came before the run (during a script, say) stops it at once") {
+  rig r(setup{});
+  r.p.stop_at = clock::now();
+  CHECK(r.run() == run_end::interrupted);
+  CHECK(r.stats.requests == 0);
+}
+
+// --same-page: one granted page per queue stands behind every segment of
+// every request, so the backend buffers bs bytes per request of one page.
+TEST_CASE("same-page: every data segment of every request carries the queue's one gref (direct and indirect)") {
+  struct variant {
+    const char* name;
+    unsigned indirect;
+    std::uint32_t bs;
+    bool force_indirect;
+  };
+  for (const variant& v :
+       {variant{"direct, 11 segments", 0, 44 * 1024, false}, variant{"direct, split in 3", 0, 128 * 1024, false},
+        variant{"indirect, 32 segments", 64, 128 * 1024, false}, variant{"indirect, one page", 8, 4096, true}}) {
+    CAPTURE(v.name);
+    for (const char* rw : {"read", "write"}) {
+      CAPTURE(rw);
+      setup s;
+      s.queues = 2;
+      s.ring_pages = 2;
+      s.indirect = v.indirect;
+      s.force_indirect = v.force_indirect;
+      s.bs = v.bs;
+      s.verify = false;
+      s.same_page = true;
+      s.read_pct = rw[0] == 'r' ? 100 : 0;
+      s.ios = 200;
+      s.qd = 8;
+      s.disk_sectors = 8192;
+      rig r(s);
+      CHECK(r.run() == run_end::completed);
+      CHECK(r.stats.protocol_errors == 0);
+      CHECK(r.be->bad_requests == 0);
+      // One page per queue, whatever the depth and the request size.
+      CHECK(r.be->data_grefs_seen.size() == 2);
+      std::size_t indirect_pages = 0;
+      if (r.e->uses_indirect()) indirect_pages = 2 * r.e->effective_qd() * r.e->requests_per_io();
+      CHECK(r.e->shared_data_pages() == 2 + indirect_pages);
+      CHECK(r.be->max_segments_seen == std::min<std::uint64_t>(v.bs / 4096, v.indirect ? v.indirect : 11));
+      CHECK(r.be->indirect_seen == (r.e->uses_indirect() ? 200 * r.e->requests_per_io() : 0));
+    }
+  }
+}
+
+TEST_CASE("same-page refuses verify") {
+  setup s;
+  s.same_page = true;
+  rig r(s);
+  std::string err;
+  CHECK_FALSE(r.e->prepare(err));
+  CHECK(err.find("same page") != std::string::npos);
 }
 
 TEST_CASE("every grant and port is released when the engine and queues go") {

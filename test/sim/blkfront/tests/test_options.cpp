@@ -166,3 +166,22 @@ TEST_CASE("--barrier-every takes a count") {
   CHECK(o.barrier_every == 16);
   CHECK(std::get<options>(parse({})).barrier_every == 0);
 }
+
+TEST_CASE("--same-page is a flag, and excludes --verify") {
+  auto o = std::get<options>(parse({"--same-page", "--rw", "read"}));
+  CHECK(o.same_page);
+  CHECK_FALSE(std::get<options>(parse({})).same_page);
+  CHECK(error_of(parse({"--same-page", "--verify"})).find("--same-page") != std::string::npos);
+}
+
+TEST_CASE("several devices: a list or the option again; only connected and held") {
+  auto o = std::get<options>(parse({"--devid", "51728,51744", "--devid", "51760", "--rw", "none"}));
+  CHECK(o.devids == std::vector<std::uint32_t>{51712, 51728, 51744, 51760});
+  CHECK(o.devid == 51712);
+  CHECK(std::get<options>(parse({})).devids == std::vector<std::uint32_t>{51712});
+  CHECK(error_of(parse({"--devid", "51728"})).find("--rw none") != std::string::npos);
+  CHECK(error_of(parse({"--devid", "51728", "--rw", "none", "--reconnect", "1"})).find("one device") !=
+        std::string::npos);
+  CHECK(error_of(parse({"--devid", "51712", "--rw", "none"})).find("twice") != std::string::npos);
+  CHECK_FALSE(error_of(parse({"--devid", "51728,x", "--rw", "none"})).empty());
+}

@@ -41,13 +41,15 @@ struct rig {
     p.backend = [this] { return be->service(); };
   }
 
-  script_result run(std::string_view text, std::optional<unsigned> state = 4) {
+  script_result run(std::string_view text, std::optional<unsigned> state = 4,
+                    std::chrono::milliseconds max_wait = std::chrono::seconds(30)) {
     script_runner::environment env;
     env.plat = &p;
     env.queues = {q.get()};
     env.layout = layout.get();
     env.handle = 0xca00;
     env.backend_state = [state] { return state; };
+    env.max_wait = max_wait;
     return script_runner(env).run(parsed(text));
   }
 };
@@ -270,4 +272,35 @@ TEST_CASE("scripted requests work over an x86_32 ring, raw slots are 108 bytes t
   auto script = raw_file_script(std::string(216, '\0'), r.layout->slot_size(), std::chrono::milliseconds(100));
   REQUIRE(std::holds_alternative<std::vector<command>>(script));
   CHECK(std::get<std::vector<command>>(script).size() == 4);  // two slots, push, wait
+}
+
+TEST_CASE("every script wait is bounded by --timeout, whatever it asks for") {
+  rig r;
+  r.be->faults.silent = true;
+  const auto t0 = std::chrono::steady_clock::now();
+  // Each asks for 5 s (a regression takes 15 s and fails, not hangs).
+  auto res = r.run("req op=read id=1 sector=0\npush\nwait 1 5000\nsleep 5000\nexpect-state closed 5000\n", 4,
+                   std::chrono::milliseconds(100));
+  const auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(took >= std::chrono::milliseconds(300));
+  CHECK(took < std::chrono::seconds(2));
+  CHECK(res.commands == 5);
+  CHECK(res.failures.size() == 2);  // the wait and the state
+  CHECK_FALSE(res.interrupted);
+}
+
+TEST_CASE("a signal ends the script at once: the wait it cut short is no failure, nothing after it runs") {
+  rig r;
+  r.be->faults.silent = true;
+  int turns = 0;
+  r.p.backend = [&] {
+    if (++turns == 3) r.p.stop_at = std::chrono::steady_clock::now();
+    return r.be->service();
+  };
+  const auto t0 = std::chrono::steady_clock::now();
+  auto res = r.run("req op=read id=1 sector=0\npush\nwait 1 60000\nexpect 1 okay\nsleep 60000\n");
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(1));
+  CHECK(res.interrupted);
+  CHECK(res.commands == 3);
+  CHECK(res.failures.empty());
 }

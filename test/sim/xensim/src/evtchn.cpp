@@ -20,6 +20,21 @@
 // while a port is queued. No daemon sits on the path. Producers keep an
 // O_RDWR descriptor on each FIFO they wake, so a vanished reader can never
 // raise SIGPIPE; a stale one is noticed by the handle's uid changing.
+//
+// Unbinding a queued port: Linux's evtchn device leaves the port in the
+// handle's ring, and read() still returns it (a stale port, which callers
+// ignore). So does the sim: unbind keeps the port's count in `ready` and
+// remembers the port in the handle (`stale`), and pending() hands it out
+// like any queued port. The count and the descriptor's readiness stay
+// exact, and a caller woken for that port is never left blocking.
+//
+// pending() never blocks after finding the count above zero with no port
+// behind it. Linux cannot get there (its ring is the count); the sim can
+// only through a producer racing a close (it marks a port queued, the
+// port is closed and its handle slot reused, then it counts the wake-up
+// against the new handle). The stray count is dropped and pending()
+// answers -1/EAGAIN even on a blocking descriptor: the caller was woken
+// by that count, and waiting on would wait for an event nobody sent.
 #include "internal.hpp"
 
 #include <fcntl.h>
@@ -32,6 +47,7 @@
 #include <cstddef>
 #include <cstdio>
 #include <cstring>
+#include <deque>
 
 using namespace xensim;
 
@@ -44,8 +60,11 @@ struct xenevtchn_handle {
   int fd;   // the user's: blocking or not as they set it
   int pfd;  // ours, on the same FIFO: non-blocking drains and self-wakes
   int restrict_domid = -1;
-  std::mutex mu;  // ports, cursor
+  std::mutex mu;  // ports, cursor, stale
   std::vector<std::uint32_t> ports;
+  // Ports unbound while queued, still to be returned by pending(), oldest
+  // first (Linux's ring keeps them); each is counted in HandleSlot::ready.
+  std::deque<std::uint32_t> stale;
   std::size_t cursor = 0;
   std::uint64_t bound[kNrPorts / 64] = {};  // atomically read by notify/unmask
 };
@@ -200,10 +219,10 @@ void forget_stale_wakes(Ctx& c) {
   }
 }
 
-void port_close_locked(Ctx& c, Dom& d, std::uint32_t port) {
+std::uint64_t port_close_locked(Ctx& c, Dom& d, std::uint32_t port, bool uncount) {
   Port& p = d.ports[port];
   std::uint64_t old = xchg(&p.ev, std::uint64_t{0});
-  if ((old & kEvQueued) && (old >> 32)) fetch_add(&c.hdr->handles[(old >> 32) - 1].ready, -1);
+  if (uncount && (old & kEvQueued) && (old >> 32)) fetch_add(&c.hdr->handles[(old >> 32) - 1].ready, -1);
   if (p.state == kInterdomain) {
     // Xen's EVTCHNOP_close: the peer goes back to unbound, open to us, so
     // that it can be bound again (a restarted backend).
@@ -220,6 +239,7 @@ void port_close_locked(Ctx& c, Dom& d, std::uint32_t port) {
   p.owner_proc = p.owner_gen = p.rec = 0;
   st(&p.state, std::uint32_t{kFree});
   forget_stale_wakes(c);
+  return old;
 }
 
 std::vector<std::pair<std::uint32_t, std::uint32_t>> bound_ports(Ctx& c) {
@@ -330,6 +350,7 @@ XENSIM_API int xenevtchn_close(xenevtchn_handle* h) {
       rec_free(c, rec);
     }
     h->ports.clear();
+    h->stale.clear();
     handle_files_gone(c, h->uid);
     st(&c.hdr->handles[h->hslot].in_use, 0u);
   }
@@ -522,7 +543,10 @@ XENSIM_API int xenevtchn_unbind(xenevtchn_handle* h, evtchn_port_t port) {
     mark_bound(h, port, false);
     GlobalLock g(c);
     std::uint32_t rec = d->ports[port].rec;
-    port_close_locked(c, *d, port);
+    // A queued port stays in the handle's queue, counted, as it stays in
+    // Linux's ring: pending() returns it.
+    const std::uint64_t old = port_close_locked(c, *d, port, false);
+    if ((old & kEvQueued) && (old >> 32) == std::uint64_t{h->hslot} + 1) h->stale.push_back(port);
     rec_free(c, rec);
   }
   if (ld(&c.hdr->handles[h->hslot].ready) <= 0) drain(h->pfd);
@@ -535,12 +559,30 @@ XENSIM_API xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle* h) {
   Dom* d = domain(c, h->domid, false);
   HandleSlot& hs = c.hdr->handles[h->hslot];
   const std::uint64_t mine = std::uint64_t{h->hslot + 1} << 32;
+  // One queued port taken off the count; the descriptor stays readable
+  // exactly while the count is above zero.
+  auto taken = [&](std::uint32_t port) {
+    if (fetch_add(&hs.ready, -1) - 1 <= 0) {
+      drain(h->pfd);
+      // A producer may have queued another port between our decrement and
+      // the drain: keep the descriptor readable.
+      if (ld(&hs.ready) > 0) poke(h->pfd);
+    }
+    return static_cast<int>(port);
+  };
   for (;;) {
     {
       std::lock_guard lk(h->mu);
       int r = ld(&hs.ready);
-      if (r > 0 && d) {
-        std::size_t n = h->ports.size();
+      if (r > 0) {
+        // Ports unbound while queued come first: they were queued before
+        // anything queued since.
+        if (!h->stale.empty()) {
+          const std::uint32_t port = h->stale.front();
+          h->stale.pop_front();
+          return taken(port);
+        }
+        std::size_t n = d ? h->ports.size() : 0;
         for (std::size_t k = 0; k < n; ++k) {
           std::size_t idx = (h->cursor + k) % n;
           std::uint32_t port = h->ports[idx];
@@ -549,18 +591,22 @@ XENSIM_API xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle* h) {
           while ((e & kEvQueued) && (e & ~0xffffffffull) == mine) {
             if (cas(&p.ev, e, e & ~kEvQueued)) {
               h->cursor = idx + 1;  // round robin: a busy port cannot starve the others
-              if (fetch_add(&hs.ready, -1) - 1 <= 0) {
-                drain(h->pfd);
-                // A producer may have queued another port between our
-                // decrement and the drain: keep the descriptor readable.
-                if (ld(&hs.ready) > 0) poke(h->pfd);
-              }
-              return static_cast<int>(port);
+              return taken(port);
             }
           }
         }
-        // Counted but not found: a port closed under a producer. Forget it.
-        cas(&hs.ready, r, 0);
+        // Counted but not found (see the top of this file): forget the
+        // stray count and answer at once; never wait after a wake-up.
+        if (cas(&hs.ready, r, 0)) {
+          drain(h->pfd);
+          if (ld(&hs.ready) > 0) {
+            poke(h->pfd);
+            continue;
+          }
+          errno = EAGAIN;
+          return -1;
+        }
+        continue;  // the count moved under us: look again
       }
       drain(h->pfd);
       if (ld(&hs.ready) > 0) continue;

@@ -357,7 +357,9 @@ void evtchn_deliver(Ctx& c, Dom& d, std::uint32_t port);  // set pending, wake
 // Sends on local port `port` of `d` (to its interdomain peer), as
 // EVTCHNOP_send, with the notify fault knobs if `faults`.
 void port_send(Ctx& c, Dom& d, std::uint32_t port, bool faults);
-void port_close_locked(Ctx& c, Dom& d, std::uint32_t port);  // EVTCHNOP_close
+// EVTCHNOP_close; returns the port's delivery word as it was. `uncount`: a
+// queued port leaves its handle's ready count (unbind keeps it counted).
+std::uint64_t port_close_locked(Ctx& c, Dom& d, std::uint32_t port, bool uncount = true);
 void wake_handle(Ctx& c, std::uint32_t hslot);
 // Removes the files of a closed or dead handle.
 void handle_files_gone(Ctx& c, std::uint64_t uid);

@@ -13,13 +13,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <condition_variable>
 #include <cstdlib>
 #include <filesystem>
 #include <functional>
+#include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 
 namespace xst {
 
@@ -162,6 +166,48 @@ struct Pipe {
 
 inline double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+// Runs a call that might block for good (a blocking pending()) with a bound:
+// after `limit_ms` the calling thread gets SIGUSR1, again every 10 ms until
+// the call returns, through a handler without SA_RESTART, so a poll() inside
+// returns EINTR and a regression fails the test instead of hanging it.
+// Returns the call's result, its errno, and how long it took.
+struct bounded_result {
+  int value = 0;
+  int err = 0;
+  double ms = 0;
+};
+inline bounded_result bounded_call(int limit_ms, const std::function<int()>& call) {
+  struct sigaction sa {
+  }, old{};
+  sa.sa_handler = [](int) {};
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;  // no SA_RESTART
+  sigaction(SIGUSR1, &sa, &old);
+  const pthread_t self = pthread_self();
+  std::mutex mu;
+  std::condition_variable cv;
+  bool done = false;
+  std::thread guard([&] {
+    std::unique_lock lk(mu);
+    if (cv.wait_for(lk, std::chrono::milliseconds(limit_ms), [&] { return done; })) return;
+    while (!cv.wait_for(lk, std::chrono::milliseconds(10), [&] { return done; })) pthread_kill(self, SIGUSR1);
+  });
+  const auto t0 = std::chrono::steady_clock::now();
+  bounded_result r;
+  errno = 0;
+  r.value = call();
+  r.err = errno;
+  r.ms = ms_since(t0);
+  {
+    std::lock_guard lk(mu);
+    done = true;
+  }
+  cv.notify_all();
+  guard.join();
+  sigaction(SIGUSR1, &old, nullptr);
+  return r;
 }
 
 }  // namespace xst

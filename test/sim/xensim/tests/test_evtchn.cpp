@@ -2,6 +2,7 @@
 // descriptor's readiness, rebinding.
 #include "sim_env.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <vector>
@@ -194,6 +195,79 @@ TEST_SUITE("xensim") {
     CHECK(xenevtchn_pending(ch.back) == ch.bport);
     CHECK(ms_since(t0) >= 40);
     t.join();
+  }
+
+  // Linux's evtchn device keeps a port in the handle's ring when it is
+  // unbound, and read() returns it. Before the sim did the same, the
+  // descriptor stayed readable with nothing behind it and a blocking
+  // pending() waited forever.
+  TEST_CASE("a port unbound while queued is still returned by pending(), without blocking") {
+    SimDir sim;
+    Channel ch;
+    const int bfd = xenevtchn_fd(ch.back);
+    const auto bport = static_cast<evtchn_port_t>(ch.bport);
+    const auto gport = static_cast<evtchn_port_t>(ch.gport);
+    set_nonblock(bfd, false);
+    REQUIRE(xenevtchn_notify(ch.guest, gport) == 0);
+    REQUIRE(readable(bfd, 1000));
+    REQUIRE(xenevtchn_unbind(ch.back, bport) == 0);
+    CHECK(readable(bfd));  // still queued, as in Linux's ring
+
+    auto r = bounded_call(2000, [&] { return xenevtchn_pending(ch.back); });
+    CHECK(r.value == ch.bport);
+    CHECK(r.ms < 1000);
+    CHECK_FALSE(readable(bfd));
+    set_nonblock(bfd);
+    errno = 0;
+    CHECK(xenevtchn_pending(ch.back) == -1);
+    CHECK(errno == EAGAIN);
+    CHECK(xenevtchn_unmask(ch.back, bport) == 0);  // not ours any more: ignored
+
+    // Bound again: Xen's bind-time event is served as usual, and so is the
+    // next notify.
+    const int bp2 = xenevtchn_bind_interdomain(ch.back, kGuest, gport);
+    REQUIRE(bp2 > 0);
+    CHECK(xenevtchn_pending(ch.back) == bp2);
+    CHECK(xenevtchn_unmask(ch.back, static_cast<evtchn_port_t>(bp2)) == 0);
+    CHECK(xenevtchn_pending(ch.back) == -1);
+    REQUIRE(xenevtchn_notify(ch.guest, gport) == 0);
+    CHECK(readable(bfd, 1000));
+    CHECK(xenevtchn_pending(ch.back) == bp2);
+  }
+
+  TEST_CASE("unbinding one of two queued ports: pending() returns both, then blocks no more than asked") {
+    SimDir sim;
+    auto* back = evtchn_as(kBack);
+    auto* guest = evtchn_as(kGuest);
+    const int g1 = xenevtchn_bind_unbound_port(guest, kBack);
+    const int g2 = xenevtchn_bind_unbound_port(guest, kBack);
+    REQUIRE(g1 > 0);
+    REQUIRE(g2 > 0);
+    const int b1 = xenevtchn_bind_interdomain(back, kGuest, static_cast<evtchn_port_t>(g1));
+    const int b2 = xenevtchn_bind_interdomain(back, kGuest, static_cast<evtchn_port_t>(g2));
+    REQUIRE(b1 > 0);
+    REQUIRE(b2 > 0);
+    // Both queued by their bind-time events; the descriptor is blocking.
+    const int bfd = xenevtchn_fd(back);
+    REQUIRE(readable(bfd, 1000));
+    REQUIRE(xenevtchn_unbind(back, static_cast<evtchn_port_t>(b1)) == 0);
+    std::vector<int> got;
+    for (int i = 0; i < 2; ++i) {
+      auto r = bounded_call(2000, [&] { return xenevtchn_pending(back); });
+      CHECK(r.ms < 1000);
+      got.push_back(r.value);
+    }
+    std::sort(got.begin(), got.end());
+    CHECK(got == std::vector<int>{std::min(b1, b2), std::max(b1, b2)});
+    CHECK_FALSE(readable(bfd));
+    // Nothing left: a blocking pending() now waits, as the device's read()
+    // does, until the bound interrupts it.
+    auto r = bounded_call(200, [&] { return xenevtchn_pending(back); });
+    CHECK(r.value == -1);
+    CHECK(r.err == EINTR);
+    CHECK(r.ms >= 150);
+    xenevtchn_close(back);
+    xenevtchn_close(guest);
   }
 
   TEST_CASE("no lost wakeup when an event races with unmask") {
