@@ -4,6 +4,7 @@
 #include "asio_xen/xenstore.hpp"
 #include "blkback/config.hpp"
 #include "blkback/control/backend.hpp"
+#include "blkback/data/fault.hpp"
 #include "blkback/log.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -19,6 +20,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 #include <iostream>
 #include <optional>
@@ -215,6 +217,17 @@ int run(int argc, char** argv) {
   blkback::logger lg;
   if (!opts->foreground) daemonize();
   raise_fd_limit(lg);
+  if (!blkback::fault::arm_from_environment()) return 2;
+  if (cfg.journal) {
+    // Private: the journals hold guests' requests.
+    std::error_code ec;
+    std::filesystem::create_directories(cfg.journal_directory, ec);
+    if (!ec) std::filesystem::permissions(cfg.journal_directory, std::filesystem::perms::owner_all, ec);
+    if (ec) {
+      XBD_LOG(lg, error) << "cannot use the journal directory " << cfg.journal_directory << ": " << ec.message();
+      return 1;
+    }
+  }
 
   asio::io_context control(1);
   auto driver = asio_xen::open_libxenstore();

@@ -31,6 +31,10 @@ class xbd_category_impl final : public boost::system::error_category {
         return "closed";
       case errc::short_transfer:
         return "short transfer";
+      case errc::journal_stale:
+        return "the in-flight journal belongs to another connection";
+      case errc::journal_corrupt:
+        return "the in-flight journal is inconsistent";
     }
     return "unknown error";
   }

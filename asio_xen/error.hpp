@@ -52,6 +52,8 @@ enum class errc {
   bad_ring_size,        // mapped ring memory too small for one entry
   closed,               // the object was closed while waiting
   short_transfer,       // a read or write moved less than asked (end of the store)
+  journal_stale,        // an in-flight journal of another connection
+  journal_corrupt,      // an in-flight journal that does not add up
 };
 
 const boost::system::error_category& xbd_category() noexcept;

@@ -198,6 +198,17 @@ class back_ring : public ring_base<Req, Rsp> {
   // Requests consumed and not yet answered.
   std::uint32_t in_flight() const { return req_cons_ - rsp_prod_pvt_; }
 
+  // The shared indices as they are now (recovery checks a journal against
+  // them).
+  ring_index shared_rsp_prod() const { return hdr_.load(ring_detail::rsp_prod_offset); }
+  ring_index shared_req_prod() const { return hdr_.load(ring_detail::req_prod_offset); }
+  // Resumes with private indices a journal kept (a backend restarted after
+  // an unclean exit), instead of attach()'s guess from the shared ones.
+  void resume_at(ring_index req_cons, ring_index rsp_prod_pvt) {
+    req_cons_ = req_cons;
+    rsp_prod_pvt_ = rsp_prod_pvt;
+  }
+
  private:
   explicit back_ring(std::span<std::byte> mem) : base(mem) {}
   ring_index req_cons_ = 0;

@@ -83,6 +83,8 @@ constexpr known_key layout[] = {
     {"io", "discard"},
     {"io", "resize-poll-seconds"},
     {"io", "buffer-memory"},
+    {"io", "journal"},
+    {"io", "journal-directory"},
     {"log", "level"},
     {"log", "sink"},
 };
@@ -360,6 +362,13 @@ void read_io(reader& r, const toml::table* t, settings& s) {
     else
       s.buffer_memory = *bytes;
   }
+  r.read(t, "io", "journal", s.journal);
+  if (const auto v = r.string(t, "io", "journal-directory")) {
+    if (v->second.empty() || v->second.front() != '/')
+      r.problem(*v->first, "io.journal-directory must be an absolute path, got " + in_quotes(v->second));
+    else
+      s.journal_directory = std::string(v->second);
+  }
 }
 
 void read_log(reader& r, const toml::table* t, settings& s) {
@@ -473,6 +482,8 @@ std::string describe(const settings& s) {
   d += std::string(" discard=") + (s.discard ? "true" : "false");
   d += " resize-poll-seconds=" + std::to_string(s.resize_poll_seconds);
   d += " buffer-memory=" + format_size(s.buffer_memory);
+  d += std::string(" journal=") + (s.journal ? "true" : "false");
+  d += " journal-directory=" + s.journal_directory;
   d += " log.level=" + std::string(to_string(s.log.level));
   d += " log.sink=" + s.log.sink;
   return d;

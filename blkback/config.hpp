@@ -86,6 +86,10 @@ struct settings {
   unsigned resize_poll_seconds = 0;
   // Bytes of request buffers the whole daemon may hold ([io] buffer-memory).
   std::uint64_t buffer_memory = std::uint64_t{256} << 20;
+  // The in-flight journal that lets a restarted daemon take up where a
+  // killed one stopped ([io] journal, journal-directory).
+  bool journal = true;
+  std::string journal_directory = "/run/xen-blkbackd";
   log_settings log;
 
   friend bool operator==(const settings&, const settings&) = default;

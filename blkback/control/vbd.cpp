@@ -68,6 +68,7 @@ struct vbd::backend_keys {
 
 // The rings of one connection, each served on a worker thread.
 struct vbd::connection {
+  std::shared_ptr<vbd_journal> journal;  // outlives the queues' use of it
   std::vector<std::unique_ptr<queue>> queues;
   std::vector<worker> workers;
   // Each queue's run() reports here (on the control thread) when it ends;
@@ -84,7 +85,9 @@ vbd::vbd(vbd_context& ctx, vbd_id id)
       be_("/local/domain/" + std::to_string(ctx.own_domid) + "/backend/" + id_.type + "/" +
           std::to_string(id_.frontend_domid) + "/" + std::to_string(id_.devid)),
       log_(device_logger(id_.frontend_domid, id_.devid)),
-      memory_(ctx.memory ? ctx.memory->open_account() : nullptr) {}
+      memory_(ctx.memory ? ctx.memory->open_account() : nullptr),
+      journal_path_(std::filesystem::path(ctx.cfg.journal_directory) /
+                    (id_.type + "-" + std::to_string(id_.frontend_domid) + "-" + std::to_string(id_.devid))) {}
 
 vbd::~vbd() = default;
 
@@ -500,12 +503,46 @@ vbd::outcome<vbd::transport> vbd::read_transport() {
   return t;
 }
 
-// Maps each ring and starts its queue on a worker. On failure the queues
-// already running are in conn_, for disconnect() to stop.
-std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_executor control) {
+// The in-flight journal of this connection: a new one, or on re-attach the
+// one the previous process left, which must be there and be this
+// connection's (docs/architecture.md, "Crash recovery").
+vbd::outcome<std::shared_ptr<vbd_journal>> vbd::open_journal(const transport& t, bool reattach) {
+  journal_identity id;
+  id.frontend_domid = id_.frontend_domid;
+  id.devid = id_.devid;
+  id.layout = t.layout;
+  id.ring_order = t.ring_order;
+  for (const auto& r : t.rings) {
+    id.ring_refs.emplace_back(r.refs.begin(), r.refs.end());
+    id.ports.push_back(r.port);
+  }
+  const std::uint32_t ring_size = abi_ring::entries(t.layout, std::size_t{1} << t.ring_order);
+  const std::uint32_t segments = offer_.limits.max_indirect_segments;
+  auto j = reattach ? vbd_journal::open(journal_path_, id, ring_size, segments)
+                    : vbd_journal::create(journal_path_, id, ring_size, segments);
+  if (j) return std::make_shared<vbd_journal>(std::move(*j));
+  if (reattach && is_enoent(j.error()))
+    return problem{"re-attaching after a restart: the previous daemon left no in-flight journal (" +
+                       journal_path_.string() + "), so which requests it answered is unknown",
+                   j.error()};
+  return problem{
+      std::string(reattach ? "re-attaching after a restart: " : "") + "in-flight journal " + journal_path_.string(),
+      j.error()};
+}
+
+// Maps each ring and makes its queue on a worker, taking up the journal on
+// re-attach; only when every ring is ready do they start. On failure the
+// queues made so far are in conn_, for disconnect() to release.
+std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_executor control, bool reattach) {
   auto c = std::make_shared<connection>(control, t.rings.size());
   conn_ = c;
-  for (const auto& k : t.rings) {
+  if (ctx_.cfg.journal) {
+    auto j = open_journal(t, reattach);
+    if (!j) return j.error();
+    c->journal = std::move(*j);
+  }
+  for (std::size_t i = 0; i < t.rings.size(); ++i) {
+    const auto& k = t.rings[i];
     queue_params qp;
     qp.frontend_domid = id_.frontend_domid;
     qp.layout = t.layout;
@@ -514,14 +551,21 @@ std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_e
     qp.limits = offer_.limits;
     qp.budget = guest_log_;
     qp.memory = memory_;
+    qp.journal = c->journal ? &c->journal->ring(i) : nullptr;
+    qp.recover = reattach;
     worker w = ctx_.pick_worker();
     auto q = queue::connect(w, ctx_.xen, qp, *store_, log_);
+    if (!q && (q.error() == asio_xen::errc::journal_corrupt || q.error() == asio_xen::errc::journal_stale))
+      return problem{"re-attaching after a restart: ring " + std::to_string(i) +
+                         " of the in-flight journal: " + c->journal->ring(i).problem(),
+                     q.error()};
     if (!q) return bad_key("cannot map the ring or bind its event channel: " + q.error().what(), q.error());
-    queue* raw = q->get();
     c->queues.push_back(std::move(*q));
     c->workers.push_back(w);
+  }
+  for (std::size_t i = 0; i < c->queues.size(); ++i) {
     ++c->running;
-    asio::co_spawn(w.ex, raw->run(), [c, control](std::exception_ptr e, error_code ec) {
+    asio::co_spawn(c->workers[i].ex, c->queues[i]->run(), [c, control](std::exception_ptr e, error_code ec) {
       if (e) ec = error_code(EFAULT, boost::system::generic_category());
       asio::post(control, [c, ec] { (void)c->exited.try_send(error_code{}, ec); });
     });
@@ -550,7 +594,18 @@ asio::awaitable<std::optional<vbd::problem>> vbd::connect(bool reattach) {
   // The size now: the image may have grown while no frontend was connected.
   if (auto size = store_->current_size()) offer_.limits.sectors = *size / 512;
   published_sectors_ = offer_.limits.sectors;
-  if (auto p = start_queues(*t, co_await asio::this_coro::executor)) co_return p;
+  if (auto p = start_queues(*t, co_await asio::this_coro::executor, reattach)) co_return p;
+  if (reattach && conn_->journal) {
+    recovery_counts total;
+    for (const auto& q : conn_->queues) {
+      total.reissued += q->recovery().reissued;
+      total.answered_unfreed += q->recovery().answered_unfreed;
+      total.pushed += q->recovery().pushed;
+    }
+    XBD_LOG(log_, info) << "took up the previous daemon's in-flight journal: " << total.reissued
+                        << " request(s) executed again, " << total.answered_unfreed
+                        << " answered just before it stopped, " << total.pushed << " response(s) pushed again";
+  }
   if (!reattach) {
     if (auto p = publish_disk()) co_return p;
   } else if (auto s = ctx_.xs.read<std::uint64_t>(be_ + "/sectors")) {
@@ -633,7 +688,16 @@ asio::awaitable<void> vbd::disconnect() {
     total.bytes_written += s.bytes_written;
     total.memory_waits += s.memory_waits;
     total.storm_pauses += s.storm_pauses;
+    total.in_flight_at_stop += s.in_flight_at_stop;
   }
+  // The journal is kept for the next daemon only when this one stops; a
+  // connection that ended has nothing in flight and nothing to take up.
+  if (shutdown_)
+    XBD_LOG(log_, info) << "drained for shutdown: " << total.in_flight_at_stop
+                        << " request(s) in flight at the stop were answered"
+                        << (c->journal ? "; the in-flight journal is kept for the next start" : "");
+  else if (c->journal)
+    vbd_journal::remove(journal_path_);
   if (auto line = guest_log_->take_unlogged(); !line.empty()) XBD_LOG(log_, warning) << line;
   const std::uint64_t peak = memory_ ? memory_->usage().peak : 0;
   XBD_LOG(log_, info) << "disconnected after " << total.requests << " requests (" << total.bytes_read << " bytes read, "

@@ -12,6 +12,7 @@
 #include "asio_xen/xenstore.hpp"
 #include "blkback/config.hpp"
 #include "blkback/control/offer.hpp"
+#include "blkback/data/journal.hpp"
 #include "blkback/data/log_budget.hpp"
 #include "blkback/data/memory.hpp"
 #include "blkback/data/queue.hpp"
@@ -24,6 +25,7 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/system/result.hpp>
 
+#include <filesystem>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -126,7 +128,8 @@ class vbd {
     std::vector<ring_keys> rings;
   };
   outcome<transport> read_transport();
-  std::optional<problem> start_queues(const transport& t, boost::asio::any_io_executor control);
+  outcome<std::shared_ptr<vbd_journal>> open_journal(const transport& t, bool reattach);
+  std::optional<problem> start_queues(const transport& t, boost::asio::any_io_executor control, bool reattach);
   std::optional<problem> publish_disk();
   boost::asio::awaitable<std::optional<problem>> connect(bool reattach);
   void apply_resize();
@@ -153,6 +156,7 @@ class vbd {
   xenbus_state fe_seen_ = xenbus_state::initialising;                       // the frontend's last valid state
   std::shared_ptr<log_budget> guest_log_ = std::make_shared<log_budget>();  // shared with the rings
   std::shared_ptr<memory_budget::account> memory_;                          // shared with the rings
+  std::filesystem::path journal_path_;
   std::uint64_t published_sectors_ = 0;
 };
 

@@ -1,5 +1,7 @@
 #include "blkback/data/queue.hpp"
 
+#include "blkback/data/fault.hpp"
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -38,6 +40,8 @@ const char* what(op_kind k) {
 }  // namespace
 
 struct queue::slot {
+  static constexpr std::uint32_t no_entry = ~std::uint32_t{0};
+  std::uint32_t entry = no_entry;  // in the journal
   buffer_cache::chunk buf;
   checked_request req;
   std::unique_ptr<segment[]> segs;
@@ -75,8 +79,34 @@ asio_xen::result<std::unique_ptr<queue>> queue::connect(const worker& w, const x
   if (!ch) return ch.error();
   auto chan = store.open_channel(w, ring->size());
   if (!chan) return chan.error();
-  return std::unique_ptr<queue>(new queue(w.ex, std::move(gt), std::move(*mem), std::move(*ring), std::move(*ch),
-                                          params, std::move(*chan), std::move(lg)));
+  std::optional<recovered_ring> rec;
+  if (params.journal && params.recover) {
+    auto r = params.journal->recover(ring->shared_rsp_prod(), ring->shared_req_prod());
+    if (!r) return r.error();
+    rec = std::move(*r);
+  } else if (params.journal) {
+    params.journal->start(ring->req_cons(), ring->rsp_prod_pvt());
+  }
+  std::unique_ptr<queue> q(new queue(w.ex, std::move(gt), std::move(*mem), std::move(*ring), std::move(*ch), params,
+                                     std::move(*chan), std::move(lg)));
+  if (rec) q->take_up(std::move(*rec));
+  return q;
+}
+
+// After an unclean exit: the responses the guest may not have seen are
+// written again and pushed, the ring resumes at the journal's indices, and
+// the requests in flight wait for run() to execute them again.
+void queue::take_up(recovered_ring rec) {
+  const std::uint32_t pushed = ring_.shared_rsp_prod();
+  ring_.resume_at(rec.req_cons, pushed);
+  for (const recovered_response& r : rec.responses) ring_.put_response(r.id, r.op, r.status);
+  (void)ring_.push_responses();
+  // Always: the process before may have pushed responses and died before
+  // the notification the frontend waits for.
+  if (error_code ec = evtchn_.notify()) XBD_LOG(log_, debug) << "notify failed: " << ec.what();
+  recovery_ = {static_cast<std::uint32_t>(rec.requests.size()), rec.answered_unfreed,
+               static_cast<std::uint32_t>(rec.responses.size())};
+  recovered_ = std::move(rec);
 }
 
 namespace {
@@ -107,6 +137,7 @@ queue::queue(asio::any_io_executor ex, asio_xen::grant_table gt, asio_xen::grant
       idle_(ex),
       trim_(ex),
       pause_(ex),
+      journal_(params.journal),
       memory_wake_(std::make_shared<memory_wake>(ex)),
       budget_(params.budget ? params.budget : std::make_shared<log_budget>()) {}
 
@@ -137,8 +168,10 @@ asio::awaitable<void> queue::wait_idle() {
 asio::awaitable<error_code> queue::run() {
   trimming_ = true;
   asio::co_spawn(ex_, trim_loop(), asio::detached);
+  if (recovered_) co_await reissue();
   const error_code result = co_await serve_ring();
   stopping_ = true;
+  stats_.in_flight_at_stop = in_flight_;
   XBD_LOG(log_, debug) << "ring stopping with " << in_flight_ << " request(s) in flight";
   // Answer everything in flight before returning: the guest gets a response
   // for every request we took, and nothing can call back into this queue
@@ -188,16 +221,14 @@ asio::awaitable<error_code> queue::serve_ring() {
       if (s == nullptr) {
         // No memory for it now: it stays in the ring until some frees up.
         ring_.unconsume_request();
-        ++stats_.memory_waits;
-        waiting_memory_ = true;
-        memory_wake_->timer.expires_after(std::chrono::milliseconds(100));  // a bound, not the signal
-        co_await memory_wake_->timer.async_wait(asio::as_tuple(asio::use_awaitable));
-        waiting_memory_ = false;
+        co_await wait_for_memory();
         break;
       }
+      if (journal_) s->entry = journal_->take(ring_.req_cons() - 1, w).value_or(slot::no_entry);
+      fault::at(fault::point::consumed);
       ++stats_.requests;
       copied += data_bound(w);
-      serve(*s, w);
+      serve(*s, w, {});
       if (barrier) {
         co_await wait_idle();
         break;  // look at the ring afresh
@@ -212,6 +243,36 @@ asio::awaitable<error_code> queue::serve_ring() {
   }
   co_return error_code{};
 }
+// Executes again, in ring order, what was in flight when an earlier
+// process died. Their journal entries stay theirs; they are answered like
+// any request.
+asio::awaitable<void> queue::reissue() {
+  recovered_ring rec = std::move(*recovered_);
+  recovered_.reset();
+  for (recovered_request& r : rec.requests) {
+    const bool barrier = r.request.operation == BLKIF_OP_WRITE_BARRIER && params_.limits.barrier;
+    if (barrier) co_await wait_idle();
+    slot* s = nullptr;
+    while (!stopping_ && (s = admit(r.request)) == nullptr) co_await wait_for_memory();
+    // Stopped before all were started: the rest stay in the journal.
+    if (s == nullptr) co_return;
+    s->entry = r.entry;
+    ++stats_.requests;
+    serve(*s, r.request, r.descriptors);
+    if (barrier) co_await wait_idle();
+  }
+}
+
+// Until memory frees up (the budget or our own release says so), or
+// 100 ms at most.
+asio::awaitable<void> queue::wait_for_memory() {
+  ++stats_.memory_waits;
+  waiting_memory_ = true;
+  memory_wake_->timer.expires_after(std::chrono::milliseconds(100));
+  co_await memory_wake_->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+  waiting_memory_ = false;
+}
+
 // Sleeps until the frontend notifies. A frontend that keeps notifying with
 // nothing in the ring (a notify storm) waits a growing pause first, 1 ms
 // doubling up to tuning_.storm_pause_max: its port stays masked meanwhile,
@@ -332,9 +393,9 @@ queue::slot* queue::admit(const wire_request& w) {
 // One request, from the copy taken out of the ring to its response. Runs
 // eagerly up to its first storage operation, so requests are validated and
 // started in ring order.
-request_task queue::serve(slot& s, wire_request w) {
+request_task queue::serve(slot& s, wire_request w, std::span<const blkif_request_segment> known) {
   validation v = validate(w, params_.limits, std::span(s.segs.get(), max_segments_));
-  if (auto* need = std::get_if<needs_indirect>(&v)) v = fetch_indirect(s, w, *need);
+  if (auto* need = std::get_if<needs_indirect>(&v)) v = fetch_indirect(s, w, *need, known);
   if (auto* r = std::get_if<rejected>(&v)) {
     reject(s, *r);
     co_return;
@@ -364,13 +425,18 @@ request_task queue::serve(slot& s, wire_request w) {
           [&](storage::completion& c) { chan_->discard(s.req.offset, s.req.length, s.req.secure, c); });
       break;
   }
+  fault::at(fault::point::completed);
   finish(s, account(s, ec));
 }
 #pragma GCC diagnostic pop
 
 // Copies an indirect request's descriptors out of the guest's indirect
 // pages into the slot, once, and validates that private copy.
-validation queue::fetch_indirect(slot& s, const wire_request& w, const needs_indirect& need) {
+validation queue::fetch_indirect(slot& s, const wire_request& w, const needs_indirect& need,
+                                 std::span<const blkif_request_segment> known) {
+  // Recovery: the descriptors the journal kept, not the guest's pages again.
+  if (known.size() == need.nr_segments)
+    return validate_indirect(w, known, params_.limits, std::span(s.segs.get(), max_segments_));
   copies_.clear();
   descriptors_.resize(std::size_t{need.pages} * segments_per_indirect_page);
   const auto dom = static_cast<std::uint16_t>(params_.frontend_domid);
@@ -383,8 +449,9 @@ validation queue::fetch_indirect(slot& s, const wire_request& w, const needs_ind
   }
   if (error_code ec = gnttab_.copy(copies_))
     return rejected{w.id, w.indirect_op, BLKIF_RSP_ERROR, "indirect pages could not be copied"};
-  return validate_indirect(w, std::span(descriptors_.data(), need.nr_segments), params_.limits,
-                           std::span(s.segs.get(), max_segments_));
+  const std::span<const blkif_request_segment> fetched(descriptors_.data(), need.nr_segments);
+  if (journal_ && s.entry != slot::no_entry) journal_->save_descriptors(s.entry, fetched);
+  return validate_indirect(w, fetched, params_.limits, std::span(s.segs.get(), max_segments_));
 }
 
 // Grant copy between the guest's segments and the slot's buffer, where the
@@ -417,8 +484,7 @@ void queue::reject(slot& s, const rejected& r) {
     XBD_LOG(log_, warning) << "rejected request " << r.id << ": " << r.reason;
   else
     XBD_LOG(log_, debug) << "rejected request " << r.id << ": " << r.reason;
-  release(s);
-  respond(r.id, r.operation, r.status);
+  answer(s, r.id, r.operation, r.status);
 }
 
 // The status a storage result earns, counted and (within budget) logged.
@@ -453,12 +519,7 @@ std::int16_t queue::account(const slot& s, error_code ec) {
   return unsupported ? BLKIF_RSP_EOPNOTSUPP : BLKIF_RSP_ERROR;
 }
 
-void queue::finish(slot& s, std::int16_t status) {
-  const std::uint64_t id = s.req.id;
-  const std::uint8_t op = s.req.operation;
-  release(s);
-  respond(id, op, status);
-}
+void queue::finish(slot& s, std::int16_t status) { answer(s, s.req.id, s.req.operation, status); }
 
 queue::slot& queue::acquire() {
   slot* s = free_.back();
@@ -493,8 +554,17 @@ std::int16_t queue::no_buffer(const slot& s) {
 
 void queue::set_sectors(std::uint64_t sectors) { params_.limits.sectors = sectors; }
 
-void queue::respond(std::uint64_t id, std::uint8_t op, std::int16_t status) {
+// The response goes into the ring in the journal's order (journal.hpp):
+// its record first, then the ring slot, then the journal's index.
+void queue::answer(slot& s, std::uint64_t id, std::uint8_t op, std::int16_t status) {
+  const std::uint32_t entry = std::exchange(s.entry, slot::no_entry);
+  release(s);
+  const std::uint32_t index = ring_.rsp_prod_pvt();
+  const bool journaled = journal_ && entry != slot::no_entry;
+  if (journaled) journal_->record_response(index, entry, id, op, status);
   ring_.put_response(id, op, status);
+  fault::at(fault::point::responded);
+  if (journaled) journal_->responded(index, entry);
   schedule_push();
 }
 
@@ -511,7 +581,9 @@ void queue::schedule_push() {
 }
 
 void queue::push_now() {
-  if (ring_.push_responses()) {
+  const bool notify = ring_.push_responses();
+  fault::at(fault::point::pushed);
+  if (notify) {
     if (error_code ec = evtchn_.notify()) XBD_LOG(log_, debug) << "notify failed: " << ec.what();
   }
 }

@@ -22,6 +22,7 @@
 
 #include "asio_xen/evtchn.hpp"
 #include "asio_xen/gnttab.hpp"
+#include "blkback/data/journal.hpp"
 #include "blkback/data/log_budget.hpp"
 #include "blkback/data/memory.hpp"
 #include "blkback/data/request_task.hpp"
@@ -38,6 +39,8 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
+#include <optional>
+#include <span>
 #include <vector>
 
 namespace xbd::blkback {
@@ -53,6 +56,17 @@ struct queue_params {
   // The vbd's share of the daemon's buffer memory; null: a budget of the
   // queue's own (tests).
   std::shared_ptr<memory_budget::account> memory;
+  // This ring's part of the in-flight journal (null: none). With `recover`,
+  // what an earlier process left in it is taken up before anything else.
+  ring_journal* journal = nullptr;
+  bool recover = false;
+};
+
+// What taking up a journal found.
+struct recovery_counts {
+  std::uint32_t reissued = 0;          // requests in flight, executed again
+  std::uint32_t answered_unfreed = 0;  // answered just before the cut
+  std::uint32_t pushed = 0;            // responses written but maybe not seen, pushed again
 };
 
 struct queue_stats {
@@ -70,6 +84,7 @@ struct queue_stats {
   std::uint64_t storm_pauses = 0;  // pauses imposed on a notify storm
   std::uint64_t yields = 0;        // turns cut short to let other rings run
   std::uint32_t peak_in_flight = 0;
+  std::uint32_t in_flight_at_stop = 0;  // answered after stop(), before run() returned
 };
 
 // Limits of one ring's turn and of its answer to a notify storm.
@@ -108,6 +123,7 @@ class queue {
   // Slots that exist now (in flight or cached).
   std::size_t slots() const { return slots_.size(); }
   std::size_t cached_buffer_bytes() const { return buffers_.cached_bytes(); }
+  const recovery_counts& recovery() const { return recovery_; }
   void set_tuning(const queue_tuning& t) { tuning_ = t; }
 
   struct slot;
@@ -116,7 +132,10 @@ class queue {
   queue(boost::asio::any_io_executor ex, asio_xen::grant_table gt, asio_xen::grant_mapping ring_mem, abi_ring ring,
         asio_xen::event_channel evtchn, const queue_params& params, std::unique_ptr<storage::channel> chan, logger lg);
 
-  request_task serve(slot& s, wire_request w);
+  request_task serve(slot& s, wire_request w, std::span<const blkif_request_segment> known);
+  void take_up(recovered_ring rec);
+  boost::asio::awaitable<void> reissue();
+  boost::asio::awaitable<void> wait_for_memory();
   boost::asio::awaitable<asio_xen::error_code> serve_ring();
   boost::asio::awaitable<asio_xen::error_code> sleep_for_event();
   boost::asio::awaitable<void> pause(std::chrono::milliseconds d);
@@ -125,13 +144,14 @@ class queue {
   bool trim_idle();
   slot* admit(const wire_request& w);
   std::size_t data_bound(const wire_request& w) const;
-  validation fetch_indirect(slot& s, const wire_request& w, const needs_indirect& need);
+  validation fetch_indirect(slot& s, const wire_request& w, const needs_indirect& need,
+                            std::span<const blkif_request_segment> known);
   bool copy_segments(slot& s, bool to_guest);
   void reject(slot& s, const rejected& r);
   std::int16_t account(const slot& s, asio_xen::error_code ec);
   std::int16_t no_buffer(const slot& s);
   void finish(slot& s, std::int16_t status);
-  void respond(std::uint64_t id, std::uint8_t op, std::int16_t status);
+  void answer(slot& s, std::uint64_t id, std::uint8_t op, std::int16_t status);
   void schedule_push();
   void push_now();
   slot& acquire();
@@ -169,6 +189,9 @@ class queue {
   boost::asio::steady_timer idle_;   // wakes waits on the queue's own state (wait_idle, run's end)
   boost::asio::steady_timer trim_;   // trim_loop()'s tick
   boost::asio::steady_timer pause_;  // a storm pause
+  ring_journal* journal_ = nullptr;
+  std::optional<recovered_ring> recovered_;  // until run() has re-issued it
+  recovery_counts recovery_;
   struct memory_wake;
   std::shared_ptr<memory_wake> memory_wake_;  // the wait for buffer memory
   queue_tuning tuning_;

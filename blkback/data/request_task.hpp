@@ -9,6 +9,7 @@
 // outgrows the arena. Its waits are storage operations (storage_wait).
 #pragma once
 
+#include "blkback/data/fault.hpp"
 #include "blkback/storage/storage.hpp"
 
 #include <coroutine>
@@ -89,6 +90,7 @@ class storage_wait final : public storage::completion {
       void await_suspend(std::coroutine_handle<> h) {
         w.waiter_ = h;
         start(static_cast<storage::completion&>(w));
+        fault::at(fault::point::io_started);
       }
       asio_xen::error_code await_resume() const noexcept { return w.result_; }
     };

@@ -237,6 +237,22 @@ wire_request abi_ring::consume_request() {
   return decode_x86_64(std::span<const std::byte, x86_64_request_size>(copy.bytes));
 }
 
+std::uint32_t abi_ring::req_cons() const {
+  return std::visit([](const auto& r) { return r.req_cons(); }, ring_);
+}
+std::uint32_t abi_ring::rsp_prod_pvt() const {
+  return std::visit([](const auto& r) { return r.rsp_prod_pvt(); }, ring_);
+}
+std::uint32_t abi_ring::shared_rsp_prod() const {
+  return std::visit([](const auto& r) { return r.shared_rsp_prod(); }, ring_);
+}
+std::uint32_t abi_ring::shared_req_prod() const {
+  return std::visit([](const auto& r) { return r.shared_req_prod(); }, ring_);
+}
+void abi_ring::resume_at(std::uint32_t req_cons, std::uint32_t rsp_prod_pvt) {
+  std::visit([&](auto& r) { r.resume_at(req_cons, rsp_prod_pvt); }, ring_);
+}
+
 void abi_ring::unconsume_request() {
   std::visit([](auto& r) { r.unconsume_request(); }, ring_);
 }

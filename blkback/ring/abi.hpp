@@ -105,6 +105,11 @@ class abi_ring {
   bool push_responses();
   asio_xen::result<bool> final_check_for_requests();
   std::uint32_t in_flight() const;
+  std::uint32_t req_cons() const;
+  std::uint32_t rsp_prod_pvt() const;
+  std::uint32_t shared_rsp_prod() const;
+  std::uint32_t shared_req_prod() const;
+  void resume_at(std::uint32_t req_cons, std::uint32_t rsp_prod_pvt);
 
  private:
   using any_ring = std::variant<x86_64_ring, x86_32_ring>;

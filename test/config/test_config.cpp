@@ -78,9 +78,10 @@ TEST_CASE("the defaults shown commented out in the shipped file are the real def
   CHECK(parse_settings(text, "shipped-uncommented") == settings{});
 
   const toml::table root = toml::parse(text);
-  for (const char* key : {"backend.types", "rings.max-ring-page-order", "rings.max-queues",
-                          "rings.max-indirect-segments", "rings.default-protocol", "io.direct-io", "io.worker-threads",
-                          "io.discard", "io.resize-poll-seconds", "io.buffer-memory", "log.level", "log.sink"}) {
+  for (const char* key :
+       {"backend.types", "rings.max-ring-page-order", "rings.max-queues", "rings.max-indirect-segments",
+        "rings.default-protocol", "io.direct-io", "io.worker-threads", "io.discard", "io.resize-poll-seconds",
+        "io.buffer-memory", "io.journal", "io.journal-directory", "log.level", "log.sink"}) {
     CAPTURE(key);
     CHECK(root.at_path(key).node() != nullptr);
   }
@@ -107,6 +108,8 @@ worker-threads = 5
 discard = false
 resize-poll-seconds = 30
 buffer-memory = "64MiB"
+journal = false
+journal-directory = "/var/lib/xbd"
 
 [log]
 level = "debug"
@@ -123,6 +126,8 @@ sink = "file:/var/log/xen-blkbackd.log"
   CHECK(s.discard == false);
   CHECK(s.resize_poll_seconds == 30);
   CHECK(s.buffer_memory == 64u << 20);
+  CHECK_FALSE(s.journal);
+  CHECK(s.journal_directory == "/var/lib/xbd");
   CHECK(s.log.level == severity::debug);
   CHECK(s.log.sink == "file:/var/log/xen-blkbackd.log");
 }
@@ -188,6 +193,8 @@ TEST_CASE("buffer-memory is a size with a binary unit, within its bounds") {
         "test.toml:2:17: io.buffer-memory must be a string, not an integer");
   CHECK(error_of("[io]\nbuffer-memory = \"99999999999999999999G\"\n").find("must be a size") != std::string::npos);
   CHECK(parse_size("18446744073709551615T") == std::nullopt);
+  CHECK(error_of("[io]\njournal-directory = \"run/x\"\n") ==
+        "test.toml:2:21: io.journal-directory must be an absolute path, got \"run/x\"");
   CHECK(parse_size("") == std::nullopt);
   CHECK(parse_size("MiB") == std::nullopt);
   CHECK(format_size(3u << 20) == "3MiB");
@@ -349,7 +356,7 @@ TEST_CASE("describe() is one line with every setting") {
   CHECK(describe(settings{}) ==
         "types=qdisk domid=xenstore max-ring-page-order=4 max-queues=auto max-indirect-segments=256 "
         "default-protocol=native direct-io=auto worker-threads=auto discard=true resize-poll-seconds=0 "
-        "buffer-memory=256MiB log.level=info log.sink=stderr");
+        "buffer-memory=256MiB journal=true journal-directory=/run/xen-blkbackd log.level=info log.sink=stderr");
   settings s;
   s.backend_types = {"qdisk", "vbd"};
   s.domid = 3;
@@ -366,5 +373,5 @@ TEST_CASE("describe() is one line with every setting") {
   CHECK(describe(s) ==
         "types=qdisk,vbd domid=3 max-ring-page-order=0 max-queues=2 max-indirect-segments=0 "
         "default-protocol=x86_32-abi direct-io=always worker-threads=4 discard=false resize-poll-seconds=10 "
-        "buffer-memory=3GiB log.level=warning log.sink=syslog");
+        "buffer-memory=3GiB journal=true journal-directory=/run/xen-blkbackd log.level=warning log.sink=syslog");
 }

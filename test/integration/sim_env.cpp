@@ -9,13 +9,28 @@
 
 namespace xbd::test {
 
+namespace {
+
+// Each test's daemon keeps its journals in the test's directory, whatever
+// the test's configuration says otherwise.
+std::string with_journal_directory(std::string toml, const std::filesystem::path& dir) {
+  const std::string key = "journal-directory = \"" + dir.string() + "\"\n";
+  if (toml.find("journal-directory") != std::string::npos) return toml;
+  const auto io = toml.find("[io]\n");
+  if (io != std::string::npos) return toml.insert(io + 5, key);
+  return toml + "\n[io]\n" + key;
+}
+
+}  // namespace
+
 sim_env::sim_env(std::string config_toml) {
   xsd_.export_env();
   dir_ = xsd_.dir();
   std::filesystem::create_directories(dir_ / "xensim");
   ::setenv("XENSIM_DIR", (dir_ / "xensim").c_str(), 1);
   config_ = dir_ / "xen-blkbackd.toml";
-  std::ofstream(config_) << (config_toml.empty() ? "[log]\nlevel = \"debug\"\n" : config_toml);
+  std::ofstream(config_) << with_journal_directory(config_toml.empty() ? "[log]\nlevel = \"debug\"\n" : config_toml,
+                                                   dir_ / "journal");
   ts_ = std::make_unique<sim::toolstack>();
   ts_->init_dom0();
 }
@@ -59,12 +74,12 @@ std::filesystem::path sim_env::make_image(const std::string& name, std::uint64_t
   return p;
 }
 
-void sim_env::start_daemon(std::vector<std::string> extra_args) {
+void sim_env::start_daemon(std::vector<std::string> extra_args, std::vector<std::string> extra_env) {
   std::vector<std::string> argv{XBD_DAEMON_BIN, "--config", config_.string(), "--foreground"};
   argv.insert(argv.end(), extra_args.begin(), extra_args.end());
-  daemon_ =
-      std::make_unique<process>(argv, std::vector<std::string>{"LD_LIBRARY_PATH=" XENSIM_LIBDIR_PATH, "XENSIM_DOMID=0"},
-                                dir_ / ("daemon-" + std::to_string(++daemon_runs_) + ".log"));
+  std::vector<std::string> env{"LD_LIBRARY_PATH=" XENSIM_LIBDIR_PATH, "XENSIM_DOMID=0"};
+  env.insert(env.end(), extra_env.begin(), extra_env.end());
+  daemon_ = std::make_unique<process>(argv, env, dir_ / ("daemon-" + std::to_string(++daemon_runs_) + ".log"));
 }
 
 std::string sim_env::daemon_log() const {

@@ -36,7 +36,8 @@ class sim_env {
   // A sparse image of `bytes` in the test directory.
   std::filesystem::path make_image(const std::string& name, std::uint64_t bytes);
 
-  void start_daemon(std::vector<std::string> extra_args = {});
+  // `extra_env`: NAME=VALUE for the daemon's environment (XBD_FAULT).
+  void start_daemon(std::vector<std::string> extra_args = {}, std::vector<std::string> extra_env = {});
   process& daemon() { return *daemon_; }
   std::string daemon_log() const;
   // Whether the daemon's log contains `text` (waits up to `limit`).

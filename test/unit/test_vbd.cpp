@@ -44,7 +44,23 @@ struct image {
   ~image() { ::unlink(path.c_str()); }
 };
 
+// Each rig's own directory for the in-flight journal.
+struct journal_dir {
+  std::string path;
+  journal_dir() {
+    char tmpl[] = "/tmp/xbd-vbd-journal-XXXXXX";
+    REQUIRE(::mkdtemp(tmpl) != nullptr);
+    path = tmpl;
+  }
+  ~journal_dir() { std::filesystem::remove_all(path); }
+  settings with(settings s) const {
+    s.journal_directory = path;
+    return s;
+  }
+};
+
 struct rig {
+  journal_dir jdir;
   asio::io_context ioc;
   fakes::fake_xenstore db;
   fakes::fake_evtchn_bus bus;
@@ -57,7 +73,7 @@ struct rig {
       xs,
       xen_platform{[this] { return asio_xen::result<std::unique_ptr<asio_xen::evtchn_driver>>(bus.open(0)); },
                    [this] { return asio_xen::result<std::unique_ptr<asio_xen::gnttab_driver>>(tables.open(0)); }},
-      settings{},
+      jdir.with(settings{}),
       0,
       1,
       {},
@@ -291,6 +307,33 @@ TEST_CASE("shutdown releases the ring but leaves xenstore as it was") {
 
 TEST_CASE("a backend found Connected at start-up re-attaches without touching xenstore") {
   rig r;
+  r.start();
+  r.frontend_ready();
+  CHECK(r.reaches(bb::xenbus_state::connected));
+  r.dev->shutdown();
+  CHECK(r.until([&] { return r.finished(); }));
+  // The next daemon finds it Connected, and the journal the first left.
+  CHECK(std::filesystem::exists(r.jdir.path + "/qdisk-5-51712"));
+  r.start();
+  CHECK(r.until([&] { return r.tables.mapped_pages() == 1u; }));
+  CHECK(r.state() == bb::xenbus_state::connected);
+  CHECK_FALSE(r.db.exists(be + "/error"));
+}
+
+TEST_CASE("without the journal of the daemon before, a Connected backend is closed with a reason, not guessed at") {
+  rig r;
+  r.frontend_ready(bb::xenbus_state::connected);
+  r.db.write(be + "/state", "4");
+  r.db.write(be + "/sectors", "2048");
+  r.start();
+  CHECK(r.reaches(bb::xenbus_state::closed));
+  CHECK(r.db.read(be + "/error").value_or("").find("no in-flight journal") != std::string::npos);
+  CHECK(r.until([&] { return r.finished(); }));
+}
+
+TEST_CASE("with the journal turned off, a Connected backend re-attaches as after a clean stop") {
+  rig r;
+  r.ctx.cfg.journal = false;
   r.frontend_ready(bb::xenbus_state::connected);
   r.db.write(be + "/state", "4");
   r.db.write(be + "/sectors", "2048");
@@ -298,6 +341,19 @@ TEST_CASE("a backend found Connected at start-up re-attaches without touching xe
   CHECK(r.until([&] { return r.tables.mapped_pages() == 1u; }));
   CHECK(r.state() == bb::xenbus_state::connected);
   CHECK_FALSE(r.db.exists(be + "/hotplug-status"));  // nothing was re-published
+}
+
+TEST_CASE("a connection that ends removes its journal; a shutdown keeps it") {
+  rig r;
+  r.start();
+  r.frontend_ready();
+  CHECK(r.reaches(bb::xenbus_state::connected));
+  const std::string file = r.jdir.path + "/qdisk-5-51712";
+  CHECK(std::filesystem::exists(file));
+  r.set_frontend(bb::xenbus_state::closing);
+  CHECK(r.reaches(bb::xenbus_state::closing));
+  r.set_frontend(bb::xenbus_state::closed);
+  CHECK(r.until([&] { return !std::filesystem::exists(file); }));
 }
 
 TEST_CASE("bad toolstack keys close the vbd with a reason") {
