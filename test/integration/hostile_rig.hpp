@@ -10,6 +10,15 @@
 // when the rig starts. When a window falls below half of it, the rig runs
 // one more solo window at once and compares with that instead: a machine
 // that other work slows down slows both, a hostile guest only the first.
+// (A hostile guest that slowed the daemon for good would slow both too: the
+// last case checks that the daemon idles and the victim alone runs as fast
+// as at the start.)
+//
+// Priorities stand in for the separate CPUs of real guests: the hostile
+// guest's blkfront-sim runs at nice 10 (its own CPU time is not the daemon's
+// to share out), the victim's and the daemon's threads at nice -5, ahead of
+// whatever else this shared machine runs. The daemon's work for the hostile
+// guest competes with the victim's on equal terms.
 //
 // A case is a few lines:
 //
@@ -158,6 +167,8 @@ class rig {
   std::size_t daemon_fds();
   std::string daemon_fd_kinds();
   std::size_t daemon_rss_kib();
+  // The share of one CPU the daemon used over `span` (user + system).
+  double daemon_cpu_share(std::chrono::milliseconds span);
 
   // The victim.
   void start_victim(const std::string& tag);
