@@ -8,8 +8,9 @@
 // its summary) when the case is done, at least `min_window` long. Its
 // throughput is compared with the victim's solo throughput, measured once
 // when the rig starts. When a window falls below half of it, the rig runs
-// one more solo window at once and compares with that instead: a machine
-// that other work slows down slows both, a hostile guest only the first.
+// up to three more solo windows at once and compares with each instead: a
+// machine that other work slows down slows both, a hostile guest only the
+// case's window (its case is over when the solo windows run).
 // (A hostile guest that slowed the daemon for good would slow both too: the
 // last case checks that the daemon idles and the victim alone runs as fast
 // as at the start.)

@@ -730,6 +730,65 @@ TEST_CASE("hostile: revoked: a write whose grant is revoked after its data was c
   c.finish();
 }
 
+TEST_CASE("hostile: revoked: a frontend that closes with a read at the disk gets its answer before the ring goes") {
+  auto& r = rig::get();
+  faulty_disk disk(r, "read 1048576 4096 delay:1500\n", 8 << 20);
+  if (!disk.why_not.empty()) {
+    MESSAGE("skipped: " << disk.why_not);
+    return;
+  }
+  hostile_case c("revoked: close with a request in flight");
+  vbd_options o;
+  o.target = disk.image();
+  auto v = c.vbd(o);
+  auto guest = r.start_guest(v.domid,
+                             {"--devid", std::to_string(v.devid), "--rw", "none", "--timeout", "10", "--script",
+                              r.script_file("pages buf 1 rw\nreq op=read id=1 sector=2048 seg=buf:0:0:7\npush\n"
+                                            "wait 1 10000\nexpect 1 okay\n")
+                                  .string()},
+                             "close-in-flight");
+  REQUIRE(disk.saw("read 1048576 4096"));
+  r.env().toolstack().xs().write(v.frontend + "/state", xenbus::closed);
+  c.expect_log(v, "ring stopping with 1 request(s) in flight");
+  auto st = guest->wait(30s);
+  INFO(guest->output());
+  CHECK(st == 0);
+  c.expect_log(v, disconnect_line(1, 4096, 0, 0, 0));
+  c.finish();
+}
+
+TEST_CASE("hostile: revoked: a guest that dies with a read at the disk is torn down once the read is answered") {
+  auto& r = rig::get();
+  faulty_disk disk(r, "read 1048576 4096 delay:1500\n", 8 << 20);
+  if (!disk.why_not.empty()) {
+    MESSAGE("skipped: " << disk.why_not);
+    return;
+  }
+  hostile_case c("revoked: guest dies with a request in flight");
+  const unsigned dom = r.next_domid();
+  r.env().create_guest(dom);
+  vbd_options o;
+  o.domid = dom;
+  o.target = disk.image();
+  auto v = r.add_vbd(o);  // goes with its domain
+  auto guest = r.start_guest(dom,
+                             {"--devid", std::to_string(v.devid), "--rw", "none", "--timeout", "10", "--script",
+                              r.script_file("pages buf 1 rw\nreq op=read id=1 sector=2048 seg=buf:0:0:7\npush\n"
+                                            "wait 1 10000\n")
+                                  .string()},
+                             "dies-in-flight");
+  REQUIRE(disk.saw("read 1048576 4096"));
+  guest->signal(SIGKILL);
+  (void)guest->wait(10s);
+  r.env().xenstored().kill_domain(dom);
+  CHECK(r.env().toolstack().destroy_domain(dom).ok());
+  c.expect_log(v, "ring stopping with 1 request(s) in flight");
+  c.expect_log(v, "disconnected after 1 requests");
+  c.expect_log(v, "-> Closed");
+  CHECK(r.env().daemon().running());
+  c.finish();
+}
+
 // ============================================================ ring index abuse
 
 TEST_CASE("hostile: ring: a producer index far ahead halts that ring only; a reconnect serves again") {
@@ -837,6 +896,27 @@ TEST_CASE("hostile: ring: 32 slots of random bytes each get exactly one answer w
   }
   for (int n : seen) CHECK(n == 1);
   c.expect_log(v, "disconnected after 32 requests");
+  c.finish();
+}
+
+TEST_CASE("hostile: ring: a read into the ring's own page is answered, and the ring goes on") {
+  hostile_case c("ring: read into the ring page");
+  auto v = c.vbd();
+  // The disk's first page is zeroes, and they land on the ring's header and
+  // its first slot. The response is written after them; the next request
+  // needs an explicit notify (the zeroed req_event asks for none).
+  auto r = c.script(v,
+                    "pages buf 1 rw\nreq op=read id=1 sector=0 seg=ring:0:0:7\npush\nwait 1 10000\nexpect 1 okay\n"
+                    "req op=read id=2 sector=8 seg=buf:0:0:7\npush\nnotify\nwait 1 10000\nexpect 2 okay\n",
+                    {"--ring-order", "0"});
+  INFO(r.output);
+  CHECK(r.status == 0);
+  REQUIRE(r.last(1));
+  REQUIRE(r.last(2));
+  CHECK(r.last(1)->status == rsp::okay);
+  CHECK(r.last(2)->status == rsp::okay);
+  c.expect_log(v, disconnect_line(2, 8192, 0, 0, 0));
+  c.expect_no_log(v, "this ring is halted");
   c.finish();
 }
 
