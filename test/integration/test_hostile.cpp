@@ -9,6 +9,7 @@
 
 #include <sys/mount.h>
 #include <unistd.h>
+#include <algorithm>
 #include <csignal>
 #include <fstream>
 #include <random>
@@ -206,6 +207,22 @@ TEST_CASE("hostile: requests: a response echoes all 64 bits of the id") {
                       {{0xffffffffffffffffull, rsp::okay}});
   CHECK(r.last(0xffffffffffffffffull)->op == 0);
   c.expect_log(v, disconnect_line(1, 4096, 0, 0, 0));
+  c.finish();
+}
+
+TEST_CASE("hostile: requests: two requests in flight with the same id are both answered") {
+  hostile_case c("requests: duplicate ids");
+  auto v = c.vbd();
+  auto r = c.script(v, "pages buf 1 rw\nreq op=read id=7 sector=0 seg=buf:0:0:7\nreq op=0x63 id=7\npush\nwait 2\n");
+  INFO(r.output);
+  CHECK(r.status == 0);
+  std::vector<int> statuses;
+  for (const auto& x : r.responses)
+    if (x.id == 7) statuses.push_back(x.status);
+  std::sort(statuses.begin(), statuses.end());
+  CHECK(statuses == std::vector<int>{rsp::eopnotsupp, rsp::okay});
+  c.expect_log(v, "rejected request 7: unknown operation");
+  c.expect_log(v, disconnect_line(2, 4096, 0, 1, 0));
   c.finish();
 }
 
