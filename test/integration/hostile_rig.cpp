@@ -501,6 +501,12 @@ void rig::start_victim(const std::string& tag) {
   victim_started_ = std::chrono::steady_clock::now();
 }
 
+void rig::warm_victim() {
+  if (!victim_) return;
+  const auto until = victim_started_ + 500ms;
+  while (std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(10ms);
+}
+
 window rig::stop_victim(std::chrono::milliseconds min_length) {
   window w;
   if (!victim_) return w;

@@ -175,6 +175,10 @@ class rig {
   void start_victim(const std::string& tag);
   window stop_victim(std::chrono::milliseconds min_length);
   bool victim_running() const { return victim_ != nullptr; }
+  // Until the victim's window has run half a second: its connection then
+  // holds all it will (a file descriptor per request in flight, the wake-up
+  // descriptor of its event channel), so the daemon's count can be compared.
+  void warm_victim();
   double solo_iops() const { return solo_iops_; }
   std::chrono::milliseconds min_window() const { return min_window_; }
   void record_ratio(const std::string& name, double ratio) { ratios_.emplace_back(name, ratio); }

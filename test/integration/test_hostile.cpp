@@ -1107,6 +1107,7 @@ TEST_CASE("hostile: flapping: 1000 connect/close cycles of one vbd give back eve
   hostile_case c("flapping: 1000 cycles");
   auto& r = c.r();
   auto v = c.vbd();
+  r.warm_victim();
   const std::size_t fds_before = r.daemon_fds();
   const std::size_t rss_before = r.daemon_rss_kib();
   const std::string kinds_before = r.daemon_fd_kinds();
@@ -1152,6 +1153,7 @@ TEST_CASE("hostile: many vbds: 100 vbds of one guest connect, do I/O and go with
   hostile_case c("many vbds: 100 of one guest");
   auto& r = c.r();
   const unsigned dom = r.next_domid();
+  r.warm_victim();
   const std::size_t fds_before = r.daemon_fds();
   const std::size_t rss_before = r.daemon_rss_kib();
   const std::string kinds_before = r.daemon_fd_kinds();
@@ -1163,10 +1165,10 @@ TEST_CASE("hostile: many vbds: 100 vbds of one guest connect, do I/O and go with
     o.bytes = 1 << 20;
     vbds.push_back(r.add_vbd(o));
   }
-  // Verified I/O on every one, ten guests' runs at a time.
-  for (std::size_t i = 0; i < vbds.size(); i += 10) {
+  // Verified I/O on every one, twenty guests' runs at a time.
+  for (std::size_t i = 0; i < vbds.size(); i += 20) {
     std::vector<std::unique_ptr<process>> batch;
-    for (std::size_t j = i; j < i + 10; ++j)
+    for (std::size_t j = i; j < i + 20; ++j)
       batch.push_back(r.start_guest(dom,
                                     {"--devid", std::to_string(vbds[j].devid), "--rw", "randrw", "--ios", "32",
                                      "--verify", "--ring-order", "0", "--timeout", "20"},
