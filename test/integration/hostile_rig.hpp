@@ -16,18 +16,24 @@
 // as at the start.)
 //
 // Priorities stand in for the separate CPUs of real guests: the hostile
-// guest's blkfront-sim runs at nice 10 (its own CPU time is not the daemon's
-// to share out), the victim's and the daemon's threads at nice -5, ahead of
-// whatever else this shared machine runs. The daemon's work for the hostile
+// guest's blkfront-sim runs at nice 5 (its own CPU time is not the daemon's
+// to share out), the victim's and the daemon's threads at nice -10, ahead of
+// whatever else this shared machine runs (XBD_HOSTILE_NICE_GUEST and
+// XBD_HOSTILE_NICE_VICTIM change them). The daemon's work for the hostile
 // guest competes with the victim's on equal terms.
 //
 // A case is a few lines:
 //
-//   hostile_case c("requests: an unknown operation");
-//   auto v = c.vbd();
-//   c.requests(v, "req op=0x63 id=1\n", {{1, rsp::eopnotsupp}});
-//   c.expect_log(v, "rejected request 1: unknown operation");
-//   c.finish();
+//   HOSTILE_CASE("hostile: requests: an unknown operation", "requests: unknown operation") {
+//     auto v = c.vbd();
+//     c.requests(v, "req op=0x63 id=1\n", {{1, rsp::eopnotsupp}});
+//     c.expect_log(v, "rejected request 1: unknown operation");
+//     c.finish();
+//   }
+//
+// A case whose window still falls below half after a fresh solo window is
+// run once more, whole, and only the second window decides: the machine's
+// other work seldom hits the same case twice, a hostile guest always does.
 #pragma once
 
 #include "test/integration/sim_env.hpp"
@@ -232,16 +238,36 @@ class hostile_case {
   // None was (checked once, after the vbd's disconnect line when `settle`).
   void expect_no_log(const vbd_ref& v, const std::string& text);
 
-  // Removes the vbds, stops the victim's window and checks it: clean, and at
-  // least half the solo throughput.
+  // Removes the vbds and stops the victim's window. A case that returns
+  // without it (a facility it needs is missing) is skipped.
   void finish();
+  // After the case: the victim's window is clean, and it kept at least half
+  // the solo throughput (or a fresh solo window says the machine was busy).
+  // False when the ratio fell short and this is not the last attempt: the
+  // case is to be run again.
+  bool verdict(bool last_attempt);
 
  private:
   rig& rig_;
   std::string name_;
   std::vector<vbd_ref> vbds_;
   bool finished_ = false;
+  std::optional<window> window_;
 };
+
+// Runs `body` as a hostile case, twice if its first window fell short.
+void run_hostile_case(const std::string& name, void (*body)(hostile_case&));
+
+}  // namespace xbd::test::hostile
+
+// A doctest case around a hostile case `c`.
+#define XBD_HOSTILE_CASE_IMPL(body, title, name)                            \
+  static void body(::xbd::test::hostile::hostile_case& c);                  \
+  TEST_CASE(title) { ::xbd::test::hostile::run_hostile_case(name, &body); } \
+  static void body([[maybe_unused]] ::xbd::test::hostile::hostile_case& c)
+#define HOSTILE_CASE(title, name) XBD_HOSTILE_CASE_IMPL(DOCTEST_ANONYMOUS(hostile_body_), title, name)
+
+namespace xbd::test::hostile {
 
 // A vbd's disconnect summary line for a clean run: "disconnected after N
 // requests (R bytes read, W written, J rejected, F failed)".
