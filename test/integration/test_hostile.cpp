@@ -1000,6 +1000,24 @@ HOSTILE_CASE("hostile: negotiation: an event channel that is not open, or open t
   c.finish();
 }
 
+HOSTILE_CASE(
+    "hostile: negotiation: a second queue that cannot bind stops the first, already running, and closes the vbd",
+    "negotiation: second queue refused") {
+  auto v = c.vbd();
+  const auto rings = c.r().grant(v.domid, 0, true, 2);
+  auto [port, holder] = c.r().unbound_port(v.domid, 0);
+  refused(c, v,
+          {{"multi-queue-num-queues", "2"},
+           {"queue-0/ring-ref", std::to_string(rings[0])},
+           {"queue-0/event-channel", std::to_string(port)},
+           {"queue-1/ring-ref", std::to_string(rings[1])},
+           {"queue-1/event-channel", std::to_string(port)}},
+          "cannot map the ring or bind its event channel");
+  c.expect_log(v, "stopping 1 queue(s)");
+  c.expect_log(v, disconnect_line(0, 0, 0, 0, 0));
+  c.finish();
+}
+
 HOSTILE_CASE("hostile: negotiation: a ring-ref that is not a number closes the vbd with an error",
              "negotiation: ring-ref garbage") {
   auto v = c.vbd();
