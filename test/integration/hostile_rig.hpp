@@ -31,6 +31,11 @@
 //     c.finish();
 //   }
 //
+// The daemon's side is at hand too: rig::daemon_rss_kib(), daemon_fds() and
+// daemon_cpu_share() (a notify storm is a script of `notify` lines; a memory
+// attacker a vbd with --queues 4 --ring-order 4 and what it makes the
+// daemon hold).
+//
 // A case whose window still falls below half after a fresh solo window is
 // run once more, whole, and only the second window decides: the machine's
 // other work seldom hits the same case twice, a hostile guest always does.

@@ -797,6 +797,29 @@ HOSTILE_CASE("hostile: revoked: a guest that dies with a read at the disk is tor
   c.finish();
 }
 
+HOSTILE_CASE("hostile: revoked: a ring halted with a read at the disk still answers that read",
+             "revoked: ring halted with a request in flight") {
+  auto& r = c.r();
+  faulty_disk disk(r, "read 1048576 4096 delay:1500\n", 8 << 20);
+  if (!disk.why_not.empty()) {
+    MESSAGE("skipped: " << disk.why_not);
+    return;
+  }
+  vbd_options o;
+  o.target = disk.image();
+  auto v = c.vbd(o);
+  auto g = c.script(v,
+                    "pages buf 1 rw\nreq op=read id=1 sector=2048 seg=buf:0:0:7\npush\nsleep 200\n"
+                    "req-prod +1000\nwait 1 10000\nexpect 1 okay\nexpect-state connected\n");
+  INFO(g.output);
+  CHECK(g.status == 0);
+  CHECK(disk.saw("read 1048576 4096"));
+  c.expect_log(v, "this ring is halted");
+  c.expect_log(v, "ring stopping with 1 request(s) in flight");
+  c.expect_log(v, disconnect_line(1, 4096, 0, 0, 0));
+  c.finish();
+}
+
 // ============================================================ ring index abuse
 
 HOSTILE_CASE("hostile: ring: a producer index far ahead halts that ring only; a reconnect serves again",
@@ -1151,6 +1174,23 @@ HOSTILE_CASE("hostile: flapping: 300 frontend states in random order without a p
   CHECK(eventually([&] { return c.r().env().read(v.backend + "/state") == xenbus::closed; }));
   c.expect_log(v, "-> Closed");
   recovers(c, v);
+  c.finish();
+}
+
+HOSTILE_CASE("hostile: flapping: a frontend directory removed under a connected vbd closes it",
+             "flapping: frontend gone") {
+  auto& r = c.r();
+  auto v = c.vbd();
+  auto holder = r.start_guest(
+      v.domid, {"--devid", std::to_string(v.devid), "--rw", "none", "--hold", "0", "--timeout", "10"}, "frontend-gone");
+  REQUIRE(r.log_shows(v, "state InitWait -> Connected"));
+  r.env().toolstack().xs().rm(v.frontend);
+  c.expect_log(v, "frontend gone");
+  c.expect_log(v, "disconnected after 0 requests");
+  c.expect_log(v, "state Connected -> Closed");
+  CHECK(eventually([&] { return r.env().read(v.backend + "/state") == xenbus::closed; }));
+  holder->signal(SIGTERM);
+  (void)holder->wait(10s);
   c.finish();
 }
 
