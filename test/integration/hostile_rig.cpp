@@ -231,7 +231,9 @@ rig::rig() {
   for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(env_->daemon().pid()) + "/task", ec);
        !ec && it != std::filesystem::directory_iterator(); it.increment(ec))
     (void)::setpriority(PRIO_PROCESS, static_cast<id_t>(std::stoul(it->path().filename().string())), victim_nice());
-  // The victim alone, three times: the median is the reference.
+  // The victim alone, three times: the best is the reference. A window the
+  // machine's other work slowed would make the suite lenient; one it
+  // slows later is what the fresh solo windows of a case are for.
   std::vector<double> solo;
   for (int i = 0; i < 3; ++i) {
     start_victim("solo-" + std::to_string(i));
@@ -240,9 +242,10 @@ rig::rig() {
     solo.push_back(w.iops);
   }
   std::sort(solo.begin(), solo.end());
-  solo_iops_ = solo[1];
+  solo_iops_ = solo[2];
   std::cout << "hostile: victim solo " << solo[0] << " / " << solo[1] << " / " << solo[2]
-            << " IOPS (min/median/max of three " << min_window_.count() << " ms windows)" << std::endl;
+            << " IOPS (min/median/max of three " << min_window_.count() << " ms windows; the max is the reference)"
+            << std::endl;
 }
 
 rig::~rig() {
