@@ -1,6 +1,7 @@
 // xen-blkbackd: the daemon. Glue only: command line, configuration,
 // logging, signals and threads; the protocol lives in blkback/.
 #include "app/logging.hpp"
+#include "app/service.hpp"
 #include "asio_xen/xenstore.hpp"
 #include "blkback/config.hpp"
 #include "blkback/control/backend.hpp"
@@ -8,6 +9,7 @@
 #include "blkback/log.hpp"
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/posix/stream_descriptor.hpp>
@@ -270,6 +272,20 @@ int run(int argc, char** argv) {
                     << " worker thread(s); " << blkback::describe(cfg);
 
   blkback::backend be(ctx);
+  app::service svc;
+  be.on_ready = [&](std::size_t n) {
+    XBD_LOG(lg, info) << "ready: " << n << " device(s) picked up";
+    svc.ready("serving " + std::to_string(n) + " vbd(s)");
+  };
+  be.on_count = [&](std::size_t n) { svc.status("serving " + std::to_string(n) + " vbd(s)"); };
+  if (const auto interval = app::service::watchdog_interval(); interval.count() > 0) {
+    std::vector<std::shared_ptr<app::service::worker_beat>> beats;
+    for (auto& w : workers) {
+      beats.push_back(std::make_shared<app::service::worker_beat>());
+      beats.back()->ex = w->ioc.get_executor();
+    }
+    asio::co_spawn(control, svc.watchdog(std::move(beats), interval), asio::detached);
+  }
   // Signals arrive through a signalfd on the control thread: they are
   // blocked in every thread (see main's start), so none interrupts a worker
   // or libxenstore's reader thread, and none is lost between waits.
@@ -293,6 +309,7 @@ int run(int argc, char** argv) {
         } else {
           XBD_LOG(lg, info) << (sig == SIGTERM ? "SIGTERM" : "SIGINT")
                             << ": answering requests in flight, then exiting";
+          svc.stopping();
           be.shutdown();
         }
       }

@@ -1,5 +1,7 @@
 #include "blkback/control/backend.hpp"
 
+#include <algorithm>
+
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -78,6 +80,9 @@ void backend::start(const vbd_id& id) {
   e.device = std::make_unique<vbd>(ctx_, id);
   e.finished = false;
   vbd* v = e.device.get();
+  v->on_settled = [this] {
+    if (watch_) watch_->poke();
+  };
   asio::co_spawn(ex_, v->run(), [this, id](std::exception_ptr ex) {
     auto it = devices_.find(id);
     if (it != devices_.end()) it->second.finished = true;
@@ -91,6 +96,22 @@ void backend::start(const vbd_id& id) {
     }
     if (watch_) watch_->poke();  // rescan: the directory may be gone already
   });
+}
+
+// Readiness once every device of the first scan has been picked up, and
+// the count whenever it changes.
+void backend::report() {
+  const bool all_settled = std::all_of(devices_.begin(), devices_.end(),
+                                       [](const auto& d) { return d.second.finished || d.second.device->settled(); });
+  const std::size_t n = active();
+  if (!ready_ && all_settled) {
+    ready_ = true;
+    if (on_ready) on_ready(n);
+  }
+  if (ready_ && n != last_count_) {
+    last_count_ = n;
+    if (on_count) on_count(n);
+  }
 }
 
 void backend::scan() {
@@ -138,6 +159,7 @@ asio::awaitable<void> backend::run() {
   if (ctx_.cfg.resize_poll_seconds > 0) asio::co_spawn(ex_, poll_sizes(), asio::detached);
   while (!shutdown_) {
     scan();
+    report();
     if (released) {
       auto which = co_await (watch_->changed() || released->changed());
       if (which.index() == 1) {

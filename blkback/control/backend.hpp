@@ -12,6 +12,7 @@
 
 #include <boost/asio/awaitable.hpp>
 
+#include <functional>
 #include <map>
 #include <memory>
 
@@ -31,6 +32,12 @@ class backend {
   // Devices being served now.
   std::size_t active() const;
 
+  // Once, when every device present at start-up has been picked up (the
+  // service manager's readiness), with the number being served.
+  std::function<void(std::size_t)> on_ready;
+  // Whenever the number of devices being served changes.
+  std::function<void(std::size_t)> on_count;
+
  private:
   struct entry {
     std::unique_ptr<vbd> device;
@@ -45,6 +52,9 @@ class backend {
   std::map<vbd_id, entry> devices_;
   std::optional<asio_xen::watch> watch_;
   bool shutdown_ = false;
+  bool ready_ = false;
+  std::size_t last_count_ = ~std::size_t{0};
+  void report();
 };
 
 // Our own domain id: the configured one, else xenstore's `domid` key of our

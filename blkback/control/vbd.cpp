@@ -260,7 +260,16 @@ xenbus_state vbd::frontend_state() {
   return fe_seen_;
 }
 
+void vbd::settle() {
+  if (std::exchange(settled_, true)) return;
+  if (on_settled) on_settled();
+}
+
 asio::awaitable<void> vbd::run() {
+  struct settle_on_exit {
+    vbd& v;
+    ~settle_on_exit() { v.settle(); }
+  } guard{*this};
   auto keys = read_backend_keys();
   if (!keys) {
     if (is_enoent(keys.error().ec)) co_return;  // removed before we got to it
@@ -280,6 +289,7 @@ asio::awaitable<void> vbd::run() {
     fail(*p);
     co_return;
   }
+  settle();
   // One step per change of the frontend's state, of `online`, of our own
   // directory, or per request from the daemon (shutdown, guest death,
   // resize), until the device ends.

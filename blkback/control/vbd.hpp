@@ -91,6 +91,10 @@ class vbd {
   void check_size();
 
   const vbd_id& id() const { return id_; }
+  // Picked up: re-attached, waiting for its frontend, or failed. `on_settled`
+  // is called when that happens.
+  bool settled() const { return settled_; }
+  std::function<void()> on_settled;
 
   struct connection;
 
@@ -158,6 +162,8 @@ class vbd {
   std::shared_ptr<memory_budget::account> memory_;                          // shared with the rings
   std::filesystem::path journal_path_;
   std::uint64_t published_sectors_ = 0;
+  bool settled_ = false;
+  void settle();
 };
 
 // boost::system::result's value() on a problem (never called on our paths).

@@ -5,6 +5,7 @@
 #include <iostream>
 #include <mutex>
 #include <string>
+#include <thread>
 
 namespace xbd::blkback::fault {
 
@@ -12,8 +13,8 @@ std::atomic<bool> armed{false};
 
 namespace {
 
-constexpr point all[] = {point::consumed,  point::io_started,   point::completed,      point::responded,
-                         point::pushed,    point::journal_take, point::journal_respond};
+constexpr point all[] = {point::consumed, point::io_started,   point::completed,      point::responded,
+                         point::pushed,   point::journal_take, point::journal_respond};
 
 struct plan {
   point where = point::consumed;
@@ -75,20 +76,27 @@ bool arm_from_environment() {
   const std::string spec(v);
   const auto colon = spec.find(':');
   const std::string name = spec.substr(0, colon);
+  std::string rest = colon == std::string::npos ? "" : spec.substr(colon + 1);
+  // ":stall": the thread blocks for an hour instead (a wedged worker).
+  const bool stall = rest.size() >= 6 && rest.ends_with(":stall");
+  if (stall) rest.resize(rest.size() - 6);
   unsigned n = 1;
-  if (colon != std::string::npos) {
+  if (!rest.empty()) {
     try {
-      n = static_cast<unsigned>(std::stoul(spec.substr(colon + 1)));
+      n = static_cast<unsigned>(std::stoul(rest));
     } catch (const std::exception&) {
       n = 0;
     }
   }
   for (point p : all) {
     if (to_string(p) != name || n == 0) continue;
-    arm(p, n, [] { ::raise(SIGKILL); });
+    if (stall)
+      arm(p, n, [] { std::this_thread::sleep_for(std::chrono::hours(1)); });
+    else
+      arm(p, n, [] { ::raise(SIGKILL); });
     return true;
   }
-  std::cerr << "xen-blkbackd: XBD_FAULT=" << spec << ": expected POINT[:N] with N >= 1, POINT one of";
+  std::cerr << "xen-blkbackd: XBD_FAULT=" << spec << ": expected POINT[:N][:stall] with N >= 1, POINT one of";
   for (point p : all) std::cerr << ' ' << to_string(p);
   std::cerr << "\n";
   return false;

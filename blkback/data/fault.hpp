@@ -2,7 +2,8 @@
 // a test can have the daemon killed (or, in unit tests, a call cut short).
 //
 // Off unless XBD_FAULT names a point ("journal-take:3": the third time the
-// journal takes a request, the process is SIGKILLed). When off, a point
+// journal takes a request, the process is SIGKILLed; "consumed:3:stall":
+// the thread that gets there blocks for an hour instead, a wedged worker). When off, a point
 // costs one relaxed load of a flag that never changes.
 #pragma once
 

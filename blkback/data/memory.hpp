@@ -47,7 +47,8 @@ struct memory_usage {
   unsigned holders = 0;         // accounts holding memory now
 };
 
-class memory_budget {
+// Always held by a shared_ptr: its accounts keep it alive.
+class memory_budget : public std::enable_shared_from_this<memory_budget> {
  public:
   explicit memory_budget(std::uint64_t limit) : limit_(limit) {}
   memory_budget(const memory_budget&) = delete;
@@ -56,7 +57,7 @@ class memory_budget {
   // One vbd's share. Thread-safe; its rings use it from their threads.
   class account {
    public:
-    explicit account(memory_budget& b) : budget_(b) {}
+    explicit account(std::shared_ptr<memory_budget> b) : owner_(std::move(b)), budget_(*owner_) {}
     ~account();
     account(const account&) = delete;
     account& operator=(const account&) = delete;
@@ -84,13 +85,14 @@ class memory_budget {
 
    private:
     friend class memory_budget;
+    std::shared_ptr<memory_budget> owner_;
     memory_budget& budget_;
     std::uint64_t committed_ = 0;  // under the budget's lock
     std::uint64_t peak_ = 0;
     std::uint64_t waits_ = 0;
   };
 
-  std::shared_ptr<account> open_account() { return std::make_shared<account>(*this); }
+  std::shared_ptr<account> open_account() { return std::make_shared<account>(shared_from_this()); }
   memory_usage usage() const;
   std::uint64_t limit() const { return limit_; }
 

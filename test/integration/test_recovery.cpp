@@ -38,8 +38,10 @@ void add_disk(sim_env& env, unsigned domid, const std::filesystem::path& image, 
 // A verified mixed workload that outlives several daemons: 64 KiB random
 // reads and writes at QD 32 on two queues, indirect requests, flushes.
 std::vector<std::string> workload(unsigned devid, const std::string& seconds) {
-  return {"--devid", std::to_string(devid), "--rw", "randrw", "--bs", "64k", "--qd", "32", "--queues", "2",
-          "--indirect", "32", "--flush-every", "50", "--runtime", seconds, "--verify", "--timeout", "60"};
+  return {
+      "--devid", std::to_string(devid), "--rw", "randrw",        "--bs", "64k",       "--qd",  "32",       "--queues",
+      "2",       "--indirect",          "32",   "--flush-every", "50",   "--runtime", seconds, "--verify", "--timeout",
+      "60"};
 }
 
 // Sums "took up the previous daemon's in-flight journal: N request(s)
@@ -68,8 +70,8 @@ bool killed(sim_env& env) { return env.daemon().wait(30s) == 128 + 9; }
 }  // namespace
 
 TEST_CASE("a daemon killed at each stage of a request's life restarts without losing or repeating one") {
-  for (const char* point : {"consumed", "io-started", "completed", "responded", "pushed", "journal-take",
-                            "journal-respond"}) {
+  for (const char* point :
+       {"consumed", "io-started", "completed", "responded", "pushed", "journal-take", "journal-respond"}) {
     CAPTURE(point);
     sim_env env;
     env.create_guest(5);

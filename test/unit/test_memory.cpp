@@ -21,7 +21,8 @@ struct counting_waiter final : memory_waiter {
 }  // namespace
 
 TEST_CASE("memory: growth within the budget is granted, beyond it the ring waits and is told when memory frees") {
-  memory_budget b(100 * kib);
+  auto bp = std::make_shared<memory_budget>(100 * kib);
+  memory_budget& b = *bp;
   auto a = b.open_account();
   counting_waiter w;
   CHECK(a->grow(60 * kib, false, w));
@@ -42,7 +43,8 @@ TEST_CASE("memory: growth within the budget is granted, beyond it the ring waits
 }
 
 TEST_CASE("memory: a ring with nothing in flight always gets its one request") {
-  memory_budget b(100 * kib);
+  auto bp = std::make_shared<memory_budget>(100 * kib);
+  memory_budget& b = *bp;
   auto hog = b.open_account();
   auto quiet = b.open_account();
   counting_waiter w1, w2;
@@ -56,7 +58,8 @@ TEST_CASE("memory: a ring with nothing in flight always gets its one request") {
 }
 
 TEST_CASE("memory: a vbd over its fair share stops growing while another waits, and should give back") {
-  memory_budget b(100 * kib);
+  auto bp = std::make_shared<memory_budget>(100 * kib);
+  memory_budget& b = *bp;
   auto hog = b.open_account();
   auto victim = b.open_account();
   counting_waiter hw, vw;
@@ -81,7 +84,8 @@ TEST_CASE("memory: a vbd over its fair share stops growing while another waits, 
 }
 
 TEST_CASE("memory: a waiting ring of the same vbd is no reason for that vbd to yield") {
-  memory_budget b(100 * kib);
+  auto bp = std::make_shared<memory_budget>(100 * kib);
+  memory_budget& b = *bp;
   auto a = b.open_account();
   counting_waiter w1, w2;
   CHECK(a->grow(90 * kib, false, w1));
@@ -93,7 +97,8 @@ TEST_CASE("memory: a waiting ring of the same vbd is no reason for that vbd to y
 }
 
 TEST_CASE("memory: an account that goes away gives back what it still holds") {
-  memory_budget b(100 * kib);
+  auto bp = std::make_shared<memory_budget>(100 * kib);
+  memory_budget& b = *bp;
   counting_waiter w;
   {
     auto a = b.open_account();
@@ -114,7 +119,8 @@ TEST_CASE("buffer cache: chunk orders are powers of two pages") {
 }
 
 TEST_CASE("buffer cache: chunks are reused most recently freed first and unmapped when idle") {
-  memory_budget b(1024 * kib);
+  auto bp = std::make_shared<memory_budget>(1024 * kib);
+  memory_budget& b = *bp;
   counting_waiter w;
   buffer_cache c(b.open_account());
   auto x = c.take(8 * kib, false, w);
@@ -140,7 +146,8 @@ TEST_CASE("buffer cache: chunks are reused most recently freed first and unmappe
 }
 
 TEST_CASE("buffer cache: a full budget first takes the ring's own cached chunks of other sizes") {
-  memory_budget b(64 * kib);
+  auto bp = std::make_shared<memory_budget>(64 * kib);
+  memory_budget& b = *bp;
   counting_waiter w;
   buffer_cache c(b.open_account());
   auto small = c.take(32 * kib, false, w);
@@ -161,7 +168,8 @@ TEST_CASE("buffer cache: a full budget first takes the ring's own cached chunks 
 }
 
 TEST_CASE("buffer cache: a vbd over its share gives chunks back instead of caching them while another waits") {
-  memory_budget b(64 * kib);
+  auto bp = std::make_shared<memory_budget>(64 * kib);
+  memory_budget& b = *bp;
   counting_waiter hw, vw;
   buffer_cache hog(b.open_account());
   buffer_cache victim(b.open_account());
