@@ -213,8 +213,11 @@ rig& rig::get() {
 rig::rig() {
   min_window_ = std::chrono::milliseconds(static_cast<long>(env_number("XBD_HOSTILE_WINDOW_MS", 1000)));
   // Four queues (a vbd's rings stop one at a time), indirect requests of up
-  // to two pages of descriptors, every line of the log.
-  env_ = std::make_unique<sim_env>("[rings]\nmax-queues = 4\nmax-indirect-segments = 1024\n[log]\nlevel = \"debug\"\n");
+  // to two pages of descriptors, a buffer budget the memory attacker can
+  // exhaust quickly, every line of the log.
+  env_ = std::make_unique<sim_env>(
+      "[rings]\nmax-queues = 4\nmax-indirect-segments = 1024\n[io]\nbuffer-memory = \"64MiB\"\n[log]\nlevel = "
+      "\"debug\"\n");
   env_->create_guest(victim_domid);
   env_->create_guest(6);
   xbd::sim::disk_spec d;

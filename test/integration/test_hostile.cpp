@@ -7,6 +7,8 @@
 // whole suite in one process).
 #include <doctest/doctest.h>
 
+#include <thread>
+
 #include <sys/mount.h>
 #include <unistd.h>
 #include <algorithm>
@@ -1386,6 +1388,81 @@ HOSTILE_CASE("hostile: storage: a read that ends early inside the disk is ERROR,
              {{1, rsp::error}, {2, rsp::okay}});
   c.expect_log(v, "read at 1048576 failed: ");
   c.finish();
+}
+
+// ============================================================ memory and storms
+
+// A guest that points every segment of every request at one granted page
+// needs no memory of its own to make the daemon buffer 4 queues x 512
+// entries x 4 MiB. The daemon's budget ([io] buffer-memory = 64MiB in this
+// rig) must hold: resident memory stays within the budget and 64 MiB of
+// overhead, requests wait rather than fail, and once the burst is over the
+// memory goes back although the guest stays connected.
+HOSTILE_CASE("hostile: memory: every segment on one granted page cannot take more than the buffer budget",
+             "memory: one-page attacker") {
+  auto& r = c.r();
+  vbd_options o;
+  o.bytes = 256 << 20;
+  auto v = c.vbd(o);
+  r.warm_victim();
+  const std::size_t baseline = r.daemon_rss_kib();
+  auto attacker = r.start_guest(v.domid, {"--devid",     std::to_string(v.devid),
+                                          "--rw",        "randread",
+                                          "--same-page", "--queues",
+                                          "4",           "--ring-order",
+                                          "4",           "--indirect",
+                                          "1024",        "--bs",
+                                          "4m",          "--qd",
+                                          "512",         "--runtime",
+                                          "3",           "--hold",
+                                          "9",           "--timeout",
+                                          "30"},
+                                "memory-attacker");
+  REQUIRE(r.log_shows(v, "state InitWait -> Connected", 20s));
+  const auto burst_start = std::chrono::steady_clock::now();
+  std::size_t peak = baseline;
+  while (std::chrono::steady_clock::now() - burst_start < 3500ms) {
+    peak = std::max(peak, r.daemon_rss_kib());
+    std::this_thread::sleep_for(20ms);
+  }
+  // Five seconds after the burst, the guest still connected and idle.
+  std::this_thread::sleep_for(burst_start + 3s + 5s - std::chrono::steady_clock::now());
+  const std::size_t after = r.daemon_rss_kib();
+  const bool still_connected = attacker->running();
+  MESSAGE("memory attacker: daemon RSS " << baseline / 1024 << " MiB idle, peak " << peak / 1024
+                                         << " MiB (budget 64 MiB + at most 64 MiB overhead), " << after / 1024
+                                         << " MiB 5 s after the burst");
+  CHECK(still_connected);
+#if !defined(__SANITIZE_ADDRESS__)
+  CHECK(peak <= baseline + (64 + 64) * 1024);
+  CHECK(after <= baseline + 32 * 1024);
+#endif
+  REQUIRE(attacker->wait(60s) == 0);
+  const std::string out = attacker->output();
+  INFO(tail(out));
+  // Every request answered OKAY: backpressure, never an error.
+  CHECK(out.find("\"errors\":{\"io\":0,\"eopnotsupp\":0,\"protocol\":0") != std::string::npos);
+  c.finish();
+  CHECK(r.log_shows(v, "disconnected after"));
+  const std::string lines = r.lines_of(v, 20000);
+  INFO(lines);
+  CHECK(lines.find("waited for memory 0 time(s)") == std::string::npos);
+}
+
+// A frontend that notifies again and again with nothing in its ring: the
+// ring pauses between events (the port stays masked), warns once, and a
+// real request afterwards is served.
+HOSTILE_CASE("hostile: notify storm: 20000 notifications on an empty ring are paused, and it still serves",
+             "notify storm") {
+  auto v = c.vbd();
+  std::string storm;
+  for (int i = 0; i < 20000; ++i) storm += "notify\n";
+  c.requests(v, storm + "sleep 300\npages buf 1 rw\nreq op=read id=7 sector=0 seg=buf:0:0:7\npush\nnotify\n",
+             {{7, rsp::okay}});
+  c.expect_log(v, "frontend notifies without requests");
+  c.finish();
+  CHECK(c.r().log_shows(v, "notify-storm pause(s)"));
+  CHECK(c.r().log_count(v, "0 notify-storm pause(s)") == 0);
 }
 
 // ============================================================ afterwards

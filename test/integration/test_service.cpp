@@ -4,10 +4,10 @@
 // and STOPPING at SIGTERM.
 #include <doctest/doctest.h>
 
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
-#include <poll.h>
 #include <csignal>
 #include <cstring>
 #include <string>
@@ -100,12 +100,12 @@ TEST_CASE("systemd: a wedged worker thread stops the watchdog's keep-alives") {
   notify_socket sock(env.dir() / "notify");
   env.create_guest(5);
   add_disk(env, 5, env.make_image("disk.img", 16 << 20));
-  env.start_daemon({}, {"NOTIFY_SOCKET=" + (env.dir() / "notify").string(), "WATCHDOG_USEC=400000",
-                        "XBD_FAULT=consumed:20:stall"});
+  env.start_daemon(
+      {}, {"NOTIFY_SOCKET=" + (env.dir() / "notify").string(), "WATCHDOG_USEC=400000", "XBD_FAULT=consumed:20:stall"});
   REQUIRE(sock.wait_for("READY=1", 10s));
   CHECK(count(sock.collect(600ms), "WATCHDOG=1") >= 1);
-  auto fe = env.start_frontend(5, {"--devid", "51712", "--rw", "randread", "--runtime", "30", "--timeout", "5"},
-                               "reader");
+  auto fe =
+      env.start_frontend(5, {"--devid", "51712", "--rw", "randread", "--runtime", "30", "--timeout", "5"}, "reader");
   CHECK(env.log_shows("no longer feeding systemd's watchdog", 20s));
   sock.collect(300ms);  // what was on its way
   CHECK(count(sock.collect(1s), "WATCHDOG=1") == 0);
