@@ -90,7 +90,7 @@ struct queue_stats {
 // Limits of one ring's turn and of its answer to a notify storm.
 struct queue_tuning {
   unsigned turn_requests = 64;                     // requests started per turn at most
-  std::uint64_t turn_bytes = 8u << 20;             // bytes copied in per turn at most
+  std::uint64_t turn_bytes = 1u << 20;             // bytes copied in per turn at most
   unsigned storm_after = 8;                        // idle events in a row before pausing
   std::chrono::milliseconds storm_pause_max{128};  // the longest pause
   std::chrono::milliseconds idle_after{1000};      // memory unused this long goes back
