@@ -76,9 +76,10 @@ TEST_CASE("a daemon killed at each stage of a request's life restarts without lo
     sim_env env;
     env.create_guest(5);
     add_disk(env, 5, env.make_image("disk.img", 64 << 20), "xvda");
-    // Late enough that the workload is in full flow.
-    env.start_daemon({}, {std::string("XBD_FAULT=") + point + ":400"});
-    auto fe = env.start_frontend(5, workload(xvda, "3"), "verified");
+    // Late enough that both queues are full (QD 32 each), early enough for
+    // a slow (ASan, loaded) machine to get there within the run.
+    env.start_daemon({}, {std::string("XBD_FAULT=") + point + ":150"});
+    auto fe = env.start_frontend(5, workload(xvda, "6"), "verified");
     REQUIRE(killed(env));
     env.start_daemon();
     check_verified(*fe);
