@@ -180,6 +180,18 @@ struct faulty_disk {
   }
 };
 
+// The case's vbd on `disk`, or none (and a message) when this host cannot
+// make one: the case is then skipped.
+std::optional<vbd_ref> vbd_on(hostile_case& c, const faulty_disk& disk) {
+  if (!disk.why_not.empty()) {
+    MESSAGE("skipped: " << disk.why_not);
+    return std::nullopt;
+  }
+  vbd_options o;
+  o.target = disk.image();
+  return c.vbd(o);
+}
+
 }  // namespace
 
 // ============================================================ malformed requests
@@ -690,13 +702,9 @@ HOSTILE_CASE("hostile: revoked: a read whose grant is revoked while the disk wor
              "revoked: read, grant revoked in flight") {
   auto& r = c.r();
   faulty_disk disk(r, "read 1048576 4096 delay:1500\n", 8 << 20);
-  if (!disk.why_not.empty()) {
-    MESSAGE("skipped: " << disk.why_not);
-    return;
-  }
-  vbd_options o;
-  o.target = disk.image();
-  auto v = c.vbd(o);
+  const auto vp = vbd_on(c, disk);
+  if (!vp) return;
+  const vbd_ref& v = *vp;
   const auto g = r.grant(v.domid, 0, true)[0];
   auto guest = r.start_guest(v.domid,
                              {"--devid", std::to_string(v.devid), "--rw", "none", "--timeout", "10", "--script",
@@ -718,13 +726,9 @@ HOSTILE_CASE("hostile: revoked: a write whose grant is revoked after its data wa
              "revoked: write, grant revoked in flight") {
   auto& r = c.r();
   faulty_disk disk(r, "write 2097152 4096 delay:1500\n", 8 << 20);
-  if (!disk.why_not.empty()) {
-    MESSAGE("skipped: " << disk.why_not);
-    return;
-  }
-  vbd_options o;
-  o.target = disk.image();
-  auto v = c.vbd(o);
+  const auto vp = vbd_on(c, disk);
+  if (!vp) return;
+  const vbd_ref& v = *vp;
   const auto g = r.grant(v.domid, 0, true)[0];
   auto guest = r.start_guest(v.domid,
                              {"--devid", std::to_string(v.devid), "--rw", "none", "--timeout", "10", "--script",
@@ -745,13 +749,9 @@ HOSTILE_CASE("hostile: revoked: a frontend that closes with a read at the disk g
              "revoked: close with a request in flight") {
   auto& r = c.r();
   faulty_disk disk(r, "read 1048576 4096 delay:1500\n", 8 << 20);
-  if (!disk.why_not.empty()) {
-    MESSAGE("skipped: " << disk.why_not);
-    return;
-  }
-  vbd_options o;
-  o.target = disk.image();
-  auto v = c.vbd(o);
+  const auto vp = vbd_on(c, disk);
+  if (!vp) return;
+  const vbd_ref& v = *vp;
   auto guest = r.start_guest(v.domid,
                              {"--devid", std::to_string(v.devid), "--rw", "none", "--timeout", "10", "--script",
                               r.script_file("pages buf 1 rw\nreq op=read id=1 sector=2048 seg=buf:0:0:7\npush\n"
@@ -804,13 +804,9 @@ HOSTILE_CASE("hostile: revoked: a ring halted with a read at the disk still answ
              "revoked: ring halted with a request in flight") {
   auto& r = c.r();
   faulty_disk disk(r, "read 1048576 4096 delay:1500\n", 8 << 20);
-  if (!disk.why_not.empty()) {
-    MESSAGE("skipped: " << disk.why_not);
-    return;
-  }
-  vbd_options o;
-  o.target = disk.image();
-  auto v = c.vbd(o);
+  const auto vp = vbd_on(c, disk);
+  if (!vp) return;
+  const vbd_ref& v = *vp;
   auto g = c.script(v,
                     "pages buf 1 rw\nreq op=read id=1 sector=2048 seg=buf:0:0:7\npush\nsleep 200\n"
                     "req-prod +1000\nwait 1 10000\nexpect 1 okay\nexpect-state connected\n");
@@ -1316,13 +1312,9 @@ HOSTILE_CASE("hostile: storage: reads and writes the disk fails with EIO are ERR
              "storage: EIO") {
   auto& r = c.r();
   faulty_disk disk(r, "read 1048576 4096 eio\nwrite 2097152 4096 eio\n", 8 << 20);
-  if (!disk.why_not.empty()) {
-    MESSAGE("skipped: " << disk.why_not);
-    return;
-  }
-  vbd_options o;
-  o.target = disk.image();
-  auto v = c.vbd(o);
+  const auto vp = vbd_on(c, disk);
+  if (!vp) return;
+  const vbd_ref& v = *vp;
   c.requests(v,
              "pages buf 2 rw\n"
              "req op=read id=1 sector=2048 seg=buf:0:0:7\n"                // the bad block
@@ -1341,13 +1333,9 @@ HOSTILE_CASE("hostile: storage: reads and writes the disk fails with EIO are ERR
 HOSTILE_CASE("hostile: storage: a flush the disk fails is ERROR", "storage: flush EIO") {
   auto& r = c.r();
   faulty_disk disk(r, "flush eio\n", 8 << 20);
-  if (!disk.why_not.empty()) {
-    MESSAGE("skipped: " << disk.why_not);
-    return;
-  }
-  vbd_options o;
-  o.target = disk.image();
-  auto v = c.vbd(o);
+  const auto vp = vbd_on(c, disk);
+  if (!vp) return;
+  const vbd_ref& v = *vp;
   c.requests(v, "pages buf 1 rw\nreq op=flush id=1 nseg=0\nreq op=flush id=2 sector=0 seg=buf:0:0:7\n",
              {{1, rsp::error}, {2, rsp::error}});
   c.expect_log(v, "flush at 0 failed: Input/output error");
@@ -1358,13 +1346,9 @@ HOSTILE_CASE("hostile: storage: a discard the store cannot do is EOPNOTSUPP, one
              "storage: discard failures") {
   auto& r = c.r();
   faulty_disk disk(r, "discard 0 1048576 eopnotsupp\ndiscard 1048576 1048576 eio\n", 8 << 20);
-  if (!disk.why_not.empty()) {
-    MESSAGE("skipped: " << disk.why_not);
-    return;
-  }
-  vbd_options o;
-  o.target = disk.image();
-  auto v = c.vbd(o);
+  const auto vp = vbd_on(c, disk);
+  if (!vp) return;
+  const vbd_ref& v = *vp;
   REQUIRE(r.env().read(v.backend + "/feature-discard") == "1");
   c.requests(v, "dreq id=1 sector=0 nr=8\ndreq id=2 sector=2048 nr=8\ndreq id=3 sector=4096 nr=8\n",
              {{1, rsp::eopnotsupp}, {2, rsp::error}, {3, rsp::okay}});
@@ -1377,13 +1361,9 @@ HOSTILE_CASE("hostile: storage: a read that ends early inside the disk is ERROR,
              "storage: short read") {
   auto& r = c.r();
   faulty_disk disk(r, "read 1050624 4096 eof\n", 8 << 20);
-  if (!disk.why_not.empty()) {
-    MESSAGE("skipped: " << disk.why_not);
-    return;
-  }
-  vbd_options o;
-  o.target = disk.image();
-  auto v = c.vbd(o);
+  const auto vp = vbd_on(c, disk);
+  if (!vp) return;
+  const vbd_ref& v = *vp;
   // The first read gets 2 KiB of its 4 KiB, then end-of-file.
   c.requests(v, "pages buf 1 rw\nreq op=read id=1 sector=2048 seg=buf:0:0:7\nreq op=read id=2 sector=0 seg=buf:0:0:7\n",
              {{1, rsp::error}, {2, rsp::okay}});
