@@ -12,8 +12,8 @@ std::atomic<bool> armed{false};
 
 namespace {
 
-constexpr point all[] = {point::consumed,  point::io_started,   point::completed,      point::responded,
-                         point::pushed,    point::journal_take, point::journal_respond};
+constexpr point all[] = {point::consumed, point::io_started,   point::completed,      point::responded,
+                         point::pushed,   point::journal_take, point::journal_respond};
 
 struct plan {
   point where = point::consumed;

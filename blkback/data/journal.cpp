@@ -12,8 +12,8 @@
 
 namespace xbd::blkback {
 
-using asio_xen::error_code;
 using asio_xen::errc;
+using asio_xen::error_code;
 
 namespace {
 
@@ -222,8 +222,7 @@ asio_xen::result<recovered_ring> ring_journal::recover(std::uint32_t shared_rsp_
                std::to_string(shared_req_prod) + ")";
     return corrupt;
   };
-  if (c - p > size_ || p - shared_rsp_prod > size_ || shared_req_prod - c > size_)
-    return fail("indices out of range");
+  if (c - p > size_ || p - shared_rsp_prod > size_ || shared_req_prod - c > size_) return fail("indices out of range");
   // The response just below rsp_prod_pvt: its entry may not have been freed.
   if (p != shared_rsp_prod || c != p) {
     const record& r = records()[(p - 1) % size_];
@@ -296,7 +295,8 @@ error_code check_existing(int fd, file_header& want) {
   if (have.identity != want.identity || have.queues != want.queues || have.ring_size != want.ring_size)
     return make_error_code(errc::journal_stale);
   want.max_segments = have.max_segments;
-  if (have.region_bytes != region_bytes(want.ring_size, want.max_segments)) return make_error_code(errc::journal_corrupt);
+  if (have.region_bytes != region_bytes(want.ring_size, want.max_segments))
+    return make_error_code(errc::journal_corrupt);
   return {};
 }
 

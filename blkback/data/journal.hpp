@@ -66,9 +66,9 @@ struct recovered_response {
 struct recovered_ring {
   std::uint32_t req_cons = 0;
   std::uint32_t rsp_prod_pvt = 0;
-  std::vector<recovered_request> requests;     // in ring order
-  std::vector<recovered_response> responses;   // in response order, from the pushed index on
-  std::uint32_t answered_unfreed = 0;          // entries answered just before the cut
+  std::vector<recovered_request> requests;    // in ring order
+  std::vector<recovered_response> responses;  // in response order, from the pushed index on
+  std::uint32_t answered_unfreed = 0;         // entries answered just before the cut
 };
 
 // One ring's part of the journal, used on the ring's thread.
