@@ -1,6 +1,7 @@
 #include "test/integration/process.hpp"
 
 #include <fcntl.h>
+#include <pthread.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -32,7 +33,24 @@ process::process(std::vector<std::string> argv, std::vector<std::string> env, st
   ev.push_back(nullptr);
   int fd = ::open(out_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw std::runtime_error("cannot create " + out_.string());
+  // Until the exec, the child runs this program, doctest's signal handlers
+  // included: a SIGTERM sent right after the fork (a test failing and
+  // tearing down a daemon it has just started) reported the whole test as
+  // crashed, from the child. Signals wait, blocked, until the child has
+  // reset its handlers to the defaults.
+  sigset_t all, old;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_BLOCK, &all, &old);
   pid_ = ::fork();
+  if (pid_ == 0) {
+    // What exec would do: handled signals to the default, ignored ones stay.
+    for (int sig = 1; sig < NSIG; ++sig) {
+      struct sigaction sa {};
+      if (::sigaction(sig, nullptr, &sa) == 0 && sa.sa_handler != SIG_IGN && sa.sa_handler != SIG_DFL)
+        ::signal(sig, SIG_DFL);
+    }
+  }
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   if (pid_ < 0) throw std::runtime_error("fork failed");
   if (pid_ == 0) {
     ::dup2(fd, 1);

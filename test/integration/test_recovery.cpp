@@ -4,6 +4,8 @@
 // as it last wrote it.
 #include <doctest/doctest.h>
 
+#include <algorithm>
+#include <chrono>
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
@@ -89,11 +91,11 @@ TEST_CASE("a daemon killed at each stage of a request's life restarts without lo
   }
 }
 
-// Off until the simulator's event channels survive a producer killed
-// mid-notify (a queue can stall for good: docs/architecture.md, "Crash
-// recovery"); XBD_RECOVERY_SOAK=1 runs it.
-TEST_CASE("a soak: killed at random a hundred times, two guests' verified I/O answers every request exactly once" *
-          doctest::skip(std::getenv("XBD_RECOVERY_SOAK") == nullptr)) {
+// XBD_RECOVERY_KILLS sets the number of kills (default 100). Each restart
+// also exercises the simulator's cleanup of a process killed anywhere: a
+// notify cut short, a grant entry's lock left held (test/sim/xensim/README.md,
+// "A producer killed in the middle of a notify" and "A dead process").
+TEST_CASE("a soak: killed at random a hundred times, two guests' verified I/O answers every request exactly once") {
   const char* env_kills = std::getenv("XBD_RECOVERY_KILLS");
   const unsigned kills = env_kills ? static_cast<unsigned>(std::atoi(env_kills)) : 100;
   sim_env env;
@@ -102,15 +104,19 @@ TEST_CASE("a soak: killed at random a hundred times, two guests' verified I/O an
   add_disk(env, 5, env.make_image("a.img", 64 << 20), "xvda");
   add_disk(env, 6, env.make_image("b.img", 64 << 20), "xvdb");
   env.start_daemon();
-  // Long enough to outlast the kills (about 20 s here), then they finish by
-  // themselves and report.
-  auto a = env.start_frontend(5, workload(xvda, "30"), "a");
-  auto b = env.start_frontend(6, workload(xvdb, "30"), "b");
+  // The frontends run 30 s (0.3 s a kill beyond a hundred), then finish by
+  // themselves and report. The kills take about 20 s, more on a loaded
+  // machine: they stop 5 s before the frontends do, however many are left.
+  const auto runtime = std::chrono::seconds(std::max(30u, kills * 3 / 10));
+  const auto kills_until = std::chrono::steady_clock::now() + runtime - 5s;
+  auto a = env.start_frontend(5, workload(xvda, std::to_string(runtime.count())), "a");
+  auto b = env.start_frontend(6, workload(xvdb, std::to_string(runtime.count())), "b");
   REQUIRE(eventually([&] { return env.read(backend(5, xvda) + "/state") == xenbus::connected; }));
   REQUIRE(eventually([&] { return env.read(backend(6, xvdb) + "/state") == xenbus::connected; }));
   std::mt19937 rng(20261206);
   std::uniform_int_distribution<int> pause_ms(20, 250);
-  for (unsigned i = 0; i < kills; ++i) {
+  unsigned done = 0;
+  for (; done < kills && std::chrono::steady_clock::now() < kills_until; ++done) {
     std::this_thread::sleep_for(std::chrono::milliseconds(pause_ms(rng)));
     env.daemon().signal(SIGKILL);
     REQUIRE(env.daemon().wait(10s) == 128 + 9);
@@ -122,7 +128,9 @@ TEST_CASE("a soak: killed at random a hundred times, two guests' verified I/O an
   check_verified(*b);
   const std::string log = env.daemon_log();
   const unsigned n = reissued(log);
-  std::cout << "recovery soak: " << kills << " SIGKILLs, " << n << " request(s) executed again in all\n";
+  std::cout << "recovery soak: " << done << " of " << kills << " SIGKILLs, " << n
+            << " request(s) executed again in all\n";
+  CHECK(done * 4 >= kills);  // a machine too slow for a quarter of them tests little
   CHECK(n > 0);
   CHECK(log.find("the device is closed") == std::string::npos);
 }

@@ -452,6 +452,24 @@ bool engine::process(queue_state& qs, workload& w, run_stats& st) {
   }
 }
 
+// What a stall report shows of a queue: our view of the ring, what is
+// outstanding, and the platform's view of the event channel (under the
+// simulator, its delivery bits and the handle's wake-up count).
+std::string engine::describe(queue_state& qs) {
+  auto& ring = qs.q->ring;
+  std::string out = "queue " + std::to_string(qs.q->index) + ": req_prod_pvt " + std::to_string(ring.req_prod_pvt()) +
+                    " req_prod " + std::to_string(ring.shared_req_prod()) + " req_event " +
+                    std::to_string(ring.shared_req_event()) + " rsp_prod " + std::to_string(ring.shared_rsp_prod()) +
+                    " rsp_cons " + std::to_string(ring.rsp_cons()) + " rsp_event " +
+                    std::to_string(ring.shared_rsp_event()) + "; " + std::to_string(qs.requests_in_flight) +
+                    " in flight, ids (slot:seq)";
+  for (std::size_t i = 0; i < qs.ctx.size(); ++i)
+    if (qs.ctx[i].busy) out += " " + std::to_string(i) + ":" + std::to_string(qs.ctx[i].seq);
+  out += "; port " + std::to_string(qs.q->port.port());
+  if (std::string p = platform_.describe_port(qs.q->port.port()); !p.empty()) out += ": " + p;
+  return out;
+}
+
 run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_stats& st, const watch_fn& on_watch) {
   const auto start = clock::now();
   for (auto& s : states_) s->last_progress = start;
@@ -512,6 +530,8 @@ run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_
       if (s->requests_in_flight && now - s->last_progress > params_.response_timeout) {
         st.protocol_error("queue " + std::to_string(s->q->index) + ": " + std::to_string(s->requests_in_flight) +
                           " request(s) unanswered for " + std::to_string(params_.response_timeout.count()) + " ms");
+        if (diagnostics_on)
+          for (auto& q : states_) std::fprintf(stderr, "blkfront-sim: stalled: %s\n", describe(*q).c_str());
         return finish(run_end::stalled);
       }
     }

@@ -125,6 +125,7 @@ class engine {
   bool process(queue_state& qs, workload& w, run_stats& st);
   void complete_request(queue_state& qs, request_ctx& c, std::int16_t status, workload& w, run_stats& st);
   std::uint64_t verify_index(std::uint64_t lba) const;
+  std::string describe(queue_state& qs);
 
   platform& platform_;
   std::vector<ring_queue*> queues_;

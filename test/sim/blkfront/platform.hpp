@@ -87,6 +87,8 @@ class platform {
   // When SIGINT/SIGTERM asked us to stop; the bounds in stop.hpp count from
   // there. Nullopt until then.
   virtual std::optional<std::chrono::steady_clock::time_point> stop_requested() const { return std::nullopt; }
+  // For a stall report: what the platform knows of `port` (empty: nothing).
+  virtual std::string describe_port(std::uint32_t) { return {}; }
 
  protected:
   friend class shared_pages;

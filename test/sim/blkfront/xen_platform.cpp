@@ -1,5 +1,6 @@
 #include "blkfront/xen_platform.hpp"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
@@ -9,6 +10,7 @@
 #include <cstring>
 
 #include "asio_xen/xen.hpp"
+#include "xensim.h"
 
 namespace xbd::sim::blkfront {
 
@@ -202,6 +204,24 @@ bool xen_platform::notify(std::uint32_t port) {
     return false;
   }
   return true;
+}
+
+std::string xen_platform::describe_port(std::uint32_t port) {
+  pollfd pfd{xenevtchn_fd(evtchn_), POLLIN, 0};
+  std::string out = ::poll(&pfd, 1, 0) > 0 ? "descriptor readable" : "descriptor not readable";
+  // Under libxensim, its view of the port too; found at run time, since this
+  // binary is linked against the real libraries and also runs on real Xen.
+  using port_info_fn = int (*)(std::uint32_t, std::uint32_t, xensim_port_info_t*);
+  if (auto* info = reinterpret_cast<port_info_fn>(::dlsym(RTLD_DEFAULT, "xensim_port_info"))) {
+    const char* env = std::getenv("XENSIM_DOMID");
+    xensim_port_info_t i{};
+    if (info(env ? static_cast<std::uint32_t>(std::atoi(env)) : 0, port, &i) == 0)
+      out += std::string(", xensim: state ") + std::to_string(i.state) + " peer " + std::to_string(i.remote_dom) + ":" +
+             std::to_string(i.remote_port) + (i.bound ? "" : " unbound") + (i.masked ? " masked" : "") +
+             (i.pending ? " pending" : "") + (i.queued ? " queued" : "") + ", handle ready " +
+             std::to_string(i.handle_ready);
+  }
+  return out;
 }
 
 wait_result xen_platform::wait(std::chrono::milliseconds timeout) {

@@ -80,6 +80,9 @@ typedef struct xensim_port_info {
   int masked;
   int queued; /* delivered to its handle, not yet returned by pending() */
   int bound;  /* bound to a live xenevtchn handle */
+  /* The ready count of the handle it is bound to: the ports queued for it,
+   * which keep its descriptor readable (0 without a handle). */
+  int handle_ready;
 } xensim_port_info_t;
 int xensim_port_info(uint32_t domid, uint32_t port, xensim_port_info_t *out);
 

@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <sched.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <sys/stat.h>
@@ -186,6 +187,50 @@ Rec* map_recs(int dirfd, std::uint32_t slot, bool fresh) {
   return p == MAP_FAILED ? nullptr : static_cast<Rec*>(p);
 }
 
+// An entry lock's word: the holder's slot + 1 in the low 11 bits, the low
+// 21 bits of its registration's generation above. The slot alone is not
+// enough: a killed holder's slot is reaped and handed to the next process
+// that joins (often its restarted self), which then took the dead holder's
+// lock for one of its own threads' and spun on it forever. (Mistaking one
+// generation for another would take 2^21 registrations in one slot while a
+// lock waits.)
+constexpr unsigned kTagSlotBits = 11;
+static_assert(kMaxProcs < (1u << kTagSlotBits));
+
+std::uint32_t make_lock_tag(std::uint32_t slot, std::uint32_t gen) { return (gen << kTagSlotBits) | (slot + 1); }
+
+bool holder_alive(Ctx& c, std::uint32_t tag) {
+  const std::uint32_t slot = (tag & ((1u << kTagSlotBits) - 1)) - 1;
+  if (slot >= kMaxProcs) return false;
+  const ProcSlot& ps = c.hdr->procs[slot];
+  return ld(&ps.state) == 1 && make_lock_tag(slot, ld(&ps.gen)) == tag && proc_alive(c, slot);
+}
+
+// XENSIM_DIE_AT=POINT[:N] (internal.hpp), read at each registration so that
+// a fork child can set it before its first call.
+void read_die_hook(Ctx& c) {
+  c.die_point = kDieNone;
+  c.die_left = 0;
+  const char* v = getenv("XENSIM_DIE_AT");
+  if (!v || !*v) return;
+  static constexpr std::pair<const char*, DiePoint> kPoints[] = {
+      {"notify_queued", kDieNotifyQueued}, {"notify_counted", kDieNotifyCounted}, {"entry_locked", kDieEntryLocked}};
+  std::string spec(v), name = spec.substr(0, spec.find(':'));
+  std::uint64_t n = 1;
+  if (name.size() < spec.size()) {
+    char* end = nullptr;
+    n = std::strtoull(spec.c_str() + name.size() + 1, &end, 10);
+    if (*end || n == 0) name.clear();
+  }
+  for (const auto& [key, point] : kPoints)
+    if (name == key) {
+      c.die_point = point;
+      c.die_left = n;
+      return;
+    }
+  log_err("XENSIM_DIE_AT=%s: not POINT[:N] with POINT notify_queued, notify_counted or entry_locked", v);
+}
+
 void reap_slot(Ctx& c, std::uint32_t s) {
   ProcSlot& ps = c.hdr->procs[s];
   Rec* r = map_recs(c.dirfd, s, false);
@@ -356,6 +401,8 @@ bool ensure_registered(Ctx& c) {
     st(&ps.state, 1u);
     c.slot = s;
     c.gen = ps.gen;
+    c.lock_tag = make_lock_tag(s, c.gen);
+    read_die_hook(c);
     c.recs = r;
     c.fork_gen = fg;
     return true;
@@ -393,6 +440,8 @@ unsigned reap_dead_locked(Ctx& c) {
       reap_slot(c, s);
       ++n;
     }
+  // What a notify cut short by the death left undone (evtchn.cpp).
+  if (n) rewake_handles_locked(c);
   return n;
 }
 
@@ -402,24 +451,32 @@ unsigned reap_dead(Ctx& c) {
 }
 
 void entry_lock(Ctx& c, Active& a) {
-  const std::uint32_t me = c.slot + 1;
+  const std::uint32_t me = c.lock_tag;
   for (std::uint64_t spins = 1;; ++spins) {
     std::uint32_t cur = 0;
-    if (ld(&a.lock) == 0 && cas(&a.lock, cur, me)) return;
+    if (ld(&a.lock) == 0 && cas(&a.lock, cur, me)) break;
     cur = ld(&a.lock);
     if (spins % 4096 == 0) {
       // Long wait: the holder may have been killed inside its critical
       // section (a few instructions), or is just descheduled.
-      if (cur && !proc_alive(c, cur - 1) && cas(&a.lock, cur, me)) return;
+      if (cur && !holder_alive(c, cur) && cas(&a.lock, cur, me)) break;
       sched_yield();
     }
 #if defined(__x86_64__) || defined(__i386__)
     __builtin_ia32_pause();
 #endif
   }
+  die_at(c, kDieEntryLocked);
 }
 
 void entry_unlock(Active& a) { st(&a.lock, 0u); }
+
+void die_slow(Ctx& c) {
+  std::uint64_t left = c.die_left.load(std::memory_order_relaxed);
+  while (left && !c.die_left.compare_exchange_weak(left, left - 1, std::memory_order_acq_rel)) {
+  }
+  if (left == 1) kill(getpid(), SIGKILL);
+}
 
 std::uint32_t rec_alloc(Ctx& c) {
   std::lock_guard lk(c.rec_mu);

@@ -30,11 +30,28 @@
 //
 // pending() never blocks after finding the count above zero with no port
 // behind it. Linux cannot get there (its ring is the count); the sim can
-// only through a producer racing a close (it marks a port queued, the
+// through a producer racing a close (it marks a port queued, the
 // port is closed and its handle slot reused, then it counts the wake-up
-// against the new handle). The stray count is dropped and pending()
-// answers -1/EAGAIN even on a blocking descriptor: the caller was woken
-// by that count, and waiting on would wait for an event nobody sent.
+// against the new handle), and after a repair (below). The stray count is
+// dropped and pending() answers -1/EAGAIN even on a blocking descriptor:
+// the caller was woken by that count, and waiting on would wait for an
+// event nobody sent. Likewise for a byte in the FIFO with nothing counted.
+//
+// A producer killed in the middle of a delivery. Xen's send is a hypercall
+// and Linux queues from the interrupt: neither can be cut. Here a delivery
+// is three steps in the producer (the port's CAS, the count, the FIFO
+// byte), and SIGKILL can land between them: a port queued but not counted,
+// or counted (0 -> 1) without the byte. Either strands the handle for good:
+// the port stays masked, so later events only latch on it, and nobody
+// writes the byte that would wake the consumer (seen in the daemon's
+// recovery soak: a frontend's two queues unanswered, its port masked,
+// pending and queued, the count at 2, the FIFO empty). So when dead
+// processes are reaped, every live handle is repaired: its queued ports are
+// counted again (too many counts are harmless, dropped as stray ones; too
+// few are not), and it is woken if anything is counted. Reaping is lazy
+// (a process joining or binding, xensim_reap()), as a restarted backend
+// does at once. XENSIM_DIE_AT=notify_queued / notify_counted kills a
+// producer at either step, for the tests.
 #include "internal.hpp"
 
 #include <fcntl.h>
@@ -85,9 +102,14 @@ void poke(int fd) {
   [[maybe_unused]] ssize_t n = write(fd, &b, 1);
 }
 
-void drain(int pfd) {
+// Empties the FIFO; true if there was anything in it (a wake-up).
+bool drain(int pfd) {
   char buf[64];
-  while (read(pfd, buf, sizeof buf) == static_cast<ssize_t>(sizeof buf)) {
+  bool any = false;
+  for (;;) {
+    const ssize_t n = read(pfd, buf, sizeof buf);
+    any |= n > 0;
+    if (n != static_cast<ssize_t>(sizeof buf)) return any;
   }
 }
 
@@ -140,11 +162,9 @@ void add_port(xenevtchn_handle* h, std::uint32_t port) {
   mark_bound(h, port, true);
 }
 
-}  // namespace
-
-void wake_handle(Ctx& c, std::uint32_t hslot) {
+// Writes one byte to the FIFO of handle `hslot`, through our descriptor on it.
+void poke_handle(Ctx& c, std::uint32_t hslot) {
   HandleSlot& hs = c.hdr->handles[hslot];
-  if (fetch_add(&hs.ready, 1) != 0) return;
   std::uint64_t uid = ld(&hs.uid);
   std::lock_guard lk(c.wake_mu[hslot % Ctx::kWakeLocks]);
   WakeFd& w = c.wake[hslot];
@@ -155,6 +175,34 @@ void wake_handle(Ctx& c, std::uint32_t hslot) {
     w.uid = uid;
   }
   if (w.fd >= 0) poke(w.fd);
+}
+
+}  // namespace
+
+void wake_handle(Ctx& c, std::uint32_t hslot) {
+  if (fetch_add(&c.hdr->handles[hslot].ready, 1) != 0) return;
+  die_at(c, kDieNotifyCounted);
+  poke_handle(c, hslot);
+}
+
+void rewake_handles_locked(Ctx& c) {
+  for (std::uint32_t i = 0; i < kMaxHandles; ++i) {
+    HandleSlot& hs = c.hdr->handles[i];
+    if (!ld(&hs.in_use)) continue;
+    Dom* d = domain(c, hs.domid, false);
+    if (!d) continue;
+    const std::uint64_t mine = std::uint64_t{i + 1} << 32;
+    std::int32_t queued = 0;
+    for (std::uint32_t p = 1; p < kNrPorts; ++p) {
+      const std::uint64_t e = ld(&d->ports[p].ev);
+      if ((e & ~0xffffffffull) == mine && (e & kEvQueued)) ++queued;
+    }
+    // Counted again: an extra count is dropped by pending() as a stray one,
+    // a missing one would strand the port. Woken whenever something is
+    // counted: an extra byte only makes pending() answer EAGAIN once.
+    if (queued) fetch_add(&hs.ready, queued);
+    if (ld(&hs.ready) > 0) poke_handle(c, i);
+  }
 }
 
 void handle_files_gone(Ctx& c, std::uint64_t uid) { unlinkat(c.dirfd, fifo_name(uid).c_str(), 0); }
@@ -175,7 +223,10 @@ void evtchn_deliver(Ctx& c, Dom& d, std::uint32_t port) {
       queue = !(e & kEvQueued);
     }
     if (cas(&p.ev, e, n)) {
-      if (queue) wake_handle(c, static_cast<std::uint32_t>(slot - 1));
+      if (queue) {
+        die_at(c, kDieNotifyQueued);
+        wake_handle(c, static_cast<std::uint32_t>(slot - 1));
+      }
       return;
     }
   }
@@ -608,8 +659,14 @@ XENSIM_API xenevtchn_port_or_error_t xenevtchn_pending(xenevtchn_handle* h) {
         }
         continue;  // the count moved under us: look again
       }
-      drain(h->pfd);
+      const bool woken = drain(h->pfd);
       if (ld(&hs.ready) > 0) continue;
+      // A wake-up with nothing counted (a handle woken again after a
+      // producer died, see the top of this file): answer, never wait.
+      if (woken) {
+        errno = EAGAIN;
+        return -1;
+      }
     }
     int fl = fcntl(h->fd, F_GETFL);
     if (fl >= 0 && (fl & O_NONBLOCK)) {

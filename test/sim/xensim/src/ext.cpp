@@ -136,6 +136,7 @@ XENSIM_API int xensim_port_info(uint32_t domid, uint32_t port, xensim_port_info_
   out->queued = (e & kEvQueued) != 0;
   out->bound = (e >> 32) != 0 && p.state != kFree && proc_alive(*c, p.owner_proc) &&
                c->hdr->procs[p.owner_proc].gen == p.owner_gen;
+  out->handle_ready = (e >> 32) != 0 && (e >> 32) <= kMaxHandles ? ld(&c->hdr->handles[(e >> 32) - 1].ready) : 0;
   return 0;
 }
 

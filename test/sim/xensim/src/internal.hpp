@@ -232,6 +232,17 @@ struct FaultHit {
   bool delay = false;
 };
 
+// ------------------------------------------------------------ death hook
+// XENSIM_DIE_AT=POINT[:N]: the process SIGKILLs itself the Nth time (default
+// the first) it reaches POINT, for tests of a process killed in the middle
+// of an operation (README, "Fault knobs"). Read when the process joins.
+enum DiePoint : int {
+  kDieNone = 0,
+  kDieNotifyQueued,   // an event has queued a port; its handle is not counted nor woken
+  kDieNotifyCounted,  // the handle's ready count went 0 -> 1; its FIFO not yet written
+  kDieEntryLocked,    // a grant entry's lock was just taken
+};
+
 // ------------------------------------------------------- process context
 struct Dom {
   std::uint32_t domid;
@@ -262,6 +273,9 @@ struct Ctx {
   // This process's registration (redone in a fork child).
   std::uint32_t slot = ~0u;
   std::uint32_t gen = 0;
+  std::uint32_t lock_tag = 0;  // entry lock word of this registration (entry_lock)
+  int die_point = kDieNone;    // XENSIM_DIE_AT
+  std::atomic<std::uint64_t> die_left{0};
   std::uint64_t fork_gen = ~0ull;
   Rec* recs = nullptr;
   std::mutex rec_mu;
@@ -321,10 +335,19 @@ class GlobalLock {
   Ctx& c_;
 };
 
-// Per-active-entry spin lock, tagged with the holder's slot so that a lock
-// left by a killed process can be taken over.
+// Per-active-entry spin lock, tagged with the holder's registration (slot
+// and generation) so that a lock left by a killed process can be taken
+// over, even by the next process registered in the same slot.
 void entry_lock(Ctx& c, Active& a);
 void entry_unlock(Active& a);
+
+// The death hook: SIGKILLs the process when XENSIM_DIE_AT names `p` and its
+// count is reached. One compare when the hook is off.
+void die_slow(Ctx& c);
+inline void die_at(Ctx& c, DiePoint p) {
+  if (c.die_point == p) [[unlikely]]
+    die_slow(c);
+}
 
 bool proc_alive(Ctx& c, std::uint32_t slot);
 // Releases everything held by dead processes. Caller holds the global lock.
@@ -361,6 +384,11 @@ void port_send(Ctx& c, Dom& d, std::uint32_t port, bool faults);
 // queued port leaves its handle's ready count (unbind keeps it counted).
 std::uint64_t port_close_locked(Ctx& c, Dom& d, std::uint32_t port, bool uncount = true);
 void wake_handle(Ctx& c, std::uint32_t hslot);
+// After processes died: a producer killed inside a delivery may have left a
+// port queued but not counted, or counted without the FIFO written. Every
+// live handle with a queued port or a count is counted and woken again
+// (evtchn.cpp). Caller holds the global lock.
+void rewake_handles_locked(Ctx& c);
 // Removes the files of a closed or dead handle.
 void handle_files_gone(Ctx& c, std::uint64_t uid);
 // (domid, port) of every port bound by this process's handles.

@@ -7,7 +7,9 @@
 
 #include <cstring>
 #include <fstream>
+#include <set>
 #include <sstream>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -328,6 +330,102 @@ TEST_SUITE("xensim") {
     CHECK(port_info(kBack, static_cast<unsigned>(ch.bport)).state == XENSIM_PORT_INTERDOMAIN);
     REQUIRE(xenevtchn_notify(ch.back, static_cast<evtchn_port_t>(ch.bport)) == 0);
     CHECK(readable(xenevtchn_fd(ch.guest), 1000));
+  }
+
+  // Xen's send cannot be cut; the sim's delivery is steps in the producer.
+  // A backend SIGKILLed between them stranded its frontend's whole handle:
+  // in the daemon's recovery soak, both queues of a guest went unanswered
+  // for good (evtchn.cpp, "A producer killed in the middle of a delivery").
+  TEST_CASE("a producer killed in the middle of a notify: once it is reaped, the consumer gets every event") {
+    std::string point;
+    SUBCASE("after queueing the port") { point = "notify_queued"; }
+    SUBCASE("after counting it, before the wake-up") { point = "notify_counted"; }
+    CAPTURE(point);
+    SimDir sim;
+    // A guest handle with two ports, as a two-queue frontend has.
+    auto* g = evtchn_as(kGuest);
+    const int fd = xenevtchn_fd(g);
+    set_nonblock(fd);
+    const int gp1 = xenevtchn_bind_unbound_port(g, kBack), gp2 = xenevtchn_bind_unbound_port(g, kBack);
+    REQUIRE(gp1 > 0);
+    REQUIRE(gp2 > 0);
+    auto* b = evtchn_as(kBack);
+    const int bp1 = xenevtchn_bind_interdomain(b, kGuest, static_cast<evtchn_port_t>(gp1));
+    const int bp2 = xenevtchn_bind_interdomain(b, kGuest, static_cast<evtchn_port_t>(gp2));
+    REQUIRE(bp1 > 0);
+    REQUIRE(bp2 > 0);
+    REQUIRE_FALSE(readable(fd));
+
+    // The producer dies inside its first delivery, to gp1.
+    const int st = in_child([&] {
+      setenv("XENSIM_DIE_AT", point.c_str(), 1);
+      xensim_raise(kGuest, static_cast<std::uint32_t>(gp1));
+      return 0;
+    });
+    REQUIRE(st == 128 + SIGKILL);
+    CHECK(port_info(kGuest, static_cast<unsigned>(gp1)).queued);
+
+    // What a restarted backend does: it joins (which reaps the dead one),
+    // then notifies the other queue.
+    CHECK(xensim_reap() == 1);
+    CHECK(readable(fd, 1000));
+    REQUIRE(xenevtchn_notify(b, static_cast<evtchn_port_t>(bp2)) == 0);
+    std::set<int> got;
+    for (int i = 0; i < 10 && readable(fd, 200); ++i) {
+      const int p = xenevtchn_pending(g);
+      if (p < 0) continue;  // a stray count, dropped
+      got.insert(p);
+      REQUIRE(xenevtchn_unmask(g, static_cast<evtchn_port_t>(p)) == 0);
+    }
+    CHECK(got == std::set<int>{gp1, gp2});
+    CHECK_FALSE(readable(fd, 50));
+    // Both ports work as before.
+    for (int bp : {bp1, bp2}) {
+      REQUIRE(xenevtchn_notify(b, static_cast<evtchn_port_t>(bp)) == 0);
+      REQUIRE(readable(fd, 1000));
+      CHECK(xenevtchn_pending(g) == (bp == bp1 ? gp1 : gp2));
+      REQUIRE(xenevtchn_unmask(g, static_cast<evtchn_port_t>(bp == bp1 ? gp1 : gp2)) == 0);
+    }
+    xenevtchn_close(b);
+    xenevtchn_close(g);
+  }
+
+  // A grant entry's lock was tagged with the holder's process slot only.
+  // A backend killed while holding one (mid-copy) left it to its slot, the
+  // restarted backend was given that slot, and took the lock for its own:
+  // it spun on it forever, with every queue of that worker thread.
+  TEST_CASE("a process killed holding a grant entry's lock: the next process in its slot copies that grant") {
+    SimDir sim;
+    auto* gs = gntshr_as(kGuest);
+    std::uint32_t ref = 0;
+    auto* page = static_cast<std::uint8_t*>(xengntshr_share_pages(gs, kBack, 1, &ref, 1));
+    REQUIRE(page != nullptr);
+    page[0] = 0x5a;
+    // A backend process: copies the first byte of the page, exit 0 if right.
+    auto backend = [&](const char* die_at) {
+      pid_t pid = fork();
+      REQUIRE(pid >= 0);
+      if (pid == 0) {
+        if (die_at) setenv("XENSIM_DIE_AT", die_at, 1);
+        setenv("XENSIM_DOMID", "0", 1);
+        auto* gt = xengnttab_open(nullptr, 0);
+        if (!gt) _exit(2);
+        std::uint8_t byte = 0;
+        xengnttab_grant_copy_segment_t seg{};
+        seg.source.foreign.ref = ref;
+        seg.source.foreign.domid = kGuest;
+        seg.dest.virt = &byte;
+        seg.len = 1;
+        seg.flags = GNTCOPY_source_gref;
+        if (xengnttab_grant_copy(gt, 1, &seg) != 0 || seg.status != GNTST_okay) _exit(3);
+        _exit(byte == 0x5a ? 0 : 4);
+      }
+      return wait_exit(pid, 5000);  // -1: still running after 5 s, killed
+    };
+    REQUIRE(backend("entry_locked") == 128 + SIGKILL);
+    CHECK(backend(nullptr) == 0);
+    CHECK(backend(nullptr) == 0);
+    xengntshr_close(gs);
   }
 
 }  // TEST_SUITE

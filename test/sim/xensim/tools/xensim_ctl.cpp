@@ -69,8 +69,10 @@ void dump(unsigned domid) {
     if (i.state == XENSIM_PORT_UNBOUND) std::printf(" (open to %u)", i.remote_dom);
     if (i.state == XENSIM_PORT_INTERDOMAIN) std::printf(" -> %u:%u", i.remote_dom, i.remote_port);
     if (i.state == XENSIM_PORT_VIRQ) std::printf(" %u", i.virq);
-    std::printf("%s%s%s%s\n", i.bound ? "" : " (owner dead)", i.masked ? " masked" : "", i.pending ? " pending" : "",
+    std::printf("%s%s%s%s", i.bound ? "" : " (owner dead)", i.masked ? " masked" : "", i.pending ? " pending" : "",
                 i.queued ? " queued" : "");
+    if (i.bound) std::printf(" (handle ready %d)", i.handle_ready);
+    std::printf("\n");
   }
   grant_entry_v1_t* g = xensim_grant_table(domid, nullptr);
   if (!g) return;
