@@ -401,7 +401,7 @@ HOSTILE_CASE("hostile: requests: a flush with data on a read-only disk is ERROR,
   c.finish();
 }
 
-HOSTILE_CASE("hostile: requests: a flush with segments is a write and a flush; with 12 it is ERROR",
+HOSTILE_CASE("hostile: requests: a flush with segments is a write and a flush, with 12 it is ERROR",
              "requests: flush with segments") {
   auto v = c.vbd();
   c.requests(v,
@@ -450,7 +450,7 @@ HOSTILE_CASE("hostile: requests: discards of no sectors, of 2^55 sectors, or pas
   c.finish();
 }
 
-HOSTILE_CASE("hostile: requests: a secure discard not offered is EOPNOTSUPP; other flag bits mean nothing",
+HOSTILE_CASE("hostile: requests: a secure discard not offered is EOPNOTSUPP, other flag bits mean nothing",
              "requests: discard flags") {
   auto v = c.vbd();
   CHECK(c.r().env().read(v.backend + "/discard-secure") == "0");
@@ -657,7 +657,7 @@ HOSTILE_CASE("hostile: grants: a gref in the table but never granted is ERROR", 
   c.finish();
 }
 
-HOSTILE_CASE("hostile: grants: a gref granted to another domain is ERROR; the same kind granted to us is served",
+HOSTILE_CASE("hostile: grants: a gref granted to another domain is ERROR, the same kind granted to us is served",
              "grants: gref granted to another domain") {
   auto v = c.vbd();
   const auto foreign = std::to_string(c.r().grant(v.domid, 9, true)[0]);
@@ -821,7 +821,7 @@ HOSTILE_CASE("hostile: revoked: a ring halted with a read at the disk still answ
 
 // ============================================================ ring index abuse
 
-HOSTILE_CASE("hostile: ring: a producer index far ahead halts that ring only; a reconnect serves again",
+HOSTILE_CASE("hostile: ring: a producer index far ahead halts that ring only, a reconnect serves again",
              "ring: req_prod far ahead") {
   auto v = c.vbd();
   auto r = c.script(v,
@@ -849,7 +849,7 @@ HOSTILE_CASE("hostile: ring: a producer index moving backwards halts the ring", 
   c.finish();
 }
 
-HOSTILE_CASE("hostile: ring: a producer exactly one ring ahead gets 32 answers; one more halts the ring",
+HOSTILE_CASE("hostile: ring: a producer exactly one ring ahead gets 32 answers, one more halts the ring",
              "ring: req_prod at the ring's size") {
   auto v = c.vbd();
   // The 32 slots of a fresh one-page ring are zeroes: reads of no segment.

@@ -135,7 +135,7 @@ TEST_CASE("a soak: killed at random a hundred times, two guests' verified I/O an
   CHECK(log.find("the device is closed") == std::string::npos);
 }
 
-TEST_CASE("a damaged or stale journal closes that vbd with a reason; the other guest's vbd recovers") {
+TEST_CASE("a damaged or stale journal closes that vbd with a reason, the other guest's vbd recovers") {
   sim_env env;
   env.create_guest(5);
   env.create_guest(6);

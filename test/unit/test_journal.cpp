@@ -211,7 +211,7 @@ TEST_CASE("journal: a response counted whose entry was not yet freed is answered
   CHECK(rec->responses[0].id == 2u);
 }
 
-TEST_CASE("journal: an indirect request's descriptors come back; before they were saved, none") {
+TEST_CASE("journal: an indirect request's descriptors come back, before they were saved, none") {
   temp_path f;
   std::vector<blkif_request_segment> d(300);
   for (std::size_t i = 0; i < d.size(); ++i) d[i] = {static_cast<grant_ref_t>(1000 + i), 0, 7};
@@ -260,7 +260,7 @@ TEST_CASE("journal: indices that wrap around 2^32 are followed") {
   CHECK(rec->responses.size() == 2u);
 }
 
-TEST_CASE("journal: a journal of another connection is stale; a damaged one is corrupt; none is missing") {
+TEST_CASE("journal: a journal of another connection is stale, a damaged one is corrupt, none is missing") {
   temp_path f;
   {
     auto j = vbd_journal::create(f.path, identity(), ring_size, max_segments);

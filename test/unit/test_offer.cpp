@@ -46,7 +46,7 @@ TEST_CASE("sectors stay 512-byte units when the store's logical sector is 4 KiB"
   CHECK(o.limits.sector_size == 4096);
 }
 
-TEST_CASE("read-only: mode r, a cdrom, or a store opened read-only; none offers barrier or discard") {
+TEST_CASE("read-only: mode r, a cdrom, or a store opened read-only, none offers barrier or discard") {
   for (auto [keys, store] :
        {std::pair{toolstack_choices{false}, disk()}, std::pair{toolstack_choices{true, true}, disk()},
         std::pair{toolstack_choices{}, disk(false)}}) {

@@ -353,7 +353,7 @@ device_limits with_indirect(std::uint32_t segs) {
 
 }  // namespace
 
-TEST_CASE("an indirect read fetches its descriptors once and fills every segment; the response says READ") {
+TEST_CASE("an indirect read fetches its descriptors once and fills every segment, the response says READ") {
   rig r(1, with_indirect(256), 4 << 20);
   // Descriptors in data page 63: 40 segments, one per data page 0..39.
   auto desc_page = r.data_page(63);
@@ -467,7 +467,7 @@ std::size_t open_fds() {
 
 }  // namespace
 
-TEST_CASE("memory: over the budget requests wait in the ring and are all served; idle memory goes back") {
+TEST_CASE("memory: over the budget requests wait in the ring and are all served, idle memory goes back") {
   queue_tuning t;
   t.idle_after = std::chrono::milliseconds(50);
   // Room for one 11-segment request (a 64 KiB buffer and its slot) and no

@@ -143,7 +143,7 @@ TEST_CASE("a write to a read-only vbd is answered with BLKIF_RSP_ERROR, reads st
   CHECK(status_of(rw(BLKIF_OP_FLUSH_DISKCACHE, 0, {}), lim) == BLKIF_RSP_OKAY);
 }
 
-TEST_CASE("a flush without data is a flush; with data it is a write followed by a flush") {
+TEST_CASE("a flush without data is a flush, with data it is a write followed by a flush") {
   std::array<segment, BLKIF_MAX_SEGMENTS_PER_REQUEST> storage{};
   auto plain = validate(rw(BLKIF_OP_FLUSH_DISKCACHE, 12345, {}), disk(), storage);
   auto* c = std::get_if<checked_request>(&plain);

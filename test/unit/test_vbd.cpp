@@ -189,7 +189,7 @@ TEST_CASE("frontend Initialised: map, bind, publish the disk in one go, then Con
   CHECK(r.tables.mapped_pages() == 1u);
 }
 
-TEST_CASE("frontend Closing -> Closing while still serving; Closed -> released and Closed") {
+TEST_CASE("frontend Closing -> Closing while still serving, Closed -> released and Closed") {
   rig r;
   r.start();
   r.frontend_ready();
@@ -343,7 +343,7 @@ TEST_CASE("with the journal turned off, a Connected backend re-attaches as after
   CHECK_FALSE(r.db.exists(be + "/hotplug-status"));  // nothing was re-published
 }
 
-TEST_CASE("a connection that ends removes its journal; a shutdown keeps it") {
+TEST_CASE("a connection that ends removes its journal, a shutdown keeps it") {
   rig r;
   r.start();
   r.frontend_ready();

@@ -791,7 +791,7 @@ TEST_CASE("SIGTERM during a hold whose backend never closes: the close is cut sh
   CHECK(w.wait_frontend_state(XenbusStateClosed, std::chrono::seconds(1)));
 }
 
-TEST_CASE("a timed hold ends by itself; SIGTERM cuts it short") {
+TEST_CASE("a timed hold ends by itself, SIGTERM cuts it short") {
   world w;
   auto r = world::finish(w.start({"--rw", "none", "--hold", "0.5"}));
   INFO(r.out);

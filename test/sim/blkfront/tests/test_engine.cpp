@@ -367,7 +367,7 @@ TEST_CASE("a watch callback that reports the backend gone ends the run") {
   CHECK(calls == 3);
 }
 
-TEST_CASE("a signal stops issuing; in-flight requests are still answered, and nothing is an error") {
+TEST_CASE("a signal stops issuing, in-flight requests are still answered, and nothing is an error") {
   setup s;
   s.ios = 0;  // unlimited
   s.qd = 4;

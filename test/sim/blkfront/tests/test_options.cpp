@@ -174,7 +174,7 @@ TEST_CASE("--same-page is a flag, and excludes --verify") {
   CHECK(error_of(parse({"--same-page", "--verify"})).find("--same-page") != std::string::npos);
 }
 
-TEST_CASE("several devices: a list or the option again; only connected and held") {
+TEST_CASE("several devices: a list or the option again, only connected and held") {
   auto o = std::get<options>(parse({"--devid", "51728,51744", "--devid", "51760", "--rw", "none"}));
   CHECK(o.devids == std::vector<std::uint32_t>{51712, 51728, 51744, 51760});
   CHECK(o.devid == 51712);
