@@ -432,45 +432,9 @@ std::pair<unsigned, std::unique_ptr<process>> rig::unbound_port(unsigned domid, 
   return {port, std::move(p)};
 }
 
-std::size_t rig::daemon_fds() {
-  std::error_code ec;
-  std::size_t n = 0;
-  for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(env_->daemon().pid()) + "/fd", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    std::error_code ignored;
-    const auto target = std::filesystem::read_symlink(it->path(), ignored).filename().string();
-    // libxensim keeps each mapped domain's memory file open for the life of
-    // the process, and a descriptor on the FIFO of each event-channel handle
-    // it woke until it notices the handle is gone (a deleted FIFO): real Xen
-    // has neither.
-    const bool sim =
-        target.starts_with("xensim.mem") || (target.starts_with("xensim.ev") && target.ends_with(" (deleted)"));
-    n += sim ? 0 : 1;
-  }
-  return n;
-}
-
-std::string rig::daemon_fd_kinds() {
-  std::map<std::string, int> kinds;
-  std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(env_->daemon().pid()) + "/fd", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    auto target = std::filesystem::read_symlink(it->path(), ec).string();
-    for (char& c : target)
-      if (c >= '0' && c <= '9') c = 'N';
-    ++kinds[target];
-  }
-  std::string out;
-  for (const auto& [k, n] : kinds) out += k + " x" + std::to_string(n) + "; ";
-  return out;
-}
-
-std::size_t rig::daemon_rss_kib() {
-  std::ifstream in("/proc/" + std::to_string(env_->daemon().pid()) + "/status");
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind("VmRSS:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
-  return 0;
-}
+std::size_t rig::daemon_fds() { return open_descriptors(env_->daemon().pid()); }
+std::string rig::daemon_fd_kinds() { return descriptor_kinds(env_->daemon().pid()); }
+std::size_t rig::daemon_rss_kib() { return resident_kib(env_->daemon().pid()); }
 
 double rig::daemon_cpu_share(std::chrono::milliseconds span) {
   auto ticks = [&]() -> double {

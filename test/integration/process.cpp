@@ -6,8 +6,10 @@
 #include <time.h>
 #include <unistd.h>
 #include <csignal>
+#include <cstdlib>
 #include <cstring>
 #include <fstream>
+#include <map>
 #include <sstream>
 #include <stdexcept>
 
@@ -107,6 +109,42 @@ run_result run(std::vector<std::string> argv, std::vector<std::string> env, std:
     (void)p.wait(std::chrono::seconds(5));
   }
   return {st ? *st : -1, p.output()};
+}
+
+std::size_t open_descriptors(pid_t pid) {
+  std::error_code ec;
+  std::size_t n = 0;
+  for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    std::error_code ignored;
+    const auto target = std::filesystem::read_symlink(it->path(), ignored).filename().string();
+    const bool sim =
+        target.starts_with("xensim.mem") || (target.starts_with("xensim.ev") && target.ends_with(" (deleted)"));
+    n += sim ? 0 : 1;
+  }
+  return n;
+}
+
+std::string descriptor_kinds(pid_t pid) {
+  std::map<std::string, int> kinds;
+  std::error_code ec;
+  for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
+       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
+    auto target = std::filesystem::read_symlink(it->path(), ec).string();
+    for (char& c : target)
+      if (c >= '0' && c <= '9') c = 'N';
+    ++kinds[target];
+  }
+  std::string out;
+  for (const auto& [k, n] : kinds) out += k + " x" + std::to_string(n) + "; ";
+  return out;
+}
+
+std::size_t resident_kib(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
+  return 0;
 }
 
 }  // namespace xbd::test

@@ -42,6 +42,17 @@ struct run_result {
 run_result run(std::vector<std::string> argv, std::vector<std::string> env, std::filesystem::path output,
                std::chrono::milliseconds limit);
 
+// A process's open descriptors, less the simulation's own: libxensim keeps
+// each mapped domain's memory file (xensim.mem*) open for the life of the
+// process, and a descriptor on the FIFO of each event-channel handle it
+// woke until it notices the handle is gone (a deleted xensim.ev*); real Xen
+// has neither.
+std::size_t open_descriptors(pid_t pid);
+// What they are, for failure messages: "anon_inode:[eventfd] x3; ...".
+std::string descriptor_kinds(pid_t pid);
+// Resident memory (VmRSS), KiB.
+std::size_t resident_kib(pid_t pid);
+
 // Polls `pred` until it holds or `limit` passes.
 template <class Pred>
 bool eventually(Pred pred, std::chrono::milliseconds limit = std::chrono::seconds(10)) {

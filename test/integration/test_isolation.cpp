@@ -39,44 +39,6 @@ std::uint32_t add_disk(sim_env& env, unsigned domid, const std::filesystem::path
   return env.toolstack().add_disk(d);
 }
 
-// The daemon's descriptors, less the simulated hypervisor's per-domain
-// memory files (xensim.mem<domid>): libxensim keeps one open for each domain
-// the process has mapped from, for the process's life, where real Xen has
-// no descriptor at all.
-std::size_t open_descriptors(pid_t pid) {
-  std::error_code ec;
-  std::size_t n = 0;
-  for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    std::error_code ignored;
-    n += std::filesystem::read_symlink(it->path(), ignored).filename().string().starts_with("xensim.mem") ? 0 : 1;
-  }
-  return n;
-}
-
-// What the descriptors are, for the failure message: "anon_inode:[eventfd]" x 3, ...
-std::string descriptor_kinds(pid_t pid) {
-  std::map<std::string, int> kinds;
-  std::error_code ec;
-  for (auto it = std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/fd", ec);
-       !ec && it != std::filesystem::directory_iterator(); it.increment(ec)) {
-    auto target = std::filesystem::read_symlink(it->path(), ec).string();
-    for (char& c : target)
-      if (c >= '0' && c <= '9') c = 'N';
-    ++kinds[target];
-  }
-  std::string out;
-  for (const auto& [k, n] : kinds) out += k + " x" + std::to_string(n) + "; ";
-  return out;
-}
-
-std::size_t resident_kib(pid_t pid) {
-  std::ifstream in("/proc/" + std::to_string(pid) + "/status");
-  for (std::string line; std::getline(in, line);)
-    if (line.rfind("VmRSS:", 0) == 0) return std::strtoull(line.c_str() + 6, nullptr, 10);
-  return 0;
-}
-
 // How many of the vbds with these log prefixes logged a state line ending
 // with `transition`.
 std::size_t logged_vbds(const std::string& log, const std::vector<std::string>& prefixes,
