@@ -259,11 +259,16 @@ int run(int argc, char** argv) {
     });
 
   std::atomic<unsigned> next{0};
-  blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, 0, 1, {}, {}};
+  blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, 0, 1, {}, {}, {}};
   ctx.own_domid = blkback::resolve_own_domid(xs, cfg, lg);
   // One queue per worker thread is what multi-queue can use.
   ctx.max_queues = cfg.max_queues ? cfg.max_queues : threads;
   ctx.memory = std::make_shared<blkback::memory_budget>(cfg.buffer_memory);
+  // CPU fairness (blkback/data/fair_share.hpp): one vbd may run 2 MiB of
+  // cost ahead of another that competes, about a millisecond of copying; a
+  // vbd competes for 2 ms after each request it starts, far longer than a
+  // busy frontend takes to answer its responses with new requests.
+  ctx.fair = std::make_shared<blkback::fair_share>(std::uint64_t{2} << 20, std::chrono::milliseconds(2));
   ctx.pick_worker = [&]() {
     auto& w = *workers[next++ % workers.size()];
     return blkback::worker{w.ioc.get_executor(), w.aux};

@@ -86,6 +86,7 @@ vbd::vbd(vbd_context& ctx, vbd_id id)
           std::to_string(id_.frontend_domid) + "/" + std::to_string(id_.devid)),
       log_(device_logger(id_.frontend_domid, id_.devid)),
       memory_(ctx.memory ? ctx.memory->open_account() : nullptr),
+      fair_(ctx.fair ? ctx.fair->join() : nullptr),
       journal_path_(std::filesystem::path(ctx.cfg.journal_directory) /
                     (id_.type + "-" + std::to_string(id_.frontend_domid) + "-" + std::to_string(id_.devid))) {}
 
@@ -561,6 +562,7 @@ std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_e
     qp.limits = offer_.limits;
     qp.budget = guest_log_;
     qp.memory = memory_;
+    qp.fair = fair_;
     qp.journal = c->journal ? &c->journal->ring(i) : nullptr;
     qp.recover = reattach;
     worker w = ctx_.pick_worker();
@@ -697,6 +699,7 @@ asio::awaitable<void> vbd::disconnect() {
     total.bytes_read += s.bytes_read;
     total.bytes_written += s.bytes_written;
     total.memory_waits += s.memory_waits;
+    total.fair_waits += s.fair_waits;
     total.storm_pauses += s.storm_pauses;
     total.in_flight_at_stop += s.in_flight_at_stop;
   }
@@ -713,7 +716,8 @@ asio::awaitable<void> vbd::disconnect() {
   XBD_LOG(log_, info) << "disconnected after " << total.requests << " requests (" << total.bytes_read << " bytes read, "
                       << total.bytes_written << " written, " << total.rejected << " rejected, " << total.failed
                       << " failed); buffers: peak " << format_size(peak) << ", waited for memory " << total.memory_waits
-                      << " time(s); " << total.storm_pauses << " notify-storm pause(s)";
+                      << " time(s), for other vbds " << total.fair_waits << " time(s); " << total.storm_pauses
+                      << " notify-storm pause(s)";
   // Each queue goes away on its own thread, where its I/O objects live.
   // Its slots are many small allocations that malloc would keep for reuse;
   // give the memory back so that a daemon's RSS follows what it serves.

@@ -12,6 +12,7 @@
 #include "asio_xen/xenstore.hpp"
 #include "blkback/config.hpp"
 #include "blkback/control/offer.hpp"
+#include "blkback/data/fair_share.hpp"
 #include "blkback/data/journal.hpp"
 #include "blkback/data/log_budget.hpp"
 #include "blkback/data/memory.hpp"
@@ -61,6 +62,8 @@ struct vbd_context {
   // Request buffers of every vbd ([io] buffer-memory); null: each ring has
   // a budget of its own (tests).
   std::shared_ptr<memory_budget> memory;
+  // CPU fairness between vbds (fair_share.hpp); null: none (tests).
+  std::shared_ptr<fair_share> fair;
 };
 
 struct vbd_id {
@@ -160,6 +163,7 @@ class vbd {
   xenbus_state fe_seen_ = xenbus_state::initialising;                       // the frontend's last valid state
   std::shared_ptr<log_budget> guest_log_ = std::make_shared<log_budget>();  // shared with the rings
   std::shared_ptr<memory_budget::account> memory_;                          // shared with the rings
+  std::shared_ptr<fair_share::member> fair_;                                // shared with the rings
   std::filesystem::path journal_path_;
   std::uint64_t published_sectors_ = 0;
   bool settled_ = false;

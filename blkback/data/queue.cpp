@@ -139,10 +139,12 @@ queue::queue(asio::any_io_executor ex, asio_xen::grant_table gt, asio_xen::grant
       pause_(ex),
       journal_(params.journal),
       memory_wake_(std::make_shared<memory_wake>(ex)),
+      fair_(params.fair),
       budget_(params.budget ? params.budget : std::make_shared<log_budget>()) {}
 
 queue::~queue() {
   buffers_.account().forget(*memory_wake_);
+  if (fair_) fair_->forget(*memory_wake_);
   buffers_.account().shrink(slot_charge_ * slots_.size());
 }
 
@@ -184,6 +186,7 @@ asio::awaitable<error_code> queue::run() {
     co_await idle_.async_wait(asio::as_tuple(asio::use_awaitable));
   }
   buffers_.account().forget(*memory_wake_);
+  if (fair_) fair_->forget(*memory_wake_);
   co_return result;
 }
 
@@ -217,11 +220,12 @@ asio::awaitable<error_code> queue::serve_ring() {
       // A barrier orders the stream: everything before it is finished
       // first, and nothing after it starts until it is done.
       if (barrier) co_await wait_idle();
-      slot* s = admit(w);
+      bool memory = false;
+      slot* s = admit(w, memory);
       if (s == nullptr) {
-        // No memory for it now: it stays in the ring until some frees up.
+        // No memory for it now, or other vbds' turn: it stays in the ring.
         ring_.unconsume_request();
-        co_await wait_for_memory();
+        co_await wait_for_room(memory);
         break;
       }
       if (journal_) s->entry = journal_->take(ring_.req_cons() - 1, w).value_or(slot::no_entry);
@@ -253,7 +257,8 @@ asio::awaitable<void> queue::reissue() {
     const bool barrier = r.request.operation == BLKIF_OP_WRITE_BARRIER && params_.limits.barrier;
     if (barrier) co_await wait_idle();
     slot* s = nullptr;
-    while (!stopping_ && (s = admit(r.request)) == nullptr) co_await wait_for_memory();
+    bool memory = false;
+    while (!stopping_ && (s = admit(r.request, memory)) == nullptr) co_await wait_for_room(memory);
     // Stopped before all were started: the rest stay in the journal.
     if (s == nullptr) co_return;
     s->entry = r.entry;
@@ -263,14 +268,18 @@ asio::awaitable<void> queue::reissue() {
   }
 }
 
-// Until memory frees up (the budget or our own release says so), or
-// 100 ms at most.
-asio::awaitable<void> queue::wait_for_memory() {
-  ++stats_.memory_waits;
+// Until memory frees up or other vbds catch up (the budget, the fair
+// share or our own release says so): 100 ms at most for memory, the fair
+// share's grace for a turn.
+asio::awaitable<void> queue::wait_for_room(bool memory) {
+  ++(memory ? stats_.memory_waits : stats_.fair_waits);
   waiting_memory_ = true;
-  memory_wake_->timer.expires_after(std::chrono::milliseconds(100));
-  co_await memory_wake_->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+  memory_wake_->timer.expires_after(
+      memory || !fair_ ? std::chrono::steady_clock::duration(std::chrono::milliseconds(100)) : fair_->grace());
+  auto [ec] = co_await memory_wake_->timer.async_wait(asio::as_tuple(asio::use_awaitable));
   waiting_memory_ = false;
+  // A whole grace with nobody saying it is our turn: take it.
+  if (!memory && !ec) turn_overdue_ = true;
 }
 
 // Sleeps until the frontend notifies. A frontend that keeps notifying with
@@ -363,10 +372,12 @@ std::size_t queue::data_bound(const wire_request& w) const {
   }
 }
 
-// A slot with a buffer for `w`, within the budget; null when the ring must
-// wait for memory (memory_wake_ is then told when some frees up).
-queue::slot* queue::admit(const wire_request& w) {
+// A slot with a buffer for `w`, within the budget and the vbd's fair share;
+// null when the ring must wait (`memory` says for which; memory_wake_ is
+// told when to try again).
+queue::slot* queue::admit(const wire_request& w, bool& memory) {
   const bool ring_idle = in_flight_ == 0;
+  memory = true;
   if (free_.empty()) {
     if (!buffers_.account().grow(slot_charge_, ring_idle, *memory_wake_)) return nullptr;
     auto s = std::make_unique<slot>();
@@ -379,6 +390,12 @@ queue::slot* queue::admit(const wire_request& w) {
     auto got = buffers_.take(bytes, ring_idle, *memory_wake_);
     if (!got) return nullptr;
     c = *got;
+  }
+  const std::uint64_t cost = fair_share::request_cost + data_bound(w);
+  if (fair_ && !fair_->start(cost, *memory_wake_, std::exchange(turn_overdue_, false))) {
+    memory = false;
+    buffers_.give(c);
+    return nullptr;
   }
   slot& s = acquire();
   s.buf = c;

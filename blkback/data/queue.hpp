@@ -22,6 +22,7 @@
 
 #include "asio_xen/evtchn.hpp"
 #include "asio_xen/gnttab.hpp"
+#include "blkback/data/fair_share.hpp"
 #include "blkback/data/journal.hpp"
 #include "blkback/data/log_budget.hpp"
 #include "blkback/data/memory.hpp"
@@ -56,6 +57,9 @@ struct queue_params {
   // The vbd's share of the daemon's buffer memory; null: a budget of the
   // queue's own (tests).
   std::shared_ptr<memory_budget::account> memory;
+  // The vbd's place in the daemon's CPU fairness (fair_share.hpp); null:
+  // none (tests).
+  std::shared_ptr<fair_share::member> fair;
   // This ring's part of the in-flight journal (null: none). With `recover`,
   // what an earlier process left in it is taken up before anything else.
   ring_journal* journal = nullptr;
@@ -80,6 +84,7 @@ struct queue_stats {
   std::uint64_t bytes_read = 0;
   std::uint64_t bytes_written = 0;
   std::uint64_t memory_waits = 0;  // times the ring waited for buffer memory
+  std::uint64_t fair_waits = 0;    // times it waited for other vbds to catch up
   std::uint64_t idle_events = 0;   // events that brought no request
   std::uint64_t storm_pauses = 0;  // pauses imposed on a notify storm
   std::uint64_t yields = 0;        // turns cut short to let other rings run
@@ -135,14 +140,14 @@ class queue {
   request_task serve(slot& s, wire_request w, std::span<const blkif_request_segment> known);
   void take_up(recovered_ring rec);
   boost::asio::awaitable<void> reissue();
-  boost::asio::awaitable<void> wait_for_memory();
+  boost::asio::awaitable<void> wait_for_room(bool memory);
   boost::asio::awaitable<asio_xen::error_code> serve_ring();
   boost::asio::awaitable<asio_xen::error_code> sleep_for_event();
   boost::asio::awaitable<void> pause(std::chrono::milliseconds d);
   boost::asio::awaitable<void> wait_idle();
   boost::asio::awaitable<void> trim_loop();
   bool trim_idle();
-  slot* admit(const wire_request& w);
+  slot* admit(const wire_request& w, bool& memory);
   std::size_t data_bound(const wire_request& w) const;
   validation fetch_indirect(slot& s, const wire_request& w, const needs_indirect& need,
                             std::span<const blkif_request_segment> known);
@@ -179,10 +184,11 @@ class queue {
   bool stopping_ = false;
   bool push_scheduled_ = false;
   bool waiting_idle_ = false;
-  bool trimming_ = false;    // trim_loop() runs
-  bool trim_armed_ = false;  // something may go back to the kernel
-  bool waiting_memory_ = false;
-  bool event_seen_ = false;  // the last sleep ended with an event
+  bool trimming_ = false;        // trim_loop() runs
+  bool trim_armed_ = false;      // something may go back to the kernel
+  bool waiting_memory_ = false;  // for memory or for the vbd's turn
+  bool turn_overdue_ = false;    // waited a whole grace for the vbd's turn
+  bool event_seen_ = false;      // the last sleep ended with an event
   bool took_since_event_ = false;
   unsigned idle_events_in_row_ = 0;
   std::chrono::steady_clock::time_point last_release_;
@@ -193,7 +199,8 @@ class queue {
   std::optional<recovered_ring> recovered_;  // until run() has re-issued it
   recovery_counts recovery_;
   struct memory_wake;
-  std::shared_ptr<memory_wake> memory_wake_;  // the wait for buffer memory
+  std::shared_ptr<memory_wake> memory_wake_;  // the wait for buffer memory or a turn
+  std::shared_ptr<fair_share::member> fair_;
   queue_tuning tuning_;
   queue_stats stats_;
   std::shared_ptr<log_budget> budget_;
