@@ -13,9 +13,24 @@ namespace xbd::asio_xen {
 
 namespace asio = boost::asio;
 
+namespace {
+
+// One descriptor for the whole process that is always readable: an eventfd
+// signalled once and never read. A wake-up adds it to the waiter's epoll
+// set and the waiter takes it out again, so a ring needs no eventfd of its
+// own (a descriptor per queue fewer, docs/limits.md). Never closed.
+int always_readable() {
+  static const int fd = [] {
+    int e = ::eventfd(1, EFD_CLOEXEC | EFD_NONBLOCK);
+    return e;
+  }();
+  return fd;
+}
+
+}  // namespace
+
 struct wakeable_wait::state {
   std::optional<asio::posix::stream_descriptor> epoll;  // what Asio polls
-  int wake_fd = -1;
   bool waiting = false;
   bool woken = false;
   bool closed = false;
@@ -29,13 +44,10 @@ struct wakeable_wait::state {
       epoll->close(ignored);
       epoll.reset();
     }
-    if (wake_fd >= 0) ::close(wake_fd);
-    wake_fd = -1;
   }
 
   void consume_wake() {
-    std::uint64_t n;
-    (void)!::read(wake_fd, &n, sizeof n);
+    (void)::epoll_ctl(epoll->native_handle(), EPOLL_CTL_DEL, always_readable(), nullptr);
     woken = false;
   }
 };
@@ -45,14 +57,11 @@ result<wakeable_wait> wakeable_wait::create(asio::any_io_executor ex, int fd) {
   int ep = ::epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) return xen_error(call::epoll);
   s->epoll.emplace(ex, ep);
-  s->wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  if (s->wake_fd < 0) return xen_error(call::eventfd);
-  for (int member : {fd, s->wake_fd}) {
-    epoll_event ev{};
-    ev.events = EPOLLIN;
-    ev.data.fd = member;
-    if (::epoll_ctl(ep, EPOLL_CTL_ADD, member, &ev) != 0) return xen_error(call::epoll);
-  }
+  if (always_readable() < 0) return xen_error(call::eventfd);
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = fd;
+  if (::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) return xen_error(call::epoll);
   return wakeable_wait(std::move(s));
 }
 
@@ -93,9 +102,13 @@ asio::awaitable<error_code> wakeable_wait::wait() {
 
 void wakeable_wait::wake() {
   if (!state_ || state_->closed || state_->woken) return;
+  epoll_event ev{};
+  ev.events = EPOLLIN;
+  ev.data.fd = always_readable();
+  // EEXIST cannot happen (woken guards it); anything else (ENOMEM) leaves
+  // the wait to end on its own, and the next one returns at once.
+  (void)::epoll_ctl(state_->epoll->native_handle(), EPOLL_CTL_ADD, always_readable(), &ev);
   state_->woken = true;
-  const std::uint64_t one = 1;
-  (void)!::write(state_->wake_fd, &one, sizeof one);
 }
 
 void wakeable_wait::close() {

@@ -16,9 +16,9 @@
 //
 // So our rule: an Asio I/O object on an io_uring context is never
 // cancelled, and never closed while an operation on it is pending. What
-// would be a cancel is a wake-up instead: the waited descriptor and an
-// eventfd of ours sit in one epoll set, Asio polls the epoll descriptor, and
-// wake() makes it readable. close() while a wait is pending wakes it, and
+// would be a cancel is a wake-up instead: the waited descriptor sits in an
+// epoll set, Asio polls the epoll descriptor, and wake() makes it readable
+// by adding a process-wide, always readable eventfd to the set. close() while a wait is pending wakes it, and
 // the waiter closes the descriptors once its operation has completed.
 //
 // One thread: wait(), wake() and close() are called on the executor's thread.

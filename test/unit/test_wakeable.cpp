@@ -79,11 +79,11 @@ TEST_CASE("close() during a wait ends it with closed, and the descriptors go onc
   const std::size_t before = open_fds();
   auto ww = wakeable_wait::create(ioc.get_executor(), w.fd);
   REQUIRE(ww.has_value());
-  CHECK(open_fds() == before + 2);  // the epoll set and the wake-up eventfd
+  CHECK(open_fds() == before + 1);  // the epoll set; the wake-up eventfd is the process's, made once
   auto fut = asio::co_spawn(ioc, ww->wait(), asio::use_future);
   ioc.poll();
   ww->close();
-  CHECK(open_fds() == before + 2);  // still polled by the pending wait
+  CHECK(open_fds() == before + 1);  // still polled by the pending wait
   REQUIRE(xbd::test::detail::drive(ioc, fut, std::chrono::seconds(2)));
   CHECK(fut.get() == make_error_code(errc::closed));
   CHECK(open_fds() == before);
@@ -100,4 +100,31 @@ TEST_CASE("a wakeable wait destroyed while idle releases its descriptors at once
     REQUIRE(ww.has_value());
   }
   CHECK(open_fds() == before);
+}
+
+TEST_CASE("waits share one wake-up descriptor, yet waking one ends only that one, and only once") {
+  asio::io_context ioc;
+  watched w;
+  warm_up(ioc, w.fd);
+  auto a = wakeable_wait::create(ioc.get_executor(), w.fd);
+  auto b = wakeable_wait::create(ioc.get_executor(), w.fd);
+  REQUIRE(a.has_value());
+  REQUIRE(b.has_value());
+  auto fa = asio::co_spawn(ioc, a->wait(), asio::use_future);
+  auto fb = asio::co_spawn(ioc, b->wait(), asio::use_future);
+  ioc.poll();
+  a->wake();
+  REQUIRE(xbd::test::detail::drive(ioc, fa, std::chrono::seconds(2)));
+  CHECK(fa.get() == asio::error::operation_aborted);
+  ioc.poll();
+  CHECK(fb.wait_for(std::chrono::milliseconds(0)) == std::future_status::timeout);
+  // a's next wait is a real one again: it ends with the descriptor.
+  auto fa2 = asio::co_spawn(ioc, a->wait(), asio::use_future);
+  ioc.poll();
+  CHECK(fa2.wait_for(std::chrono::milliseconds(0)) == std::future_status::timeout);
+  w.make_readable();
+  REQUIRE(xbd::test::detail::drive(ioc, fa2, std::chrono::seconds(2)));
+  CHECK(fa2.get() == error_code{});
+  REQUIRE(xbd::test::detail::drive(ioc, fb, std::chrono::seconds(2)));
+  CHECK(fb.get() == error_code{});
 }
