@@ -85,6 +85,11 @@ constexpr known_key layout[] = {
     {"io", "buffer-memory"},
     {"io", "journal"},
     {"io", "journal-directory"},
+    {"nbd", "connect-timeout-seconds"},
+    {"nbd", "reconnect-seconds"},
+    {"images", "qemu-storage-daemon"},
+    {"images", "start-timeout-seconds"},
+    {"images", "runtime-directory"},
     {"log", "level"},
     {"log", "sink"},
 };
@@ -371,6 +376,27 @@ void read_io(reader& r, const toml::table* t, settings& s) {
   }
 }
 
+void read_nbd(reader& r, const toml::table* t, settings& s) {
+  r.read(t, "nbd", "connect-timeout-seconds", 1, limits::max_nbd_seconds, s.nbd.connect_timeout_seconds);
+  r.read(t, "nbd", "reconnect-seconds", 0, limits::max_nbd_seconds, s.nbd.reconnect_seconds);
+}
+
+void read_images(reader& r, const toml::table* t, settings& s) {
+  if (const auto v = r.string(t, "images", "qemu-storage-daemon")) {
+    if (v->second.empty())
+      r.problem(*v->first, "images.qemu-storage-daemon must name a program, got \"\"");
+    else
+      s.images.program = std::string(v->second);
+  }
+  r.read(t, "images", "start-timeout-seconds", 1, limits::max_nbd_seconds, s.images.start_timeout_seconds);
+  if (const auto v = r.string(t, "images", "runtime-directory")) {
+    if (v->second.empty() || v->second.front() != '/')
+      r.problem(*v->first, "images.runtime-directory must be an absolute path, got " + in_quotes(v->second));
+    else
+      s.images.runtime_directory = std::string(v->second);
+  }
+}
+
 void read_log(reader& r, const toml::table* t, settings& s) {
   if (const auto v = r.string(t, "log", "level")) {
     if (!parse_severity(v->second, s.log.level))
@@ -413,13 +439,19 @@ settings parse_settings(std::string_view toml_text, std::string_view source_name
   const toml::table* rings = r.table(root, "rings");
   const toml::table* io = r.table(root, "io");
   const toml::table* log = r.table(root, "log");
+  const toml::table* nbd = r.table(root, "nbd");
+  const toml::table* images = r.table(root, "images");
   if (backend) r.check_keys(*backend, "backend");
+  if (nbd) r.check_keys(*nbd, "nbd");
+  if (images) r.check_keys(*images, "images");
   if (rings) r.check_keys(*rings, "rings");
   if (io) r.check_keys(*io, "io");
   if (log) r.check_keys(*log, "log");
   read_backend(r, backend, s);
   read_rings(r, rings, s);
   read_io(r, io, s);
+  read_nbd(r, nbd, s);
+  read_images(r, images, s);
   read_log(r, log, s);
   r.throw_first();
   return s;
@@ -484,6 +516,11 @@ std::string describe(const settings& s) {
   d += " buffer-memory=" + format_size(s.buffer_memory);
   d += std::string(" journal=") + (s.journal ? "true" : "false");
   d += " journal-directory=" + s.journal_directory;
+  d += " nbd.connect-timeout-seconds=" + std::to_string(s.nbd.connect_timeout_seconds);
+  d += " nbd.reconnect-seconds=" + std::to_string(s.nbd.reconnect_seconds);
+  d += " images.qemu-storage-daemon=" + s.images.program;
+  d += " images.start-timeout-seconds=" + std::to_string(s.images.start_timeout_seconds);
+  d += " images.runtime-directory=" + s.images.runtime_directory;
   d += " log.level=" + std::string(to_string(s.log.level));
   d += " log.sink=" + s.log.sink;
   return d;

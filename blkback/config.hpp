@@ -54,6 +54,9 @@ inline constexpr unsigned max_resize_poll_seconds = 24 * 60 * 60;
 // 4 KiB) at the least, and an upper bound no host will meet by mistake.
 inline constexpr std::uint64_t min_buffer_memory = std::uint64_t{16} << 20;
 inline constexpr std::uint64_t max_buffer_memory = std::uint64_t{1} << 40;
+// Waits on network and image servers: long enough for any real outage a
+// guest should sit through, short of forever.
+inline constexpr unsigned max_nbd_seconds = 24 * 60 * 60;
 }  // namespace limits
 
 struct log_settings {
@@ -62,6 +65,28 @@ struct log_settings {
   std::string sink = "stderr";
 
   friend bool operator==(const log_settings&, const log_settings&) = default;
+};
+
+// NBD servers ([nbd]).
+struct nbd_settings {
+  // Connecting to a server, the handshake included, at open.
+  unsigned connect_timeout_seconds = 10;
+  // How long a request waits for a lost server to come back before it
+  // fails with BLKIF_RSP_ERROR; 0: at once.
+  unsigned reconnect_seconds = 30;
+
+  friend bool operator==(const nbd_settings&, const nbd_settings&) = default;
+};
+
+// Images in formats other than raw, served through qemu-storage-daemon
+// ([images]).
+struct image_settings {
+  std::string program = "qemu-storage-daemon";  // a path, or a name looked up in PATH
+  unsigned start_timeout_seconds = 10;
+  // Where each image's server gets its private directory (sockets, log).
+  std::string runtime_directory = "/run/xen-blkbackd/images";
+
+  friend bool operator==(const image_settings&, const image_settings&) = default;
 };
 
 struct settings {
@@ -90,6 +115,8 @@ struct settings {
   // killed one stopped ([io] journal, journal-directory).
   bool journal = true;
   std::string journal_directory = "/run/xen-blkbackd";
+  nbd_settings nbd;
+  image_settings images;
   log_settings log;
 
   friend bool operator==(const settings&, const settings&) = default;

@@ -81,7 +81,9 @@ TEST_CASE("the defaults shown commented out in the shipped file are the real def
   for (const char* key :
        {"backend.types", "rings.max-ring-page-order", "rings.max-queues", "rings.max-indirect-segments",
         "rings.default-protocol", "io.direct-io", "io.worker-threads", "io.discard", "io.resize-poll-seconds",
-        "io.buffer-memory", "io.journal", "io.journal-directory", "log.level", "log.sink"}) {
+        "io.buffer-memory", "io.journal", "io.journal-directory", "nbd.connect-timeout-seconds",
+        "nbd.reconnect-seconds", "images.qemu-storage-daemon", "images.start-timeout-seconds",
+        "images.runtime-directory", "log.level", "log.sink"}) {
     CAPTURE(key);
     CHECK(root.at_path(key).node() != nullptr);
   }
@@ -111,6 +113,15 @@ buffer-memory = "64MiB"
 journal = false
 journal-directory = "/var/lib/xbd"
 
+[nbd]
+connect-timeout-seconds = 3
+reconnect-seconds = 0
+
+[images]
+qemu-storage-daemon = "/opt/qemu/bin/qemu-storage-daemon"
+start-timeout-seconds = 20
+runtime-directory = "/run/xbd-images"
+
 [log]
 level = "debug"
 sink = "file:/var/log/xen-blkbackd.log"
@@ -128,6 +139,11 @@ sink = "file:/var/log/xen-blkbackd.log"
   CHECK(s.buffer_memory == 64u << 20);
   CHECK_FALSE(s.journal);
   CHECK(s.journal_directory == "/var/lib/xbd");
+  CHECK(s.nbd.connect_timeout_seconds == 3);
+  CHECK(s.nbd.reconnect_seconds == 0);
+  CHECK(s.images.program == "/opt/qemu/bin/qemu-storage-daemon");
+  CHECK(s.images.start_timeout_seconds == 20);
+  CHECK(s.images.runtime_directory == "/run/xbd-images");
   CHECK(s.log.level == severity::debug);
   CHECK(s.log.sink == "file:/var/log/xen-blkbackd.log");
 }
@@ -175,6 +191,19 @@ TEST_CASE("the bounds of every number are accepted") {
   CHECK(parse("rings.max-indirect-segments = 4096").max_indirect_segments == 4096);
   CHECK(parse("io.worker-threads = 256").worker_threads == 256);
   CHECK(parse("io.resize-poll-seconds = 86400").resize_poll_seconds == 86400);
+  CHECK(parse("nbd.connect-timeout-seconds = 1").nbd.connect_timeout_seconds == 1);
+  CHECK(parse("nbd.reconnect-seconds = 86400").nbd.reconnect_seconds == 86400);
+  CHECK(parse("images.start-timeout-seconds = 86400").images.start_timeout_seconds == 86400);
+}
+
+TEST_CASE("network and image settings refuse what cannot work, at the value") {
+  CHECK_THROWS_WITH_AS(parse("nbd.connect-timeout-seconds = 0"), doctest::Contains(":1:"), config_error);
+  CHECK_THROWS_WITH_AS(parse("nbd.reconnect-seconds = 86401"), doctest::Contains(":1:"), config_error);
+  CHECK_THROWS_WITH_AS(parse("images.qemu-storage-daemon = \"\""),
+                       doctest::Contains("images.qemu-storage-daemon must name a program"), config_error);
+  CHECK_THROWS_WITH_AS(parse("images.runtime-directory = \"run/x\""),
+                       doctest::Contains("images.runtime-directory must be an absolute path"), config_error);
+  CHECK_THROWS_WITH_AS(parse("[nbd]\nreconect-seconds = 5"), doctest::Contains("reconect-seconds"), config_error);
 }
 
 TEST_CASE("buffer-memory is a size with a binary unit, within its bounds") {
@@ -356,7 +385,9 @@ TEST_CASE("describe() is one line with every setting") {
   CHECK(describe(settings{}) ==
         "types=qdisk domid=xenstore max-ring-page-order=4 max-queues=auto max-indirect-segments=256 "
         "default-protocol=native direct-io=auto worker-threads=auto discard=true resize-poll-seconds=0 "
-        "buffer-memory=256MiB journal=true journal-directory=/run/xen-blkbackd log.level=info log.sink=stderr");
+        "buffer-memory=256MiB journal=true journal-directory=/run/xen-blkbackd nbd.connect-timeout-seconds=10 "
+        "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
+        "images.runtime-directory=/run/xen-blkbackd/images log.level=info log.sink=stderr");
   settings s;
   s.backend_types = {"qdisk", "vbd"};
   s.domid = 3;
@@ -373,5 +404,7 @@ TEST_CASE("describe() is one line with every setting") {
   CHECK(describe(s) ==
         "types=qdisk,vbd domid=3 max-ring-page-order=0 max-queues=2 max-indirect-segments=0 "
         "default-protocol=x86_32-abi direct-io=always worker-threads=4 discard=false resize-poll-seconds=10 "
-        "buffer-memory=3GiB journal=true journal-directory=/run/xen-blkbackd log.level=warning log.sink=syslog");
+        "buffer-memory=3GiB journal=true journal-directory=/run/xen-blkbackd nbd.connect-timeout-seconds=10 "
+        "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
+        "images.runtime-directory=/run/xen-blkbackd/images log.level=warning log.sink=syslog");
 }
