@@ -273,6 +273,7 @@ struct image_server::state {
 error_code image_server::state::spawn(std::string& detail) {
   const auto a = args();
   std::vector<char*> argv;
+  argv.reserve(a.size() + 1);
   for (const auto& s : a) argv.push_back(const_cast<char*>(s.c_str()));
   argv.push_back(nullptr);
   // Nothing of the daemon's environment (LD_PRELOAD, credentials in
@@ -468,7 +469,10 @@ asio::awaitable<error_code> launch(state_ptr st, std::string& detail) {
   for (;;) {
     if (error_code ec = st->spawn(detail)) co_return ec;
     const readiness r = co_await wait_ready(st);
-    if (r == readiness::ready) co_return error_code{};
+    if (r == readiness::ready) {
+      st->exec_failure();  // exec succeeded: the pipe has nothing to say
+      co_return error_code{};
+    }
     if (r == readiness::stopped) co_return asio::error::operation_aborted;
     const auto status = co_await end_child(st, false);
     const std::string said = st->last_words();
@@ -556,8 +560,8 @@ void end_child_now(image_server::state& st) {
 image_server::image_server(std::shared_ptr<state> s) : s_(std::move(s)) {}
 
 asio::awaitable<asio_xen::result<std::unique_ptr<image_server>>> image_server::start(image_format f,
-                                                                                     const std::filesystem::path& image,
-                                                                                     const image_server_options& o,
+                                                                                     std::filesystem::path image,
+                                                                                     image_server_options o,
                                                                                      std::string& detail) {
   using out = asio_xen::result<std::unique_ptr<image_server>>;
   auto st = std::make_shared<state>(co_await asio::this_coro::executor);
@@ -569,6 +573,10 @@ asio::awaitable<asio_xen::result<std::unique_ptr<image_server>>> image_server::s
 
   if (!valid_name(o.name)) {
     detail = "image server name \"" + cut(o.name) + "\" must be 1 to 64 of A-Z a-z 0-9 . _ -";
+    co_return asio_xen::failure<std::unique_ptr<image_server>>(error_code(EINVAL, qsd_call));
+  }
+  if (!o.runtime_dir.is_absolute()) {
+    detail = "the image server's runtime directory \"" + cut(o.runtime_dir.string()) + "\" is not an absolute path";
     co_return asio_xen::failure<std::unique_ptr<image_server>>(error_code(EINVAL, qsd_call));
   }
   if (!image.is_absolute()) {
@@ -645,13 +653,18 @@ asio::awaitable<void> image_server::stop() {
 
 image_server::~image_server() {
   if (!s_ || s_->stopped) return;
-  s_->stopping = true;
-  s_->timer.cancel();
-  if (s_->pidfd) s_->pidfd->cancel();
-  end_child_now(*s_);
-  s_->close_fds();
-  s_->remove_dir();
-  s_->stopped = true;
+  try {
+    s_->stopping = true;
+    s_->timer.cancel();
+    if (s_->pidfd) s_->pidfd->cancel();
+    end_child_now(*s_);
+    s_->close_fds();
+    s_->remove_dir();
+    s_->stopped = true;
+  } catch (...) {
+    // Only logging or a path could throw (bad_alloc); the child is signalled
+    // and reaped before either, and PR_SET_PDEATHSIG covers the rest.
+  }
 }
 
 const nbd_target& image_server::target() const { return s_->target; }
@@ -669,8 +682,18 @@ std::string describe_image_server_program(const std::filesystem::path& program) 
   char* argv[] = {const_cast<char*>(prog.c_str()), const_cast<char*>("--version"), nullptr};
   std::string path_env = "PATH=/usr/sbin:/usr/bin:/sbin:/bin";
   std::array<char*, 2> envp = {path_env.data(), nullptr};
+  sigset_t all;
+  sigset_t old;
+  ::sigfillset(&all);
+  ::pthread_sigmask(SIG_BLOCK, &all, &old);  // see spawn()
   const pid_t child = ::fork();
   if (child == 0) {
+    struct sigaction dfl {};
+    dfl.sa_handler = SIG_DFL;
+    for (int sig = 1; sig < NSIG; ++sig) ::sigaction(sig, &dfl, nullptr);
+    sigset_t none;
+    ::sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     const int null_fd = ::open("/dev/null", O_RDWR);
     if (null_fd >= 0) ::dup2(null_fd, 0);
@@ -680,10 +703,12 @@ std::string describe_image_server_program(const std::filesystem::path& program) 
     ::execve(argv[0], argv, envp.data());
     ::_exit(127);
   }
+  const int fork_errno = errno;
+  ::pthread_sigmask(SIG_SETMASK, &old, nullptr);
   ::close(fds[1]);
   if (child < 0) {
     ::close(fds[0]);
-    return prog + ": cannot run it: " + std::strerror(errno);
+    return prog + ": cannot run it: " + std::strerror(fork_errno);
   }
   std::string out;
   const auto deadline = std::chrono::steady_clock::now() + 2s;

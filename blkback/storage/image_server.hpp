@@ -46,9 +46,16 @@ class image_server {
   // ("Could not open '/x.qcow2': No such file or directory"), or that the
   // program is missing, or that it did not answer in time.
   // Runs on the calling coroutine's executor, which the server then uses
-  // for its whole life; every member is called on that executor's thread.
-  static boost::asio::awaitable<asio_xen::result<std::unique_ptr<image_server>>> start(
-      image_format f, const std::filesystem::path& image, const image_server_options& o, std::string& detail);
+  // for its whole life; every member is called on that executor's thread,
+  // a thread that lives as long as the server (PR_SET_PDEATHSIG fires when
+  // the thread that started the child ends, not the process).
+  // The image and options are taken by value: the coroutine starts only
+  // when awaited, after a temporary argument would be gone. `detail` must
+  // outlive the co_await.
+  static boost::asio::awaitable<asio_xen::result<std::unique_ptr<image_server>>> start(image_format f,
+                                                                                       std::filesystem::path image,
+                                                                                       image_server_options o,
+                                                                                       std::string& detail);
 
   // Ends qsd: SIGTERM (qsd flushes and closes the image), SIGKILL after
   // two seconds, reaped without blocking; then removes the directory.

@@ -356,16 +356,20 @@ nbd_parse parse_nbd_uri(std::string_view t) {
       return {};
     };
     const auto tls_only = [&]() -> std::string {
-      if (!n.tls)
-        return "NBD URI " + q + ": " + quote(*key) + " only applies to TLS: use nbds:// or nbds+unix:// (" + scheme +
-               ":// connects without TLS)";
-      return {};
+      if (n.tls) return {};
+      std::string m = "NBD URI " + q + ": " + quote(*key) + " only applies to TLS: use nbds:// or nbds+unix:// (";
+      m += scheme;
+      m += ":// connects without TLS)";
+      return m;
     };
-    std::string m;
+    std::string m;  // a refusal from absolute() or tls_only()
     if (*key == "socket") {
-      if (!unix_socket)
-        return nbd_problem("NBD URI " + q + ": socket= belongs to nbd+unix:// and nbds+unix:// URIs, not " + scheme +
-                           "://");
+      if (!unix_socket) {
+        std::string m = "NBD URI " + q + ": socket= belongs to nbd+unix:// and nbds+unix:// URIs, not ";
+        m += scheme;
+        m += "://";
+        return nbd_problem(std::move(m));
+      }
       if (have_socket) return nbd_problem("NBD URI " + q + " gives socket= twice");
       if (!(m = absolute("the socket")).empty()) return nbd_problem(std::move(m));
       n.socket = *value;

@@ -10,10 +10,15 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/use_future.hpp>
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <future>
@@ -142,6 +147,28 @@ struct client {
 
 bool process_gone(int pid) { return pid > 0 && ::kill(pid, 0) != 0 && errno == ESRCH; }
 
+std::string read_all(const fs::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(in)), {});
+}
+
+// The first line QMP sends on a new connection.
+std::string qmp_greeting(const fs::path& sock) {
+  const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, sock.c_str(), sizeof addr.sun_path - 1);
+  std::string line;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0) {
+    timeval tv{5, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char c = 0;
+    while (line.size() < 4096 && ::read(fd, &c, 1) == 1 && c != '\n') line += c;
+  }
+  ::close(fd);
+  return line;
+}
+
 }  // namespace
 
 TEST_SUITE("image server") {
@@ -166,7 +193,7 @@ TEST_SUITE("image server") {
     CHECK(t.via == nbd_target::transport::unix_socket);
     CHECK(t.export_name == "5-51712");
     CHECK(t.socket == o.runtime_dir / "qsd-5-51712" / "nbd.sock");
-    CHECK(fs::exists(st.server->qmp_socket()));
+    CHECK(qmp_greeting(st.server->qmp_socket()).starts_with("{\"QMP\""));
     CHECK((fs::status(o.runtime_dir / "qsd-5-51712").permissions() & fs::perms::all) == fs::perms::owner_all);
     CHECK(st.server->restarts() == 0);
 
@@ -258,6 +285,8 @@ TEST_SUITE("image server") {
       client c(server.target());
       CHECK(c.read(0, 8192) == data);
     }
+    // Its QMP socket is back too (qsd replaces the stale one).
+    CHECK(qmp_greeting(server.qmp_socket()).starts_with("{\"QMP\""));
     MESSAGE("back in ",
             std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0).count(),
             " ms");
@@ -411,5 +440,108 @@ TEST_SUITE("image server") {
     CHECK(d.find("/qemu-storage-daemon: qemu-storage-daemon version ") != std::string::npos);
     CHECK(describe_image_server_program("xbd-no-such-qemu-storage-daemon").find("not found in PATH") !=
           std::string::npos);
+  }
+
+  TEST_CASE("qemu-storage-daemon inherits no descriptor and no environment of the daemon") {
+    scratch s;
+    REQUIRE(run({"/usr/bin/qemu-img", "create", "-q", "-f", "qcow2", (s.dir / "x.qcow2").string(), "4M"}, s).status ==
+            0);
+    // Neither close-on-exec nor in the environment: only a clean start
+    // keeps them from the child.
+    const fs::path marker = s.dir / "marker";
+    const int leak = ::open(marker.c_str(), O_WRONLY | O_CREAT, 0600);
+    REQUIRE(leak >= 0);
+    ::setenv("XBD_SECRET_FOR_TEST", "1", 1);
+    asio::io_context io;
+    auto st = start(io, image_format::qcow2, s.dir / "x.qcow2", options(s));
+    ::unsetenv("XBD_SECRET_FOR_TEST");
+    ::close(leak);
+    INFO("detail: ", st.detail);
+    REQUIRE(st.server);
+    const int pid = st.server->pid();
+    const fs::path fds = "/proc/" + std::to_string(pid) + "/fd";
+    bool stdin_null = false;
+    for (const auto& e : fs::directory_iterator(fds)) {
+      std::error_code ec;
+      const auto target = fs::read_symlink(e.path(), ec).string();
+      CHECK(target != marker.string());
+      if (e.path().filename() == "0") stdin_null = target == "/dev/null";
+      if (e.path().filename() == "3") CHECK(target.starts_with("socket:"));
+    }
+    CHECK(stdin_null);
+    const auto env = read_all("/proc/" + std::to_string(pid) + "/environ");
+    CHECK(env.find("XBD_SECRET_FOR_TEST") == std::string::npos);
+    CHECK(env.find("PATH=") != std::string::npos);
+    stop(io, *st.server);
+  }
+
+  TEST_CASE("where qemu-storage-daemon refuses io_uring, direct access falls back to aio=threads") {
+    scratch s;
+    REQUIRE(run({"/usr/bin/qemu-img", "create", "-q", "-f", "qcow2", (s.dir / "x.qcow2").string(), "4M"}, s).status ==
+            0);
+    {
+      std::ofstream out(s.dir / "no-uring-qsd");
+      out << "#!/bin/sh\n"
+             "case \"$*\" in *aio=io_uring*)\n"
+             "  echo \"qemu-storage-daemon: --blockdev x: Unable to use io_uring: failed to init linux io_uring ring: "
+             "Operation not permitted\" >&2; exit 1;;\n"
+             "esac\n"
+             "exec /usr/bin/qemu-storage-daemon \"$@\"\n";
+    }
+    fs::permissions(s.dir / "no-uring-qsd", fs::perms::owner_all);
+    asio::io_context io;
+    auto o = options(s);
+    o.program = s.dir / "no-uring-qsd";
+    o.direct = true;
+    auto st = start(io, image_format::qcow2, s.dir / "x.qcow2", o);
+    INFO("detail: ", st.detail);
+    REQUIRE(st.server);
+    auto cmdline = read_all("/proc/" + std::to_string(st.server->pid()) + "/cmdline");
+    CHECK(cmdline.find("cache.direct=on,aio=threads") != std::string::npos);
+    {
+      client c(st.server->target());
+      CHECK(c.read(0, 4096) == std::vector<char>(4096, 0));
+    }
+    stop(io, *st.server);
+  }
+
+  TEST_CASE("qemu-storage-daemon dies with the process that started it") {
+    scratch s;
+    REQUIRE(run({"/usr/bin/qemu-img", "create", "-q", "-f", "qcow2", (s.dir / "x.qcow2").string(), "4M"}, s).status ==
+            0);
+    int fds[2];
+    REQUIRE(::pipe(fds) == 0);
+    const pid_t daemon = ::fork();
+    REQUIRE(daemon >= 0);
+    if (daemon == 0) {
+      // A stand-in daemon: starts a server, says which qsd it got, waits.
+      ::close(fds[0]);
+      asio::io_context io;
+      auto detail = std::make_shared<std::string>();
+      auto fut = asio::co_spawn(io, image_server::start(image_format::qcow2, s.dir / "x.qcow2", options(s), *detail),
+                                asio::use_future);
+      while (fut.wait_for(0s) != std::future_status::ready) io.run_one_for(10ms);
+      auto r = fut.get();
+      const int pid = r ? (*r)->pid() : -1;
+      (void)!::write(fds[1], &pid, sizeof pid);
+      ::pause();
+      ::_exit(0);
+    }
+    ::close(fds[1]);
+    int qsd = -1;
+    REQUIRE(::read(fds[0], &qsd, sizeof qsd) == static_cast<ssize_t>(sizeof qsd));
+    ::close(fds[0]);
+    REQUIRE(qsd > 0);
+    ::kill(daemon, SIGKILL);
+    int status = 0;
+    ::waitpid(daemon, &status, 0);
+    // qsd was the stand-in's child, reparented and reaped by init (or a
+    // subreaper) once it is killed.
+    CHECK(xbd::test::eventually(
+        [&] {
+          return process_gone(qsd) ||
+                 read_all("/proc/" + std::to_string(qsd) + "/stat").find(" Z ") != std::string::npos;
+        },
+        5s));
   }
 }
