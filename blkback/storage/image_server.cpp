@@ -489,7 +489,8 @@ asio::awaitable<error_code> launch(state_ptr st, std::string& detail) {
       detail = "qemu-storage-daemon did not serve " + st->image.string() + " within " +
                std::to_string(st->opt.start_timeout.count()) + " ms" + (said.empty() ? "" : ": " + said);
     } else if (!said.empty()) {
-      detail = said;
+      // "Image is not in qcow2 format" says nothing of which image.
+      detail = said.find(st->image.string()) == std::string::npos ? st->image.string() + ": " + said : said;
     } else {
       detail = "qemu-storage-daemon " + (status ? exit_description(*status) : std::string("ended")) +
                " before serving " + st->image.string();

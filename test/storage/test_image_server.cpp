@@ -363,7 +363,7 @@ TEST_SUITE("image server") {
     auto st = start(io, image_format::qcow2, s.dir / "plain.raw", options(s));
     CHECK_FALSE(st.server);
     INFO("detail: ", st.detail);
-    CHECK(st.detail.find("not in qcow2 format") != std::string::npos);
+    CHECK(st.detail.find("plain.raw: Image is not in qcow2 format") != std::string::npos);
   }
 
   TEST_CASE("a missing program fails at once, saying what to install") {
