@@ -41,6 +41,10 @@ struct op {
   std::uint64_t length = 0;
   std::uint64_t cursor = 0;  // trim: bytes discarded so far
   std::uint64_t piece = 0;   // trim: the piece on the wire
+  // When a connection was first lost under it: an operation that every new
+  // connection loses again (a server that drops it, or keeps answering
+  // ESHUTDOWN) still fails once it has waited the reconnect window.
+  std::chrono::steady_clock::time_point lost_at;
   void* buf = nullptr;
   completion* done = nullptr;
   error_code ec;
@@ -104,6 +108,7 @@ class core : public std::enable_shared_from_this<core> {
   void drop_link();
 
   void kick();
+  void requeue(op& o, bool front = false);
   void issue();
   bool issue_one(op& o);
   static int replied(void* user_data, int* error);
@@ -152,12 +157,19 @@ void core::start() {
 }
 
 // One connection after another, for as long as the channel lives: connect
-// (each attempt bounded), serve until the connection is lost, and after a
-// failed attempt wait a little longer each time.
+// (each attempt bounded), serve until the connection is lost, and wait a
+// little longer after each failed attempt, or each connection that did not
+// last (a server that drops every connection, or keeps answering ESHUTDOWN,
+// must not have us reconnect in a tight loop).
 // NOLINTNEXTLINE(performance-unnecessary-value-param): keeps the state alive across suspensions
 asio::awaitable<void> core::supervise(std::shared_ptr<core> self) {
   (void)self;
   auto backoff = first_backoff;
+  auto pause = [this, &backoff]() -> asio::awaitable<void> {
+    retry_.expires_after(backoff);
+    co_await retry_.async_wait(asio::as_tuple(asio::use_awaitable));
+    backoff = std::min(backoff * 2, max_backoff);
+  };
   while (!closing_) {
     link_ = std::make_shared<link>();
     std::string detail;
@@ -166,16 +178,16 @@ asio::awaitable<void> core::supervise(std::shared_ptr<core> self) {
     if (closing_) co_return;
     if (ec) {
       attempt_failed(detail);
-      retry_.expires_after(backoff);
-      co_await retry_.async_wait(asio::as_tuple(asio::use_awaitable));
-      backoff = std::min(backoff * 2, max_backoff);
+      co_await pause();
       continue;
     }
-    backoff = first_backoff;
     came_up();
+    const auto since = std::chrono::steady_clock::now();
     co_await serve();
     if (closing_) co_return;
     went_down();
+    if (std::chrono::steady_clock::now() - since > max_backoff) backoff = first_backoff;
+    co_await pause();
   }
 }
 
@@ -261,11 +273,8 @@ void core::outage_expired(unsigned generation) {
 // done only once a server has said so.
 void core::drop_link() {
   if (!link_) return;
-  for (op& o : ops_) {
-    if (o.state != op_state::wire) continue;
-    o.state = op_state::waiting;
-    waiting_.push_back(&o);
-  }
+  for (op& o : ops_)
+    if (o.state == op_state::wire) requeue(o);
   watch_->forget();
   quiet_ = true;
   link_->close();
@@ -285,6 +294,7 @@ void core::submit(op_kind k, std::uint64_t offset, std::uint64_t length, void* b
   o->offset = offset;
   o->length = length;
   o->cursor = 0;
+  o->lost_at = {};
   o->buf = buf;
   o->done = &done;
   if (!up_ && gave_up_) {
@@ -306,10 +316,25 @@ void core::kick() {
     watch_->watch(nbd_aio_get_fd(link_->handle()), static_cast<unsigned>(nbd_aio_get_direction(link_->handle())));
 }
 
+void core::requeue(op& o, bool front) {
+  if (o.lost_at == std::chrono::steady_clock::time_point{}) o.lost_at = std::chrono::steady_clock::now();
+  o.state = op_state::waiting;
+  if (front)
+    waiting_.push_front(&o);
+  else
+    waiting_.push_back(&o);
+}
+
 void core::issue() {
   while (up_ && !doomed_ && !link_->down()) {
     op* o = waiting_.pop_front();
-    if (!o || !issue_one(*o)) return;
+    if (!o) return;
+    if (o->lost_at != std::chrono::steady_clock::time_point{} &&
+        std::chrono::steady_clock::now() - o->lost_at >= cfg_->opt.reconnect) {
+      finish(o, errno_code(EIO));
+      continue;
+    }
+    if (!issue_one(*o)) return;
   }
 }
 
@@ -361,8 +386,7 @@ void core::on_reply(op& o, int err) {
     // The connection went (or the server is going) before an answer: the
     // operation did not happen as far as we know, and goes again.
     if (err == ESHUTDOWN) doomed_ = true;
-    o.state = op_state::waiting;
-    waiting_.push_back(&o);
+    requeue(o);
     return;
   }
   if (err == 0 && o.kind == op_kind::trim && (o.cursor += o.piece) < o.length) {

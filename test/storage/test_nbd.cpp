@@ -4,6 +4,7 @@
 #include "test/unit/run.hpp"
 
 #include <doctest/doctest.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -468,6 +469,60 @@ TEST_CASE("a server killed for good: waiting operations fail with EIO once the r
     if (!ok) idle(r.io, 100ms);
   }
   CHECK(ok);
+}
+
+TEST_CASE("a server answering ESHUTDOWN is reconnected to with back-off and the operations succeed once it stops") {
+  xbd::test::temp_dir flag_dir;
+  const auto flag = flag_dir.path() / "shutting-down";
+  std::ofstream(flag).close();
+  xbd::test::nbd_server srv(
+      filtered("error", {"error=ESHUTDOWN", "error-pread-rate=100%", "error-pread-file=" + flag.string()}));
+  rig r;
+  REQUIRE_FALSE(r.open(srv.target(), quick()));
+  r.open_channel();
+  std::vector<std::byte> back(64 * 1024);
+  op_done d;
+  r.read(0, back, d);
+  rusage before{};
+  ::getrusage(RUSAGE_SELF, &before);
+  idle(r.io, 1000ms);
+  rusage after{};
+  ::getrusage(RUSAGE_SELF, &after);
+  CHECK_FALSE(d.finished());
+  const auto cpu_us = [](const rusage& u) {
+    return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1000000ll + u.ru_utime.tv_usec + u.ru_stime.tv_usec;
+  };
+  MESSAGE("CPU while the server said ESHUTDOWN for 1 s: " << (cpu_us(after) - cpu_us(before)) / 1000 << " ms");
+  CHECK(cpu_us(after) - cpu_us(before) < 200000);
+  std::filesystem::remove(flag);
+  REQUIRE(drive(
+      r.io, [&] { return d.finished(); }, 5s));
+  CHECK_FALSE(d.ec);
+}
+
+TEST_CASE("an operation every connection loses fails with EIO after the reconnect window however often it reconnects") {
+  xbd::test::nbd_server srv(filtered("error", {"error=ESHUTDOWN", "error-pread-rate=100%"}));
+  rig r;
+  auto o = quick();
+  o.reconnect = 1000ms;
+  REQUIRE_FALSE(r.open(srv.target(), o));
+  r.open_channel();
+  std::vector<std::byte> back(4096);
+  op_done d;
+  const auto start = clock_type::now();
+  r.read(0, back, d);
+  REQUIRE(drive(
+      r.io, [&] { return d.finished(); }, 6s));
+  const double took = ms_since(start);
+  MESSAGE("failed after " << took << " ms");
+  CHECK(d.ec == boost::system::errc::io_error);
+  CHECK(took >= 950);
+  CHECK(took < 4000);
+  op_done w;  // writes are not affected
+  r.write(0, back, w);
+  REQUIRE(drive(
+      r.io, [&] { return w.finished(); }, 5s));
+  CHECK_FALSE(w.ec);
 }
 
 TEST_CASE("cancel finishes the operations waiting for a lost server at once with operation_aborted") {
