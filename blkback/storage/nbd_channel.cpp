@@ -194,13 +194,14 @@ asio::awaitable<void> core::supervise(std::shared_ptr<core> self) {
 // Sends what waits, then waits for the socket and lets libnbd read replies
 // (their callbacks run inside step()) and write what it could not yet.
 asio::awaitable<void> core::serve() {
-  for (;;) {
-    issue();
-    if (link_->down() || doomed_) co_return;
-    watch_->watch(nbd_aio_get_fd(link_->handle()), static_cast<unsigned>(nbd_aio_get_direction(link_->handle())));
-    const error_code ec = co_await watch_->wait();
+  const std::shared_ptr<socket_watch> w = watch_;
+  issue();
+  while (!link_->down() && !doomed_) {
+    w->watch(nbd_aio_get_fd(link_->handle()), static_cast<unsigned>(nbd_aio_get_direction(link_->handle())));
+    const error_code ec = co_await w->wait();
     if (closing_ || ec == asio_xen::errc::closed) co_return;
-    link_->step(watch_->ready());
+    link_->step(w->ready());
+    issue();
   }
 }
 
@@ -443,7 +444,12 @@ void core::close() {
 class nbd_channel final : public channel {
  public:
   nbd_channel(std::shared_ptr<core> c, const properties& p) : c_(std::move(c)), props_(p) {}
-  ~nbd_channel() override { c_->close(); }
+  ~nbd_channel() override {
+    try {
+      c_->close();
+    } catch (...) {  // only a timer's cancel() throws, which epoll-less Linux timers never fail
+    }
+  }
   nbd_channel(const nbd_channel&) = delete;
   nbd_channel& operator=(const nbd_channel&) = delete;
 
