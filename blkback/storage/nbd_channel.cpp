@@ -106,6 +106,8 @@ class core : public std::enable_shared_from_this<core> {
   void begin_outage();
   void outage_expired(unsigned generation);
   void drop_link();
+  void arm_watchdog();
+  void check_stall();
 
   void kick();
   void requeue(op& o, bool front = false);
@@ -129,13 +131,16 @@ class core : public std::enable_shared_from_this<core> {
   bool delivering_ = false;
 
   bool up_ = false;       // link_ negotiated and serving
-  bool doomed_ = false;   // the server said it is shutting down: reconnect
+  std::string doomed_;    // why the connection must go although libnbd keeps it
   bool quiet_ = false;    // closing a handle: its callbacks are not news
   bool closing_ = false;  // the channel is gone
   bool gave_up_ = false;  // lost longer than the reconnect window: fail at once
 
   asio::steady_timer retry_;
   asio::steady_timer deadline_;
+  asio::steady_timer watchdog_;
+  unsigned on_wire_ = 0;
+  std::chrono::steady_clock::time_point last_reply_;  // or the moment the wire stopped being empty
   unsigned outage_generation_ = 0;
   std::chrono::steady_clock::time_point outage_since_;
   bool outage_logged_ = false;  // at warning: its end is worth a line too
@@ -144,7 +149,7 @@ class core : public std::enable_shared_from_this<core> {
 
 core::core(const asio::any_io_executor& ex, unsigned depth, std::shared_ptr<const channel_config> cfg,
            std::shared_ptr<socket_watch> watch)
-    : ex_(ex), cfg_(std::move(cfg)), watch_(std::move(watch)), ops_(depth), retry_(ex), deadline_(ex) {
+    : ex_(ex), cfg_(std::move(cfg)), watch_(std::move(watch)), ops_(depth), retry_(ex), deadline_(ex), watchdog_(ex) {
   for (op& o : ops_) {
     o.owner = this;
     free_.push_back(&o);
@@ -196,7 +201,7 @@ asio::awaitable<void> core::supervise(std::shared_ptr<core> self) {
 asio::awaitable<void> core::serve() {
   const std::shared_ptr<socket_watch> w = watch_;
   issue();
-  while (!link_->down() && !doomed_) {
+  while (!link_->down() && doomed_.empty()) {
     w->watch(nbd_aio_get_fd(link_->handle()), static_cast<unsigned>(nbd_aio_get_direction(link_->handle())));
     const error_code ec = co_await w->wait();
     if (closing_ || ec == asio_xen::errc::closed) co_return;
@@ -210,6 +215,7 @@ void core::came_up() {
   gave_up_ = false;
   ++outage_generation_;
   deadline_.cancel();
+  arm_watchdog();
   const auto took =
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - outage_since_);
   if (outage_reported_) {
@@ -224,7 +230,7 @@ void core::came_up() {
 }
 
 void core::went_down() {
-  std::string why = doomed_ ? "the server is shutting down" : link_->why();
+  std::string why = doomed_.empty() ? link_->why() : doomed_;
   if (why.empty()) why = "the server closed the connection";
   up_ = false;
   drop_link();
@@ -270,18 +276,43 @@ void core::outage_expired(unsigned generation) {
                           << " ms: failing I/O until it is back";
 }
 
+// A server that keeps the connection but stops answering (hung, stopped,
+// partitioned without a reset) is treated as lost once nothing has come back
+// for the reconnect window while commands were out: they are sent again on
+// a new connection, and fail if none comes within another window.
+void core::arm_watchdog() {
+  watchdog_.expires_after(std::max<std::chrono::milliseconds>(cfg_->opt.reconnect / 4, std::chrono::milliseconds(50)));
+  watchdog_.async_wait([weak = weak_from_this()](const error_code& ec) {
+    if (auto self = weak.lock(); self && !ec) self->check_stall();
+  });
+}
+
+void core::check_stall() {
+  if (!up_ || closing_) return;
+  const auto quiet =
+      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - last_reply_);
+  if (on_wire_ > 0 && quiet >= cfg_->opt.reconnect) {
+    doomed_ = "no reply from the server for " + std::to_string(quiet.count()) + " ms";
+    watch_->wake();
+    return;
+  }
+  arm_watchdog();
+}
+
 // What libnbd still had is sent again on the next connection: a write is
 // done only once a server has said so.
 void core::drop_link() {
   if (!link_) return;
   for (op& o : ops_)
     if (o.state == op_state::wire) requeue(o);
+  on_wire_ = 0;
   watch_->forget();
   quiet_ = true;
   link_->close();
   quiet_ = false;
   link_.reset();
-  doomed_ = false;
+  doomed_.clear();
+  watchdog_.cancel();
 }
 
 void core::submit(op_kind k, std::uint64_t offset, std::uint64_t length, void* buf, completion& done) {
@@ -311,7 +342,7 @@ void core::submit(op_kind k, std::uint64_t offset, std::uint64_t length, void* b
 // woken if the connection died under the new commands.
 void core::kick() {
   issue();
-  if (link_->down() || doomed_)
+  if (link_->down() || !doomed_.empty())
     watch_->wake();
   else
     watch_->watch(nbd_aio_get_fd(link_->handle()), static_cast<unsigned>(nbd_aio_get_direction(link_->handle())));
@@ -327,7 +358,7 @@ void core::requeue(op& o, bool front) {
 }
 
 void core::issue() {
-  while (up_ && !doomed_ && !link_->down()) {
+  while (up_ && doomed_.empty() && !link_->down()) {
     op* o = waiting_.pop_front();
     if (!o) return;
     if (o->lost_at != std::chrono::steady_clock::time_point{} &&
@@ -344,6 +375,7 @@ bool core::issue_one(op& o) {
   nbd_handle* h = link_->handle();
   const nbd_completion_callback cb{&core::replied, &o, nullptr};
   o.state = op_state::wire;
+  if (on_wire_++ == 0) last_reply_ = std::chrono::steady_clock::now();
   std::int64_t cookie = -1;
   switch (o.kind) {
     case op_kind::read:
@@ -362,6 +394,7 @@ bool core::issue_one(op& o) {
   }
   if (cookie != -1) return true;
   // Refused before it was queued: libnbd calls no callback then.
+  --on_wire_;
   const int err = nbd_get_errno();
   const char* msg = nbd_get_error();
   if (link_->down()) {
@@ -383,10 +416,12 @@ int core::replied(void* user_data, int* error) {
 
 void core::on_reply(op& o, int err) {
   if (o.state != op_state::wire || quiet_) return;
+  --on_wire_;
+  last_reply_ = std::chrono::steady_clock::now();
   if (err == ENOTCONN || err == ESHUTDOWN) {
     // The connection went (or the server is going) before an answer: the
     // operation did not happen as far as we know, and goes again.
-    if (err == ESHUTDOWN) doomed_ = true;
+    if (err == ESHUTDOWN) doomed_ = "the server is shutting down";
     requeue(o);
     return;
   }
@@ -435,6 +470,7 @@ void core::close() {
   up_ = false;
   retry_.cancel();
   deadline_.cancel();
+  watchdog_.cancel();
   drop_link();
   watch_->close();
   waiting_ = {};

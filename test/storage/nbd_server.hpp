@@ -47,6 +47,9 @@ class nbd_server {
   // SIGKILL, and waits for it to be gone.
   void kill();
   bool running() const { return proc_ && proc_->running(); }
+  void signal(int sig) {
+    if (proc_) proc_->signal(sig);
+  }
 
   // Where it listens (the same across restarts).
   blkback::storage::nbd_target target() const;

@@ -16,6 +16,7 @@
 #include <netinet/in.h>
 
 #include <chrono>
+#include <csignal>
 #include <cstring>
 #include <fstream>
 #include <vector>
@@ -231,6 +232,27 @@ TEST_CASE("a flush succeeds and a discarded range reads back as zeroes while the
   REQUIRE(r.all_ok(r.transfer(false, 0, back, 128 * 1024, 8)));
   std::fill(data.begin() + 256 * 1024, data.begin() + 512 * 1024, std::byte{0});
   CHECK(back == data);
+}
+
+TEST_CASE("a discard longer than one NBD command can carry goes out in pieces and zeroes the whole range") {
+  xbd::test::nbd_server srv([] {
+    server_options o;
+    o.plugin = {"memory", "6G"};
+    return o;
+  }());
+  rig r;
+  REQUIRE_FALSE(r.open(srv.target(), quick()));
+  r.open_channel();
+  const std::uint64_t far = (9ull << 29) - 65536;  // just short of 4.5 GiB, past the 32-bit length
+  auto data = pattern(65536, 11);
+  REQUIRE(r.all_ok(r.transfer(true, far, data, 65536, 1)));
+  op_done d;
+  r.discard(4096, (5ull << 30) - 4096, d);
+  REQUIRE(drive(r.io, [&] { return d.finished(); }));
+  CHECK_FALSE(d.ec);
+  std::vector<std::byte> back(65536, std::byte{1});
+  REQUIRE(r.all_ok(r.transfer(false, far, back, 65536, 1)));
+  CHECK(std::all_of(back.begin(), back.end(), [](std::byte b) { return b == std::byte{0}; }));
 }
 
 TEST_CASE("a secure discard is not supported and a server without multi-conn allows one ring") {
@@ -523,6 +545,40 @@ TEST_CASE("an operation every connection loses fails with EIO after the reconnec
   REQUIRE(drive(
       r.io, [&] { return w.finished(); }, 5s));
   CHECK_FALSE(w.ec);
+}
+
+TEST_CASE("a server that stops answering is given up on: its operations fail with EIO within twice the window") {
+  xbd::test::nbd_server srv({});
+  rig r;
+  auto o = quick();
+  o.reconnect = 1000ms;
+  o.connect_timeout = 500ms;
+  REQUIRE_FALSE(r.open(srv.target(), o));
+  r.open_channel();
+  write_and_verify(r, 0, 64 * 1024, 10);
+  srv.signal(SIGSTOP);
+  std::vector<std::byte> back(64 * 1024);
+  op_done d;
+  const auto start = clock_type::now();
+  r.read(0, back, d);
+  REQUIRE(drive(
+      r.io, [&] { return d.finished(); }, 6s));
+  const double took = ms_since(start);
+  MESSAGE("failed after " << took << " ms");
+  CHECK(d.ec == boost::system::errc::io_error);
+  CHECK(took >= 1900);
+  CHECK(took < 4000);
+  srv.signal(SIGCONT);
+  bool ok = false;
+  for (int i = 0; i < 40 && !ok; ++i) {
+    op_done again;
+    r.read(0, back, again);
+    REQUIRE(drive(
+        r.io, [&] { return again.finished(); }, 5s));
+    ok = !again.ec;
+    if (!ok) idle(r.io, 100ms);
+  }
+  CHECK(ok);
 }
 
 TEST_CASE("cancel finishes the operations waiting for a lost server at once with operation_aborted") {
