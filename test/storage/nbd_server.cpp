@@ -6,6 +6,7 @@
 #include <unistd.h>
 #include <csignal>
 #include <cstdlib>
+#include <fstream>
 #include <stdexcept>
 
 namespace xbd::test {
@@ -70,6 +71,26 @@ void nbd_server::kill() {
   proc_->signal(SIGKILL);
   (void)proc_->wait(std::chrono::seconds(5));
   proc_.reset();
+}
+
+void nbd_server::pause() {
+  if (!proc_) return;
+  proc_->signal(SIGSTOP);
+  const auto stat = "/proc/" + std::to_string(proc_->pid()) + "/stat";
+  const bool stopped = eventually(
+      [&] {
+        std::ifstream in(stat);
+        std::string line;
+        std::getline(in, line);
+        const auto end = line.rfind(')');
+        return end != std::string::npos && end + 2 < line.size() && line[end + 2] == 'T';
+      },
+      std::chrono::seconds(5));
+  if (!stopped) throw std::runtime_error("nbdkit did not stop");
+}
+
+void nbd_server::resume() {
+  if (proc_) proc_->signal(SIGCONT);
 }
 
 blkback::storage::nbd_target nbd_server::target() const {

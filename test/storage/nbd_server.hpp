@@ -47,9 +47,10 @@ class nbd_server {
   // SIGKILL, and waits for it to be gone.
   void kill();
   bool running() const { return proc_ && proc_->running(); }
-  void signal(int sig) {
-    if (proc_) proc_->signal(sig);
-  }
+  // SIGSTOP, and waits until it is stopped (it answers nothing after);
+  // resume() sends SIGCONT.
+  void pause();
+  void resume();
 
   // Where it listens (the same across restarts).
   blkback::storage::nbd_target target() const;

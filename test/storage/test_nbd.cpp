@@ -556,7 +556,7 @@ TEST_CASE("a server that stops answering is given up on: its operations fail wit
   REQUIRE_FALSE(r.open(srv.target(), o));
   r.open_channel();
   write_and_verify(r, 0, 64 * 1024, 10);
-  srv.signal(SIGSTOP);
+  srv.pause();
   std::vector<std::byte> back(64 * 1024);
   op_done d;
   const auto start = clock_type::now();
@@ -568,7 +568,7 @@ TEST_CASE("a server that stops answering is given up on: its operations fail wit
   CHECK(d.ec == boost::system::errc::io_error);
   CHECK(took >= 1900);
   CHECK(took < 4000);
-  srv.signal(SIGCONT);
+  srv.resume();
   bool ok = false;
   for (int i = 0; i < 40 && !ok; ++i) {
     op_done again;
