@@ -53,6 +53,10 @@ struct properties {
   bool discard_secure = false;
   std::uint32_t discard_granularity = 0;  // bytes
   std::uint32_t discard_alignment = 0;    // bytes
+  // Rings that may use the store at once; 0: any. 1 for an NBD server
+  // without multi-conn, where a flush on one connection covers only that
+  // connection's writes.
+  unsigned max_queues = 0;
 };
 
 // Receives the end of one operation (see the contract above).
@@ -77,6 +81,10 @@ class channel {
   // The ring has been idle a while: let go of what idle operations keep
   // (descriptors, memory). Called with nothing in flight.
   virtual void trim() {}
+  // The ring is closing: finish every operation that is waiting (not yet
+  // handed to the store: a driver's reconnect queue) now, with
+  // asio::error::operation_aborted. Operations under way are unaffected.
+  virtual void cancel() {}
 };
 
 class store {

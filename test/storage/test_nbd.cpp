@@ -1,0 +1,657 @@
+// The NBD driver against real nbdkit servers, each test with its own.
+#include "blkback/storage/nbd.hpp"
+#include "test/storage/nbd_server.hpp"
+#include "test/unit/run.hpp"
+
+#include <doctest/doctest.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <fstream>
+#include <vector>
+
+namespace {
+
+namespace asio = boost::asio;
+using namespace xbd::blkback::storage;
+using xbd::asio_xen::error_code;
+using namespace std::chrono_literals;
+using clock_type = std::chrono::steady_clock;
+
+// One operation's end; notes a completion from inside the call that started
+// the operation (which the storage contract forbids).
+struct op_done final : completion {
+  static inline bool in_call = false;
+  int calls = 0;
+  bool inline_call = false;
+  error_code ec;
+  void complete(error_code e) override {
+    ++calls;
+    ec = e;
+    inline_call = inline_call || in_call;
+  }
+  bool finished() const { return calls > 0; }
+};
+
+// Runs `io` until `pred` holds or `limit` passes, timed by a timer of the
+// context (never run_for: test/unit/run.hpp says why).
+template <class Pred>
+bool drive(asio::io_context& io, Pred pred, std::chrono::milliseconds limit = 10s) {
+  io.restart();
+  auto expired = std::make_shared<bool>(false);
+  asio::steady_timer t(io, limit);
+  t.async_wait([expired](const error_code& ec) { *expired = *expired || !ec; });
+  while (!pred() && !*expired) io.run_one();
+  t.cancel();
+  io.poll();
+  return pred();
+}
+
+void idle(asio::io_context& io, std::chrono::milliseconds d) {
+  drive(
+      io, [] { return false; }, d);
+}
+
+std::vector<std::byte> pattern(std::size_t n, std::uint64_t seed) {
+  std::vector<std::byte> v(n);
+  std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
+  for (auto& b : v) {
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    b = static_cast<std::byte>(x);
+  }
+  return v;
+}
+
+struct rig {
+  asio::io_context io;
+  std::unique_ptr<store> st;
+  std::unique_ptr<channel> ch;
+  std::string detail;
+
+  // open_nbd on this context; the error, or empty with `st` set.
+  error_code open(const nbd_target& t, nbd_options o, std::chrono::milliseconds limit = 15s) {
+    auto r = xbd::test::run(io, open_nbd(t, o, detail), limit);
+    if (!r) return r.error();
+    st = std::move(*r);
+    return {};
+  }
+  void open_channel(unsigned depth = 64) {
+    auto c = st->open_channel(xbd::blkback::worker{io.get_executor(), nullptr}, depth);
+    REQUIRE(c);
+    ch = std::move(*c);
+  }
+
+  void read(std::uint64_t off, std::span<std::byte> into, op_done& d) {
+    op_done::in_call = true;
+    ch->read(off, into, d);
+    op_done::in_call = false;
+  }
+  void write(std::uint64_t off, std::span<const std::byte> from, op_done& d) {
+    op_done::in_call = true;
+    ch->write(off, from, d);
+    op_done::in_call = false;
+  }
+  void flush(op_done& d) {
+    op_done::in_call = true;
+    ch->flush(d);
+    op_done::in_call = false;
+  }
+  void discard(std::uint64_t off, std::uint64_t len, op_done& d) {
+    op_done::in_call = true;
+    ch->discard(off, len, false, d);
+    op_done::in_call = false;
+  }
+
+  bool all_finished(const std::vector<op_done>& v, std::chrono::milliseconds limit = 10s) {
+    return drive(
+        io, [&] { return std::all_of(v.begin(), v.end(), [](const op_done& d) { return d.finished(); }); }, limit);
+  }
+
+  // `data` to `base` (or from it, if !write) in `chunk`-byte operations,
+  // `depth` in flight at a time; every operation's error, in order.
+  std::vector<error_code> transfer(bool write, std::uint64_t base, std::span<std::byte> data, std::size_t chunk,
+                                   unsigned depth) {
+    std::vector<error_code> out;
+    for (std::size_t first = 0; first < data.size(); first += chunk * depth) {
+      std::vector<op_done> done(std::min<std::size_t>(depth, (data.size() - first + chunk - 1) / chunk));
+      for (std::size_t i = 0; i < done.size(); ++i) {
+        const std::size_t at = first + i * chunk;
+        auto piece = data.subspan(at, std::min(chunk, data.size() - at));
+        if (write)
+          this->write(base + at, piece, done[i]);
+        else
+          read(base + at, piece, done[i]);
+      }
+      REQUIRE(all_finished(done));
+      for (const auto& d : done) {
+        CHECK(d.calls == 1);
+        CHECK_FALSE(d.inline_call);
+        out.push_back(d.ec);
+      }
+    }
+    return out;
+  }
+  bool all_ok(const std::vector<error_code>& v) {
+    return std::all_of(v.begin(), v.end(), [](const error_code& e) { return !e; });
+  }
+};
+
+using server_options = xbd::test::nbd_server::options;
+
+server_options filtered(std::string filter, std::vector<std::string> params) {
+  server_options o;
+  o.filters = {std::move(filter)};
+  o.params = std::move(params);
+  return o;
+}
+
+nbd_options quick(bool writable = true) {
+  nbd_options o;
+  o.writable = writable;
+  o.connect_timeout = 2s;
+  o.reconnect = 10s;
+  return o;
+}
+
+double ms_since(clock_type::time_point t) {
+  return std::chrono::duration<double, std::milli>(clock_type::now() - t).count();
+}
+
+// Writes `n` bytes in 64 KiB operations, 32 at a time, reads them back the
+// same way, and checks they match.
+void write_and_verify(rig& r, std::uint64_t base, std::size_t n, std::uint64_t seed) {
+  auto data = pattern(n, seed);
+  CHECK(r.all_ok(r.transfer(true, base, data, 64 * 1024, 32)));
+  std::vector<std::byte> back(n);
+  CHECK(r.all_ok(r.transfer(false, base, back, 64 * 1024, 32)));
+  CHECK(back == data);
+}
+
+}  // namespace
+
+TEST_CASE("an NBD export over a unix socket reads back what was written, 32 operations in flight") {
+  xbd::test::nbd_server srv({});
+  rig r;
+  REQUIRE_FALSE(r.open(srv.target(), quick()));
+  const properties& p = r.st->props();
+  CHECK(p.size == 64ull << 20);
+  CHECK(p.writable);
+  CHECK_FALSE(p.direct);
+  CHECK(p.flush);
+  CHECK(p.discard);
+  CHECK_FALSE(p.discard_secure);
+  CHECK(p.logical_sector == 512);
+  CHECK(p.max_queues == 0);  // nbdkit's memory plugin offers multi-conn
+  CHECK(r.st->current_size().value() == 64ull << 20);
+  r.open_channel();
+  write_and_verify(r, 3 << 20, 8 << 20, 1);
+}
+
+TEST_CASE("an NBD export over TCP on 127.0.0.1 reads back what was written") {
+  xbd::test::nbd_server srv([] {
+    server_options o;
+    o.tcp = true;
+    return o;
+  }());
+  rig r;
+  REQUIRE_FALSE(r.open(srv.target(), quick()));
+  CHECK(r.st->name().find("nbd://127.0.0.1:") == 0);
+  r.open_channel();
+  write_and_verify(r, 0, 4 << 20, 2);
+}
+
+TEST_CASE("a flush succeeds and a discarded range reads back as zeroes while the rest keeps its data") {
+  xbd::test::nbd_server srv({});
+  rig r;
+  REQUIRE_FALSE(r.open(srv.target(), quick()));
+  CHECK(r.st->props().discard_granularity >= 512);
+  r.open_channel();
+  auto data = pattern(1 << 20, 3);
+  REQUIRE(r.all_ok(r.transfer(true, 0, data, 128 * 1024, 8)));
+  std::vector<op_done> done(2);
+  r.flush(done[0]);
+  r.discard(256 * 1024, 256 * 1024, done[1]);
+  REQUIRE(r.all_finished(done));
+  CHECK_FALSE(done[0].ec);
+  CHECK_FALSE(done[1].ec);
+  CHECK_FALSE(done[0].inline_call);
+  std::vector<std::byte> back(1 << 20);
+  REQUIRE(r.all_ok(r.transfer(false, 0, back, 128 * 1024, 8)));
+  std::fill(data.begin() + 256 * 1024, data.begin() + 512 * 1024, std::byte{0});
+  CHECK(back == data);
+}
+
+TEST_CASE("a discard longer than one NBD command can carry goes out in pieces and zeroes the whole range") {
+  xbd::test::nbd_server srv([] {
+    server_options o;
+    o.plugin = {"memory", "6G"};
+    return o;
+  }());
+  rig r;
+  REQUIRE_FALSE(r.open(srv.target(), quick()));
+  r.open_channel();
+  const std::uint64_t far = (9ull << 29) - 65536;  // just short of 4.5 GiB, past the 32-bit length
+  auto data = pattern(65536, 11);
+  REQUIRE(r.all_ok(r.transfer(true, far, data, 65536, 1)));
+  op_done d;
+  r.discard(4096, (5ull << 30) - 4096, d);
+  REQUIRE(drive(r.io, [&] { return d.finished(); }));
+  CHECK_FALSE(d.ec);
+  std::vector<std::byte> back(65536, std::byte{1});
+  REQUIRE(r.all_ok(r.transfer(false, far, back, 65536, 1)));
+  CHECK(std::all_of(back.begin(), back.end(), [](std::byte b) { return b == std::byte{0}; }));
+}
+
+TEST_CASE("a secure discard is not supported and a server without multi-conn allows one ring") {
+  xbd::test::nbd_server srv(filtered("multi-conn", {"multi-conn-mode=disable"}));
+  rig r;
+  REQUIRE_FALSE(r.open(srv.target(), quick()));
+  CHECK(r.st->props().max_queues == 1);
+  r.open_channel();
+  op_done d;
+  op_done::in_call = true;
+  r.ch->discard(0, 4096, true, d);
+  op_done::in_call = false;
+  REQUIRE(drive(r.io, [&] { return d.finished(); }));
+  CHECK(d.ec == asio::error::operation_not_supported);
+  CHECK_FALSE(d.inline_call);
+}
+
+TEST_CASE("a read-only export refuses a writable open with EROFS and a reason, and serves reads opened read-only") {
+  xbd::test::nbd_server srv([] {
+    server_options o;
+    o.read_only = true;
+    return o;
+  }());
+  rig r;
+  const error_code ec = r.open(srv.target(), quick(true));
+  CHECK(ec == boost::system::errc::read_only_file_system);
+  CHECK(r.detail.find("read-only") != std::string::npos);
+  CHECK_FALSE(r.st);
+
+  REQUIRE_FALSE(r.open(srv.target(), quick(false)));
+  CHECK_FALSE(r.st->props().writable);
+  CHECK_FALSE(r.st->props().discard);
+  r.open_channel();
+  std::vector<std::byte> back(1 << 20, std::byte{1});
+  CHECK(r.all_ok(r.transfer(false, 0, back, 64 * 1024, 16)));
+  CHECK(std::all_of(back.begin(), back.end(), [](std::byte b) { return b == std::byte{0}; }));
+  op_done w;
+  r.write(0, back, w);
+  REQUIRE(drive(r.io, [&] { return w.finished(); }));
+  CHECK(w.ec == boost::system::errc::read_only_file_system);
+  CHECK_FALSE(w.inline_call);
+}
+
+TEST_CASE("an export whose size is not whole sectors is refused with a reason") {
+  xbd::test::nbd_server srv([] {
+    server_options o;
+    o.plugin = {"memory", "1000"};
+    return o;
+  }());
+  rig r;
+  CHECK(r.open(srv.target(), quick()) == boost::system::errc::invalid_argument);
+  CHECK(r.detail.find("1000 bytes") != std::string::npos);
+}
+
+TEST_CASE("a refused connection and an unknown export fail the open at once with libnbd's reason") {
+  rig r;
+  nbd_target t;
+  t.host = "127.0.0.1";
+  t.port = std::to_string(xbd::test::free_tcp_port());
+  auto start = clock_type::now();
+  CHECK(r.open(t, quick()));
+  CHECK(r.detail.find("refused") != std::string::npos);
+  CHECK(ms_since(start) < 1000);
+
+  xbd::test::nbd_server srv(filtered("exportname", {"exportname-strict=true", "exportname=good"}));
+  auto target = srv.target();
+  target.export_name = "missing";
+  r.detail.clear();
+  CHECK(r.open(target, quick()));
+  MESSAGE("unknown export: " << r.detail);
+  CHECK_FALSE(r.detail.empty());
+  target.export_name = "good";
+  CHECK_FALSE(r.open(target, quick()));
+}
+
+TEST_CASE("a server that accepts but never answers fails the open within the connect timeout") {
+  xbd::test::temp_dir dir;
+  const int u = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_un ua{};
+  ua.sun_family = AF_UNIX;
+  const auto path = (dir.path() / "silent").string();
+  std::strncpy(ua.sun_path, path.c_str(), sizeof ua.sun_path - 1);
+  REQUIRE(::bind(u, reinterpret_cast<sockaddr*>(&ua), sizeof ua) == 0);
+  REQUIRE(::listen(u, 8) == 0);
+  const int tcp = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in ta{};
+  ta.sin_family = AF_INET;
+  ta.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof ta;
+  REQUIRE(::bind(tcp, reinterpret_cast<sockaddr*>(&ta), sizeof ta) == 0);
+  REQUIRE(::listen(tcp, 8) == 0);
+  REQUIRE(::getsockname(tcp, reinterpret_cast<sockaddr*>(&ta), &len) == 0);
+
+  nbd_target over_unix;
+  over_unix.via = nbd_target::transport::unix_socket;
+  over_unix.socket = path;
+  nbd_target over_tcp;
+  over_tcp.host = "127.0.0.1";
+  over_tcp.port = std::to_string(ntohs(ta.sin_port));
+  for (const auto& t : {over_unix, over_tcp}) {
+    rig r;
+    auto o = quick();
+    o.connect_timeout = 500ms;
+    const auto start = clock_type::now();
+    CHECK(r.open(t, o) == boost::system::errc::timed_out);
+    const double took = ms_since(start);
+    CHECK(took >= 450);
+    CHECK(took < 2000);
+    CHECK(r.detail.find("500 ms") != std::string::npos);
+  }
+  ::close(u);
+  ::close(tcp);
+}
+
+TEST_CASE("reads the server fails complete with EIO at once while the others succeed and the channel stays usable") {
+  xbd::test::nbd_server srv(filtered("error", {"error-pread=EIO", "error-pread-rate=50%"}));
+  rig r;
+  REQUIRE_FALSE(r.open(srv.target(), quick()));
+  r.open_channel();
+  auto data = pattern(2 << 20, 4);
+  REQUIRE(r.all_ok(r.transfer(true, 0, data, 32 * 1024, 32)));
+  std::vector<std::byte> back(data.size());
+  const auto start = clock_type::now();
+  auto results = r.transfer(false, 0, back, 32 * 1024, 32);
+  CHECK(ms_since(start) < 5000);
+  std::size_t failed = 0;
+  for (std::size_t i = 0; i < results.size(); ++i) {
+    if (results[i]) {
+      CHECK(results[i] == boost::system::errc::io_error);
+      ++failed;
+    } else {
+      CHECK(std::memcmp(back.data() + i * 32 * 1024, data.data() + i * 32 * 1024, 32 * 1024) == 0);
+    }
+  }
+  CHECK(failed > 0);
+  CHECK(failed < results.size());
+  CHECK(r.all_ok(r.transfer(true, 0, data, 32 * 1024, 32)));
+}
+
+TEST_CASE("32 reads the server delays by 200 ms each finish in well under 32 times the delay") {
+  xbd::test::nbd_server srv(filtered("delay", {"delay-read=200ms"}));
+  rig r;
+  REQUIRE_FALSE(r.open(srv.target(), quick()));
+  r.open_channel();
+  std::vector<std::byte> back(32 * 4096);
+  const auto start = clock_type::now();
+  CHECK(r.all_ok(r.transfer(false, 0, back, 4096, 32)));
+  const double took = ms_since(start);
+  MESSAGE("32 delayed reads took " << took << " ms");
+  CHECK(took >= 190);
+  CHECK(took < 1600);
+}
+
+TEST_CASE("a server killed mid-workload and restarted: the operations wait, then all succeed with the data") {
+  xbd::test::temp_dir disk;
+  const auto image = (disk.path() / "disk.img").string();
+  std::ofstream(image).close();
+  std::filesystem::resize_file(image, 16 << 20);
+  auto opts = filtered("delay", {"delay-write=200ms"});
+  opts.plugin = {"file", "file=" + image};
+  xbd::test::nbd_server srv(opts);
+  rig r;
+  REQUIRE_FALSE(r.open(srv.target(), quick()));
+  r.open_channel();
+  auto before = pattern(2 << 20, 5);
+  REQUIRE(r.all_ok(r.transfer(true, 0, before, 64 * 1024, 32)));
+
+  // 32 writes on the wire (the server holds each 200 ms) when it dies.
+  auto after = pattern(2 << 20, 6);
+  std::vector<op_done> writes(32);
+  for (std::size_t i = 0; i < writes.size(); ++i)
+    r.write((4 << 20) + i * 65536, std::span(after).subspan(i * 65536, 65536), writes[i]);
+  idle(r.io, 50ms);
+  srv.kill();
+  std::vector<std::byte> back(before.size());
+  std::vector<op_done> reads(32);
+  for (std::size_t i = 0; i < reads.size(); ++i) r.read(i * 65536, std::span(back).subspan(i * 65536, 65536), reads[i]);
+  idle(r.io, 400ms);
+  CHECK(std::none_of(writes.begin(), writes.end(), [](const op_done& d) { return d.finished(); }));
+  CHECK(std::none_of(reads.begin(), reads.end(), [](const op_done& d) { return d.finished(); }));
+
+  srv.start();
+  const auto start = clock_type::now();
+  REQUIRE(r.all_finished(writes));
+  REQUIRE(r.all_finished(reads));
+  MESSAGE("back " << ms_since(start) << " ms after the restart");
+  for (const auto& d : writes) CHECK_FALSE(d.ec);
+  for (const auto& d : reads) CHECK_FALSE(d.ec);
+  CHECK(back == before);
+  std::vector<std::byte> written(after.size());
+  CHECK(r.all_ok(r.transfer(false, 4 << 20, written, 64 * 1024, 32)));
+  CHECK(written == after);
+}
+
+TEST_CASE("a server killed for good: waiting operations fail with EIO once the reconnect window has passed") {
+  xbd::test::nbd_server srv({});
+  rig r;
+  auto o = quick();
+  o.reconnect = 1000ms;
+  REQUIRE_FALSE(r.open(srv.target(), o));
+  r.open_channel();
+  write_and_verify(r, 0, 256 * 1024, 7);
+
+  srv.kill();
+  const auto lost = clock_type::now();
+  std::vector<std::byte> back(256 * 1024);
+  std::vector<op_done> reads(8);
+  for (std::size_t i = 0; i < reads.size(); ++i) r.read(i * 32768, std::span(back).subspan(i * 32768, 32768), reads[i]);
+  idle(r.io, 700ms);
+  CHECK(std::none_of(reads.begin(), reads.end(), [](const op_done& d) { return d.finished(); }));
+  REQUIRE(r.all_finished(reads, 5s));
+  const double took = ms_since(lost);
+  MESSAGE("failed " << took << " ms after the loss");
+  CHECK(took >= 900);
+  CHECK(took < 3000);
+  for (const auto& d : reads) CHECK(d.ec == boost::system::errc::io_error);
+
+  // Past the window, new operations fail at once, until the server is back.
+  op_done late;
+  const auto asked = clock_type::now();
+  r.read(0, back, late);
+  REQUIRE(drive(
+      r.io, [&] { return late.finished(); }, 1s));
+  CHECK(late.ec == boost::system::errc::io_error);
+  CHECK(ms_since(asked) < 200);
+  CHECK_FALSE(late.inline_call);
+
+  srv.start();  // an empty export again: reads return zeroes
+  bool ok = false;
+  for (int i = 0; i < 40 && !ok; ++i) {
+    op_done again;
+    r.read(0, back, again);
+    REQUIRE(drive(
+        r.io, [&] { return again.finished(); }, 5s));
+    ok = !again.ec;
+    if (!ok) idle(r.io, 100ms);
+  }
+  CHECK(ok);
+}
+
+TEST_CASE("a server answering ESHUTDOWN is reconnected to with back-off and the operations succeed once it stops") {
+  xbd::test::temp_dir flag_dir;
+  const auto flag = flag_dir.path() / "shutting-down";
+  std::ofstream(flag).close();
+  xbd::test::nbd_server srv(
+      filtered("error", {"error=ESHUTDOWN", "error-pread-rate=100%", "error-pread-file=" + flag.string()}));
+  rig r;
+  REQUIRE_FALSE(r.open(srv.target(), quick()));
+  r.open_channel();
+  std::vector<std::byte> back(64 * 1024);
+  op_done d;
+  r.read(0, back, d);
+  rusage before{};
+  ::getrusage(RUSAGE_SELF, &before);
+  idle(r.io, 1000ms);
+  rusage after{};
+  ::getrusage(RUSAGE_SELF, &after);
+  CHECK_FALSE(d.finished());
+  const auto cpu_us = [](const rusage& u) {
+    return (u.ru_utime.tv_sec + u.ru_stime.tv_sec) * 1000000ll + u.ru_utime.tv_usec + u.ru_stime.tv_usec;
+  };
+  MESSAGE("CPU while the server said ESHUTDOWN for 1 s: " << (cpu_us(after) - cpu_us(before)) / 1000 << " ms");
+  CHECK(cpu_us(after) - cpu_us(before) < 200000);
+  std::filesystem::remove(flag);
+  REQUIRE(drive(
+      r.io, [&] { return d.finished(); }, 5s));
+  CHECK_FALSE(d.ec);
+}
+
+TEST_CASE("an operation every connection loses fails with EIO after the reconnect window however often it reconnects") {
+  xbd::test::nbd_server srv(filtered("error", {"error=ESHUTDOWN", "error-pread-rate=100%"}));
+  rig r;
+  auto o = quick();
+  o.reconnect = 1000ms;
+  REQUIRE_FALSE(r.open(srv.target(), o));
+  r.open_channel();
+  std::vector<std::byte> back(4096);
+  op_done d;
+  const auto start = clock_type::now();
+  r.read(0, back, d);
+  REQUIRE(drive(
+      r.io, [&] { return d.finished(); }, 6s));
+  const double took = ms_since(start);
+  MESSAGE("failed after " << took << " ms");
+  CHECK(d.ec == boost::system::errc::io_error);
+  CHECK(took >= 950);
+  CHECK(took < 4000);
+  op_done w;  // writes are not affected
+  r.write(0, back, w);
+  REQUIRE(drive(
+      r.io, [&] { return w.finished(); }, 5s));
+  CHECK_FALSE(w.ec);
+}
+
+TEST_CASE("a server that stops answering is given up on: its operations fail with EIO within twice the window") {
+  xbd::test::nbd_server srv({});
+  rig r;
+  auto o = quick();
+  o.reconnect = 1000ms;
+  o.connect_timeout = 500ms;
+  REQUIRE_FALSE(r.open(srv.target(), o));
+  r.open_channel();
+  write_and_verify(r, 0, 64 * 1024, 10);
+  srv.pause();
+  std::vector<std::byte> back(64 * 1024);
+  op_done d;
+  const auto start = clock_type::now();
+  r.read(0, back, d);
+  REQUIRE(drive(
+      r.io, [&] { return d.finished(); }, 6s));
+  const double took = ms_since(start);
+  MESSAGE("failed after " << took << " ms");
+  CHECK(d.ec == boost::system::errc::io_error);
+  CHECK(took >= 1900);
+  CHECK(took < 4000);
+  srv.resume();
+  bool ok = false;
+  for (int i = 0; i < 40 && !ok; ++i) {
+    op_done again;
+    r.read(0, back, again);
+    REQUIRE(drive(
+        r.io, [&] { return again.finished(); }, 5s));
+    ok = !again.ec;
+    if (!ok) idle(r.io, 100ms);
+  }
+  CHECK(ok);
+}
+
+TEST_CASE("cancel finishes the operations waiting for a lost server at once with operation_aborted") {
+  xbd::test::nbd_server srv({});
+  rig r;
+  REQUIRE_FALSE(r.open(srv.target(), quick()));
+  r.open_channel();
+  write_and_verify(r, 0, 64 * 1024, 8);
+  srv.kill();
+  std::vector<std::byte> back(64 * 1024);
+  std::vector<op_done> ops(4);
+  r.read(0, back, ops[0]);
+  r.write(0, back, ops[1]);
+  r.flush(ops[2]);
+  r.discard(0, 4096, ops[3]);
+  idle(r.io, 200ms);
+  CHECK(std::none_of(ops.begin(), ops.end(), [](const op_done& d) { return d.finished(); }));
+  const auto start = clock_type::now();
+  r.ch->cancel();
+  CHECK(std::none_of(ops.begin(), ops.end(), [](const op_done& d) { return d.finished(); }));
+  REQUIRE(r.all_finished(ops, 1s));
+  CHECK(ms_since(start) < 200);
+  for (const auto& d : ops) CHECK(d.ec == asio::error::operation_aborted);
+}
+
+TEST_CASE("more operations than the channel's depth: the extra one fails with EBUSY, later") {
+  xbd::test::nbd_server srv(filtered("delay", {"delay-read=100ms"}));
+  rig r;
+  REQUIRE_FALSE(r.open(srv.target(), quick()));
+  r.open_channel(2);
+  std::vector<std::byte> back(3 * 4096);
+  std::vector<op_done> ops(3);
+  for (std::size_t i = 0; i < ops.size(); ++i) r.read(i * 4096, std::span(back).subspan(i * 4096, 4096), ops[i]);
+  REQUIRE(r.all_finished(ops));
+  CHECK_FALSE(ops[0].ec);
+  CHECK_FALSE(ops[1].ec);
+  CHECK(ops[2].ec == boost::system::errc::device_or_resource_busy);
+  for (const auto& d : ops) CHECK_FALSE(d.inline_call);
+}
+
+TEST_CASE("channels and stores destroyed with their server gone leave no descriptor behind") {
+  rig r;
+  {
+    // Asio opens its io_uring on first use: not ours to count.
+    xbd::test::nbd_server srv({});
+    REQUIRE_FALSE(r.open(srv.target(), quick()));
+    r.st.reset();
+  }
+  const std::size_t baseline = xbd::test::open_descriptors(::getpid());
+  {
+    xbd::test::nbd_server srv({});
+    REQUIRE_FALSE(r.open(srv.target(), quick()));
+    r.open_channel();
+    auto other = r.st->open_channel(xbd::blkback::worker{r.io.get_executor(), nullptr}, 8);
+    REQUIRE(other);
+    write_and_verify(r, 0, 128 * 1024, 9);
+    srv.kill();
+    idle(r.io, 300ms);  // both reconnecting now
+    r.ch.reset();
+    other->reset();
+    r.st.reset();
+  }
+  // A channel that never connects, destroyed while it tries.
+  {
+    xbd::test::nbd_server srv({});
+    REQUIRE_FALSE(r.open(srv.target(), quick()));
+    srv.kill();
+    r.open_channel();
+    idle(r.io, 100ms);
+    r.ch.reset();
+    r.st.reset();
+  }
+  idle(r.io, 100ms);
+  CHECK(xbd::test::open_descriptors(::getpid()) == baseline);
+  if (xbd::test::open_descriptors(::getpid()) != baseline) MESSAGE(xbd::test::descriptor_kinds(::getpid()));
+}
