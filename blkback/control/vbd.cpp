@@ -59,7 +59,7 @@ std::string_view to_string(xenbus_state s) {
 }
 
 struct vbd::backend_keys {
-  std::filesystem::path path;
+  storage::disk_spec spec;
   toolstack_choices choices;
   direct_io_key direct_io = direct_io_key::absent;
   std::string frontend;
@@ -116,24 +116,14 @@ vbd::problem unreadable(error_code ec) { return {"reading the toolstack's keys",
 vbd::outcome<vbd::backend_keys> vbd::read_backend_keys() {
   auto& xs = ctx_.xs;
   backend_keys k;
-  // params: "<format>:<path>" (libxl writes aio: for raw images; raw: is
-  // QEMU's spelling), or a plain path as other toolstacks write it.
+  // params: "<format>:<target>" as libxl writes it for qdisk, or a plain
+  // path as other toolstacks write it (storage/spec.hpp).
   auto params = xs.read(be_ + "/params");
   if (!params) return unreadable(params.error());
-  std::string_view p = *params;
-  if (!p.empty() && p.front() != '/') {
-    auto colon = p.find(':');
-    std::string_view fmt = colon == std::string_view::npos ? p : p.substr(0, colon);
-    if ((fmt != "raw" && fmt != "aio") || colon == std::string_view::npos) {
-      return bad_key(std::string("params ") + quote(*params) + ": only raw images are served (raw: or aio:)",
-                     error_code(EPROTONOSUPPORT, boost::system::generic_category()));
-    }
-    p.remove_prefix(colon + 1);
-  }
-  if (p.empty() || p.front() != '/') {
-    return bad_key(std::string("params ") + quote(*params) + ": the path must be absolute", invalid());
-  }
-  k.path = std::string(p);
+  auto parsed = storage::parse_params(*params);
+  if (!parsed.spec)
+    return bad_key(parsed.problem.message, error_code(EPROTONOSUPPORT, boost::system::generic_category()));
+  k.spec = std::move(*parsed.spec);
 
   auto mode = xs.read_optional<std::string>(be_ + "/mode");
   if (!mode) return unreadable(mode.error());
@@ -233,7 +223,7 @@ error_code vbd::publish_features() {
     if (offer_.limits.max_indirect_segments > 0)
       if (auto e = t.write(be_ + "/feature-max-indirect-segments", offer_.limits.max_indirect_segments)) return e;
     if (auto e = t.write(be_ + "/max-ring-page-order", order)) return e;
-    if (auto e = t.write(be_ + "/multi-queue-max-queues", ctx_.max_queues)) return e;
+    if (auto e = t.write(be_ + "/multi-queue-max-queues", max_queues_)) return e;
     // We run no hotplug script; libxl and others wait for this key.
     if (auto e = t.write(be_ + "/hotplug-status", "connected")) return e;
     return {};
@@ -282,7 +272,7 @@ asio::awaitable<void> vbd::run() {
   if (!watch_keys()) co_return;
   auto known = ctx_.xs.is_domain_introduced(id_.frontend_domid);
   domain_was_known_ = known && *known;
-  if (auto p = open_store(*keys)) {
+  if (auto p = co_await open_store(*keys)) {
     fail(*p);
     co_return;
   }
@@ -319,9 +309,14 @@ bool vbd::watch_keys() {
 
 // Opens the store the way its key and our policy allow, and works out what
 // the frontend is offered.
-std::optional<vbd::problem> vbd::open_store(const backend_keys& keys) {
-  auto opened = storage::open({keys.path.string(), keys.choices.writable, ctx_.cfg.direct_io, keys.direct_io});
-  if (!opened) return problem{"opening " + keys.path.string(), opened.error()};
+asio::awaitable<std::optional<vbd::problem>> vbd::open_store(const backend_keys& keys) {
+  storage::open_request req{keys.spec, std::to_string(id_.frontend_domid) + "-" + std::to_string(id_.devid),
+                            keys.choices.writable, ctx_.cfg.direct_io, keys.direct_io};
+  const std::string what = storage::describe(keys.spec);
+  std::string detail;
+  auto opened = co_await storage::open(std::move(req), ctx_.cfg, detail);
+  if (!opened)
+    co_return problem{"opening " + what + (detail.empty() ? "" : ": " + detail.substr(0, 256)), opened.error()};
   store_ = std::move(opened->st);
   const auto& props = store_->props();
   if (!opened->warning.empty()) XBD_LOG(log_, warning) << store_->name() << ": " << opened->warning;
@@ -329,7 +324,10 @@ std::optional<vbd::problem> vbd::open_store(const backend_keys& keys) {
                       << (props.direct ? " with O_DIRECT" : " buffered") << " (" << opened->mode << "), " << props.size
                       << " bytes, sector " << props.logical_sector << "/" << props.physical_sector;
   offer_ = make_offer(keys.choices, props, ctx_.cfg);
-  return std::nullopt;
+  // A store that cannot serve several rings at once (an NBD server
+  // without multi-conn) is offered one queue.
+  max_queues_ = props.max_queues ? std::min(ctx_.max_queues, props.max_queues) : ctx_.max_queues;
+  co_return std::nullopt;
 }
 
 // A daemon that restarts finds its devices as the previous one left them:
@@ -489,9 +487,9 @@ vbd::outcome<vbd::transport> vbd::read_transport() {
   auto nq = xs.read_optional<unsigned>(fe_ + "/multi-queue-num-queues");
   if (!nq) return bad_key("multi-queue-num-queues: " + nq.error().message(), nq.error());
   const unsigned queues = nq->value_or(1);
-  if (queues == 0 || queues > ctx_.max_queues)
+  if (queues == 0 || queues > max_queues_)
     return bad_key(
-        "multi-queue-num-queues " + std::to_string(queues) + " is not within 1.." + std::to_string(ctx_.max_queues),
+        "multi-queue-num-queues " + std::to_string(queues) + " is not within 1.." + std::to_string(max_queues_),
         invalid());
   auto proto = xs.read_optional<std::string>(fe_ + "/protocol");
   if (!proto) return bad_key("protocol: " + proto.error().message(), proto.error());

@@ -115,7 +115,7 @@ class vbd {
   outcome<backend_keys> read_backend_keys();
   static problem bad_key(std::string reason, asio_xen::error_code ec);
   bool watch_keys();
-  std::optional<problem> open_store(const backend_keys& keys);
+  boost::asio::awaitable<std::optional<problem>> open_store(const backend_keys& keys);
   boost::asio::awaitable<std::optional<problem>> resume_or_publish();
   boost::asio::awaitable<bool> step(asio_xen::error_code ec);
   boost::asio::awaitable<bool> follow(xenbus_state fe, bool online);
@@ -150,6 +150,7 @@ class vbd {
   logger log_;
   std::optional<asio_xen::watch> watch_;
   std::unique_ptr<storage::store> store_;
+  unsigned max_queues_ = 1;  // multi-queue-max-queues: ours, or fewer if the store needs
   std::shared_ptr<connection> conn_;
   xenbus_state state_ = xenbus_state::unknown;  // what we last wrote
   disk_offer offer_;

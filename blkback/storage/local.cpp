@@ -372,16 +372,5 @@ asio_xen::result<std::unique_ptr<store>> open_local(const std::filesystem::path&
   return std::unique_ptr<store>(new local_store(*fd, path, p, S_ISBLK(st.st_mode)));
 }
 
-asio_xen::result<opened> open(const open_request& req) {
-  const open_mode mode = choose_open_mode(req.policy, req.key);
-  if (req.target.empty() || req.target.front() != '/') return error_code(EINVAL, boost::system::generic_category());
-  opened out;
-  out.mode = mode.reason;
-  auto st = open_local(req.target, {req.writable, mode.direct}, &out.warning);
-  if (!st) return st.error();
-  out.st = std::move(*st);
-  return out;
-}
-
 }  // namespace storage
 }  // namespace xbd::blkback

@@ -17,53 +17,6 @@ namespace {
 
 const asio_xen::xen_call_category probe_call{"nbd_get_size"};
 
-// Percent-encodes all but RFC 3986's unreserved characters and `keep`.
-std::string escape(std::string_view s, std::string_view keep) {
-  static const char hex[] = "0123456789ABCDEF";
-  std::string out;
-  for (const char ch : s) {
-    const auto c = static_cast<unsigned char>(ch);
-    if (std::isalnum(c) || c == '-' || c == '.' || c == '_' || c == '~' || keep.find(ch) != std::string_view::npos) {
-      out += ch;
-    } else {
-      out += '%';
-      out += hex[c >> 4];
-      out += hex[c & 15];
-    }
-  }
-  return out;
-}
-
-// The NBD URI for `t` (the NBD project's doc/uri.md), as libnbd reads it;
-// `secrets`: with the TLS user name and files, for libnbd, or without, for
-// log lines. nbd_target::uri() and describe() will say the same (spec.cpp).
-std::string make_uri(const nbd_target& t, bool secrets) {
-  const bool unix_socket = t.via == nbd_target::transport::unix_socket;
-  std::string u = t.tls ? "nbds" : "nbd";
-  if (unix_socket) u += "+unix";
-  u += "://";
-  if (secrets && !t.tls_username.empty()) u += escape(t.tls_username, "") + "@";
-  if (!unix_socket) {
-    const bool v6 = t.host.find(':') != std::string::npos && t.host.front() != '[';
-    u += v6 ? "[" + t.host + "]" : t.host;
-    if (!t.port.empty()) u += ":" + t.port;
-  }
-  u += "/" + escape(t.export_name, "/");
-  std::string query;
-  auto param = [&query](std::string_view key, const std::string& value) {
-    if (value.empty()) return;
-    query += query.empty() ? "?" : "&";
-    query += key;
-    query += "=" + escape(value, "/");
-  };
-  if (unix_socket) param("socket", t.socket.string());
-  if (secrets) {
-    param("tls-psk-file", t.tls_psk_file);
-    param("tls-certificates", t.tls_certificates);
-  }
-  return u + query;
-}
-
 std::uint32_t block_size(nbd_handle* h, int which) {
   const std::int64_t v = nbd_get_block_size(h, which);
   return v > 0 && v <= (1 << 26) ? static_cast<std::uint32_t>(v) : 0;
@@ -127,9 +80,9 @@ class nbd_store final : public store {
 asio::awaitable<asio_xen::result<std::unique_ptr<store>>> open_nbd(const nbd_target& t, const nbd_options& o,
                                                                    std::string& detail) {
   auto cfg = std::make_shared<nbd::channel_config>();
-  cfg->uri = make_uri(t, true);
+  cfg->uri = t.uri();
   cfg->local_files = !t.tls_psk_file.empty() || !t.tls_certificates.empty();
-  cfg->name = make_uri(t, false);
+  cfg->name = t.describe();
   cfg->opt = o;
   cfg->budget = std::make_shared<log_budget>();
 

@@ -548,4 +548,16 @@ parsed_spec parse_params(std::string_view params) {
   return refuse("params " + quote(params) + ": the path " + quote(target) + " is relative; it must be absolute");
 }
 
+std::string describe(const disk_spec& s) {
+  switch (s.where) {
+    case disk_spec::kind::local:
+      return s.path.string();
+    case disk_spec::kind::image:
+      return s.path.string() + " (" + std::string(to_string(s.format)) + ")";
+    case disk_spec::kind::nbd:
+      return s.nbd.describe();
+  }
+  return {};
+}
+
 }  // namespace xbd::blkback::storage

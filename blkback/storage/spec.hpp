@@ -72,6 +72,10 @@ struct parsed_spec {
   spec_problem problem;  // when !spec
 };
 
+// What the spec names, for log lines and the `error` node: the path and its
+// format, or the NBD target's describe().
+std::string describe(const disk_spec& s);
+
 // params as libxl writes it for qdisk ("aio:/p", "raw:/p", "qcow2:/p",
 // "vhd:/p", "raw:nbd://h:p/e", "raw:nbd:unix:/s:exportname=e", ...) or a
 // plain absolute path.

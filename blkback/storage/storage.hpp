@@ -21,8 +21,10 @@
 #include "blkback/config.hpp"
 #include "blkback/storage/aux_ring.hpp"
 #include "blkback/storage/direct_io.hpp"
+#include "blkback/storage/spec.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
 
 #include <cstdint>
 #include <memory>
@@ -101,7 +103,8 @@ class store {
 
 // What the toolstack asked for.
 struct open_request {
-  std::string target;  // params without its format prefix
+  disk_spec spec;    // params, parsed (spec.hpp)
+  std::string name;  // the vbd's, "<domid>-<devid>": names an image's server
   bool writable = true;
   direct_io_policy policy = direct_io_policy::follow_key;
   direct_io_key key = direct_io_key::absent;
@@ -113,8 +116,12 @@ struct opened {
   std::string warning;  // a fallback the operator should know of, or empty
 };
 
-// Picks the driver for the target and opens it.
-asio_xen::result<opened> open(const open_request& req);
+// Picks the driver for the spec and opens it on the calling coroutine's
+// executor, within the bounds of `cfg` ([nbd], [images]): a server that does
+// not answer never holds the caller for longer. On failure `detail` says why
+// in the driver's or the server's words, when they say more than the error
+// code.
+boost::asio::awaitable<asio_xen::result<opened>> open(open_request req, const settings& cfg, std::string& detail);
 
 }  // namespace storage
 }  // namespace xbd::blkback

@@ -360,7 +360,7 @@ TEST_CASE("a connection that ends removes its journal, a shutdown keeps it") {
 TEST_CASE("bad toolstack keys close the vbd with a reason") {
   SUBCASE("a format we do not serve") {
     rig r;
-    r.db.write(be + "/params", "qcow2:" + r.img.path);
+    r.db.write(be + "/params", "qcow3:" + r.img.path);
     r.start();
     CHECK(r.state() == bb::xenbus_state::closed);
     CHECK(r.db.read(be + "/error").value_or("").find("params") != std::string::npos);

@@ -1,0 +1,106 @@
+// Which driver serves a disk spec, and how the pieces are put together: a
+// local raw file directly, an NBD export through libnbd, an image in
+// another format through a qemu-storage-daemon of its own and then NBD.
+#include "blkback/log.hpp"
+#include "blkback/storage/image_server.hpp"
+#include "blkback/storage/local.hpp"
+#include "blkback/storage/nbd.hpp"
+#include "blkback/storage/storage.hpp"
+
+#include <utility>
+
+namespace xbd::blkback::storage {
+
+namespace asio = boost::asio;
+using asio_xen::error_code;
+
+namespace {
+
+// An image served by its own qemu-storage-daemon: the NBD store in front,
+// the server behind it, gone together (the store first: its connections
+// close before the server stops).
+class served_image final : public store {
+ public:
+  served_image(std::unique_ptr<image_server> server, std::unique_ptr<store> nbd, std::string name)
+      : server_(std::move(server)), nbd_(std::move(nbd)), name_(std::move(name)) {}
+
+  const properties& props() const override { return nbd_->props(); }
+  asio_xen::result<std::uint64_t> current_size() const override { return nbd_->current_size(); }
+  std::string name() const override { return name_; }
+  asio_xen::result<std::unique_ptr<channel>> open_channel(const worker& w, unsigned depth) override {
+    return nbd_->open_channel(w, depth);
+  }
+
+ private:
+  std::unique_ptr<image_server> server_;
+  std::unique_ptr<store> nbd_;
+  std::string name_;
+};
+
+nbd_options nbd_options_from(const settings& cfg, bool writable) {
+  nbd_options o;
+  o.writable = writable;
+  o.connect_timeout = std::chrono::seconds(cfg.nbd.connect_timeout_seconds);
+  o.reconnect = std::chrono::seconds(cfg.nbd.reconnect_seconds);
+  return o;
+}
+
+asio::awaitable<asio_xen::result<opened>> open_image(open_request req, const settings& cfg, std::string& detail) {
+  const open_mode mode = choose_open_mode(req.policy, req.key);
+  image_server_options o;
+  o.program = cfg.images.program;
+  o.runtime_dir = cfg.images.runtime_directory;
+  o.name = req.name;
+  o.writable = req.writable;
+  o.direct = mode.direct;
+  o.discard = cfg.discard;
+  o.start_timeout = std::chrono::seconds(cfg.images.start_timeout_seconds);
+  auto server = co_await image_server::start(req.spec.format, req.spec.path, o, detail);
+  if (!server) co_return server.error();
+  const nbd_target target = (*server)->target();
+  const nbd_options nopt = nbd_options_from(cfg, req.writable);
+  auto nbd = co_await open_nbd(target, nopt, detail);
+  if (!nbd) {
+    co_await (*server)->stop();
+    co_return nbd.error();
+  }
+  opened out;
+  out.mode = std::string(mode.reason) + "; " + std::string(to_string(req.spec.format)) +
+             " through qemu-storage-daemon " + (mode.direct ? "with cache.direct=on" : "on the page cache");
+  out.st = std::make_unique<served_image>(std::move(*server), std::move(*nbd),
+                                          req.spec.path.string() + " (" + std::string(to_string(req.spec.format)) + ")");
+  co_return out;
+}
+
+}  // namespace
+
+asio::awaitable<asio_xen::result<opened>> open(open_request req, const settings& cfg, std::string& detail) {
+  switch (req.spec.where) {
+    case disk_spec::kind::local: {
+      const open_mode mode = choose_open_mode(req.policy, req.key);
+      opened out;
+      out.mode = mode.reason;
+      auto st = open_local(req.spec.path, {req.writable, mode.direct}, &out.warning);
+      if (!st) co_return st.error();
+      out.st = std::move(*st);
+      co_return out;
+    }
+    case disk_spec::kind::nbd: {
+      const nbd_target target = req.spec.nbd;
+      const nbd_options nopt = nbd_options_from(cfg, req.writable);
+      auto st = co_await open_nbd(target, nopt, detail);
+      if (!st) co_return st.error();
+      opened out;
+      // direct-io-safe is about dom0's page cache, which NBD does not use:
+      // caching is the server's business.
+      out.mode = "NBD: the server's own caching";
+      out.st = std::move(*st);
+      co_return out;
+    }
+    case disk_spec::kind::image:
+      co_return co_await open_image(std::move(req), cfg, detail);
+  }
+  co_return error_code(EINVAL, boost::system::generic_category());
+}
+
+}  // namespace xbd::blkback::storage

@@ -1,0 +1,239 @@
+// Disks on NBD servers and in image formats, through the real daemon on
+// simulated Xen: real nbdkit and qemu-storage-daemon / qemu-img, started
+// and stopped by each test.
+#include "test/integration/sim_env.hpp"
+
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+#include <csignal>
+#include <cstdlib>
+#include <fstream>
+#include <thread>
+
+using namespace xbd::test;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr unsigned xvda = 51712;
+constexpr unsigned xvdb = 51728;
+
+std::uint32_t add_disk(sim_env& env, unsigned domid, const std::string& target,
+                       xbd::sim::disk_format format = xbd::sim::disk_format::raw, const std::string& vdev = "xvda") {
+  xbd::sim::disk_spec d;
+  d.domid = domid;
+  d.vdev = vdev;
+  d.target = target;
+  d.format = format;
+  return env.toolstack().add_disk(d);
+}
+
+std::string backend(unsigned domid, unsigned devid = xvda) {
+  return "/local/domain/0/backend/qdisk/" + std::to_string(domid) + "/" + std::to_string(devid);
+}
+
+void check_clean(const frontend_result& r) {
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(json_field(r.json, "ok") == "true");
+  CHECK(json_field(r.json, "mismatches") == "0");
+}
+
+// A program by name, from PATH (process() runs argv[0] as given).
+std::string bin(const std::string& name) {
+  const char* path = std::getenv("PATH");
+  std::string dirs = path ? path : "/usr/bin:/bin";
+  std::size_t start = 0;
+  while (start <= dirs.size()) {
+    const std::size_t end = std::min(dirs.find(':', start), dirs.size());
+    auto candidate = std::filesystem::path(dirs.substr(start, end - start)) / name;
+    if (::access(candidate.c_str(), X_OK) == 0) return candidate.string();
+    start = end + 1;
+  }
+  return name;
+}
+
+// nbdkit serving `plugin_args` on a unix socket in the test directory, for
+// as long as the object lives (and never longer than the test process).
+class nbdkit {
+ public:
+  nbdkit(sim_env& env, const std::string& name, std::vector<std::string> plugin_args)
+      : env_(env), name_(name), args_(std::move(plugin_args)), sock_(env.dir() / (name + ".sock")) {
+    start();
+  }
+  void start() {
+    std::filesystem::remove(sock_);
+    std::vector<std::string> argv{bin("nbdkit"), "--foreground", "--exit-with-parent", "-U", sock_.string()};
+    argv.insert(argv.end(), args_.begin(), args_.end());
+    proc_ = std::make_unique<process>(argv, std::vector<std::string>{}, env_.dir() / (name_ + ".log"));
+    REQUIRE_MESSAGE(eventually([&] { return std::filesystem::exists(sock_); }, 10s), proc_->output());
+  }
+  void kill() {
+    proc_->signal(SIGKILL);
+    (void)proc_->wait(5s);
+  }
+  std::string uri() const { return "nbd+unix:///?socket=" + sock_.string(); }
+
+ private:
+  sim_env& env_;
+  std::string name_;
+  std::vector<std::string> args_;
+  std::filesystem::path sock_;
+  std::unique_ptr<process> proc_;
+};
+
+run_result tool(sim_env& env, std::vector<std::string> argv) {
+  argv[0] = bin(argv[0]);
+  return run(std::move(argv), {}, env.dir() / "tool.log", 60s);
+}
+
+}  // namespace
+
+TEST_CASE("storage: verified reads, writes, flushes and discards through an NBD export on a unix socket") {
+  sim_env env;
+  env.create_guest(5);
+  nbdkit server(env, "mem", {"memory", "64M"});
+  add_disk(env, 5, "nbd+unix:///?socket=" + (env.dir() / "mem.sock").string());
+  env.start_daemon();
+  auto r = env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "32", "--ios", "4000",
+                                "--flush-every", "16", "--discard-pct", "10", "--verify"});
+  check_clean(r);
+  CHECK(r.json.find("\"discarded\":0}") == std::string::npos);  // some bytes were discarded
+  CHECK(env.log_shows("NBD: the server's own caching"));
+  CHECK(env.stop_daemon() == 0);
+}
+
+TEST_CASE("storage: an NBD export over TCP in QEMU's nbd:HOST:PORT spelling") {
+  sim_env env;
+  env.create_guest(5);
+  // A port of our own choosing from the ephemeral range, by pid.
+  const std::string port = std::to_string(20000 + (::getpid() % 20000));
+  process server({bin("nbdkit"), "--foreground", "--exit-with-parent", "-i", "127.0.0.1", "-p", port, "memory", "32M"}, {},
+                 env.dir() / "tcp.log");
+  REQUIRE(eventually([&] { return tool(env, {"nbdinfo", "--size", "nbd://127.0.0.1:" + port}).status == 0; }, 10s));
+  add_disk(env, 5, "nbd:127.0.0.1:" + port);
+  env.start_daemon();
+  auto r = env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "16", "--ios", "2000",
+                                "--verify"});
+  check_clean(r);
+}
+
+TEST_CASE("storage: an NBD server killed mid-workload and restarted: requests wait and the guest sees no error") {
+  sim_env env;
+  env.create_guest(5);
+  // A file-backed export, so that what was written survives the restart.
+  auto img = env.make_image("backing.img", 32 << 20);
+  nbdkit server(env, "file", {"file", img.string()});
+  add_disk(env, 5, server.uri());
+  env.start_daemon();
+  auto guest = env.start_frontend(5,
+                                  {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "16", "--runtime", "4",
+                                   "--flush-every", "8", "--verify", "--timeout", "30"},
+                                  "guest");
+  std::this_thread::sleep_for(1s);
+  server.kill();
+  std::this_thread::sleep_for(1s);
+  server.start();
+  auto status = guest->wait(60s);
+  INFO(guest->output());
+  REQUIRE(status.has_value());
+  CHECK(*status == 0);
+  CHECK(guest->output().find("\"mismatches\":0") != std::string::npos);
+  CHECK(env.log_shows("lost"));
+}
+
+TEST_CASE("storage: with the NBD server gone past reconnect-seconds, requests fail with an I/O error and the vbd stays") {
+  sim_env env("[nbd]\nreconnect-seconds = 1\n");
+  env.create_guest(5);
+  nbdkit server(env, "mem", {"memory", "32M"});
+  add_disk(env, 5, server.uri());
+  env.start_daemon();
+  REQUIRE(env.log_shows(" opened "));
+  server.kill();
+  auto r = env.run_frontend(5, {"--devid", "51712", "--rw", "randread", "--bs", "4096", "--qd", "4", "--ios", "8",
+                                "--allow-io-errors", "--timeout", "20"});
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.json.find("\"errors\":{\"io\":8,") != std::string::npos);
+  CHECK(env.read(backend(5) + "/state") != std::nullopt);
+}
+
+TEST_CASE("storage: a qcow2 image over a raw backing file, through qemu-storage-daemon, equals the same I/O on raw") {
+  sim_env env;
+  env.create_guest(5);
+  // The backing file has content of its own, which the guest's unwritten
+  // half must still show through the overlay.
+  const auto base = env.dir() / "base.raw";
+  REQUIRE(tool(env, {"sh", "-c", "head -c 16777216 /dev/urandom > " + base.string()}).status == 0);
+  const auto overlay = env.dir() / "overlay.qcow2";
+  REQUIRE(tool(env, {"qemu-img", "create", "-q", "-f", "qcow2", "-b", base.string(), "-F", "raw", overlay.string()})
+              .status == 0);
+  const auto expected = env.dir() / "expected.raw";
+  std::filesystem::copy_file(base, expected);
+  add_disk(env, 5, overlay.string(), xbd::sim::disk_format::qcow2, "xvda");
+  add_disk(env, 5, expected.string(), xbd::sim::disk_format::raw, "xvdb");
+  env.start_daemon();
+  // The same stream of writes to both disks (same run id: same stamps),
+  // over the first half, then everything read back and verified: the
+  // stamps where the guest wrote, the backing file's bytes elsewhere.
+  for (unsigned dev : {xvda, xvdb}) {
+    auto w = env.run_frontend(5, {"--devid", std::to_string(dev), "--rw", "write", "--bs", "65536", "--qd", "8",
+                                  "--size", "8M", "--bytes", "8M", "--run-id", "7", "--verify"});
+    check_clean(w);
+  }
+  auto r = env.run_frontend(5, {"--devid", std::to_string(xvda), "--rw", "randread", "--bs", "4096", "--qd", "16",
+                                "--ios", "4000", "--verify"});
+  check_clean(r);
+  CHECK(env.log_shows("qcow2 through qemu-storage-daemon"));
+  REQUIRE(env.stop_daemon() == 0);
+  auto check = tool(env, {"qemu-img", "check", "-q", overlay.string()});
+  INFO(check.output);
+  CHECK(check.status == 0);
+  // The overlay and the raw copy hold the same bytes, the backing file's
+  // half included.
+  auto cmp = tool(env, {"qemu-img", "compare", "-q", "-f", "qcow2", "-F", "raw", overlay.string(), expected.string()});
+  INFO(cmp.output);
+  CHECK(cmp.status == 0);
+}
+
+TEST_CASE("storage: discards on a qcow2 image leave it consistent") {
+  sim_env env;
+  env.create_guest(5);
+  const auto img = env.dir() / "disk.qcow2";
+  REQUIRE(tool(env, {"qemu-img", "create", "-q", "-f", "qcow2", img.string(), "32M"}).status == 0);
+  add_disk(env, 5, img.string(), xbd::sim::disk_format::qcow2);
+  env.start_daemon();
+  auto r = env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--bs", "65536", "--qd", "16", "--ios", "1500",
+                                "--discard-pct", "20", "--flush-every", "32", "--verify", "--verify-discard", "unknown"});
+  check_clean(r);
+  CHECK(r.json.find("\"discarded\":0}") == std::string::npos);  // some bytes were discarded
+  REQUIRE(env.stop_daemon() == 0);
+  auto check = tool(env, {"qemu-img", "check", "-q", img.string()});
+  INFO(check.output);
+  CHECK(check.status == 0);
+}
+
+TEST_CASE("storage: malformed and unsupported disk specs each close their vbd with a reason, the others serve") {
+  sim_env env("[images]\nqemu-storage-daemon = \"/nonexistent/qemu-storage-daemon\"\n");
+  env.create_guest(5);
+  const auto good = env.make_image("good.img", 8 << 20);
+  add_disk(env, 5, good.string(), xbd::sim::disk_format::raw, "xvda");
+  add_disk(env, 5, "nbd://[::1", xbd::sim::disk_format::raw, "xvdb");
+  add_disk(env, 5, "rbd:pool/image", xbd::sim::disk_format::raw, "xvdc");
+  add_disk(env, 5, (env.dir() / "x.qcow2").string(), xbd::sim::disk_format::qcow2, "xvdd");
+  add_disk(env, 5, "nbd+unix:///?socket=" + (env.dir() / "nobody.sock").string(), xbd::sim::disk_format::raw, "xvde");
+  env.start_daemon();
+  const auto error_of = [&](unsigned devid) {
+    std::optional<std::string> e;
+    eventually([&] { return (e = env.read(backend(5, devid) + "/error")).has_value(); }, 15s);
+    return e.value_or("");
+  };
+  CHECK(error_of(xvdb).find("nbd://[::1") != std::string::npos);
+  CHECK(error_of(51744).find("rbd") != std::string::npos);
+  CHECK(error_of(51760).find("qemu-storage-daemon") != std::string::npos);
+  CHECK(error_of(51776).find("nobody.sock") != std::string::npos);
+  auto r = env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "8", "--ios", "500",
+                                "--verify"});
+  check_clean(r);
+}
