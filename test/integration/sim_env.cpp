@@ -11,14 +11,22 @@ namespace xbd::test {
 
 namespace {
 
-// Each test's daemon keeps its journals in the test's directory, whatever
-// the test's configuration says otherwise.
-std::string with_journal_directory(std::string toml, const std::filesystem::path& dir) {
-  const std::string key = "journal-directory = \"" + dir.string() + "\"\n";
-  if (toml.find("journal-directory") != std::string::npos) return toml;
-  const auto io = toml.find("[io]\n");
-  if (io != std::string::npos) return toml.insert(io + 5, key);
-  return toml + "\n[io]\n" + key;
+// `key = "value"` into [table] unless the configuration sets the key.
+std::string with_key(std::string toml, const std::string& table, const std::string& key, const std::string& value) {
+  if (toml.find(key) != std::string::npos) return toml;
+  const std::string line = key + " = \"" + value + "\"\n";
+  const std::string header = "[" + table + "]\n";
+  const auto at = toml.find(header);
+  if (at != std::string::npos) return toml.insert(at + header.size(), line);
+  return toml + "\n" + header + line;
+}
+
+// Each test's daemon keeps its journals and its image servers' sockets in
+// the test's directory, whatever the test's configuration says otherwise:
+// tests run side by side, with the same domain and device numbers.
+std::string in_test_directory(std::string toml, const std::filesystem::path& dir) {
+  toml = with_key(std::move(toml), "io", "journal-directory", (dir / "journal").string());
+  return with_key(std::move(toml), "images", "runtime-directory", (dir / "images").string());
 }
 
 }  // namespace
@@ -29,8 +37,7 @@ sim_env::sim_env(std::string config_toml) {
   std::filesystem::create_directories(dir_ / "xensim");
   ::setenv("XENSIM_DIR", (dir_ / "xensim").c_str(), 1);
   config_ = dir_ / "xen-blkbackd.toml";
-  std::ofstream(config_) << with_journal_directory(config_toml.empty() ? "[log]\nlevel = \"debug\"\n" : config_toml,
-                                                   dir_ / "journal");
+  std::ofstream(config_) << in_test_directory(config_toml.empty() ? "[log]\nlevel = \"debug\"\n" : config_toml, dir_);
   ts_ = std::make_unique<sim::toolstack>();
   ts_->init_dom0();
 }
