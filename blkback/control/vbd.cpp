@@ -278,16 +278,18 @@ asio::awaitable<void> vbd::run() {
   }
   if (auto p = co_await resume_or_publish()) {
     fail(*p);
-    co_return;
+  } else {
+    settle();
+    // One step per change of the frontend's state, of `online`, of our own
+    // directory, or per request from the daemon (shutdown, guest death,
+    // resize), until the device ends.
+    for (;;) {
+      const error_code ec = co_await watch_->changed();
+      if (!co_await step(ec)) break;
+    }
   }
-  settle();
-  // One step per change of the frontend's state, of `online`, of our own
-  // directory, or per request from the daemon (shutdown, guest death,
-  // resize), until the device ends.
-  for (;;) {
-    const error_code ec = co_await watch_->changed();
-    if (!co_await step(ec)) break;
-  }
+  // The rings are gone: what the store runs of its own goes too.
+  co_await store_->close();
 }
 
 // Our state and `online`, and the frontend's state.

@@ -150,6 +150,9 @@ queue::~queue() {
 
 void queue::stop() {
   stopping_ = true;
+  // What waits for a lost network server ends now (answered ERROR), not
+  // after [nbd] reconnect-seconds: a stop never waits on a server.
+  chan_->cancel();
   evtchn_.cancel();  // a wake-up, not an Asio cancel (asio_xen/wakeable.hpp)
   idle_.cancel();
   trim_.cancel();

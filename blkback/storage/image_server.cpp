@@ -1,18 +1,15 @@
 #include "blkback/storage/image_server.hpp"
 
+#include "asio_xen/wakeable.hpp"
+
 #include "blkback/log.hpp"
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
-#include <boost/asio/experimental/awaitable_operators.hpp>
-#include <boost/asio/local/stream_protocol.hpp>
-#include <boost/asio/posix/stream_descriptor.hpp>
-#include <boost/asio/read.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/asio/use_awaitable.hpp>
-#include <boost/asio/write.hpp>
 
 #include <fcntl.h>
 #include <poll.h>
@@ -151,7 +148,12 @@ struct image_server::state {
   int listen_fd = -1;
   pid_t pid = -1;      // the current child, until reaped
   int exec_pipe = -1;  // read end: errno from a failed exec
-  std::optional<asio::posix::stream_descriptor> pidfd;
+  // The child's pidfd, ours to close (reap() does). Watched only through
+  // supervise()'s wakeable_wait, `death` while it waits: on io_uring no Asio
+  // wait is ever cancelled (asio_xen/wakeable.hpp), so waits that must end
+  // early are wakeable, and bounded waits poll with a timer.
+  int pidfd = -1;
+  asio_xen::wakeable_wait* death = nullptr;
   std::chrono::steady_clock::time_point started_at{};
   asio::steady_timer timer;  // back-off
 
@@ -166,7 +168,10 @@ struct image_server::state {
   unsigned suppressed = 0;
 
   explicit state(asio::any_io_executor e) : ex(e), timer(e) {}
-  ~state() { close_fds(); }
+  ~state() {
+    close_fds();
+    if (pidfd >= 0) ::close(pidfd);
+  }
 
   void close_fds() {
     if (listen_fd >= 0) ::close(listen_fd);
@@ -244,7 +249,8 @@ struct image_server::state {
     if (r == 0) return std::nullopt;
     if (r < 0) status = -1;  // someone else reaped it (SIGCHLD ignored?): gone all the same
     pid = -1;
-    pidfd.reset();
+    if (pidfd >= 0) ::close(pidfd);
+    pidfd = -1;
     return status;
   }
 
@@ -362,7 +368,8 @@ error_code image_server::state::spawn(std::string& detail) {
     detail = "cannot watch qemu-storage-daemon: pidfd_open: " + ec.message();
     return ec;
   }
-  pidfd.emplace(ex, pfd);
+  if (pidfd >= 0) ::close(pidfd);
+  pidfd = pfd;
   return {};
 }
 
@@ -390,72 +397,116 @@ using state_ptr = std::shared_ptr<image_server::state>;
 
 enum class readiness { ready, exited, timed_out, stopped };
 
-// One NBD handshake up to the greeting, then NBD_OPT_ABORT, so that qsd
-// sees a client that left politely (a bare close makes it log an error).
-asio::awaitable<error_code> greet(const std::filesystem::path& sock) {
-  auto token = asio::as_tuple(asio::use_awaitable);
-  asio::local::stream_protocol::socket s(co_await asio::this_coro::executor);
-  if (auto [ec] = co_await s.async_connect(asio::local::stream_protocol::endpoint(sock.string()), token); ec)
-    co_return ec;
-  std::array<char, 18> hello{};
-  if (auto [ec, n] = co_await asio::async_read(s, asio::buffer(hello), token); ec) co_return ec;
-  if (std::string_view(hello.data(), 16) != "NBDMAGICIHAVEOPT") co_return make_error_code(asio_xen::errc::closed);
-  // Client flags (fixed newstyle, no zeroes), then NBD_OPT_ABORT with no data.
-  static constexpr std::array<char, 20> abort = {0,   0,   0, 3, 'I', 'H', 'A', 'V', 'E', 'O',
-                                                 'P', 'T', 0, 0, 0,   2,   0,   0,   0,   0};
-  if (auto [ec, n] = co_await asio::async_write(s, asio::buffer(abort), token); ec) co_return ec;
-  std::array<char, 20> reply{};
-  co_await asio::async_read(s, asio::buffer(reply), token);  // the ACK, or the close; either will do
-  co_return error_code{};
+// Whether the child has ended, without reaping it (its status is for
+// whoever reaps).
+bool ended(const image_server::state& st) {
+  if (!st.child_alive()) return true;
+  siginfo_t info{};
+  return ::waitid(P_PID, static_cast<id_t>(st.pid), &info, WEXITED | WNOHANG | WNOWAIT) == 0 && info.si_pid != 0;
 }
 
-// Greets until it works; returns early only when cancelled.
-asio::awaitable<error_code> greet_until_ready(std::filesystem::path sock) {
-  asio::steady_timer pause(co_await asio::this_coro::executor);
+// One NBD handshake up to the greeting, then NBD_OPT_ABORT, so that qsd
+// sees a client that left politely (a bare close makes it log an error).
+// Non-blocking socket calls polled every few milliseconds: the connect goes
+// into the backlog of the socket we listen on, and qsd answers within
+// milliseconds once it runs.
+class greeter {
+ public:
+  explicit greeter(const std::filesystem::path& sock) {
+    fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    const std::string p = sock.string();
+    if (fd_ < 0 || p.size() >= sizeof a.sun_path) return;
+    std::memcpy(a.sun_path, p.c_str(), p.size() + 1);
+    if (::connect(fd_, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) {
+      ::close(fd_);
+      fd_ = -1;
+    }
+  }
+  ~greeter() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  greeter(const greeter&) = delete;
+  greeter& operator=(const greeter&) = delete;
+
+  bool connected() const { return fd_ >= 0; }
+  // True once the greeting is in and the abort sent; false meanwhile.
+  // `failed` when the server closed or spoke something else.
+  bool step(bool& failed) {
+    while (got_ < hello_.size()) {
+      const ssize_t n = ::recv(fd_, hello_.data() + got_, hello_.size() - got_, MSG_DONTWAIT);
+      if (n > 0) {
+        got_ += static_cast<std::size_t>(n);
+        continue;
+      }
+      failed = n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+      return false;
+    }
+    if (std::string_view(hello_.data(), 16) != "NBDMAGICIHAVEOPT") {
+      failed = true;
+      return false;
+    }
+    // Client flags (fixed newstyle, no zeroes), then NBD_OPT_ABORT with no data.
+    static constexpr std::array<char, 20> abort = {0,   0,   0, 3, 'I', 'H', 'A', 'V', 'E', 'O',
+                                                   'P', 'T', 0, 0, 0,   2,   0,   0,   0,   0};
+    (void)::send(fd_, abort.data(), abort.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+    return true;
+  }
+
+ private:
+  int fd_ = -1;
+  std::array<char, 18> hello_{};
+  std::size_t got_ = 0;
+};
+
+asio::awaitable<void> pause_for(asio::steady_timer& t, std::chrono::milliseconds d) {
+  t.expires_after(d);
+  co_await t.async_wait(asio::as_tuple(asio::use_awaitable));
+}
+
+// Until the export answers, the child ends, or the deadline: polled.
+asio::awaitable<readiness> wait_ready(state_ptr st) {
+  asio::steady_timer tick(st->ex);
+  const auto deadline = std::chrono::steady_clock::now() + st->opt.start_timeout;
+  std::optional<greeter> g;
   for (;;) {
-    const error_code ec = co_await greet(sock);
-    if (!ec || ec == asio::error::operation_aborted) co_return ec;
-    pause.expires_after(20ms);
-    if (auto [e] = co_await pause.async_wait(asio::as_tuple(asio::use_awaitable)); e) co_return e;
+    if (st->stopping) co_return readiness::stopped;
+    if (!g || !g->connected()) g.emplace(st->nbd_path);
+    bool failed = false;
+    if (g->connected() && g->step(failed)) {
+      // Give qsd a moment to read the abort before the close.
+      co_await pause_for(tick, 5ms);
+      co_return readiness::ready;
+    }
+    if (failed) g.reset();  // try a new connection
+    if (ended(*st)) co_return readiness::exited;
+    if (std::chrono::steady_clock::now() >= deadline) co_return readiness::timed_out;
+    co_await pause_for(tick, 5ms);
   }
 }
 
-// Until the export answers, the child ends, or the deadline.
-asio::awaitable<readiness> wait_ready(state_ptr st) {
-  using namespace asio::experimental::awaitable_operators;
-  auto token = asio::as_tuple(asio::use_awaitable);
-  asio::steady_timer deadline(st->ex);
-  deadline.expires_after(st->opt.start_timeout);
-  auto r =
-      co_await (greet_until_ready(st->nbd_path) ||
-                st->pidfd->async_wait(asio::posix::stream_descriptor::wait_read, token) || deadline.async_wait(token));
-  if (st->stopping) co_return readiness::stopped;
-  if (r.index() == 0) co_return std::get<0>(r) ? readiness::timed_out : readiness::ready;
-  co_return r.index() == 1 ? readiness::exited : readiness::timed_out;
-}
-
-// Waits (bounded) for the child to end after a signal, and reaps it.
+// Waits (bounded, polled) for the child to end after a signal, and reaps it.
 asio::awaitable<std::optional<int>> wait_end(state_ptr st, std::chrono::milliseconds limit) {
-  using namespace asio::experimental::awaitable_operators;
-  if (auto s = st->reap()) co_return s;
-  if (!st->pidfd) co_return std::nullopt;
-  auto token = asio::as_tuple(asio::use_awaitable);
-  asio::steady_timer t(st->ex);
-  t.expires_after(limit);
-  co_await (st->pidfd->async_wait(asio::posix::stream_descriptor::wait_read, token) || t.async_wait(token));
-  co_return st->reap();
+  asio::steady_timer tick(st->ex);
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    if (auto s = st->reap()) co_return s;
+    if (!st->child_alive() || std::chrono::steady_clock::now() >= deadline) co_return std::nullopt;
+    co_await pause_for(tick, 10ms);
+  }
 }
 
 // SIGTERM (or straight SIGKILL), bounded waits, reaped.
 asio::awaitable<std::optional<int>> end_child(state_ptr st, bool gently) {
   if (!st->child_alive()) co_return std::nullopt;
-  const int pfd = st->pidfd ? st->pidfd->native_handle() : -1;
+  const int pfd = st->pidfd;
   if (gently) {
     if (pfd >= 0) ::pidfd_send_signal(pfd, SIGTERM, nullptr, 0);
     if (auto s = co_await wait_end(st, term_grace)) co_return s;
   }
   if (!st->child_alive()) co_return std::nullopt;
-  if (pfd >= 0 && st->pidfd) ::pidfd_send_signal(st->pidfd->native_handle(), SIGKILL, nullptr, 0);
+  if (st->pidfd >= 0) ::pidfd_send_signal(st->pidfd, SIGKILL, nullptr, 0);
   auto s = co_await wait_end(st, kill_grace);
   if (!s && st->child_alive())
     XBD_LOG(server_log(), error) << "image server " << st->opt.name << ": qemu-storage-daemon (pid " << st->pid
@@ -502,13 +553,24 @@ asio::awaitable<error_code> launch(state_ptr st, std::string& detail) {
 
 // Restarts the child each time it dies, with back-off, until stopped.
 asio::awaitable<void> supervise(state_ptr st) {
+  struct done_on_exit {
+    image_server::state& s;
+    ~done_on_exit() { s.supervising = false; }
+  } done{*st};
   auto token = asio::as_tuple(asio::use_awaitable);
   auto backoff = std::chrono::milliseconds(first_backoff);
+  asio::steady_timer tick(st->ex);
   for (;;) {
-    co_await st->pidfd->async_wait(asio::posix::stream_descriptor::wait_read, token);
+    if (auto w = asio_xen::wakeable_wait::create(st->ex, st->pidfd)) {
+      st->death = &*w;
+      (void)co_await w->wait();  // the child's end, or stop()'s wake-up
+      st->death = nullptr;
+    } else {
+      co_await pause_for(tick, 100ms);  // no epoll set to be had: look now and then
+    }
     if (st->stopping) co_return;
     const auto status = st->reap();
-    if (!status) continue;  // readable but not yet reapable: look again
+    if (!status) continue;  // not ended (or not yet reapable): look again
     const auto ran = std::chrono::steady_clock::now() - st->started_at;
     if (ran >= stable_run) backoff = first_backoff;
     ++st->restarts;
@@ -538,7 +600,7 @@ asio::awaitable<void> supervise(state_ptr st) {
 // The same as stop(), synchronously, for a destructor: poll() on the pidfd.
 void end_child_now(image_server::state& st) {
   if (!st.child_alive()) return;
-  const int pfd = st.pidfd ? st.pidfd->native_handle() : -1;
+  const int pfd = st.pidfd;
   auto wait = [&](std::chrono::milliseconds limit) {
     if (pfd < 0) return;
     struct pollfd p {
@@ -645,8 +707,12 @@ asio::awaitable<void> image_server::stop() {
   if (st->stopped || st->stopping) co_return;
   st->stopping = true;
   st->timer.cancel();
-  if (st->pidfd) st->pidfd->cancel();
+  if (st->death) st->death->wake();
   co_await end_child(st, true);
+  // supervise() holds the state and its timer: it must have returned
+  // before the io_context can be destroyed under it.
+  asio::steady_timer tick(st->ex);
+  for (int i = 0; i < 200 && st->supervising; ++i) co_await pause_for(tick, 5ms);
   st->close_fds();
   st->remove_dir();
   st->stopped = true;
@@ -657,7 +723,8 @@ image_server::~image_server() {
   try {
     s_->stopping = true;
     s_->timer.cancel();
-    if (s_->pidfd) s_->pidfd->cancel();
+    // supervise() ends the next time the io_context runs; stop() waits for it.
+    if (s_->death) s_->death->wake();
     end_child_now(*s_);
     s_->close_fds();
     s_->remove_dir();

@@ -30,6 +30,10 @@ class served_image final : public store {
   asio_xen::result<std::unique_ptr<channel>> open_channel(const worker& w, unsigned depth) override {
     return nbd_->open_channel(w, depth);
   }
+  asio::awaitable<void> close() override {
+    co_await nbd_->close();
+    co_await server_->stop();
+  }
 
  private:
   std::unique_ptr<image_server> server_;
@@ -67,8 +71,9 @@ asio::awaitable<asio_xen::result<opened>> open_image(open_request req, const set
   opened out;
   out.mode = std::string(mode.reason) + "; " + std::string(to_string(req.spec.format)) +
              " through qemu-storage-daemon " + (mode.direct ? "with cache.direct=on" : "on the page cache");
-  out.st = std::make_unique<served_image>(std::move(*server), std::move(*nbd),
-                                          req.spec.path.string() + " (" + std::string(to_string(req.spec.format)) + ")");
+  out.st =
+      std::make_unique<served_image>(std::move(*server), std::move(*nbd),
+                                     req.spec.path.string() + " (" + std::string(to_string(req.spec.format)) + ")");
   co_return out;
 }
 

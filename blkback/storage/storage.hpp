@@ -99,6 +99,10 @@ class store {
   virtual std::string name() const = 0;
   // A channel for a ring on `w` with at most `depth` operations in flight.
   virtual asio_xen::result<std::unique_ptr<channel>> open_channel(const worker& w, unsigned depth) = 0;
+  // Ends what the store runs of its own (an image's server), on the
+  // executor it was opened on, after its channels are gone and before it is
+  // destroyed. Bounded.
+  virtual boost::asio::awaitable<void> close() { co_return; }
 };
 
 // What the toolstack asked for.

@@ -109,13 +109,13 @@ TEST_CASE("storage: an NBD export over TCP in QEMU's nbd:HOST:PORT spelling") {
   env.create_guest(5);
   // A port of our own choosing from the ephemeral range, by pid.
   const std::string port = std::to_string(20000 + (::getpid() % 20000));
-  process server({bin("nbdkit"), "--foreground", "--exit-with-parent", "-i", "127.0.0.1", "-p", port, "memory", "32M"}, {},
-                 env.dir() / "tcp.log");
+  process server({bin("nbdkit"), "--foreground", "--exit-with-parent", "-i", "127.0.0.1", "-p", port, "memory", "32M"},
+                 {}, env.dir() / "tcp.log");
   REQUIRE(eventually([&] { return tool(env, {"nbdinfo", "--size", "nbd://127.0.0.1:" + port}).status == 0; }, 10s));
   add_disk(env, 5, "nbd:127.0.0.1:" + port);
   env.start_daemon();
-  auto r = env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "16", "--ios", "2000",
-                                "--verify"});
+  auto r = env.run_frontend(
+      5, {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "16", "--ios", "2000", "--verify"});
   check_clean(r);
 }
 
@@ -143,7 +143,8 @@ TEST_CASE("storage: an NBD server killed mid-workload and restarted: requests wa
   CHECK(env.log_shows("lost"));
 }
 
-TEST_CASE("storage: with the NBD server gone past reconnect-seconds, requests fail with an I/O error and the vbd stays") {
+TEST_CASE(
+    "storage: with the NBD server gone past reconnect-seconds, requests fail with an I/O error and the vbd stays") {
   sim_env env("[nbd]\nreconnect-seconds = 1\n");
   env.create_guest(5);
   nbdkit server(env, "mem", {"memory", "32M"});
@@ -157,6 +158,27 @@ TEST_CASE("storage: with the NBD server gone past reconnect-seconds, requests fa
   CHECK(r.status == 0);
   CHECK(r.json.find("\"errors\":{\"io\":8,") != std::string::npos);
   CHECK(env.read(backend(5) + "/state") != std::nullopt);
+}
+
+TEST_CASE("storage: a daemon stopped while requests wait for a lost NBD server stops at once") {
+  sim_env env("[nbd]\nreconnect-seconds = 120\n");
+  env.create_guest(5);
+  nbdkit server(env, "mem", {"memory", "32M"});
+  add_disk(env, 5, server.uri());
+  env.start_daemon();
+  auto guest = env.start_frontend(5,
+                                  {"--devid", "51712", "--rw", "randread", "--bs", "4096", "--qd", "8", "--runtime",
+                                   "60", "--allow-io-errors", "--timeout", "90"},
+                                  "guest");
+  REQUIRE(env.log_shows("connected: 1 queue(s)"));
+  server.kill();
+  REQUIRE(env.log_shows("lost"));
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(env.stop_daemon() == 0);
+  const auto took = std::chrono::steady_clock::now() - t0;
+  CHECK(took < 10s);  // not the 120 s of the reconnect window
+  guest->signal(SIGTERM);
+  (void)guest->wait(10s);
 }
 
 TEST_CASE("storage: a qcow2 image over a raw backing file, through qemu-storage-daemon, equals the same I/O on raw") {
@@ -204,8 +226,9 @@ TEST_CASE("storage: discards on a qcow2 image leave it consistent") {
   REQUIRE(tool(env, {"qemu-img", "create", "-q", "-f", "qcow2", img.string(), "32M"}).status == 0);
   add_disk(env, 5, img.string(), xbd::sim::disk_format::qcow2);
   env.start_daemon();
-  auto r = env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--bs", "65536", "--qd", "16", "--ios", "1500",
-                                "--discard-pct", "20", "--flush-every", "32", "--verify", "--verify-discard", "unknown"});
+  auto r =
+      env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--bs", "65536", "--qd", "16", "--ios", "1500",
+                           "--discard-pct", "20", "--flush-every", "32", "--verify", "--verify-discard", "unknown"});
   check_clean(r);
   CHECK(r.json.find("\"discarded\":0}") == std::string::npos);  // some bytes were discarded
   REQUIRE(env.stop_daemon() == 0);
@@ -233,7 +256,7 @@ TEST_CASE("storage: malformed and unsupported disk specs each close their vbd wi
   CHECK(error_of(51744).find("rbd") != std::string::npos);
   CHECK(error_of(51760).find("qemu-storage-daemon") != std::string::npos);
   CHECK(error_of(51776).find("nobody.sock") != std::string::npos);
-  auto r = env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "8", "--ios", "500",
-                                "--verify"});
+  auto r = env.run_frontend(
+      5, {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "8", "--ios", "500", "--verify"});
   check_clean(r);
 }
