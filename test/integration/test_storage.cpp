@@ -160,6 +160,25 @@ TEST_CASE(
   CHECK(env.read(backend(5) + "/state") != std::nullopt);
 }
 
+TEST_CASE(
+    "storage: an NBD server failing a share of reads: each such read is ERROR, the others succeed, the vbd stays") {
+  sim_env env;
+  env.create_guest(5);
+  nbdkit server(env, "flaky", {"--filter=error", "memory", "32M", "error-pread-rate=20%", "error-pread=EIO"});
+  add_disk(env, 5, server.uri());
+  env.start_daemon();
+  auto r = env.run_frontend(
+      5, {"--devid", "51712", "--rw", "randread", "--bs", "4096", "--qd", "16", "--ios", "2000", "--allow-io-errors"});
+  INFO(r.output);
+  CHECK(r.status == 0);
+  CHECK(r.json.find("\"errors\":{\"io\":0,") == std::string::npos);  // some failed
+  CHECK(r.json.find("\"read\":0,") == std::string::npos);            // and some succeeded
+  CHECK(env.log_shows("failed: Input/output error"));
+  // The same vbd serves the next guest run cleanly once the server does.
+  auto again = env.run_frontend(5, {"--devid", "51712", "--rw", "write", "--bs", "4096", "--qd", "8", "--ios", "200"});
+  CHECK(again.status == 0);
+}
+
 TEST_CASE("storage: a daemon stopped while requests wait for a lost NBD server stops at once") {
   sim_env env("[nbd]\nreconnect-seconds = 120\n");
   env.create_guest(5);
