@@ -91,8 +91,23 @@ void fair_share::advance_locked() {
 // Tells every waiting ring whose vbd may start now (they try again on
 // their own threads).
 void fair_share::wake_locked() {
+  // The lowest and second lowest virtual times once, rather than a floor
+  // per waiting ring: with many vbds, a start stays linear in their number.
+  const member* lowest = nullptr;
+  std::uint64_t first = none;
+  std::uint64_t second = none;
+  for (const member* a : active_) {
+    if (a->vtime_ < first) {
+      second = first;
+      first = a->vtime_;
+      lowest = a;
+    } else if (a->vtime_ < second) {
+      second = a->vtime_;
+    }
+  }
   std::erase_if(waiting_, [&](const waiting_ring& r) {
-    if (!may_start_locked(r.owner)) return false;
+    const std::uint64_t f = r.owner == lowest ? second : first;
+    if (f != none && r.owner->vtime_ > f + window_) return false;
     r.waiter->memory_freed();
     return true;
   });

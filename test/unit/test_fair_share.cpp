@@ -153,3 +153,22 @@ TEST_CASE("fair share: a ring that stops is forgotten and never told") {
   REQUIRE(light->start(4 * mib, lw));
   CHECK(hw.told == 0);
 }
+
+TEST_CASE("fair share: a vbd waits for the slowest of the others, not the first to catch up") {
+  auto s = share();
+  auto heavy = s->join();
+  auto b = s->join();
+  auto c = s->join();
+  counting_waiter hw;
+  counting_waiter bw;
+  counting_waiter cw;
+  REQUIRE(b->start(4096, bw));
+  REQUIRE(c->start(4096, cw));
+  REQUIRE(heavy->start(3 * mib, hw));
+  CHECK_FALSE(heavy->start(mib, hw));
+  REQUIRE(b->start(8 * mib, bw));  // b is now far ahead of everybody
+  CHECK(hw.told == 0);             // c still holds the heavy one back
+  REQUIRE(c->start(2 * mib, cw));
+  CHECK(hw.told == 1);
+  CHECK(heavy->start(mib, hw));
+}
