@@ -71,6 +71,16 @@ void sim_env::create_guest(unsigned domid) {
   ts_->create_domain(spec);
 }
 
+std::uint32_t sim_env::add_disk(unsigned domid, const std::string& target, const std::string& vdev,
+                                sim::disk_format format) {
+  sim::disk_spec d;
+  d.domid = domid;
+  d.vdev = vdev;
+  d.target = target;
+  d.format = format;
+  return ts_->add_disk(d);
+}
+
 std::filesystem::path sim_env::make_image(const std::string& name, std::uint64_t bytes) {
   auto p = dir_ / name;
   int fd = ::open(p.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0644);

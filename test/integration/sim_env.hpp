@@ -33,6 +33,10 @@ class sim_env {
 
   // A domain as libxl creates it, introduced to xenstored as a real guest.
   void create_guest(unsigned domid);
+  // A disk as xl makes one from `format=..., vdev=..., target=...`: the
+  // backend's devid.
+  std::uint32_t add_disk(unsigned domid, const std::string& target, const std::string& vdev = "xvda",
+                         sim::disk_format format = sim::disk_format::raw);
   // A sparse image of `bytes` in the test directory.
   std::filesystem::path make_image(const std::string& name, std::uint64_t bytes);
 

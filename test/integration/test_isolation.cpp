@@ -31,14 +31,6 @@ std::string vdev_name(unsigned n) {
   return "xvd" + s;
 }
 
-std::uint32_t add_disk(sim_env& env, unsigned domid, const std::filesystem::path& image, const std::string& vdev) {
-  xbd::sim::disk_spec d;
-  d.domid = domid;
-  d.vdev = vdev;
-  d.target = image;
-  return env.toolstack().add_disk(d);
-}
-
 // How many of the vbds with these log prefixes logged a state line ending
 // with `transition`.
 std::size_t logged_vbds(const std::string& log, const std::vector<std::string>& prefixes,
@@ -95,7 +87,7 @@ void churn_round(sim_env& env, unsigned domid, std::uint32_t devid, const std::f
 std::unique_ptr<sim_env> one_disk(const std::string& config, std::uint64_t bytes) {
   auto env = std::make_unique<sim_env>(config);
   env->create_guest(5);
-  add_disk(*env, 5, env->make_image("disk.img", bytes), "xvda");
+  env->add_disk(5, env->make_image("disk.img", bytes), "xvda");
   env->start_daemon();
   return env;
 }
@@ -116,7 +108,7 @@ TEST_CASE("another guest's churning, hostile and dying vbds never touch a victim
   sim_env env("[rings]\nmax-queues = 4\n[log]\nlevel = \"debug\"\n");
   env.create_guest(5);
   env.create_guest(6);
-  add_disk(env, 5, env.make_image("victim.img", 128 << 20), "xvda");
+  env.add_disk(5, env.make_image("victim.img", 128 << 20), "xvda");
   env.start_daemon();
 
   auto victim = env.start_frontend(5,
@@ -133,7 +125,7 @@ TEST_CASE("another guest's churning, hostile and dying vbds never touch a victim
   while (std::chrono::steady_clock::now() < deadline && victim->running()) {
     const auto vdev = vdev_name(rounds);
     auto image = env.make_image("churn-" + vdev + ".img", 8 << 20);
-    const auto devid = add_disk(env, 6, image, vdev);
+    const auto devid = env.add_disk(6, image, vdev);
     churn_round(env, 6, devid, script, rounds % 2 == 0);
     auto removed = env.toolstack().remove_disk(6, devid);
     INFO("removing " << vdev << ": " << removed.error);
@@ -151,7 +143,7 @@ TEST_CASE("another guest's churning, hostile and dying vbds never touch a victim
   std::vector<std::string> doomed;  // their log prefixes
   for (unsigned i = 0; i < doomed_vbds; ++i) {
     const auto vdev = vdev_name(i);
-    const auto devid = add_disk(env, 7, env.make_image("doomed-" + vdev + ".img", 1 << 20), vdev);
+    const auto devid = env.add_disk(7, env.make_image("doomed-" + vdev + ".img", 1 << 20), vdev);
     doomed.push_back("[d7/" + std::to_string(devid) + " " + vdev + "] state ");
     holders.push_back(env.start_frontend(
         7, {"--devid", std::to_string(devid), "--queues", "2", "--rw", "none", "--hold", "0", "--timeout", "30"},

@@ -29,14 +29,6 @@ std::string backend(unsigned domid, unsigned devid) {
   return "/local/domain/0/backend/qdisk/" + std::to_string(domid) + "/" + std::to_string(devid);
 }
 
-void add_disk(sim_env& env, unsigned domid, const std::filesystem::path& image, const std::string& vdev) {
-  xbd::sim::disk_spec d;
-  d.domid = domid;
-  d.vdev = vdev;
-  d.target = image;
-  env.toolstack().add_disk(d);
-}
-
 // A verified mixed workload that outlives several daemons: 64 KiB random
 // reads and writes at QD 32 on two queues, indirect requests, flushes.
 std::vector<std::string> workload(unsigned devid, const std::string& seconds) {
@@ -77,7 +69,7 @@ TEST_CASE("a daemon killed at each stage of a request's life restarts without lo
     CAPTURE(point);
     sim_env env;
     env.create_guest(5);
-    add_disk(env, 5, env.make_image("disk.img", 64 << 20), "xvda");
+    env.add_disk(5, env.make_image("disk.img", 64 << 20), "xvda");
     // Late enough that both queues are full (QD 32 each), early enough for
     // a slow (ASan, loaded) machine to get there within the run.
     env.start_daemon({}, {std::string("XBD_FAULT=") + point + ":150"});
@@ -101,8 +93,8 @@ TEST_CASE("a soak: killed at random a hundred times, two guests' verified I/O an
   sim_env env;
   env.create_guest(5);
   env.create_guest(6);
-  add_disk(env, 5, env.make_image("a.img", 64 << 20), "xvda");
-  add_disk(env, 6, env.make_image("b.img", 64 << 20), "xvdb");
+  env.add_disk(5, env.make_image("a.img", 64 << 20), "xvda");
+  env.add_disk(6, env.make_image("b.img", 64 << 20), "xvdb");
   env.start_daemon();
   // The frontends run 30 s (0.3 s a kill beyond a hundred), then finish by
   // themselves and report. The kills take about 20 s, more on a loaded
@@ -139,8 +131,8 @@ TEST_CASE("a damaged or stale journal closes that vbd with a reason, the other g
   sim_env env;
   env.create_guest(5);
   env.create_guest(6);
-  add_disk(env, 5, env.make_image("a.img", 16 << 20), "xvda");
-  add_disk(env, 6, env.make_image("b.img", 16 << 20), "xvdb");
+  env.add_disk(5, env.make_image("a.img", 16 << 20), "xvda");
+  env.add_disk(6, env.make_image("b.img", 16 << 20), "xvdb");
   env.start_daemon();
   auto a = env.start_frontend(5, workload(xvda, "4"), "a");
   auto b = env.start_frontend(6, workload(xvdb, "4"), "b");

@@ -19,16 +19,6 @@ namespace {
 constexpr unsigned xvda = 51712;
 constexpr unsigned xvdb = 51728;
 
-std::uint32_t add_disk(sim_env& env, unsigned domid, const std::string& target,
-                       xbd::sim::disk_format format = xbd::sim::disk_format::raw, const std::string& vdev = "xvda") {
-  xbd::sim::disk_spec d;
-  d.domid = domid;
-  d.vdev = vdev;
-  d.target = target;
-  d.format = format;
-  return env.toolstack().add_disk(d);
-}
-
 std::string backend(unsigned domid, unsigned devid = xvda) {
   return "/local/domain/0/backend/qdisk/" + std::to_string(domid) + "/" + std::to_string(devid);
 }
@@ -94,7 +84,7 @@ TEST_CASE("storage: verified reads, writes, flushes and discards through an NBD 
   sim_env env;
   env.create_guest(5);
   nbdkit server(env, "mem", {"memory", "64M"});
-  add_disk(env, 5, "nbd+unix:///?socket=" + (env.dir() / "mem.sock").string());
+  env.add_disk(5, "nbd+unix:///?socket=" + (env.dir() / "mem.sock").string());
   env.start_daemon();
   auto r = env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "32", "--ios", "4000",
                                 "--flush-every", "16", "--discard-pct", "10", "--verify"});
@@ -112,7 +102,7 @@ TEST_CASE("storage: an NBD export over TCP in QEMU's nbd:HOST:PORT spelling") {
   process server({bin("nbdkit"), "--foreground", "--exit-with-parent", "-i", "127.0.0.1", "-p", port, "memory", "32M"},
                  {}, env.dir() / "tcp.log");
   REQUIRE(eventually([&] { return tool(env, {"nbdinfo", "--size", "nbd://127.0.0.1:" + port}).status == 0; }, 10s));
-  add_disk(env, 5, "nbd:127.0.0.1:" + port);
+  env.add_disk(5, "nbd:127.0.0.1:" + port);
   env.start_daemon();
   auto r = env.run_frontend(
       5, {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "16", "--ios", "2000", "--verify"});
@@ -125,7 +115,7 @@ TEST_CASE("storage: an NBD server killed mid-workload and restarted: requests wa
   // A file-backed export, so that what was written survives the restart.
   auto img = env.make_image("backing.img", 32 << 20);
   nbdkit server(env, "file", {"file", img.string()});
-  add_disk(env, 5, server.uri());
+  env.add_disk(5, server.uri());
   env.start_daemon();
   auto guest = env.start_frontend(5,
                                   {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "16", "--runtime", "4",
@@ -148,7 +138,7 @@ TEST_CASE(
   sim_env env("[nbd]\nreconnect-seconds = 1\n");
   env.create_guest(5);
   nbdkit server(env, "mem", {"memory", "32M"});
-  add_disk(env, 5, server.uri());
+  env.add_disk(5, server.uri());
   env.start_daemon();
   REQUIRE(env.log_shows(" opened "));
   server.kill();
@@ -165,7 +155,7 @@ TEST_CASE(
   sim_env env;
   env.create_guest(5);
   nbdkit server(env, "flaky", {"--filter=error", "memory", "32M", "error-pread-rate=20%", "error-pread=EIO"});
-  add_disk(env, 5, server.uri());
+  env.add_disk(5, server.uri());
   env.start_daemon();
   auto r = env.run_frontend(
       5, {"--devid", "51712", "--rw", "randread", "--bs", "4096", "--qd", "16", "--ios", "2000", "--allow-io-errors"});
@@ -183,7 +173,7 @@ TEST_CASE("storage: a daemon stopped while requests wait for a lost NBD server s
   sim_env env("[nbd]\nreconnect-seconds = 120\n");
   env.create_guest(5);
   nbdkit server(env, "mem", {"memory", "32M"});
-  add_disk(env, 5, server.uri());
+  env.add_disk(5, server.uri());
   env.start_daemon();
   auto guest = env.start_frontend(5,
                                   {"--devid", "51712", "--rw", "randread", "--bs", "4096", "--qd", "8", "--runtime",
@@ -212,8 +202,8 @@ TEST_CASE("storage: a qcow2 image over a raw backing file, through qemu-storage-
               .status == 0);
   const auto expected = env.dir() / "expected.raw";
   std::filesystem::copy_file(base, expected);
-  add_disk(env, 5, overlay.string(), xbd::sim::disk_format::qcow2, "xvda");
-  add_disk(env, 5, expected.string(), xbd::sim::disk_format::raw, "xvdb");
+  env.add_disk(5, overlay.string(), "xvda", xbd::sim::disk_format::qcow2);
+  env.add_disk(5, expected.string(), "xvdb", xbd::sim::disk_format::raw);
   env.start_daemon();
   // The same stream of writes to both disks (same run id: same stamps),
   // over the first half, then everything read back and verified: the
@@ -243,7 +233,7 @@ TEST_CASE("storage: discards on a qcow2 image leave it consistent") {
   env.create_guest(5);
   const auto img = env.dir() / "disk.qcow2";
   REQUIRE(tool(env, {"qemu-img", "create", "-q", "-f", "qcow2", img.string(), "32M"}).status == 0);
-  add_disk(env, 5, img.string(), xbd::sim::disk_format::qcow2);
+  env.add_disk(5, img.string(), "xvda", xbd::sim::disk_format::qcow2);
   env.start_daemon();
   auto r =
       env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--bs", "65536", "--qd", "16", "--ios", "1500",
@@ -260,11 +250,11 @@ TEST_CASE("storage: malformed and unsupported disk specs each close their vbd wi
   sim_env env("[images]\nqemu-storage-daemon = \"/nonexistent/qemu-storage-daemon\"\n");
   env.create_guest(5);
   const auto good = env.make_image("good.img", 8 << 20);
-  add_disk(env, 5, good.string(), xbd::sim::disk_format::raw, "xvda");
-  add_disk(env, 5, "nbd://[::1", xbd::sim::disk_format::raw, "xvdb");
-  add_disk(env, 5, "rbd:pool/image", xbd::sim::disk_format::raw, "xvdc");
-  add_disk(env, 5, (env.dir() / "x.qcow2").string(), xbd::sim::disk_format::qcow2, "xvdd");
-  add_disk(env, 5, "nbd+unix:///?socket=" + (env.dir() / "nobody.sock").string(), xbd::sim::disk_format::raw, "xvde");
+  env.add_disk(5, good.string(), "xvda", xbd::sim::disk_format::raw);
+  env.add_disk(5, "nbd://[::1", "xvdb", xbd::sim::disk_format::raw);
+  env.add_disk(5, "rbd:pool/image", "xvdc", xbd::sim::disk_format::raw);
+  env.add_disk(5, (env.dir() / "x.qcow2").string(), "xvdd", xbd::sim::disk_format::qcow2);
+  env.add_disk(5, "nbd+unix:///?socket=" + (env.dir() / "nobody.sock").string(), "xvde", xbd::sim::disk_format::raw);
   env.start_daemon();
   const auto error_of = [&](unsigned devid) {
     std::optional<std::string> e;

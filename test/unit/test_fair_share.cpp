@@ -24,6 +24,24 @@ std::shared_ptr<fair_share> share(std::chrono::milliseconds grace = 10s) {
   return std::make_shared<fair_share>(mib, grace);
 }
 
+// Two vbds on one share, each with the waiter of its ring.
+struct heavy_and_light {
+  explicit heavy_and_light(std::chrono::milliseconds grace = 10s) : s(share(grace)) {}
+  std::shared_ptr<fair_share> s;
+  std::shared_ptr<fair_share::member> heavy = s->join();
+  std::shared_ptr<fair_share::member> light = s->join();
+  counting_waiter hw;
+  counting_waiter lw;
+
+  // The light vbd competes; the heavy one runs three windows ahead and is
+  // held back.
+  void hold_heavy_back() {
+    REQUIRE(light->start(4096, lw));
+    REQUIRE(heavy->start(3 * mib, hw));
+    CHECK_FALSE(heavy->start(mib, hw));
+  }
+};
+
 }  // namespace
 
 TEST_CASE("fair share: a vbd alone is never held back, however much it starts") {
@@ -35,11 +53,11 @@ TEST_CASE("fair share: a vbd alone is never held back, however much it starts") 
 }
 
 TEST_CASE("fair share: a vbd a window ahead of a competing one waits, and is told when that one catches up") {
-  auto s = share();
-  auto heavy = s->join();
-  auto light = s->join();
-  counting_waiter hw;
-  counting_waiter lw;
+  heavy_and_light t;
+  auto& heavy = t.heavy;
+  auto& light = t.light;
+  auto& hw = t.hw;
+  auto& lw = t.lw;
   REQUIRE(light->start(4096, lw));  // the light vbd competes
   REQUIRE(heavy->start(mib, hw));   // within the window
   REQUIRE(heavy->start(mib, hw));   // at the window's edge: started, now beyond it
@@ -57,30 +75,24 @@ TEST_CASE("fair share: a vbd a window ahead of a competing one waits, and is tol
 }
 
 TEST_CASE("fair share: a vbd competes for its grace after each start and not after") {
-  auto s = share(50ms);
-  auto heavy = s->join();
-  auto light = s->join();
-  counting_waiter hw;
-  counting_waiter lw;
-  REQUIRE(light->start(4096, lw));
-  REQUIRE(heavy->start(3 * mib, hw));
-  CHECK_FALSE(heavy->start(mib, hw));
+  heavy_and_light t(50ms);
+  t.hold_heavy_back();
+  auto& heavy = t.heavy;
+  auto& hw = t.hw;
   // Its request may still be at the disk: what counts is that it started
   // nothing since, so it no longer holds anyone back.
   std::this_thread::sleep_for(60ms);
   CHECK(heavy->start(mib, hw));
-  CHECK(s->grace() == 50ms);
+  CHECK(t.s->grace() == 50ms);
 }
 
 TEST_CASE("fair share: a ring that waited a whole grace in vain goes, and the vbd that held it back loses its turn") {
-  auto s = share();
-  auto heavy = s->join();
-  auto slow = s->join();
-  counting_waiter hw;
-  counting_waiter sw;
-  REQUIRE(slow->start(4096, sw));
-  REQUIRE(heavy->start(3 * mib, hw));
-  CHECK_FALSE(heavy->start(mib, hw));
+  heavy_and_light t;
+  t.hold_heavy_back();
+  auto& heavy = t.heavy;
+  auto& slow = t.light;
+  auto& hw = t.hw;
+  auto& sw = t.lw;
   CHECK(heavy->start(mib, hw, true));  // overdue
   // The slow vbd was brought up to one window behind the heavy one (three
   // before): a window of its progress, not three, lets the heavy one on.
@@ -91,11 +103,11 @@ TEST_CASE("fair share: a ring that waited a whole grace in vain goes, and the vb
 }
 
 TEST_CASE("fair share: a guest cannot reset its debt by pausing while the others compete") {
-  auto s = share();
-  auto heavy = s->join();
-  auto light = s->join();
-  counting_waiter hw;
-  counting_waiter lw;
+  heavy_and_light t;
+  auto& heavy = t.heavy;
+  auto& light = t.light;
+  auto& hw = t.hw;
+  auto& lw = t.lw;
   REQUIRE(light->start(4096, lw));
   REQUIRE(heavy->start(4 * mib, hw));
   REQUIRE(light->start(4096, lw));
@@ -127,28 +139,22 @@ TEST_CASE("fair share: a vbd back from a long idle gets no credit for it") {
 }
 
 TEST_CASE("fair share: a vbd that goes away releases those it held back") {
-  auto s = share();
-  auto heavy = s->join();
-  auto light = s->join();
-  counting_waiter hw;
-  counting_waiter lw;
-  REQUIRE(light->start(4096, lw));
-  REQUIRE(heavy->start(3 * mib, hw));
-  CHECK_FALSE(heavy->start(mib, hw));
-  light.reset();
+  heavy_and_light t;
+  t.hold_heavy_back();
+  auto& heavy = t.heavy;
+  auto& hw = t.hw;
+  t.light.reset();
   CHECK(hw.told == 1);
   CHECK(heavy->start(mib, hw));
 }
 
 TEST_CASE("fair share: a ring that stops is forgotten and never told") {
-  auto s = share();
-  auto heavy = s->join();
-  auto light = s->join();
-  counting_waiter hw;
-  counting_waiter lw;
-  REQUIRE(light->start(4096, lw));
-  REQUIRE(heavy->start(3 * mib, hw));
-  CHECK_FALSE(heavy->start(mib, hw));
+  heavy_and_light t;
+  t.hold_heavy_back();
+  auto& heavy = t.heavy;
+  auto& light = t.light;
+  auto& hw = t.hw;
+  auto& lw = t.lw;
   heavy->forget(hw);
   REQUIRE(light->start(4 * mib, lw));
   CHECK(hw.told == 0);
