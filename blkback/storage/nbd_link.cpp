@@ -135,6 +135,12 @@ asio::awaitable<error_code> connect(std::shared_ptr<link> l, std::shared_ptr<soc
   };
   if (!l->handle()) co_return fail(ENOMEM);
   nbd_set_request_structured_replies(l->handle(), true);
+  // libnbd zeroes every read buffer before the read by default, so that a
+  // careless caller cannot leak old heap contents. Ours never shows a failed
+  // read's buffer to anyone, and a read buffer only ever held data of the
+  // same ring's guest (queue buffers are per ring; unmapped memory comes
+  // back zeroed): the zeroing would cost 8 % of the CPU of 1 MiB reads.
+  nbd_set_pread_initialize(l->handle(), false);
   if (local_files) nbd_set_uri_allow_local_file(l->handle(), true);
   if (nbd_aio_connect_uri(l->handle(), uri.c_str()) == -1) {
     l->note_error();
