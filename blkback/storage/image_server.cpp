@@ -597,9 +597,18 @@ asio::awaitable<void> supervise(state_ptr st) {
   }
 }
 
+// How a child ended that we stopped, for the log.
+void log_end(const image_server::state& st, int pid, const std::optional<int>& status,
+             std::chrono::steady_clock::time_point since) {
+  if (!status) return;  // not reaped: end_child/end_child_now said so already
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - since);
+  XBD_LOG(server_log(), info) << "image server " << st.opt.name << ": qemu-storage-daemon (pid " << pid << ") "
+                              << exit_description(*status) << " " << ms.count() << " ms after it was told to stop";
+}
+
 // The same as stop(), synchronously, for a destructor: poll() on the pidfd.
-void end_child_now(image_server::state& st) {
-  if (!st.child_alive()) return;
+std::optional<int> end_child_now(image_server::state& st) {
+  if (!st.child_alive()) return std::nullopt;
   const int pfd = st.pidfd;
   auto wait = [&](std::chrono::milliseconds limit) {
     if (pfd < 0) return;
@@ -610,12 +619,14 @@ void end_child_now(image_server::state& st) {
   };
   if (pfd >= 0) ::pidfd_send_signal(pfd, SIGTERM, nullptr, 0);
   wait(term_grace);
-  if (st.reap()) return;
+  if (auto s = st.reap()) return s;
   if (pfd >= 0) ::pidfd_send_signal(pfd, SIGKILL, nullptr, 0);
   wait(kill_grace);
-  if (!st.reap())
+  auto s = st.reap();
+  if (!s)
     XBD_LOG(server_log(), error) << "image server " << st.opt.name << ": qemu-storage-daemon (pid " << st.pid
                                  << ") did not end after SIGKILL";
+  return s;
 }
 
 }  // namespace
@@ -708,7 +719,9 @@ asio::awaitable<void> image_server::stop() {
   st->stopping = true;
   st->timer.cancel();
   if (st->death) st->death->wake();
-  co_await end_child(st, true);
+  const int pid = st->pid;
+  const auto t0 = std::chrono::steady_clock::now();
+  log_end(*st, pid, co_await end_child(st, true), t0);
   // supervise() holds the state and its timer: it must have returned
   // before the io_context can be destroyed under it.
   asio::steady_timer tick(st->ex);
@@ -725,7 +738,9 @@ image_server::~image_server() {
     s_->timer.cancel();
     // supervise() ends the next time the io_context runs; stop() waits for it.
     if (s_->death) s_->death->wake();
-    end_child_now(*s_);
+    const int pid = s_->pid;
+    const auto t0 = std::chrono::steady_clock::now();
+    log_end(*s_, pid, end_child_now(*s_), t0);
     s_->close_fds();
     s_->remove_dir();
     s_->stopped = true;
