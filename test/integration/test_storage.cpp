@@ -269,3 +269,18 @@ TEST_CASE("storage: malformed and unsupported disk specs each close their vbd wi
       5, {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "8", "--ios", "500", "--verify"});
   check_clean(r);
 }
+
+TEST_CASE("storage: --check-config says whether qemu-storage-daemon can serve image formats") {
+  sim_env env;
+  const auto good = env.dir() / "good.toml";
+  const auto bad = env.dir() / "bad.toml";
+  std::ofstream(good) << "";
+  std::ofstream(bad) << "[images]\nqemu-storage-daemon = \"/nonexistent/qsd\"\n";
+  auto ok = run({XBD_DAEMON_BIN, "--config", good.string(), "--check-config"}, {}, env.dir() / "check.log", 30s);
+  CHECK(ok.status == 0);
+  CHECK(ok.output.find("image formats: ") != std::string::npos);
+  CHECK(ok.output.find("qemu-storage-daemon version") != std::string::npos);
+  auto missing = run({XBD_DAEMON_BIN, "--config", bad.string(), "--check-config"}, {}, env.dir() / "check2.log", 30s);
+  CHECK(missing.status == 0);
+  CHECK(missing.output.find("image formats: /nonexistent/qsd is not an executable file") != std::string::npos);
+}
