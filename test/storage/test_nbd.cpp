@@ -182,6 +182,21 @@ void write_and_verify(rig& r, std::uint64_t base, std::size_t n, std::uint64_t s
 
 }  // namespace
 
+// Reads from the start until a read succeeds (the server is back), for
+// at most 40 tries 100 ms apart.
+template <class Rig, class Buffer>
+bool reads_again(Rig& r, Buffer& back) {
+  for (int i = 0; i < 40; ++i) {
+    op_done again;
+    r.read(0, back, again);
+    REQUIRE(drive(
+        r.io, [&] { return again.finished(); }, 5s));
+    if (!again.ec) return true;
+    idle(r.io, 100ms);
+  }
+  return false;
+}
+
 TEST_CASE("an NBD export over a unix socket reads back what was written, 32 operations in flight") {
   xbd::test::nbd_server srv({});
   rig r;
@@ -481,16 +496,7 @@ TEST_CASE("a server killed for good: waiting operations fail with EIO once the r
   CHECK_FALSE(late.inline_call);
 
   srv.start();  // an empty export again: reads return zeroes
-  bool ok = false;
-  for (int i = 0; i < 40 && !ok; ++i) {
-    op_done again;
-    r.read(0, back, again);
-    REQUIRE(drive(
-        r.io, [&] { return again.finished(); }, 5s));
-    ok = !again.ec;
-    if (!ok) idle(r.io, 100ms);
-  }
-  CHECK(ok);
+  CHECK(reads_again(r, back));
 }
 
 TEST_CASE("a server answering ESHUTDOWN is reconnected to with back-off and the operations succeed once it stops") {
@@ -569,16 +575,7 @@ TEST_CASE("a server that stops answering is given up on: its operations fail wit
   CHECK(took >= 1900);
   CHECK(took < 4000);
   srv.resume();
-  bool ok = false;
-  for (int i = 0; i < 40 && !ok; ++i) {
-    op_done again;
-    r.read(0, back, again);
-    REQUIRE(drive(
-        r.io, [&] { return again.finished(); }, 5s));
-    ok = !again.ec;
-    if (!ok) idle(r.io, 100ms);
-  }
-  CHECK(ok);
+  CHECK(reads_again(r, back));
 }
 
 TEST_CASE("cancel finishes the operations waiting for a lost server at once with operation_aborted") {
