@@ -1444,12 +1444,15 @@ HOSTILE_CASE("hostile: notify storm: 20000 notifications on an empty ring are pa
   auto v = c.vbd();
   std::string storm;
   for (int i = 0; i < 20000; ++i) storm += "notify\n";
+  // Then paced, so that a daemon descheduled through the burst (a loaded
+  // machine: the burst coalesces into a few events) still sees a storm.
+  for (int i = 0; i < 100; ++i) storm += "notify\nsleep 2\n";
   c.requests(v, storm + "sleep 300\npages buf 1 rw\nreq op=read id=7 sector=0 seg=buf:0:0:7\npush\nnotify\n",
              {{7, rsp::okay}});
   c.expect_log(v, "frontend notifies without requests");
   c.finish();
   CHECK(c.r().log_shows(v, "notify-storm pause(s)"));
-  CHECK(c.r().log_count(v, "0 notify-storm pause(s)") == 0);
+  CHECK(c.r().log_count(v, "; 0 notify-storm pause(s)") == 0);  // not 10, 20, ...
 }
 
 // ============================================================ afterwards
