@@ -473,6 +473,20 @@ std::string nbd_target::describe() const {
   return d;
 }
 
+namespace {
+
+// An NBD target (raw is the only format it can have), or why not.
+parsed_spec nbd_spec(std::string_view target) {
+  auto n = parse_nbd(target);
+  if (!n.target) return refuse("params: " + n.problem);
+  disk_spec s;
+  s.where = disk_spec::kind::nbd;
+  s.nbd = std::move(*n.target);
+  return accept(std::move(s));
+}
+
+}  // namespace
+
 parsed_spec parse_params(std::string_view params) {
   if (params.empty()) return refuse(std::string("params is empty: expected ") + std::string(accepted_forms));
   if (params.size() > max_params)
@@ -492,12 +506,7 @@ parsed_spec parse_params(std::string_view params) {
   }
   // A bare NBD target, with no format: raw is the only thing it can be.
   if (looks_like_nbd(params)) {
-    auto n = parse_nbd(params);
-    if (!n.target) return refuse("params: " + n.problem);
-    disk_spec s;
-    s.where = disk_spec::kind::nbd;
-    s.nbd = std::move(*n.target);
-    return accept(std::move(s));
+    return nbd_spec(params);
   }
 
   const auto colon = params.find(':');
@@ -533,12 +542,7 @@ parsed_spec parse_params(std::string_view params) {
           " cannot be read over NBD; give the image's local path (" + fmt +
           ":/PATH) or serve it as raw with qemu-storage-daemon (--blockdev driver=" + std::string(to_string(*format)) +
           ") or qemu-nbd -f " + std::string(to_string(*format)) + " and name that export as raw:nbd://...");
-    auto n = parse_nbd(target);
-    if (!n.target) return refuse("params: " + n.problem);
-    disk_spec s;
-    s.where = disk_spec::kind::nbd;
-    s.nbd = std::move(*n.target);
-    return accept(std::move(s));
+    return nbd_spec(target);
   }
   if (auto proto = protocol_of(target); !proto.empty() && (is_foreign_protocol(proto) || lower(proto) == "file"))
     return refuse(foreign_protocol_message(params, proto));
