@@ -104,6 +104,9 @@ asio::awaitable<asio_xen::result<opened>> open(open_request req, const settings&
     }
     case disk_spec::kind::image:
       co_return co_await open_image(std::move(req), cfg, detail);
+    case disk_spec::kind::rbd:
+      detail = "this build does not serve RBD images yet";
+      co_return error_code(EOPNOTSUPP, boost::system::generic_category());
   }
   co_return error_code(EINVAL, boost::system::generic_category());
 }

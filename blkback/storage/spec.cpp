@@ -20,8 +20,8 @@ constexpr std::size_t shown = 256;
 
 constexpr std::string_view accepted_formats = "aio, raw, qcow2, qcow, qed, vhd (or vpc), vmdk, vdi, vhdx";
 constexpr std::string_view accepted_forms =
-    "an absolute path, <format>:<absolute path>, or raw:<NBD URI> (nbd://, nbds://, nbd+unix://, nbds+unix://, "
-    "nbd:HOST:PORT, nbd:unix:PATH)";
+    "an absolute path, <format>:<absolute path>, raw:<NBD URI> (nbd://, nbds://, nbd+unix://, nbds+unix://, "
+    "nbd:HOST:PORT, nbd:unix:PATH), or raw:rbd:POOL/IMAGE";
 
 // Text for a message, in double quotes: control characters, quotes and
 // backslashes escaped, and cut (at a character boundary) once the shown
@@ -139,10 +139,10 @@ bool valid_host(std::string_view h, bool v6) {
 
 // Protocols QEMU's block layer (or libnbd) knows that are not ours to serve.
 bool is_foreign_protocol(std::string_view name) {
-  constexpr std::array<std::string_view, 20> known = {
-      "rbd",  "iscsi",       "iser",        "http",         "https",        "ftp",       "ftps",
-      "ssh",  "gluster",     "gluster+tcp", "gluster+unix", "gluster+rdma", "nfs",       "sheepdog",
-      "vxhs", "host_device", "host_cdrom",  "nvme",         "nbd+vsock",    "nbds+vsock"};
+  constexpr std::array<std::string_view, 19> known = {
+      "iscsi",       "iser",        "http",         "https",        "ftp",       "ftps",     "ssh",
+      "gluster",     "gluster+tcp", "gluster+unix", "gluster+rdma", "nfs",       "sheepdog", "vxhs",
+      "host_device", "host_cdrom",  "nvme",         "nbd+vsock",    "nbds+vsock"};
   const std::string l = lower(name);
   for (auto p : known)
     if (l == p) return true;
@@ -404,6 +404,125 @@ nbd_parse parse_nbd(std::string_view t) {
   return parse_qemu_nbd(t);
 }
 
+// --- RBD ---------------------------------------------------------------
+
+// The text up to the first unescaped `delim` (a backslash escapes the next
+// character), and the rest after it; the rest is nullopt when there is no
+// such delimiter.
+std::pair<std::string_view, std::optional<std::string_view>> next_token(std::string_view s, char delim) {
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\') {
+      ++i;
+    } else if (s[i] == delim) {
+      return {s.substr(0, i), s.substr(i + 1)};
+    }
+  }
+  return {s, std::nullopt};
+}
+
+// The escapes removed; a trailing lone backslash is kept as it is.
+std::string unescape(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    if (s[i] == '\\' && i + 1 < s.size()) ++i;
+    out += s[i];
+  }
+  return out;
+}
+
+// Whether an unescaped `c` occurs.
+bool has_unescaped(std::string_view s, char c) { return next_token(s, c).second.has_value(); }
+
+struct rbd_parse {
+  std::optional<rbd_target> target;
+  std::string problem;
+};
+
+rbd_parse rbd_problem(std::string m) { return {std::nullopt, std::move(m)}; }
+
+// A RADOS option name as librados spells them (mon_host, "mon host").
+bool valid_option_name(std::string_view k) {
+  if (k.empty() || k.size() > 64) return false;
+  for (char c : k)
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == ' ' || c == '-')) return false;
+  return true;
+}
+
+// The KEY=VALUE list after the image: id and conf are ours, the rest goes
+// to librados as it is (what QEMU does).
+std::string rbd_options(std::string_view q, std::optional<std::string_view> rest, rbd_target& r) {
+  while (rest) {
+    auto [item, after] = next_token(*rest, ':');
+    rest = after;
+    auto [name_raw, value_raw] = next_token(item, '=');
+    const std::string name = unescape(name_raw);
+    if (!value_raw)
+      return "RBD target " + std::string(q) + ": the option " + quote(name) + " has no value (expected KEY=VALUE)";
+    const std::string value = unescape(*value_raw);
+    if (!valid_option_name(name))
+      return "RBD target " + std::string(q) + ": " + quote(name) +
+             " is not a Ceph option name (lower-case letters, digits and '_')";
+    if (name == "id" || name == "conf") {
+      std::string& field = name == "id" ? r.user : r.conf;
+      if (!field.empty()) return "RBD target " + std::string(q) + " gives " + name + "= twice";
+      if (value.empty()) return "RBD target " + std::string(q) + ": " + name + "= is empty";
+      if (name == "conf" && value.front() != '/')
+        return "RBD target " + std::string(q) + ": conf= must be an absolute path, not " + quote(value);
+      if (name == "id" && starts_with(value, "client."))
+        return "RBD target " + std::string(q) + ": id= is the client's id without \"client.\" (id=" + value.substr(7) +
+               ")";
+      field = value;
+      continue;
+    }
+    for (const auto& [k, v] : r.options)
+      if (k == name) return "RBD target " + std::string(q) + " gives " + name + "= twice";
+    r.options.emplace_back(name, value);
+  }
+  return {};
+}
+
+// rbd:POOL[/NAMESPACE]/IMAGE[@SNAPSHOT][:KEY=VALUE...], as QEMU reads it
+// (block/rbd.c's legacy filename): the pool ends at the first '/', the
+// snapshot starts at the first '@', the options at the first ':' after.
+rbd_parse parse_rbd(std::string_view t) {
+  const std::string q = quote(t);
+  const std::string_view body = t.substr(4);  // after "rbd:"
+  auto [pool_raw, after_pool] = next_token(body, '/');
+  if (!after_pool) return rbd_problem("RBD target " + q + " names no image: expected rbd:POOL/IMAGE");
+  rbd_target r;
+  r.pool = unescape(pool_raw);
+  std::string_view image_part;
+  std::optional<std::string_view> opts;
+  if (has_unescaped(*after_pool, '@')) {
+    auto [img, snap_and_opts] = next_token(*after_pool, '@');
+    image_part = img;
+    auto [snap, o] = next_token(*snap_and_opts, ':');
+    r.snapshot = unescape(snap);
+    opts = o;
+    if (r.snapshot.empty()) return rbd_problem("RBD target " + q + " has an empty snapshot name after '@'");
+  } else {
+    auto [img, o] = next_token(*after_pool, ':');
+    image_part = img;
+    opts = o;
+  }
+  if (auto [ns, image] = next_token(image_part, '/'); image) {
+    if (has_unescaped(*image, '/'))
+      return rbd_problem("RBD target " + q + " has more than pool, namespace and image: expected POOL/NAMESPACE/IMAGE");
+    r.ns = unescape(ns);
+    r.image = unescape(*image);
+    if (r.ns.empty()) return rbd_problem("RBD target " + q + " has an empty namespace: expected POOL/NAMESPACE/IMAGE");
+  } else {
+    r.image = unescape(image_part);
+  }
+  if (r.pool.empty()) return rbd_problem("RBD target " + q + " has an empty pool name: expected rbd:POOL/IMAGE");
+  if (r.image.empty()) return rbd_problem("RBD target " + q + " has an empty image name: expected rbd:POOL/IMAGE");
+  if (auto m = rbd_options(q, opts, r); !m.empty()) return rbd_problem(std::move(m));
+  return {std::move(r), {}};
+}
+
+bool looks_like_rbd(std::string_view t) { return lower(t.substr(0, 4)) == "rbd:"; }
+
 std::string foreign_protocol_message(std::string_view params, std::string_view protocol) {
   if (lower(protocol) == "file")
     return "params " + quote(params) +
@@ -473,6 +592,13 @@ std::string nbd_target::describe() const {
   return d;
 }
 
+std::string rbd_target::describe() const {
+  std::string d = "RBD image " + quote(pool + "/" + (ns.empty() ? "" : ns + "/") + image);
+  if (!snapshot.empty()) d += " at snapshot " + quote(snapshot);
+  if (!user.empty()) d += " as " + quote("client." + user);
+  return d;
+}
+
 namespace {
 
 // An NBD target (raw is the only format it can have), or why not.
@@ -482,6 +608,16 @@ parsed_spec nbd_spec(std::string_view target) {
   disk_spec s;
   s.where = disk_spec::kind::nbd;
   s.nbd = std::move(*n.target);
+  return accept(std::move(s));
+}
+
+// An RBD target (raw is the only format it can have), or why not.
+parsed_spec rbd_spec(std::string_view target) {
+  auto r = parse_rbd(target);
+  if (!r.target) return refuse("params: " + r.problem);
+  disk_spec s;
+  s.where = disk_spec::kind::rbd;
+  s.rbd = std::move(*r.target);
   return accept(std::move(s));
 }
 
@@ -508,6 +644,7 @@ parsed_spec parse_params(std::string_view params) {
   if (looks_like_nbd(params)) {
     return nbd_spec(params);
   }
+  if (looks_like_rbd(params)) return rbd_spec(params);
 
   const auto colon = params.find(':');
   if (colon == std::string_view::npos)
@@ -544,6 +681,12 @@ parsed_spec parse_params(std::string_view params) {
           ") or qemu-nbd -f " + std::string(to_string(*format)) + " and name that export as raw:nbd://...");
     return nbd_spec(target);
   }
+  if (looks_like_rbd(target)) {
+    if (*format != image_format::raw)
+      return refuse("params " + quote(params) + ": an RBD image is served as raw only, so " + quote(fmt) +
+                    " cannot be read from one; write aio:rbd:... or raw:rbd:...");
+    return rbd_spec(target);
+  }
   if (auto proto = protocol_of(target); !proto.empty() && (is_foreign_protocol(proto) || lower(proto) == "file"))
     return refuse(foreign_protocol_message(params, proto));
   if (auto proto = protocol_of(target); !proto.empty() && target.find("://") != std::string_view::npos)
@@ -560,6 +703,8 @@ std::string describe(const disk_spec& s) {
       return s.path.string() + " (" + std::string(to_string(s.format)) + ")";
     case disk_spec::kind::nbd:
       return s.nbd.describe();
+    case disk_spec::kind::rbd:
+      return s.rbd.describe();
   }
   return {};
 }

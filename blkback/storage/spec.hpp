@@ -14,6 +14,8 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace xbd::blkback::storage {
 
@@ -41,6 +43,30 @@ struct nbd_target {
   friend bool operator==(const nbd_target&, const nbd_target&) = default;
 };
 
+// A Ceph RBD image, as QEMU's rbd driver names it:
+// rbd:POOL[/NAMESPACE]/IMAGE[@SNAPSHOT][:KEY=VALUE...], with a backslash escaping
+// the next character in each part (so "mon_host=10.0.0.1\:6789" keeps its
+// colon). What the spec leaves out comes from the [rbd] section of the
+// configuration file.
+struct rbd_target {
+  std::string pool;
+  std::string ns;  // RADOS namespace; empty: the pool's default
+  std::string image;
+  std::string snapshot;  // empty: the image itself; a snapshot is served read-only
+  std::string user;      // id=: the client's id, without "client."; empty: [rbd] client-id
+  std::string conf;      // conf=: a ceph.conf path; empty: [rbd] conf
+  // Every other KEY=VALUE, in order, for librados's rados_conf_set
+  // (mon_host, keyring, key, auth_supported, ...). Values may be secrets
+  // (key=): they are never logged or shown.
+  std::vector<std::pair<std::string, std::string>> options;
+
+  // For log lines and error nodes: pool, namespace, image and snapshot, the
+  // client id when given; never an option's value.
+  std::string describe() const;
+
+  friend bool operator==(const rbd_target&, const rbd_target&) = default;
+};
+
 // Image formats, by QEMU's driver names ("vhd" in an xl config is QEMU's
 // "vpc"; libxl's "aio" is raw).
 enum class image_format { raw, qcow2, qcow, qed, vpc, vmdk, vdi, vhdx };
@@ -51,11 +77,13 @@ struct disk_spec {
     local,  // a raw file or block device on this host, served directly
     image,  // an image file in another format, served through qemu-storage-daemon
     nbd,    // an NBD export, served through libnbd
+    rbd,    // a Ceph RBD image, served through librbd
   };
   kind where = kind::local;
   image_format format = image_format::raw;
   std::filesystem::path path;  // local, image: absolute
   nbd_target nbd;              // nbd
+  rbd_target rbd;              // rbd
 
   friend bool operator==(const disk_spec&, const disk_spec&) = default;
 };
@@ -77,8 +105,8 @@ struct parsed_spec {
 std::string describe(const disk_spec& s);
 
 // params as libxl writes it for qdisk ("aio:/p", "raw:/p", "qcow2:/p",
-// "vhd:/p", "raw:nbd://h:p/e", "raw:nbd:unix:/s:exportname=e", ...) or a
-// plain absolute path.
+// "vhd:/p", "raw:nbd://h:p/e", "raw:nbd:unix:/s:exportname=e",
+// "aio:rbd:pool/image:id=xen", ...) or a plain absolute path.
 parsed_spec parse_params(std::string_view params);
 
 }  // namespace xbd::blkback::storage

@@ -27,6 +27,7 @@
 #include <boost/asio/awaitable.hpp>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -95,6 +96,11 @@ class store {
   virtual const properties& props() const = 0;
   // The size now, in whole logical sectors (online resize).
   virtual asio_xen::result<std::uint64_t> current_size() const = 0;
+  // For a store that learns of its own resizes (an RBD image's update
+  // watch): `changed` is called, from any thread, whenever the size may
+  // have changed, from now until close() has returned. Others are polled
+  // through current_size() (SIGHUP, [io] resize-poll-seconds).
+  virtual void watch_size(std::function<void()> changed) { (void)changed; }
   // What it is, for log lines: a path, an export.
   virtual std::string name() const = 0;
   // A channel for a ring on `w` with at most `depth` operations in flight.

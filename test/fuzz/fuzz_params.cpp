@@ -43,6 +43,16 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
       if (d.size() > 2048 || d.find('\n') != std::string::npos) __builtin_trap();
       break;
     }
+    case disk_spec::kind::rbd: {
+      if (s.format != image_format::raw) __builtin_trap();
+      const auto& r = s.rbd;
+      if (r.pool.empty() || r.image.empty()) __builtin_trap();
+      if (!r.conf.empty() && r.conf.front() != '/') __builtin_trap();
+      // describe() is bounded, one line, and never shows an option's value.
+      const auto d = r.describe();
+      if (d.size() > 2048 || d.find('\n') != std::string::npos) __builtin_trap();
+      break;
+    }
   }
   return 0;
 }

@@ -272,8 +272,8 @@ TEST_SUITE("params: refusals") {
   }
 
   TEST_CASE("protocols QEMU knows and we do not serve are refused, pointing at NBD") {
-    for (auto p : {"raw:rbd:pool/image", "rbd:pool/image", "raw:iscsi://h/iqn/0", "raw:http://h/x.img",
-                   "https://h/x.img", "raw:ssh://h/x", "raw:gluster://h/v/x", "raw:nbd+vsock:///e"})
+    for (auto p : {"raw:iscsi://h/iqn/0", "raw:http://h/x.img", "https://h/x.img", "raw:ssh://h/x",
+                   "raw:gluster://h/v/x", "raw:nbd+vsock:///e"})
       refused(p, {"protocol is not served", "NBD", "local path"});
   }
 
@@ -367,5 +367,85 @@ TEST_SUITE("params: refusals") {
     const std::string ctl(300, '\x01');
     auto c = refused(ctl, {"control character"});
     CHECK(c.size() < 500);
+  }
+}
+
+TEST_SUITE("params: RBD") {
+  rbd_target accepted_rbd(std::string_view params) {
+    auto s = accepted(params);
+    REQUIRE(s.where == kind::rbd);
+    CHECK(s.format == image_format::raw);
+    CHECK(s.path.empty());
+    return s.rbd;
+  }
+
+  TEST_CASE("the forms xl writes for qdisk: aio:, raw: and bare") {
+    for (auto p : {"aio:rbd:pool/image", "raw:rbd:pool/image", "rbd:pool/image"}) {
+      auto r = accepted_rbd(p);
+      CHECK(r.pool == "pool");
+      CHECK(r.ns.empty());
+      CHECK(r.image == "image");
+      CHECK(r.snapshot.empty());
+      CHECK(r.user.empty());
+      CHECK(r.conf.empty());
+      CHECK(r.options.empty());
+    }
+  }
+
+  TEST_CASE("namespace, snapshot, id, conf and librados options") {
+    auto r = accepted_rbd(
+        "aio:rbd:vms/tenant-a/web@before-upgrade:id=xen:conf=/etc/ceph/"
+        "prod.conf:mon_host=10.0.0.1\\:6789\\;10.0.0.2:keyring=/etc/ceph/xen.keyring:auth_supported=cephx");
+    CHECK(r.pool == "vms");
+    CHECK(r.ns == "tenant-a");
+    CHECK(r.image == "web");
+    CHECK(r.snapshot == "before-upgrade");
+    CHECK(r.user == "xen");
+    CHECK(r.conf == "/etc/ceph/prod.conf");
+    REQUIRE(r.options.size() == 3);
+    CHECK(r.options[0] == std::pair<std::string, std::string>{"mon_host", "10.0.0.1:6789;10.0.0.2"});
+    CHECK(r.options[1] == std::pair<std::string, std::string>{"keyring", "/etc/ceph/xen.keyring"});
+    CHECK(r.options[2] == std::pair<std::string, std::string>{"auth_supported", "cephx"});
+  }
+
+  TEST_CASE("options follow the image directly, and escapes keep separators in names") {
+    auto r = accepted_rbd("rbd:p/img:id=admin");
+    CHECK(r.image == "img");
+    CHECK(r.user == "admin");
+    auto e = accepted_rbd("rbd:p/we\\@ird\\:name");
+    CHECK(e.image == "we@ird:name");
+    CHECK(e.snapshot.empty());
+  }
+
+  TEST_CASE("describe names pool, namespace, image, snapshot and client, never an option's value") {
+    auto r = accepted_rbd("rbd:vms/ns/web@snap1:id=xen:key=AQBsecretsecret==:mon_host=10.1.2.3");
+    const auto d = r.describe();
+    for (auto w : {"vms/ns/web", "snap1", "client.xen"}) {
+      INFO(w);
+      CHECK(d.find(w) != std::string::npos);
+    }
+    CHECK(d.find("secret") == std::string::npos);
+    CHECK(d.find("10.1.2.3") == std::string::npos);
+    CHECK(describe(accepted("rbd:vms/ns/web@snap1:id=xen:key=AQBsecretsecret==")) == d);
+  }
+
+  TEST_CASE("malformed RBD targets are refused, each with its reason") {
+    refused("rbd:pool", {"names no image", "rbd:POOL/IMAGE"});
+    refused("rbd:/image", {"empty pool"});
+    refused("rbd:pool/", {"empty image"});
+    refused("rbd:pool/image@", {"empty snapshot"});
+    refused("rbd:pool//image", {"empty namespace"});
+    refused("rbd:pool/a/b/c", {"more than pool, namespace and image"});
+    refused("rbd:pool/image:id", {"\"id\"", "no value"});
+    refused("rbd:pool/image:id=a:id=b", {"id= twice"});
+    refused("rbd:pool/image:conf=etc/ceph.conf", {"conf=", "absolute"});
+    refused("rbd:pool/image:id=client.xen", {"without \"client.\"", "id=xen"});
+    refused("rbd:pool/image:Mon_Host=x", {"not a Ceph option name"});
+    refused("rbd:pool/image:mon_host=a:mon_host=b", {"mon_host= twice"});
+    refused("rbd:pool/image:id=", {"id= is empty"});
+  }
+
+  TEST_CASE("an image format over RBD is refused: the image is raw") {
+    refused("qcow2:rbd:pool/image", {"raw only", "aio:rbd:"});
   }
 }
