@@ -83,12 +83,12 @@ asio::awaitable<void> rbd_store::close() {
   if (!img_) co_return;
   img_->stop_notifying();
   std::shared_ptr<rbd::image> img = std::move(img_);
-  auto r = co_await rbd::offload<bool>(
-      [img] {
-        img->shut();
-        return true;
-      },
-      [](bool&&) {}, rbd::clock::now() + close_limit_);
+  std::function<bool()> job = [img] {
+    img->shut();
+    return true;
+  };
+  std::function<void(bool&&)> orphan = [](bool&&) {};  // named: see open_rbd
+  auto r = co_await rbd::offload<bool>(std::move(job), std::move(orphan), rbd::clock::now() + close_limit_);
   if (!r)
     XBD_LOG(lg(), warning) << "rbd " << cfg_->name << ": the image did not close within " << ms(close_limit_) << " ("
                            << r.error().message() << "); it closes in the background";
@@ -128,20 +128,21 @@ asio::awaitable<asio_xen::result<std::unique_ptr<store>>> open_rbd(const rbd_tar
   const rbd::image_spec spec{t.pool, t.ns, t.image, t.snapshot, o.writable && t.snapshot.empty(), t.describe()};
   auto stage = std::make_shared<rbd::progress>();
   const auto deadline = rbd::clock::now() + o.connect_timeout;
-  auto r = co_await rbd::offload<open_outcome>(
-      [key = std::move(key), spec, deadline, stage] {
-        open_outcome out;
-        auto img = rbd::image::open(key, spec, deadline, *stage, out.detail);
-        if (img)
-          out.img = std::move(*img);
-        else
-          out.ec = img.error();
-        return out;
-      },
-      [](open_outcome&& late) {
-        if (late.img) late.img->shut();
-      },
-      deadline);
+  // Named, not temporaries in the co_await: GCC 12 destroys a lambda
+  // temporary of a co_await expression twice.
+  std::function<open_outcome()> job = [key = std::move(key), spec, deadline, stage] {
+    open_outcome out;
+    auto img = rbd::image::open(key, spec, deadline, *stage, out.detail);
+    if (img)
+      out.img = std::move(*img);
+    else
+      out.ec = img.error();
+    return out;
+  };
+  std::function<void(open_outcome &&)> orphan = [](open_outcome&& late) {
+    if (late.img) late.img->shut();
+  };
+  auto r = co_await rbd::offload<open_outcome>(std::move(job), std::move(orphan), deadline);
   if (!r) {
     detail = r.error() == boost::system::errc::timed_out
                  ? "no answer within " + ms(o.connect_timeout) + " while " + stage->get()

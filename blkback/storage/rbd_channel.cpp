@@ -39,9 +39,9 @@ const char* to_string(op_kind k) {
 // it stays until that coroutine has seen the channel close.
 class core : public std::enable_shared_from_this<core> {
  public:
-  core(const asio::any_io_executor& ex, unsigned depth, std::shared_ptr<const channel_config> cfg,
-       std::shared_ptr<mailbox> box, asio_xen::wakeable_wait wait)
-      : ex_(ex), cfg_(std::move(cfg)), box_(std::move(box)), wait_(std::move(wait)), ops_(depth) {
+  core(const asio::any_io_executor& ex, unsigned depth, std::shared_ptr<const channel_config> cfg, int efd,
+       asio_xen::wakeable_wait wait)
+      : ex_(ex), cfg_(std::move(cfg)), box_(efd), wait_(std::move(wait)), ops_(depth) {
     for (op& o : ops_) {
       o.next = free_;
       free_ = &o;
@@ -65,7 +65,7 @@ class core : public std::enable_shared_from_this<core> {
 
   asio::any_io_executor ex_;
   std::shared_ptr<const channel_config> cfg_;
-  std::shared_ptr<mailbox> box_;
+  mailbox box_;  // owns the eventfd that wait_ watches
   asio_xen::wakeable_wait wait_;
   std::vector<op> ops_;  // never resized: librbd holds pointers into it
   op* free_ = nullptr;
@@ -95,7 +95,8 @@ void core::submit(op_kind k, std::uint64_t offset, std::uint64_t length, std::by
   o->offset = offset;
   o->length = length;
   o->buf = buf;
-  o->box = box_;
+  o->box = &box_;
+  o->keep = shared_from_this();
   rbd_completion_t c = nullptr;
   int r = rbd_aio_create_completion(o, &core::finished, &c);
   if (r == 0) {
@@ -119,8 +120,8 @@ void core::submit(op_kind k, std::uint64_t offset, std::uint64_t length, std::by
   }
   if (r < 0) {
     o->ec = errno_code(-r);
-    std::shared_ptr<mailbox> box = std::move(o->box);
-    box->post(o);
+    o->keep.reset();
+    box_.post(o);
   }
 }
 
@@ -129,11 +130,11 @@ void core::refuse(completion& done, error_code ec) {
   if (!o) return;
   o->ec = ec;
   o->refused = true;
-  box_->post(o);
+  box_.post(o);
 }
 
-// librbd's thread. The reference to the mailbox is taken out of the slot
-// first: once posted, the slot is the ring's, and the channel may go.
+// librbd's thread. The reference to the channel's state is taken out of the
+// slot first: once posted, the slot is the ring's, and the channel may go.
 void core::finished(rbd_completion_t c, void* arg) {
   op* o = static_cast<op*>(arg);
   const ssize_t r = rbd_aio_get_return_value(c);
@@ -143,8 +144,8 @@ void core::finished(rbd_completion_t c, void* arg) {
   if (o->kind == op_kind::read && r >= 0 && static_cast<std::uint64_t>(r) < o->length)
     std::memset(o->buf + r, 0, o->length - static_cast<std::uint64_t>(r));
   o->ec = r < 0 ? errno_code(static_cast<int>(-r)) : error_code{};
-  std::shared_ptr<mailbox> box = std::move(o->box);
-  box->post(o);
+  const std::shared_ptr<void> keep = std::move(o->keep);
+  o->box->post(o);
 }
 
 // NOLINTNEXTLINE(performance-unnecessary-value-param): keeps the state alive across suspensions
@@ -160,8 +161,8 @@ asio::awaitable<void> core::pump(std::shared_ptr<core> self) {
 // Each slot is free again before its completion runs, so that the ring can
 // start its next request from inside it.
 void core::deliver() {
-  op* o = box_->take();
-  while (o) {
+  op* o = box_.take();
+  while (o && !closing_) {
     op* next = o->next;
     completion* done = std::exchange(o->done, nullptr);
     const error_code ec = o->ec;
@@ -216,11 +217,13 @@ asio_xen::result<std::unique_ptr<channel>> open_channel(const asio::any_io_execu
                                                         std::shared_ptr<const channel_config> cfg) {
   const int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   if (efd < 0) return asio_xen::xen_error(asio_xen::call::eventfd);
-  auto box = std::make_shared<mailbox>(efd);
   auto wait = asio_xen::wakeable_wait::create(ex, efd);
-  if (!wait) return wait.error();
+  if (!wait) {
+    ::close(efd);
+    return wait.error();
+  }
   const properties props = cfg->props;
-  auto c = std::make_shared<core>(ex, depth, std::move(cfg), std::move(box), std::move(*wait));
+  auto c = std::make_shared<core>(ex, depth, std::move(cfg), efd, std::move(*wait));
   c->start();
   return std::unique_ptr<channel>(new rbd_channel(std::move(c), props));
 }

@@ -22,11 +22,13 @@
 // the channel's (one per possible request in flight), the list runs through
 // the slots. librbd allocates its own completion object per request.
 //
-// Lifetime: each operation in flight holds a reference to the mailbox, which
-// librbd's callback moves out before it publishes the operation, so the
-// mailbox (its eventfd) outlives the last callback even when the ring
-// takes the operation, finishes and destroys the channel before that
-// callback has returned. The slot itself is not touched after the push.
+// Lifetime: each operation in flight holds a reference to the channel's
+// state (its slots and its mailbox), which librbd's callback moves out of
+// the slot before it publishes the operation; so nothing the callback
+// touches is freed before it has returned, even when the ring takes the
+// operation, finishes and destroys the channel in between. A channel
+// destroyed with operations in flight (which the ring never does) keeps its
+// state until librbd has returned them all, and delivers none.
 #pragma once
 
 #include "blkback/data/log_budget.hpp"

@@ -115,12 +115,15 @@ error_code image::check_lock(const image_spec& s, progress& p, std::string& deta
     XBD_LOG(lg(), info) << "rbd " << s.describe << ": " << owner << " held the image's lock and gives it up on request";
     return {};
   }
-  if (r == -EROFS || r == -EBUSY)
+  if (r == -EROFS || r == -EBUSY) {
+    // EBUSY: the image is in use; librbd's EROFS would read as "open it
+    // read-only", which is only one way out.
     detail = "the image is locked by " + owner +
              ", which keeps its lock exclusively and will not give it up (rbd_lock_acquire: " + words(r) +
              "): stop that client or open the image read-only";
-  else
-    detail = "cannot ask the image lock's owner (" + owner + ") for the lock (rbd_lock_acquire: " + words(r) + ")";
+    return asio_xen::xen_error(lock_call, EBUSY);
+  }
+  detail = "cannot ask the image lock's owner (" + owner + ") for the lock (rbd_lock_acquire: " + words(r) + ")";
   return asio_xen::xen_error(lock_call, -r);
 }
 

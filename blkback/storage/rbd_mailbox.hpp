@@ -24,18 +24,21 @@ struct op {
   std::uint64_t offset = 0;
   std::uint64_t length = 0;
   std::byte* buf = nullptr;
-  completion* done = nullptr;    // null: the slot is free
-  asio_xen::error_code ec;       // how it ended
-  bool refused = false;          // failed by us before librbd saw it: not logged
-  op* next = nullptr;            // in the free list or the mailbox
-  std::shared_ptr<mailbox> box;  // held while librbd has the operation
+  completion* done = nullptr;  // null: the slot is free
+  asio_xen::error_code ec;     // how it ended
+  bool refused = false;        // failed by us before librbd saw it: not logged
+  op* next = nullptr;          // in the free list or the mailbox
+  mailbox* box = nullptr;      // where it goes when it ends
+  std::shared_ptr<void> keep;  // while librbd has it: the channel's state, slots and mailbox
 };
 
 // A multi-producer, single-consumer list of finished operations and the
 // eventfd that says it is not empty.
 struct mailbox {
   explicit mailbox(int fd) : efd(fd) {}
-  ~mailbox() { ::close(efd); }
+  ~mailbox() {
+    if (efd >= 0) ::close(efd);
+  }
   mailbox(const mailbox&) = delete;
   mailbox& operator=(const mailbox&) = delete;
 
