@@ -16,9 +16,10 @@ namespace {
 
 constexpr std::uint64_t sector = 512;
 
+// Never destroyed: a thread left in librbd may log after static destructors ran.
 logger& lg() {
-  static logger l;
-  return l;
+  static auto* l = new logger;
+  return *l;
 }
 
 std::string ms(std::chrono::milliseconds t) { return std::to_string(t.count()) + " ms"; }
@@ -90,10 +91,10 @@ asio::awaitable<void> rbd_store::close() {
   std::function<void(bool&&)> orphan = [](bool&&) {};  // named: see open_rbd
   auto r = co_await rbd::offload<bool>(std::move(job), std::move(orphan), rbd::clock::now() + close_limit_);
   if (!r)
-    XBD_LOG(lg(), warning) << "rbd " << cfg_->name << ": the image did not close within " << ms(close_limit_) << " ("
-                           << r.error().message() << "); it closes in the background";
+    XBD_LOG(lg(), warning) << cfg_->name << ": did not close within " << ms(close_limit_) << " (" << r.error().message()
+                           << "); it closes in the background";
   else
-    XBD_LOG(lg(), debug) << "rbd " << cfg_->name << ": closed";
+    XBD_LOG(lg(), debug) << cfg_->name << ": closed";
 }
 
 // Destroyed without close(): the same, without waiting.
@@ -103,7 +104,7 @@ void rbd_store::let_go() {
   std::shared_ptr<rbd::image> keep = img_;
   if (!rbd::spawn([img = std::move(img_)] { img->shut(); })) {
     // Closing here would block this (the control) thread on the cluster.
-    XBD_LOG(lg(), error) << "rbd " << cfg_->name << ": no thread to close the image; it stays open";
+    XBD_LOG(lg(), error) << cfg_->name << ": no thread to close the image; it stays open";
     new std::shared_ptr<rbd::image>(std::move(keep));  // NOLINT: a deliberate leak
   }
 }
@@ -158,8 +159,8 @@ asio::awaitable<asio_xen::result<std::unique_ptr<store>>> open_rbd(const rbd_tar
   cfg->name = spec.describe;
   cfg->props = props_of(*r->img, spec.writable);
   cfg->budget = std::make_shared<log_budget>();
-  XBD_LOG(lg(), debug) << "rbd " << cfg->name << ": open, " << cfg->props.size << " bytes in objects of "
-                       << r->img->object_size() << (spec.writable ? " bytes" : " bytes, read-only");
+  XBD_LOG(lg(), debug) << cfg->name << ": open, " << cfg->props.size << " bytes in objects of " << r->img->object_size()
+                       << (spec.writable ? " bytes" : " bytes, read-only");
   co_return std::unique_ptr<store>(new rbd_store(std::move(r->img), std::move(cfg), o.connect_timeout));
 }
 

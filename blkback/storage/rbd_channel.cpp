@@ -178,11 +178,11 @@ void core::deliver() {
 // does: the budget is shared by every ring of the image.
 void core::log_failure(const op& o, const error_code& ec) {
   if (cfg_->budget->spend(failure_kind::io))
-    XBD_LOG(lg_, warning) << "rbd " << cfg_->name << ": " << to_string(o.kind) << " of " << o.length << " bytes at "
-                          << o.offset << " failed: " << ec.message();
+    XBD_LOG(lg_, warning) << cfg_->name << ": " << to_string(o.kind) << " of " << o.length << " bytes at " << o.offset
+                          << " failed: " << ec.message();
   else
-    XBD_LOG(lg_, debug) << "rbd " << cfg_->name << ": " << to_string(o.kind) << " of " << o.length << " bytes at "
-                        << o.offset << " failed: " << ec.message();
+    XBD_LOG(lg_, debug) << cfg_->name << ": " << to_string(o.kind) << " of " << o.length << " bytes at " << o.offset
+                        << " failed: " << ec.message();
 }
 
 class rbd_channel final : public channel {

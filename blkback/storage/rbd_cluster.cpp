@@ -30,9 +30,10 @@ registry& clusters() {
   return *r;
 }
 
+// Never destroyed: a thread left in librbd may log after static destructors ran.
 logger& lg() {
-  static logger l;
-  return l;
+  static auto* l = new logger;
+  return *l;
 }
 
 std::string words(int r) { return std::strerror(-r); }

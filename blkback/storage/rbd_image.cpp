@@ -18,9 +18,10 @@ const asio_xen::xen_call_category stat_call{"rbd_stat"};
 const asio_xen::xen_call_category lock_call{"rbd_lock_acquire"};
 const asio_xen::xen_call_category watch_call{"rbd_update_watch"};
 
+// Never destroyed: a thread left in librbd may log after static destructors ran.
 logger& lg() {
-  static logger l;
-  return l;
+  static auto* l = new logger;
+  return *l;
 }
 
 std::string words(int r) { return std::strerror(-r); }
@@ -34,6 +35,7 @@ std::string where(const image_spec& s) {
 asio_xen::result<std::shared_ptr<image>> image::open(const cluster_key& key, const image_spec& spec,
                                                      clock::time_point deadline, progress& p, std::string& detail) {
   auto img = std::make_shared<image>();
+  img->name_ = spec.describe;
   p.set("connecting to the cluster");
   auto c = cluster::get(key, deadline, detail);
   if (!c) return c.error();
@@ -88,31 +90,43 @@ error_code image::open_handle(const image_spec& s, std::string& detail) {
   return {};
 }
 
-// See the header: ask the lock's owner, if there is one, with a handle of
-// our own that takes the lock and gives it back at once.
+// See the header: ask the lock's owner, if there is one.
 error_code image::check_lock(const image_spec& s, progress& p, std::string& detail) {
   std::uint64_t features = 0;
   if (rbd_get_features(h_, &features) < 0 || (features & RBD_FEATURE_EXCLUSIVE_LOCK) == 0) return {};
   rbd_lock_mode_t mode{};
   char* owners[8];
   std::size_t n = 8;
-  int r = rbd_lock_get_owners(h_, &mode, owners, &n);
+  const int r = rbd_lock_get_owners(h_, &mode, owners, &n);
   if (r == -ENOENT) return {};  // nobody holds it
+  if (r == -EBUSY) {
+    // Held, but not by librbd's lock machinery: an advisory `rbd lock add`
+    // under the same name. librbd would retry every write for ever.
+    detail = "the image has a lock that no librbd client will give up (" + lockers() +
+             "): every write would wait for it; remove it (rbd lock rm) or open the image read-only";
+    return asio_xen::xen_error(lock_call, EBUSY);
+  }
   if (r < 0) {
-    XBD_LOG(lg(), debug) << "rbd " << s.describe << ": no lock owner to ask (rbd_lock_get_owners: " << words(r) << ")";
+    XBD_LOG(lg(), debug) << s.describe << ": no lock owner to ask (rbd_lock_get_owners: " << words(r) << ")";
     return {};
   }
   const std::string owner = n > 0 ? owners[0] : "another client";
   rbd_lock_get_owners_cleanup(owners, n);
   p.set("asking the image lock's owner (" + owner + ") to give the lock up");
+  return ask_owner(s, owner, detail);
+}
+
+// With a handle of our own, which takes the lock and gives it back at once.
+error_code image::ask_owner(const image_spec& s, const std::string& owner, std::string& detail) {
   rbd_image_t probe = nullptr;
-  if ((r = rbd_open(io_, s.image.c_str(), &probe, nullptr)) == 0) {
+  int r = rbd_open(io_, s.image.c_str(), &probe, nullptr);
+  if (r == 0) {
     r = rbd_lock_acquire(probe, RBD_LOCK_MODE_EXCLUSIVE);
     if (r == 0) rbd_lock_release(probe);
     rbd_close(probe);
   }
   if (r == 0) {
-    XBD_LOG(lg(), info) << "rbd " << s.describe << ": " << owner << " held the image's lock and gives it up on request";
+    XBD_LOG(lg(), info) << s.describe << ": " << owner << " held the image's lock and gives it up on request";
     return {};
   }
   if (r == -EROFS || r == -EBUSY) {
@@ -125,6 +139,27 @@ error_code image::check_lock(const image_spec& s, progress& p, std::string& deta
   }
   detail = "cannot ask the image lock's owner (" + owner + ") for the lock (rbd_lock_acquire: " + words(r) + ")";
   return asio_xen::xen_error(lock_call, -r);
+}
+
+// "client.4150 (lock id 'x') at 127.0.0.1:0/123", as `rbd lock ls` shows them.
+std::string image::lockers() {
+  char tag[256], clients[1024], cookies[1024], addrs[1024];
+  std::size_t tag_len = sizeof tag, clients_len = sizeof clients, cookies_len = sizeof cookies,
+              addrs_len = sizeof addrs;
+  int exclusive = 0;
+  const ssize_t n =
+      rbd_list_lockers(h_, &exclusive, tag, &tag_len, clients, &clients_len, cookies, &cookies_len, addrs, &addrs_len);
+  if (n <= 0) return "rbd lock ls names it";
+  std::string out;
+  const char *c = clients, *k = cookies, *a = addrs;
+  for (ssize_t i = 0; i < n; ++i) {
+    if (!out.empty()) out += ", ";
+    out += std::string(c) + " (lock id '" + k + "') at " + a;
+    c += std::strlen(c) + 1;
+    k += std::strlen(k) + 1;
+    a += std::strlen(a) + 1;
+  }
+  return out;
 }
 
 error_code image::watch(std::string& detail) {
@@ -172,7 +207,7 @@ void image::refresh() {
     const int r = rbd_get_size(h_, &bytes);
     std::lock_guard lk(m_);
     if (r < 0) {
-      XBD_LOG(lg(), debug) << "rbd: cannot read the image's new size (rbd_get_size: " << words(r) << ")";
+      XBD_LOG(lg(), debug) << name_ << ": cannot read the new size (rbd_get_size: " << words(r) << ")";
       continue;
     }
     if (size_.exchange(bytes) == bytes || !changed_) continue;
@@ -199,7 +234,7 @@ void image::shut() {
   }
   if (h_) {
     const int r = rbd_close(h_);
-    if (r < 0) XBD_LOG(lg(), warning) << "rbd: closing an image: rbd_close: " << words(r);
+    if (r < 0) XBD_LOG(lg(), warning) << name_ << ": rbd_close: " << words(r);
   }
   h_ = nullptr;
   if (io_) rados_ioctx_destroy(io_);

@@ -3,7 +3,7 @@
 //
 // The image's lock. Images have the exclusive-lock feature by default:
 // librbd takes the lock on a handle's first write and, under its default
-// ("automatic") policy, gives it up when another client asks for it, which
+// ("automatic") policy, gives it up when another client asks for it. That
 // is how live migration works: the destination host opens the image while
 // the source still has it open, and the lock moves on the destination's
 // first write. A client that took the lock with rbd_lock_acquire(), or a
@@ -12,12 +12,18 @@
 // owner asks that owner, with a second, short-lived handle: rbd_lock_acquire
 // on it either gets the lock (the owner gave it up, as a migration source
 // does; released at once, and our own handle takes it on its first write)
-// or fails with EROFS (the owner keeps it: the open is refused, naming the
-// owner). Our own handle never calls rbd_lock_acquire, which would switch it
-// to librbd's "standard" policy for good and make it refuse a migration
-// destination in turn. An owner that died keeps the lock until the cluster
-// drops its watch (osd_client_watch_timeout, 30 s): the open then runs into
-// its timeout and says so, and a retry after that succeeds.
+// or fails with EROFS (the owner keeps it: the open is refused with EBUSY,
+// naming the owner). The cost is one lock round trip, and only when the
+// image has an owner. An advisory lock (`rbd lock add`) under the same
+// name, which no librbd client ever gives up and which would hold every
+// write for ever, is refused too.
+//
+// Our own handle never calls rbd_lock_acquire: that switches a handle to
+// librbd's "standard" policy for good, and it would then refuse the lock to
+// a migration's destination in turn. An owner that died keeps the lock until
+// the cluster drops its watch (osd_client_watch_timeout, 30 s): the open
+// runs into its timeout and says it was asking the owner, and a retry after
+// that succeeds.
 //
 // Resizes. librbd calls the update watch's callback, on its own thread,
 // when the image's header changes. The callback only notes it; a refresher
@@ -94,10 +100,13 @@ class image : public std::enable_shared_from_this<image> {
  private:
   asio_xen::error_code open_handle(const image_spec& spec, std::string& detail);
   asio_xen::error_code check_lock(const image_spec& spec, progress& p, std::string& detail);
+  asio_xen::error_code ask_owner(const image_spec& spec, const std::string& owner, std::string& detail);
+  std::string lockers();
   asio_xen::error_code watch(std::string& detail);
   static void updated(void* self);
   void refresh();
 
+  std::string name_;  // for log lines
   std::shared_ptr<cluster> cluster_;
   rados_ioctx_t io_ = nullptr;
   rbd_image_t h_ = nullptr;
