@@ -326,7 +326,10 @@ asio::awaitable<std::optional<vbd::problem>> vbd::open_store(const backend_keys&
                       << (props.direct ? " with O_DIRECT" : " buffered") << " (" << opened->mode << "), " << props.size
                       << " bytes, sector " << props.logical_sector << "/" << props.physical_sector;
   offer_ = make_offer(keys.choices, props, ctx_.cfg);
-  store_->watch_size([ex = co_await asio::this_coro::executor, self = std::weak_ptr<vbd*>(self_)] {
+  // (The executor in a statement of its own: GCC 12 destroys a lambda built
+  // around a co_await twice.)
+  const auto ex = co_await asio::this_coro::executor;
+  store_->watch_size([ex, self = std::weak_ptr<vbd*>(self_)] {
     asio::post(ex, [self] {
       if (auto v = self.lock()) (*v)->check_size();
     });
