@@ -122,7 +122,7 @@ struct settings {
   // Advertise discard where the backing store supports it.
   bool discard = true;
   // 0 = look at the backing size only on SIGHUP.
-  unsigned resize_poll_seconds = 0;
+  unsigned resize_poll_seconds = 1;
   // Bytes of request buffers the whole daemon may hold ([io] buffer-memory).
   std::uint64_t buffer_memory = std::uint64_t{256} << 20;
   // The in-flight journal that lets a restarted daemon take up where a

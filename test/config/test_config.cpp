@@ -54,7 +54,7 @@ void check_defaults(const settings& s) {
   CHECK(s.max_indirect_segments == 256);
   CHECK(s.default_protocol == ring_protocol::native);
   CHECK(s.discard == true);
-  CHECK(s.resize_poll_seconds == 0);
+  CHECK(s.resize_poll_seconds == 1);
   CHECK(s.log.level == severity::info);
   CHECK(s.log.sink == "stderr");
 }
@@ -422,7 +422,7 @@ TEST_CASE("load_settings names the file in its errors") {
 TEST_CASE("describe() is one line with every setting") {
   CHECK(describe(settings{}) ==
         "types=qdisk domid=xenstore max-ring-page-order=4 max-queues=auto max-indirect-segments=256 "
-        "default-protocol=native direct-io=auto worker-threads=auto discard=true resize-poll-seconds=0 "
+        "default-protocol=native direct-io=auto worker-threads=auto discard=true resize-poll-seconds=1 "
         "buffer-memory=256MiB journal=true journal-directory=/run/xen-blkbackd nbd.connect-timeout-seconds=10 "
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
         "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "
