@@ -90,6 +90,11 @@ constexpr known_key layout[] = {
     {"images", "qemu-storage-daemon"},
     {"images", "start-timeout-seconds"},
     {"images", "runtime-directory"},
+    {"rbd", "cluster"},
+    {"rbd", "conf"},
+    {"rbd", "client-id"},
+    {"rbd", "connect-timeout-seconds"},
+    {"rbd", "op-timeout-seconds"},
     {"log", "level"},
     {"log", "sink"},
 };
@@ -397,6 +402,36 @@ void read_images(reader& r, const toml::table* t, settings& s) {
   }
 }
 
+// A Ceph name (cluster, client id): what ceph itself accepts in them.
+bool ceph_name(std::string_view v) {
+  if (v.empty() || v.size() > 64) return false;
+  for (char c : v)
+    if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' || c == '-' ||
+          c == '.'))
+      return false;
+  return true;
+}
+
+void read_rbd(reader& r, const toml::table* t, settings& s) {
+  for (auto [key, field] : {std::pair{"cluster", &s.rbd.cluster}, std::pair{"client-id", &s.rbd.client_id}}) {
+    if (const auto v = r.string(t, "rbd", key)) {
+      if (!ceph_name(v->second))
+        r.problem(*v->first, std::string("rbd.") + key + " must be 1 to 64 letters, digits, '.', '_' or '-', got " +
+                                 in_quotes(v->second));
+      else
+        *field = std::string(v->second);
+    }
+  }
+  if (const auto v = r.string(t, "rbd", "conf")) {
+    if (!v->second.empty() && v->second.front() != '/')
+      r.problem(*v->first, "rbd.conf must be an absolute path or \"\", got " + in_quotes(v->second));
+    else
+      s.rbd.conf = std::string(v->second);
+  }
+  r.read(t, "rbd", "connect-timeout-seconds", 1, limits::max_nbd_seconds, s.rbd.connect_timeout_seconds);
+  r.read(t, "rbd", "op-timeout-seconds", 0, limits::max_nbd_seconds, s.rbd.op_timeout_seconds);
+}
+
 void read_log(reader& r, const toml::table* t, settings& s) {
   if (const auto v = r.string(t, "log", "level")) {
     if (!parse_severity(v->second, s.log.level))
@@ -441,9 +476,11 @@ settings parse_settings(std::string_view toml_text, std::string_view source_name
   const toml::table* log = r.table(root, "log");
   const toml::table* nbd = r.table(root, "nbd");
   const toml::table* images = r.table(root, "images");
+  const toml::table* rbd = r.table(root, "rbd");
   if (backend) r.check_keys(*backend, "backend");
   if (nbd) r.check_keys(*nbd, "nbd");
   if (images) r.check_keys(*images, "images");
+  if (rbd) r.check_keys(*rbd, "rbd");
   if (rings) r.check_keys(*rings, "rings");
   if (io) r.check_keys(*io, "io");
   if (log) r.check_keys(*log, "log");
@@ -452,6 +489,7 @@ settings parse_settings(std::string_view toml_text, std::string_view source_name
   read_io(r, io, s);
   read_nbd(r, nbd, s);
   read_images(r, images, s);
+  read_rbd(r, rbd, s);
   read_log(r, log, s);
   r.throw_first();
   return s;
@@ -521,6 +559,11 @@ std::string describe(const settings& s) {
   d += " images.qemu-storage-daemon=" + s.images.program;
   d += " images.start-timeout-seconds=" + std::to_string(s.images.start_timeout_seconds);
   d += " images.runtime-directory=" + s.images.runtime_directory;
+  d += " rbd.cluster=" + s.rbd.cluster;
+  d += " rbd.conf=" + (s.rbd.conf.empty() ? std::string("default") : s.rbd.conf);
+  d += " rbd.client-id=" + s.rbd.client_id;
+  d += " rbd.connect-timeout-seconds=" + std::to_string(s.rbd.connect_timeout_seconds);
+  d += " rbd.op-timeout-seconds=" + std::to_string(s.rbd.op_timeout_seconds);
   d += " log.level=" + std::string(to_string(s.log.level));
   d += " log.sink=" + s.log.sink;
   return d;

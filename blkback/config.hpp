@@ -89,6 +89,20 @@ struct image_settings {
   friend bool operator==(const image_settings&, const image_settings&) = default;
 };
 
+// Ceph RBD images ([rbd]): what a disk spec leaves out.
+struct rbd_settings {
+  std::string cluster = "ceph";  // the cluster's name ($cluster in ceph.conf paths)
+  std::string conf;              // a ceph.conf path; empty: librados's own search
+  std::string client_id = "admin";
+  // Connecting to the cluster and opening an image, together.
+  unsigned connect_timeout_seconds = 10;
+  // How long a request waits for an unavailable cluster (librados's
+  // operation timeouts) before it fails; 0: for ever.
+  unsigned op_timeout_seconds = 60;
+
+  friend bool operator==(const rbd_settings&, const rbd_settings&) = default;
+};
+
 struct settings {
   // The xenstore backend directories (backend/<type>) to serve: non-empty,
   // unique, each [a-z0-9_-]+.
@@ -108,7 +122,7 @@ struct settings {
   // Advertise discard where the backing store supports it.
   bool discard = true;
   // 0 = look at the backing size only on SIGHUP.
-  unsigned resize_poll_seconds = 0;
+  unsigned resize_poll_seconds = 1;
   // Bytes of request buffers the whole daemon may hold ([io] buffer-memory).
   std::uint64_t buffer_memory = std::uint64_t{256} << 20;
   // The in-flight journal that lets a restarted daemon take up where a
@@ -117,6 +131,7 @@ struct settings {
   std::string journal_directory = "/run/xen-blkbackd";
   nbd_settings nbd;
   image_settings images;
+  rbd_settings rbd;
   log_settings log;
 
   friend bool operator==(const settings&, const settings&) = default;

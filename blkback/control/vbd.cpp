@@ -326,6 +326,14 @@ asio::awaitable<std::optional<vbd::problem>> vbd::open_store(const backend_keys&
                       << (props.direct ? " with O_DIRECT" : " buffered") << " (" << opened->mode << "), " << props.size
                       << " bytes, sector " << props.logical_sector << "/" << props.physical_sector;
   offer_ = make_offer(keys.choices, props, ctx_.cfg);
+  // (The executor in a statement of its own: GCC 12 destroys a lambda built
+  // around a co_await twice.)
+  const auto ex = co_await asio::this_coro::executor;
+  store_->watch_size([ex, self = std::weak_ptr<vbd*>(self_)] {
+    asio::post(ex, [self] {
+      if (auto v = self.lock()) (*v)->check_size();
+    });
+  });
   // A store that cannot serve several rings at once (an NBD server
   // without multi-conn) is offered one queue.
   max_queues_ = props.max_queues ? std::min(ctx_.max_queues, props.max_queues) : ctx_.max_queues;

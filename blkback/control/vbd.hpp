@@ -158,6 +158,9 @@ class vbd {
   bool shutdown_ = false;
   bool check_domain_ = false;
   bool check_size_ = false;
+  // What a store's own resize notice (any thread) reaches through a post
+  // to our executor: gone with us, so a late notice finds nothing.
+  std::shared_ptr<vbd*> self_ = std::make_shared<vbd*>(this);
   // Protocol state.
   bool connect_failed_ = false;  // wait for the frontend to move before retrying
   bool domain_was_known_ = false;

@@ -98,15 +98,15 @@ validation validate(const wire_request& r, const device_limits& lim, std::span<s
     case BLKIF_OP_DISCARD: {
       if (!lim.discard) return unsupported(r, "discard not advertised");
       if (lim.readonly) return error(r, "discard on a read-only device");
-      if ((r.discard_flag & BLKIF_DISCARD_SECURE) && !lim.discard_secure)
-        return unsupported(r, "secure discard not advertised");
       if (r.nr_sectors == 0 || r.nr_sectors > UINT64_MAX / sector) return error(r, "discard length out of range");
       if (const char* why = check_range(r.sector_number, r.nr_sectors * sector, lim)) return error(r, why);
       checked_request c;
       c.id = r.id;
       c.operation = r.operation;
       c.kind = op_kind::discard;
-      c.secure = (r.discard_flag & BLKIF_DISCARD_SECURE) != 0;
+      // blkif.h: the secure flag means nothing unless discard-secure was
+      // offered; then the discard is a plain one (as Linux's blkback does).
+      c.secure = lim.discard_secure && (r.discard_flag & BLKIF_DISCARD_SECURE) != 0;
       c.offset = r.sector_number * sector;
       c.length = r.nr_sectors * sector;
       return c;

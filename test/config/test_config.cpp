@@ -54,7 +54,7 @@ void check_defaults(const settings& s) {
   CHECK(s.max_indirect_segments == 256);
   CHECK(s.default_protocol == ring_protocol::native);
   CHECK(s.discard == true);
-  CHECK(s.resize_poll_seconds == 0);
+  CHECK(s.resize_poll_seconds == 1);
   CHECK(s.log.level == severity::info);
   CHECK(s.log.sink == "stderr");
 }
@@ -78,12 +78,30 @@ TEST_CASE("the defaults shown commented out in the shipped file are the real def
   CHECK(parse_settings(text, "shipped-uncommented") == settings{});
 
   const toml::table root = toml::parse(text);
-  for (const char* key :
-       {"backend.types", "rings.max-ring-page-order", "rings.max-queues", "rings.max-indirect-segments",
-        "rings.default-protocol", "io.direct-io", "io.worker-threads", "io.discard", "io.resize-poll-seconds",
-        "io.buffer-memory", "io.journal", "io.journal-directory", "nbd.connect-timeout-seconds",
-        "nbd.reconnect-seconds", "images.qemu-storage-daemon", "images.start-timeout-seconds",
-        "images.runtime-directory", "log.level", "log.sink"}) {
+  for (const char* key : {"backend.types",
+                          "rings.max-ring-page-order",
+                          "rings.max-queues",
+                          "rings.max-indirect-segments",
+                          "rings.default-protocol",
+                          "io.direct-io",
+                          "io.worker-threads",
+                          "io.discard",
+                          "io.resize-poll-seconds",
+                          "io.buffer-memory",
+                          "io.journal",
+                          "io.journal-directory",
+                          "nbd.connect-timeout-seconds",
+                          "nbd.reconnect-seconds",
+                          "images.qemu-storage-daemon",
+                          "images.start-timeout-seconds",
+                          "images.runtime-directory",
+                          "rbd.cluster",
+                          "rbd.conf",
+                          "rbd.client-id",
+                          "rbd.connect-timeout-seconds",
+                          "rbd.op-timeout-seconds",
+                          "log.level",
+                          "log.sink"}) {
     CAPTURE(key);
     CHECK(root.at_path(key).node() != nullptr);
   }
@@ -122,6 +140,13 @@ qemu-storage-daemon = "/opt/qemu/bin/qemu-storage-daemon"
 start-timeout-seconds = 20
 runtime-directory = "/run/xbd-images"
 
+[rbd]
+cluster = "backup"
+conf = "/etc/ceph/backup.conf"
+client-id = "xen.host-7"
+connect-timeout-seconds = 4
+op-timeout-seconds = 0
+
 [log]
 level = "debug"
 sink = "file:/var/log/xen-blkbackd.log"
@@ -144,6 +169,11 @@ sink = "file:/var/log/xen-blkbackd.log"
   CHECK(s.images.program == "/opt/qemu/bin/qemu-storage-daemon");
   CHECK(s.images.start_timeout_seconds == 20);
   CHECK(s.images.runtime_directory == "/run/xbd-images");
+  CHECK(s.rbd.cluster == "backup");
+  CHECK(s.rbd.conf == "/etc/ceph/backup.conf");
+  CHECK(s.rbd.client_id == "xen.host-7");
+  CHECK(s.rbd.connect_timeout_seconds == 4);
+  CHECK(s.rbd.op_timeout_seconds == 0);
   CHECK(s.log.level == severity::debug);
   CHECK(s.log.sink == "file:/var/log/xen-blkbackd.log");
 }
@@ -204,6 +234,14 @@ TEST_CASE("network and image settings refuse what cannot work, at the value") {
   CHECK_THROWS_WITH_AS(parse("images.runtime-directory = \"run/x\""),
                        doctest::Contains("images.runtime-directory must be an absolute path"), config_error);
   CHECK_THROWS_WITH_AS(parse("[nbd]\nreconect-seconds = 5"), doctest::Contains("reconect-seconds"), config_error);
+  CHECK_THROWS_WITH_AS(parse("rbd.conf = \"etc/ceph.conf\""), doctest::Contains("rbd.conf must be an absolute path"),
+                       config_error);
+  CHECK_THROWS_WITH_AS(parse("rbd.client-id = \"client xen\""), doctest::Contains("rbd.client-id must be"),
+                       config_error);
+  CHECK_THROWS_WITH_AS(parse("rbd.cluster = \"\""), doctest::Contains("rbd.cluster must be"), config_error);
+  CHECK_THROWS_WITH_AS(parse("rbd.connect-timeout-seconds = 0"), doctest::Contains(":1:"), config_error);
+  CHECK_THROWS_WITH_AS(parse("rbd.op-timeout-seconds = 86401"), doctest::Contains(":1:"), config_error);
+  CHECK(parse("rbd.conf = \"\"").rbd.conf.empty());
 }
 
 TEST_CASE("buffer-memory is a size with a binary unit, within its bounds") {
@@ -384,10 +422,11 @@ TEST_CASE("load_settings names the file in its errors") {
 TEST_CASE("describe() is one line with every setting") {
   CHECK(describe(settings{}) ==
         "types=qdisk domid=xenstore max-ring-page-order=4 max-queues=auto max-indirect-segments=256 "
-        "default-protocol=native direct-io=auto worker-threads=auto discard=true resize-poll-seconds=0 "
+        "default-protocol=native direct-io=auto worker-threads=auto discard=true resize-poll-seconds=1 "
         "buffer-memory=256MiB journal=true journal-directory=/run/xen-blkbackd nbd.connect-timeout-seconds=10 "
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
-        "images.runtime-directory=/run/xen-blkbackd/images log.level=info log.sink=stderr");
+        "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "
+        "rbd.connect-timeout-seconds=10 rbd.op-timeout-seconds=60 log.level=info log.sink=stderr");
   settings s;
   s.backend_types = {"qdisk", "vbd"};
   s.domid = 3;
@@ -406,5 +445,6 @@ TEST_CASE("describe() is one line with every setting") {
         "default-protocol=x86_32-abi direct-io=always worker-threads=4 discard=false resize-poll-seconds=10 "
         "buffer-memory=3GiB journal=true journal-directory=/run/xen-blkbackd nbd.connect-timeout-seconds=10 "
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
-        "images.runtime-directory=/run/xen-blkbackd/images log.level=warning log.sink=syslog");
+        "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "
+        "rbd.connect-timeout-seconds=10 rbd.op-timeout-seconds=60 log.level=warning log.sink=syslog");
 }

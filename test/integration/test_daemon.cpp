@@ -284,8 +284,8 @@ TEST_CASE("online resize: the image grows, SIGHUP, and the backend publishes the
       5, {"--devid", "51712", "--rw", "randrw", "--offset", "40M", "--size", "8M", "--ios", "200", "--verify"}));
 }
 
-TEST_CASE("resize-poll-seconds notices a grown image without a signal") {
-  sim_env env("[io]\nresize-poll-seconds = 1\n");
+TEST_CASE("a grown image is noticed without a signal, by default") {
+  sim_env env;
   env.create_guest(5);
   auto img = env.make_image("disk.img", 8 << 20);
   add_disk(env, 5, img);

@@ -262,7 +262,7 @@ TEST_CASE("storage: malformed and unsupported disk specs each close their vbd wi
     return e.value_or("");
   };
   CHECK(error_of(xvdb).find("nbd://[::1") != std::string::npos);
-  CHECK(error_of(51744).find("rbd") != std::string::npos);
+  CHECK(error_of(51744).find("RBD image \"pool/image\"") != std::string::npos);
   CHECK(error_of(51760).find("qemu-storage-daemon") != std::string::npos);
   CHECK(error_of(51776).find("nobody.sock") != std::string::npos);
   auto r = env.run_frontend(

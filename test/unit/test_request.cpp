@@ -166,7 +166,7 @@ TEST_CASE("a flush without data is a flush, with data it is a write followed by 
   CHECK(status_of(too_many, disk()) == BLKIF_RSP_ERROR);
 }
 
-TEST_CASE("discard: range inside the disk, never on a read-only vbd, secure only if advertised") {
+TEST_CASE("discard: range inside the disk, never on a read-only vbd, secure only if advertised, else plain") {
   auto lim = disk(2048);
   lim.discard = true;
   wire_request d;
@@ -183,9 +183,14 @@ TEST_CASE("discard: range inside the disk, never on a read-only vbd, secure only
   CHECK(status_of(d, lim) == BLKIF_RSP_ERROR);
   d.nr_sectors = 8;
   d.discard_flag = BLKIF_DISCARD_SECURE;
-  CHECK(status_of(d, lim) == BLKIF_RSP_EOPNOTSUPP);
+  std::array<segment, BLKIF_MAX_SEGMENTS_PER_REQUEST> storage{};
+  auto plain = validate(d, lim, storage);
+  REQUIRE(std::holds_alternative<checked_request>(plain));
+  CHECK_FALSE(std::get<checked_request>(plain).secure);  // not offered: a plain discard
   lim.discard_secure = true;
-  CHECK(status_of(d, lim) == BLKIF_RSP_OKAY);
+  auto secure = validate(d, lim, storage);
+  REQUIRE(std::holds_alternative<checked_request>(secure));
+  CHECK(std::get<checked_request>(secure).secure);
   lim.readonly = true;
   CHECK(status_of(d, lim) == BLKIF_RSP_ERROR);
 }
