@@ -43,10 +43,13 @@ std::string seconds(std::chrono::milliseconds t) {
   return std::to_string(std::max<long long>(1, (t.count() + 999) / 1000));
 }
 
-// The last user lets go: rados_shutdown waits for the connection's threads,
-// so it runs on a thread of its own.
-void shut_down_elsewhere(cluster* c) {
-  if (!spawn([c] { delete c; })) delete c;
+// The last user lets go: rados_shutdown waits for the connection's threads.
+// Where blocking is allowed (the thread that closed the last image, whose
+// close() is waited for), at once, so that a store's close() returns with
+// the connection gone and a daemon that exits then leaves no thread inside
+// librados; elsewhere, on a thread of its own.
+void shut_down(cluster* c) {
+  if (on_background_thread() || !spawn([c] { delete c; })) delete c;
 }
 
 }  // namespace
@@ -72,7 +75,7 @@ asio_xen::result<std::shared_ptr<cluster>> cluster::get(const cluster_key& key, 
     std::erase_if(r.entries, [](const auto& e) { return e.second.expired(); });
     if (auto it = r.entries.find(key); it != r.entries.end()) c = it->second.lock();
     if (!c || c->failed()) {
-      c = std::shared_ptr<cluster>(new cluster(key), shut_down_elsewhere);
+      c = std::shared_ptr<cluster>(new cluster(key), shut_down);
       r.entries[key] = c;
       mine = true;
     }

@@ -10,7 +10,8 @@
 //
 // Every call here blocks (on the cluster): callers run them on a thread of
 // their own (rbd_thread.hpp). The connection is shut down when its last
-// user lets it go, on a thread of its own too.
+// user lets it go, on that user's thread if it is one of ours (a store's
+// close, which is waited for), otherwise on a thread of its own.
 #pragma once
 
 #include "asio_xen/error.hpp"
@@ -58,7 +59,7 @@ class cluster {
   static std::size_t handles();
 
   explicit cluster(cluster_key key) : key_(std::move(key)) {}
-  ~cluster();  // rados_shutdown: blocks; runs on a thread of its own (get()'s deleter)
+  ~cluster();  // rados_shutdown: blocks; never on a ring's or the control thread (get()'s deleter)
   cluster(const cluster&) = delete;
   cluster& operator=(const cluster&) = delete;
 

@@ -68,8 +68,8 @@ error_code image::open_handle(const image_spec& s, std::string& detail) {
     if (r == -ENOENT)
       detail = "image '" + s.image + "' does not exist in " + where(s) + " (rbd_open: " + words(r) + ")";
     else if (r == -EPERM || r == -EACCES)
-      detail = cluster_->client() + " may not open image '" + s.image + "' in " + where(s) + " (rbd_open: " + words(r) +
-               "): check the client's caps";
+      detail = "permission denied: " + cluster_->client() + " may not open image '" + s.image + "' in " + where(s) +
+               " (rbd_open: " + words(r) + "): check the client's caps";
     else
       detail = "cannot open image '" + s.image + "' in " + where(s) + " (rbd_open: " + words(r) + ")";
     return asio_xen::xen_error(open_call, -r);

@@ -20,6 +20,8 @@ counter& threads() {
   return *c;
 }
 
+thread_local bool background = false;
+
 }  // namespace
 
 bool spawn(std::function<void()> job) noexcept {
@@ -30,6 +32,7 @@ bool spawn(std::function<void()> job) noexcept {
   }
   try {
     std::thread([job = std::move(job), &c]() mutable {
+      background = true;
       try {
         job();
       } catch (...) {  // a job reports its failures in its result; bad_alloc ends it here
@@ -45,6 +48,8 @@ bool spawn(std::function<void()> job) noexcept {
     return false;
   }
 }
+
+bool on_background_thread() { return background; }
 
 std::size_t background_threads() {
   counter& c = threads();

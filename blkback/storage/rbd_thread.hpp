@@ -37,6 +37,9 @@ using clock = std::chrono::steady_clock;
 // Runs `job` on a new detached thread; false (and `job` not run) if none
 // could be started.
 bool spawn(std::function<void()> job) noexcept;
+// Whether the calling thread is one that spawn() started (where blocking
+// on the cluster is allowed).
+bool on_background_thread();
 // Threads started by spawn() that have not finished.
 std::size_t background_threads();
 // Waits (blocking) until none is left, at most `limit`; true if none is.

@@ -197,7 +197,7 @@ TEST_SUITE("rbd") {
     t.user = nobody.id;
     CHECK(r.open(t, options()) == boost::system::errc::operation_not_permitted);
     MESSAGE(r.detail);
-    CHECK(r.detail.find("client." + nobody.id + " may not open image") != std::string::npos);
+    CHECK(r.detail.find("permission denied: client." + nobody.id + " may not open image") != std::string::npos);
     CHECK_FALSE(r.st);
 
     // A key given in the spec is used and never shown.
