@@ -85,6 +85,13 @@ asio_xen::result<std::shared_ptr<cluster>> cluster::get(const cluster_key& key, 
   return c;
 }
 
+void cluster::retire() {
+  std::lock_guard lk(m_);
+  state_ = state::failed;
+  ec_ = asio_xen::xen_error(connect_call, ESHUTDOWN);
+  detail_ = "the cluster has blocklisted this connection";
+}
+
 bool cluster::failed() {
   std::lock_guard lk(m_);
   return state_ == state::failed;

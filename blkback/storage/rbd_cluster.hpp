@@ -50,6 +50,9 @@ class cluster {
                                                         std::string& detail);
 
   rados_t handle() const { return h_; }
+  // The cluster has fenced this connection (blocklisted it): get() makes a
+  // new one from now on; the images on this one keep it until they close.
+  void retire();
   // "cluster ceph as client.admin", for messages.
   std::string describe() const;
   std::string client() const { return "client." + key_.client_id; }

@@ -34,21 +34,28 @@ std::string where(const image_spec& s) {
 
 asio_xen::result<std::shared_ptr<image>> image::open(const cluster_key& key, const image_spec& spec,
                                                      clock::time_point deadline, progress& p, std::string& detail) {
-  auto img = std::make_shared<image>();
-  img->name_ = spec.describe;
-  p.set("connecting to the cluster");
-  auto c = cluster::get(key, deadline, detail);
-  if (!c) return c.error();
-  img->cluster_ = std::move(*c);
-  p.set("opening the image");
-  error_code ec = img->open_handle(spec, detail);
-  if (!ec && spec.writable) ec = img->check_lock(spec, p, detail);
-  if (!ec && spec.snapshot.empty()) ec = img->watch(detail);
-  if (ec) {
+  for (int attempt = 0;; ++attempt) {
+    auto img = std::make_shared<image>();
+    img->name_ = spec.describe;
+    p.set("connecting to the cluster");
+    auto c = cluster::get(key, deadline, detail);
+    if (!c) return c.error();
+    img->cluster_ = std::move(*c);
+    p.set("opening the image");
+    error_code ec = img->open_handle(spec, detail);
+    if (!ec && spec.writable) ec = img->check_lock(spec, p, detail);
+    if (!ec && spec.snapshot.empty()) ec = img->watch(detail);
+    if (!ec) return img;
+    // ESHUTDOWN is librados's EBLOCKLISTED: the cluster has fenced this
+    // connection (another host broke a lock of ours). It serves nothing
+    // any more, even while other images still hold it: a new one does.
+    const bool fenced = ec.value() == ESHUTDOWN;
+    if (fenced) img->cluster_->retire();
     img->shut();
-    return ec;
+    if (!fenced || attempt > 0) return ec;
+    XBD_LOG(lg(), warning) << spec.describe << ": the cluster has blocklisted " << key.client_id
+                           << "'s connection; connecting again";
   }
-  return img;
 }
 
 // Pool, namespace, image, snapshot, each refused in its own words.

@@ -151,6 +151,51 @@ TEST_SUITE("rbd") {
     cluster.remove_image(name);
   }
 
+  TEST_CASE("a connection the cluster has blocklisted fails its I/O, and the next open connects again") {
+    const auto cluster = ceph_cluster::from_env();
+    const auto a = cluster.create_image(16), b = cluster.create_image(16);
+    REQUIRE(xbd::blkback::storage::rbd_quiesce(30s));
+    rig ra, rb;
+    REQUIRE_MESSAGE(!ra.open(target(cluster, a), options()), ra.detail);
+    ra.open_channel();
+    auto data = pattern(64 * 1024, 24);
+    REQUIRE(rig::all_ok(ra.transfer(true, 0, data, 64 * 1024, 1)));
+    // Our connection's address, as the image's watcher shows it.
+    const auto w = cluster.watchers(a);
+    REQUIRE(w.size() == 1);
+    const auto at = w[0].find("watcher=");
+    REQUIRE(at != std::string::npos);
+    const std::string addr = w[0].substr(at + 8, w[0].find(' ', at) - at - 8);
+    cluster.ceph({"osd", "blocklist", "add", addr});
+    struct unblock {
+      const ceph_cluster& c;
+      std::string addr;
+      ~unblock() {
+        try {
+          c.ceph({"osd", "blocklist", "rm", addr});
+        } catch (...) {
+        }
+      }
+    } later{cluster, addr};
+    CHECK(xbd::test::eventually(
+        [&] {
+          auto r = ra.transfer(true, 0, data, 64 * 1024, 1);
+          return r.size() == 1 && r[0];
+        },
+        20s));
+    const auto before = xbd::blkback::storage::rbd_connections();
+    CHECK(before == 1);
+    REQUIRE_MESSAGE(!rb.open(target(cluster, b), options()), rb.detail);
+    CHECK(xbd::blkback::storage::rbd_connections() == 2);  // a new one beside the fenced one, still held by ra
+    rb.open_channel();
+    CHECK(rig::all_ok(rb.transfer(true, 0, data, 64 * 1024, 1)));
+    ra.close();
+    rb.close();
+    CHECK(xbd::blkback::storage::rbd_connections() == 0);
+    cluster.remove_image(a);
+    cluster.remove_image(b);
+  }
+
   TEST_CASE("a missing pool, image or snapshot fails the open, each with its own reason") {
     const auto cluster = ceph_cluster::from_env();
     const auto name = cluster.create_image(16);
