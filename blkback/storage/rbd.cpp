@@ -33,10 +33,12 @@ properties props_of(const rbd::image& img, bool writable) {
   p.writable = writable;
   p.direct = false;  // caching is librbd's (rbd_cache), and flushes reach the OSDs
   p.flush = true;
-  // Space comes back a whole object at a time: a discard within an object
-  // only zeroes or truncates part of it. Offering the object size makes a
-  // guest send discards that free objects (and keeps the object map exact)
-  // rather than many small ones that free nothing.
+  // Granularity: the object size. Only a discard that covers an object
+  // whole removes it (and clears it in the object map); a smaller one
+  // truncates or zeroes part of an object, or is skipped altogether
+  // (rbd_skip_partial_discard). Offered the object size, a guest aligns its
+  // discards to objects, and fstrim skips free ranges too small to free
+  // anything. QEMU's rbd driver aligns discards to the object size too.
   p.discard = writable;
   p.discard_granularity =
       writable ? static_cast<std::uint32_t>(std::clamp<std::uint64_t>(img.object_size(), sector, 1u << 30)) : 0;
