@@ -8,6 +8,7 @@
 #include "blkback/data/fault.hpp"
 #include "blkback/log.hpp"
 #include "blkback/storage/image_server.hpp"
+#include "blkback/storage/rbd.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -342,6 +343,10 @@ int run(int argc, char** argv) {
     }
     w->thread.join();
   }
+  // Images whose close ran out of time are still being let go of by
+  // librbd's threads: give them a moment, never for ever.
+  if (!blkback::storage::rbd_quiesce(std::chrono::seconds(5)))
+    XBD_LOG(lg, warning) << "an RBD image or cluster connection is still closing; exiting anyway";
   XBD_LOG(lg, info) << "exiting";
   return 0;
 }
