@@ -99,7 +99,7 @@ bool eventually_true(Pred pred) {
 
 }  // namespace
 
-TEST_CASE("a program on a domain's xenstore device is that domain: its home, its permissions") {
+TEST_CASE("a program on a domain's xenstore device is that domain: its home and its permissions") {
   xbd::sim::xenstored xsd;
   auto dom0 = xsd.open_dom0();
   make_home(dom0.get());
@@ -136,7 +136,7 @@ TEST_CASE("the watches of two programs in one domain are kept apart") {
   CHECK_FALSE(next_event(a.get(), 200ms).has_value());  // one event each, not two
 }
 
-TEST_CASE("a domain program's watches and transactions end with it, as the kernel ends a closed file's") {
+TEST_CASE("a domain program's watches and transactions end with it as the kernel ends a closed file's") {
   xbd::sim::xenstored xsd;
   auto dom0 = xsd.open_dom0();
   make_home(dom0.get());
