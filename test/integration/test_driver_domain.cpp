@@ -46,6 +46,18 @@ class driver_domain {
     REQUIRE(eventually([&] { return bus_->output().find("xbd-xenbus-sim: domain") != std::string::npos; }));
   }
 
+  // xl devd ends the device models it started when asked to stop (a
+  // SIGKILL from the process's destructor would leave them to end by
+  // themselves).
+  ~driver_domain() {
+    if (devd_ && devd_->running()) {
+      devd_->signal(SIGTERM);
+      (void)devd_->wait(10s);
+    }
+  }
+  driver_domain(const driver_domain&) = delete;
+  driver_domain& operator=(const driver_domain&) = delete;
+
   // What a process needs to run in this domain.
   std::vector<std::string> env() const {
     return {"XENSTORED_PATH=" + socket_.string(), "XENSIM_DOMID=" + std::to_string(domid_)};
