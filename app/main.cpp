@@ -363,9 +363,18 @@ int run(int argc, char** argv) {
   }
   // Images whose close ran out of time are still being let go of by
   // librbd's threads: give them a moment, never for ever.
-  if (!blkback::storage::rbd_quiesce(std::chrono::seconds(5)))
-    XBD_LOG(lg, warning) << "an RBD image or cluster connection is still closing; exiting anyway";
+  const bool rbd_idle = blkback::storage::rbd_quiesce(std::chrono::seconds(5));
+  if (!rbd_idle) XBD_LOG(lg, warning) << "an RBD image or cluster connection is still closing; exiting anyway";
   blkback::release_home(xs, own_domid);
   XBD_LOG(lg, info) << "exiting";
+  if (!rbd_idle) {
+    // librados's threads still run (and may log): the static destructors
+    // that a return runs (the logging core's among them) must not run
+    // under them. Our own state is released; leave now.
+    std::cout.flush();
+    std::cerr.flush();
+    std::fflush(nullptr);
+    ::_exit(0);
+  }
   return 0;
 }
