@@ -67,11 +67,14 @@ unsigned resolve_own_domid(asio_xen::xenstore& xs, const settings& cfg, logger& 
 std::optional<std::string> check_home(asio_xen::xenstore& xs, unsigned domid, const settings& cfg) {
   const std::string home = home_of(domid);
   for (const auto& type : cfg.backend_types) {
-    const std::string dir = home + "/backend/" + type;
+    std::string dir = home + "/backend/";
+    dir += type;
     auto names = xs.directory(dir);
-    if (!names && !is_enoent(names.error()))
-      return "cannot read " + dir + " (" + names.error().message() + "): this daemon's xenstore connection is not " +
-             "domain " + std::to_string(domid) + "'s; run it in that domain, or correct [backend] domid";
+    if (!names && !is_enoent(names.error())) {
+      std::string m = "cannot read " + dir + " (" + names.error().message() + "): this daemon's xenstore connection ";
+      m += "is not domain " + std::to_string(domid) + "'s; run it in that domain, or correct [backend] domid";
+      return m;
+    }
   }
   if (domid == 0) return std::nullopt;
   // libxl (libxl__domain_make) creates <home>/device-model and <home>/libxl,
