@@ -5,9 +5,11 @@
 #include "asio_xen/xenstore.hpp"
 #include "blkback/config.hpp"
 #include "blkback/control/backend.hpp"
+#include "blkback/control/home.hpp"
 #include "blkback/data/fault.hpp"
 #include "blkback/log.hpp"
 #include "blkback/storage/image_server.hpp"
+#include "blkback/storage/rbd.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -160,6 +162,22 @@ struct worker_thread {
   std::atomic<bool> done{false};
 };
 
+// The checks of blkback/control/home.hpp, before anything is served: false
+// (logged) when this daemon must not start.
+bool take_home(asio_xen::xenstore& xs, const blkback::settings& cfg, unsigned domid, blkback::logger& lg) {
+  if (auto why = blkback::check_home(xs, domid, cfg)) {
+    XBD_LOG(lg, error) << "cannot serve as domain " << domid << ": " << *why;
+    return false;
+  }
+  auto claim = blkback::claim_home(xs, domid);
+  if (!claim.holder.empty())
+    XBD_LOG(lg, error) << "another xen-blkbackd (pid " << claim.holder << ") already serves domain " << domid
+                       << "'s vbds; leaving them to it and exiting";
+  else if (!claim.taken)
+    XBD_LOG(lg, error) << "cannot claim domain " << domid << " for this daemon: " << claim.error;
+  return claim.taken;
+}
+
 // Runs the backend on the control thread; `done` when it has finished.
 void start_backend(asio::io_context& control, blkback::backend& be, std::function<void()> done) {
   asio::co_spawn(control, be.run(), [done = std::move(done)](std::exception_ptr e) {
@@ -241,6 +259,8 @@ int run(int argc, char** argv) {
     return 1;
   }
   asio_xen::xenstore xs(control.get_executor(), std::move(*driver));
+  const unsigned own_domid = blkback::resolve_own_domid(xs, cfg, lg);
+  if (!take_home(xs, cfg, own_domid, lg)) return 1;
 
   const unsigned threads = cfg.worker_threads ? cfg.worker_threads : std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::unique_ptr<worker_thread>> workers;
@@ -262,8 +282,7 @@ int run(int argc, char** argv) {
     });
 
   std::atomic<unsigned> next{0};
-  blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, 0, 1, {}, {}, {}};
-  ctx.own_domid = blkback::resolve_own_domid(xs, cfg, lg);
+  blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, own_domid, 1, {}, {}, {}};
   // One queue per worker thread is what multi-queue can use.
   ctx.max_queues = cfg.max_queues ? cfg.max_queues : threads;
   ctx.memory = std::make_shared<blkback::memory_budget>(cfg.buffer_memory);
@@ -342,6 +361,11 @@ int run(int argc, char** argv) {
     }
     w->thread.join();
   }
+  // Images whose close ran out of time are still being let go of by
+  // librbd's threads: give them a moment, never for ever.
+  if (!blkback::storage::rbd_quiesce(std::chrono::seconds(5)))
+    XBD_LOG(lg, warning) << "an RBD image or cluster connection is still closing; exiting anyway";
+  blkback::release_home(xs, own_domid);
   XBD_LOG(lg, info) << "exiting";
   return 0;
 }
