@@ -97,31 +97,41 @@ bool cluster::failed() {
   return state_ == state::failed;
 }
 
+// rados_connect's refusals, in words an operator can act on.
+std::string cluster::refusal(int r) const {
+  const std::string client = "client." + key_.client_id;
+  const std::string call = " (rados_connect: " + words(r) + ")";
+  switch (-r) {
+    case ETIMEDOUT:
+      return "no answer from the cluster's monitors within " + seconds(key_.connect_timeout) + " s" + call;
+    case EACCES:
+    case EPERM:
+      return "the cluster refused " + client + "'s key" + call + ": check key= or the keyring";
+    case EINVAL:
+      return "librados could not use " + client + "'s key or the configuration" + call + ": is key= valid base64?";
+    case ENOENT:
+      return "librados found no monitor address or no key for " + client + call +
+             ": give conf= or mon_host=, and keyring= or key=";
+    default:
+      return "cannot connect to the cluster" + call;
+  }
+}
+
 error_code cluster::connect(std::string& detail) {
   error_code ec = configure(detail);
   if (!ec) {
-    const int r = rados_connect(h_);
-    if (r == -ETIMEDOUT)
-      detail = "no answer from the cluster's monitors within " + seconds(key_.connect_timeout) +
-               " s (rados_connect: " + words(r) + ")";
-    else if (r == -EACCES || r == -EPERM)
-      detail = "the cluster refused client." + key_.client_id + "'s key (rados_connect: " + words(r) +
-               "): check key= or the keyring";
-    else if (r == -EINVAL)
-      detail = "librados could not use client." + key_.client_id +
-               "'s key or the configuration (rados_connect: " + words(r) + "): is key= valid base64?";
-    else if (r == -ENOENT)
-      detail = "librados found no monitor address or no key for client." + key_.client_id +
-               " (rados_connect: " + words(r) + "): give conf= or mon_host=, and keyring= or key=";
-    else if (r < 0)
-      detail = "cannot connect to the cluster (rados_connect: " + words(r) + ")";
-    if (r < 0) ec = asio_xen::xen_error(connect_call, -r);
+    if (const int r = rados_connect(h_); r < 0) {
+      detail = refusal(r);
+      ec = asio_xen::xen_error(connect_call, -r);
+    }
   }
-  std::lock_guard lk(m_);
-  state_ = ec ? state::failed : state::up;
-  ec_ = ec;
-  detail_ = detail;
-  settled_.notify_all();
+  {
+    std::lock_guard lk(m_);
+    state_ = ec ? state::failed : state::up;
+    ec_ = ec;
+    detail_ = detail;
+    settled_.notify_all();
+  }
   if (!ec) XBD_LOG(lg(), info) << "rbd: connected to " << describe();
   return ec;
 }
@@ -150,8 +160,9 @@ error_code cluster::configure(std::string& detail) {
       return asio_xen::xen_error(set_call, -r);
     }
   }
+  // rbd_non_blocking_aio (librbd's default): the rings' threads never wait
+  // inside rbd_aio_*, whatever ceph.conf says.
   std::vector<std::pair<const char*, std::string>> ours{{"client_mount_timeout", seconds(key_.connect_timeout)},
-                                                        // The rings' threads never wait inside rbd_aio_*.
                                                         {"rbd_non_blocking_aio", "true"}};
   if (key_.op_timeout.count() > 0) {
     ours.emplace_back("rados_osd_op_timeout", seconds(key_.op_timeout));

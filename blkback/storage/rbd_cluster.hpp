@@ -70,6 +70,7 @@ class cluster {
   enum class state { connecting, up, failed };
 
   asio_xen::error_code connect(std::string& detail);
+  std::string refusal(int r) const;
   asio_xen::error_code configure(std::string& detail);
   asio_xen::error_code wait(clock::time_point deadline, std::string& detail);
   bool failed();
