@@ -271,6 +271,9 @@ TEST_SUITE("rbd") {
     CHECK(took >= 2.5);
     CHECK(took < 8);
     CHECK(r.detail.find("no answer") != std::string::npos);
+    // The connect given up on is bounded by librados itself
+    // (client_mount_timeout), so its thread ends soon after.
+    CHECK(xbd::blkback::storage::rbd_quiesce(15s));
   }
 
   TEST_CASE(
