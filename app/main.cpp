@@ -5,6 +5,8 @@
 #include "asio_xen/xenstore.hpp"
 #include "blkback/config.hpp"
 #include "blkback/control/backend.hpp"
+#include "blkback/control/commands.hpp"
+#include "blkback/control/control_socket.hpp"
 #include "blkback/data/fault.hpp"
 #include "blkback/log.hpp"
 #include "blkback/storage/image_server.hpp"
@@ -29,6 +31,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <variant>
 #include <vector>
 
 namespace asio = boost::asio;
@@ -220,6 +223,16 @@ int run(int argc, char** argv) {
     return 1;
   }
   blkback::logger lg;
+  // Before detaching, so that a second daemon says why it does not start.
+  std::optional<blkback::control_listener> listener;
+  if (!cfg.control.socket.empty()) {
+    auto l = blkback::bind_control_socket(cfg.control.socket);
+    if (auto* problem = std::get_if<std::string>(&l)) {
+      XBD_LOG(lg, error) << "control socket " << cfg.control.socket << ": " << *problem;
+      return 1;
+    }
+    listener = std::get<blkback::control_listener>(std::move(l));
+  }
   if (!opts->foreground) daemonize();
   raise_fd_limit(lg);
   if (!blkback::fault::arm_from_environment()) return 2;
@@ -280,6 +293,17 @@ int run(int argc, char** argv) {
                     << " worker thread(s); " << blkback::describe(cfg);
 
   blkback::backend be(ctx);
+  const blkback::control_context commands{[&] { return be.reports(); }, app::log_level,
+                                          [&](blkback::severity s) {
+                                            app::set_log_level(s);
+                                            XBD_LOG(lg, info) << "log level " << s << " (control socket)";
+                                          }};
+  std::optional<blkback::control_socket> ctl;
+  if (listener) {
+    ctl.emplace(control.get_executor(), std::move(*listener), blkback::control_bounds{},
+                [&](std::string_view line) { return blkback::answer_request(commands, line); });
+    ctl->start();
+  }
   app::service svc;
   be.on_ready = [&](std::size_t n) {
     XBD_LOG(lg, info) << "ready: " << n << " device(s) picked up";
@@ -328,7 +352,12 @@ int run(int argc, char** argv) {
   // The signal wait is left pending, not cancelled: the control context
   // stops here and never runs again (asio_xen/wakeable.hpp says why we never
   // cancel on io_uring).
-  start_backend(control, be, [&] { control.stop(); });
+  start_backend(control, be, [&] {
+    if (ctl)
+      ctl->stop([&] { control.stop(); });
+    else
+      control.stop();
+  });
   control.run();
 
   // Let each worker finish what was posted to it (the rings' last clean-up)
