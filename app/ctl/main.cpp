@@ -121,16 +121,14 @@ int print(const std::vector<std::string>& cmd, const std::string& raw) {
   const std::string& name = cmd.front();
   if (name == "stats" && std::find(cmd.begin(), cmd.end(), "--prometheus") != cmd.end())
     std::cout << (*answer)["prometheus"].str();
-  else if (name == "stats" || json_out)
-    std::cout << raw << "\n";
-  else if (name == "list")
+  else if (name == "list" && !json_out)
     std::cout << ctl::render_list(*answer);
-  else if (name == "show")
+  else if (name == "show" && !json_out)
     std::cout << ctl::render_show((*answer)["vbd"]);
   else if (name == "log-level")
     std::cout << "log level " << (*answer)["log_level"].str()
               << ((*answer)["was"].str().empty() ? "" : " (was " + (*answer)["was"].str() + ")") << "\n";
-  else
+  else  // stats, and what asked for --json
     std::cout << raw << "\n";
   return 0;
 }

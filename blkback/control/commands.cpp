@@ -20,7 +20,7 @@ std::string shown(std::string_view s) {
   return std::string(s.substr(0, quoted_at_most)) + "...";
 }
 
-std::string error(std::string message) { return json_error(message); }
+std::string error(std::string_view message) { return json_error(message); }
 
 std::optional<unsigned> number(std::string_view s) {
   unsigned v = 0;
