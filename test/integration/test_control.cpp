@@ -41,10 +41,9 @@ struct ctl_result {
 };
 
 ctl_result ctl(sim_env& env, std::vector<std::string> args) {
-  static int n = 0;
   std::vector<std::string> argv{XBD_CTL_BIN, "--socket", socket_of(env)};
   argv.insert(argv.end(), args.begin(), args.end());
-  auto r = run(argv, {}, env.dir() / ("ctl-" + std::to_string(++n) + ".log"), 20s);
+  auto r = run(argv, {}, env.dir() / "ctl.log", 20s);  // the last one's output stays
   return {r.status, r.output};
 }
 
@@ -155,7 +154,12 @@ TEST_CASE("control: with two queues each ring counts its own requests, and they 
   start(env);
   auto fe = env.start_frontend(5, workload({"--queues", "2", "--ios", "4000", "--hold", "30"}), "held");
   // While the guest holds the connection, after its workload.
-  REQUIRE(eventually([&] { return vbd_stats(env)["rd_req"].u64() + vbd_stats(env)["wr_req"].u64() >= 4000; }, 30s));
+  REQUIRE(eventually(
+      [&] {
+        const auto now = vbd_stats(env);
+        return now["rd_req"].u64() + now["wr_req"].u64() >= 4000;
+      },
+      30s));
   const auto v = vbd_stats(env);
   const auto& queues = v["queues"].items();
   REQUIRE(queues.size() == 2u);
