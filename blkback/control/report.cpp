@@ -8,24 +8,20 @@ namespace xbd::blkback {
 
 namespace {
 
-constexpr double percentiles[] = {0.5, 0.99, 0.999};
-constexpr const char* percentile_keys[] = {"p50", "p99", "p999"};
-
-void latency_json(json_writer& j, const ring_stats& s) {
+void latency_json(json_writer& j, const stats_view& s) {
   j.key("latency_ns").begin_object();
   for (std::size_t op = 0; op < timed_ops; ++op) {
-    const latency_summary& l = s.latency[op];
+    const latency_digest& l = s.latency[op];
     j.key(to_string(static_cast<timed_op>(op))).begin_object();
     j.field("count", l.count).field("sum", l.sum_ns);
-    for (std::size_t p = 0; p < std::size(percentiles); ++p)
-      j.field(percentile_keys[p], l.percentile_ns(percentiles[p]));
+    j.field("p50", l.p50_ns).field("p99", l.p99_ns).field("p999", l.p999_ns);
     j.end_object();
   }
   j.end_object();
 }
 
 // The fields a vbd and each of its queues have alike.
-void counters_json(json_writer& j, const ring_stats& s) {
+void counters_json(json_writer& j, const stats_view& s) {
   j.field("rd_req", s.rd_req).field("wr_req", s.wr_req).field("f_req", s.f_req).field("ds_req", s.ds_req);
   j.field("oo_req", s.oo_req).field("rd_sect", s.rd_sect).field("wr_sect", s.wr_sect);
   j.field("rd_bytes", s.rd_bytes).field("wr_bytes", s.wr_bytes);
@@ -147,7 +143,7 @@ class exposition {
       out_ += name + "{" + labels(v) + (extra.empty() ? "" : "," + extra) + "} " + value(v) + "\n";
   }
   void counter(const char* name, const char* help, const std::string& label,
-               const std::vector<std::pair<const char*, std::uint64_t ring_stats::*>>& by) {
+               const std::vector<std::pair<const char*, std::uint64_t ring_counts::*>>& by) {
     family(name, "counter", help);
     for (const auto& [which, field] : by)
       samples(name, label.empty() ? "" : label + "=\"" + which + "\"",
@@ -165,14 +161,11 @@ void latency_summaries(exposition& e) {
   e.family(name, "summary", "Time from a request's turn in the ring to its response, since the vbd appeared.");
   for (std::size_t op = 0; op < timed_ops; ++op) {
     const std::string o = std::string("op=\"") + to_string(static_cast<timed_op>(op)) + "\"";
-    for (const double q : percentiles)
-      e.samples(name,
-                o + ",quantile=\"" +
-                    (q == 0.5    ? "0.5"
-                     : q == 0.99 ? "0.99"
-                                 : "0.999") +
-                    "\"",
-                [op, q](const vbd_report& v) { return seconds(v.total.latency[op].percentile_ns(q)); });
+    for (const auto& [q, field] :
+         {std::pair{"0.5", &latency_digest::p50_ns}, std::pair{"0.99", &latency_digest::p99_ns},
+          std::pair{"0.999", &latency_digest::p999_ns}})
+      e.samples(name, o + ",quantile=\"" + q + "\"",
+                [op, f = field](const vbd_report& v) { return seconds(v.total.latency[op].*f); });
     e.samples(std::string(name) + "_sum", o, [op](const vbd_report& v) { return seconds(v.total.latency[op].sum_ns); });
     e.samples(std::string(name) + "_count", o,
               [op](const vbd_report& v) { return std::to_string(v.total.latency[op].count); });
@@ -187,25 +180,25 @@ std::string stats_prometheus(const std::vector<vbd_report>& vbds) {
   e.samples("xen_blkbackd_vbd_connected", "", [](const vbd_report& v) { return std::string(v.connected ? "1" : "0"); });
   e.counter("xen_blkbackd_requests_total",
             "Requests taken from the rings, by operation (Linux blkback's rd_req, wr_req, f_req, ds_req).", "op",
-            {{"read", &ring_stats::rd_req},
-             {"write", &ring_stats::wr_req},
-             {"flush", &ring_stats::f_req},
-             {"discard", &ring_stats::ds_req}});
+            {{"read", &ring_counts::rd_req},
+             {"write", &ring_counts::wr_req},
+             {"flush", &ring_counts::f_req},
+             {"discard", &ring_counts::ds_req}});
   e.counter("xen_blkbackd_sectors_total", "512-byte sectors requested (Linux blkback's rd_sect, wr_sect).", "op",
-            {{"read", &ring_stats::rd_sect}, {"write", &ring_stats::wr_sect}});
+            {{"read", &ring_counts::rd_sect}, {"write", &ring_counts::wr_sect}});
   e.counter("xen_blkbackd_bytes_total", "Bytes read or written by the backing store.", "op",
-            {{"read", &ring_stats::rd_bytes}, {"write", &ring_stats::wr_bytes}});
+            {{"read", &ring_counts::rd_bytes}, {"write", &ring_counts::wr_bytes}});
   e.counter("xen_blkbackd_out_of_requests_total",
             "Times a ring held requests back for want of buffer memory (Linux blkback's oo_req).", "",
-            {{"", &ring_stats::oo_req}});
+            {{"", &ring_counts::oo_req}});
   e.counter("xen_blkbackd_errors_total", "Requests answered with an error, by cause.", "kind",
-            {{"rejected", &ring_stats::err_rejected},
-             {"grant", &ring_stats::err_grant},
-             {"io", &ring_stats::err_io},
-             {"unsupported", &ring_stats::err_unsupported},
-             {"no_memory", &ring_stats::err_no_memory}});
+            {{"rejected", &ring_counts::err_rejected},
+             {"grant", &ring_counts::err_grant},
+             {"io", &ring_counts::err_io},
+             {"unsupported", &ring_counts::err_unsupported},
+             {"no_memory", &ring_counts::err_no_memory}});
   e.counter("xen_blkbackd_fair_waits_total", "Times a ring let other vbds catch up (CPU fairness).", "",
-            {{"", &ring_stats::fair_waits}});
+            {{"", &ring_counts::fair_waits}});
   e.family("xen_blkbackd_throttled_seconds_total", "counter", "Time the rings held requests back.");
   e.samples("xen_blkbackd_throttled_seconds_total", "",
             [](const vbd_report& v) { return seconds(v.total.throttled_ns); });

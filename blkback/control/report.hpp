@@ -19,7 +19,7 @@ struct queue_report {
   unsigned index = 0;
   std::uint32_t ring_entries = 0;
   unsigned event_channel = 0;  // the frontend's port
-  ring_stats stats;
+  stats_view stats;
 };
 
 struct vbd_report {
@@ -42,7 +42,7 @@ struct vbd_report {
   unsigned ring_order = 0;
   std::uint64_t buffer_committed = 0;  // bytes of request buffers held now
   std::uint64_t buffer_peak = 0;
-  ring_stats total;  // all connections
+  stats_view total;  // all connections
   std::vector<queue_report> queues;
 };
 

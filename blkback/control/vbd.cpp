@@ -780,12 +780,13 @@ vbd_report vbd::report() const {
     r.buffer_committed = u.committed;
     r.buffer_peak = u.peak;
   }
-  r.total = retired_;
+  ring_stats total = retired_;
   for (std::size_t i = 0; i < live_.size(); ++i) {
-    queue_report q{static_cast<unsigned>(i), live_[i].entries, live_[i].port, snapshot(*live_[i].counters)};
-    r.total += q.stats;
-    r.queues.push_back(std::move(q));
+    const ring_stats ring = snapshot(*live_[i].counters);
+    total += ring;
+    r.queues.push_back({static_cast<unsigned>(i), live_[i].entries, live_[i].port, view(ring)});
   }
+  r.total = view(total);
   return r;
 }
 

@@ -70,7 +70,7 @@ std::uint64_t latency_summary::percentile_ns(double q) const {
   return 0;
 }
 
-ring_stats& ring_stats::operator+=(const ring_stats& o) {
+ring_counts& ring_counts::operator+=(const ring_counts& o) {
   rd_req += o.rd_req;
   wr_req += o.wr_req;
   f_req += o.f_req;
@@ -94,8 +94,23 @@ ring_stats& ring_stats::operator+=(const ring_stats& o) {
   peak_in_flight = std::max(peak_in_flight, o.peak_in_flight);
   slots += o.slots;
   cached_bytes += o.cached_bytes;
+  return *this;
+}
+
+ring_stats& ring_stats::operator+=(const ring_stats& o) {
+  ring_counts::operator+=(o);
   for (std::size_t i = 0; i < latency.size(); ++i) latency[i] += o.latency[i];
   return *this;
+}
+
+stats_view view(const ring_stats& s) {
+  stats_view v;
+  static_cast<ring_counts&>(v) = s;
+  for (std::size_t i = 0; i < s.latency.size(); ++i) {
+    const latency_summary& l = s.latency[i];
+    v.latency[i] = {l.count, l.sum_ns, l.percentile_ns(0.5), l.percentile_ns(0.99), l.percentile_ns(0.999)};
+  }
+  return v;
 }
 
 ring_stats ring_stats::retired() const {

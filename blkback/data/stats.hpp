@@ -102,8 +102,8 @@ struct ring_counters {
   std::array<latency_histogram, timed_ops> latency;
 };
 
-// A ring's (or a vbd's, summed) statistics at one moment.
-struct ring_stats {
+// The counters of a ring (or of a vbd, summed) at one moment.
+struct ring_counts {
   std::uint64_t rd_req = 0, wr_req = 0, f_req = 0, ds_req = 0, oo_req = 0;
   std::uint64_t rd_sect = 0, wr_sect = 0;
   std::uint64_t rd_bytes = 0, wr_bytes = 0;
@@ -111,17 +111,34 @@ struct ring_stats {
   std::uint64_t fair_waits = 0, throttled_ns = 0;
   std::uint64_t idle_events = 0, storm_pauses = 0, yields = 0;
   std::uint64_t in_flight = 0, peak_in_flight = 0, slots = 0, cached_bytes = 0;
-  std::array<latency_summary, timed_ops> latency;
 
   // Counters and gauges add up; the peak is the largest.
-  ring_stats& operator+=(const ring_stats& o);
+  ring_counts& operator+=(const ring_counts& o);
   // Every request taken from the ring.
   std::uint64_t requests() const { return rd_req + wr_req + f_req + ds_req + err_rejected; }
   // Answered with an error after validation.
   std::uint64_t failed() const { return err_grant + err_io + err_unsupported + err_no_memory; }
+};
+
+// The counters and the whole histograms: what adds up across rings.
+struct ring_stats : ring_counts {
+  std::array<latency_summary, timed_ops> latency;
+
+  ring_stats& operator+=(const ring_stats& o);
   // What stays of a ring that has ended: its counters, not its gauges.
   ring_stats retired() const;
 };
+
+// What is shown of a histogram: a few numbers, not its buckets.
+struct latency_digest {
+  std::uint64_t count = 0, sum_ns = 0, p50_ns = 0, p99_ns = 0, p999_ns = 0;
+};
+
+// What is shown of a ring or a vbd (a report holds many: kept small).
+struct stats_view : ring_counts {
+  std::array<latency_digest, timed_ops> latency;
+};
+stats_view view(const ring_stats& s);
 
 ring_stats snapshot(const ring_counters& c);
 

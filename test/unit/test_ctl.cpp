@@ -116,8 +116,7 @@ TEST_CASE("list and show read the daemon's JSON for people") {
   v.connected = true;
   v.total.rd_req = 12;
   v.total.rd_bytes = 3 << 20;
-  v.total.latency[0].buckets[xbd::blkback::latency_buckets::of(45000)] = 12;
-  v.total.latency[0].count = 12;
+  v.total.latency[0] = {12, 12 * 45000, 45000, 45000, 45000};
   v.queues.push_back({0, 512, 17, v.total});
   const auto list = json::parse(xbd::blkback::list_json({v}));
   REQUIRE(list.has_value());

@@ -94,6 +94,12 @@ TEST_CASE("ring statistics add up across rings, the peak is the largest, and an 
   const ring_stats r = t.retired();
   CHECK(r.in_flight == 0u);
   CHECK(r.rd_req == 4u);
+  // What a report shows: the counters, and a digest of each histogram.
+  const stats_view v = view(t);
+  CHECK(v.rd_req == 4u);
+  CHECK(v.latency[op(timed_op::read)].count == 2u);
+  CHECK(v.latency[op(timed_op::read)].p50_ns == t.latency[op(timed_op::read)].percentile_ns(0.5));
+  CHECK(v.latency[op(timed_op::read)].p999_ns >= 3000u * 15 / 16);
 }
 
 namespace {
@@ -116,9 +122,11 @@ vbd_report sample_vbd() {
   bump(q1.wr_sect, 40);
   bump(q1.f_req);
   q0.latency[op(timed_op::read)].record(20000);
-  v.queues.push_back({0, 512, 17, snapshot(q0)});
-  v.queues.push_back({1, 512, 18, snapshot(q1)});
-  for (const auto& q : v.queues) v.total += q.stats;
+  v.queues.push_back({0, 512, 17, view(snapshot(q0))});
+  v.queues.push_back({1, 512, 18, view(snapshot(q1))});
+  ring_stats total = snapshot(q0);
+  total += snapshot(q1);
+  v.total = view(total);
   return v;
 }
 
