@@ -7,9 +7,11 @@
 #include "blkback/control/backend.hpp"
 #include "blkback/control/commands.hpp"
 #include "blkback/control/control_socket.hpp"
+#include "blkback/control/home.hpp"
 #include "blkback/data/fault.hpp"
 #include "blkback/log.hpp"
 #include "blkback/storage/image_server.hpp"
+#include "blkback/storage/rbd.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -163,6 +165,22 @@ struct worker_thread {
   std::atomic<bool> done{false};
 };
 
+// The checks of blkback/control/home.hpp, before anything is served: false
+// (logged) when this daemon must not start.
+bool take_home(asio_xen::xenstore& xs, const blkback::settings& cfg, unsigned domid, blkback::logger& lg) {
+  if (auto why = blkback::check_home(xs, domid, cfg)) {
+    XBD_LOG(lg, error) << "cannot serve as domain " << domid << ": " << *why;
+    return false;
+  }
+  auto claim = blkback::claim_home(xs, domid);
+  if (!claim.holder.empty())
+    XBD_LOG(lg, error) << "another xen-blkbackd (pid " << claim.holder << ") already serves domain " << domid
+                       << "'s vbds; leaving them to it and exiting";
+  else if (!claim.taken)
+    XBD_LOG(lg, error) << "cannot claim domain " << domid << " for this daemon: " << claim.error;
+  return claim.taken;
+}
+
 // Runs the backend on the control thread; `done` when it has finished.
 void start_backend(asio::io_context& control, blkback::backend& be, std::function<void()> done) {
   asio::co_spawn(control, be.run(), [done = std::move(done)](std::exception_ptr e) {
@@ -223,16 +241,6 @@ int run(int argc, char** argv) {
     return 1;
   }
   blkback::logger lg;
-  // Before detaching, so that a second daemon says why it does not start.
-  std::optional<blkback::control_listener> listener;
-  if (!cfg.control.socket.empty()) {
-    auto l = blkback::bind_control_socket(cfg.control.socket);
-    if (auto* problem = std::get_if<std::string>(&l)) {
-      XBD_LOG(lg, error) << "control socket " << cfg.control.socket << ": " << *problem;
-      return 1;
-    }
-    listener = std::get<blkback::control_listener>(std::move(l));
-  }
   if (!opts->foreground) daemonize();
   raise_fd_limit(lg);
   if (!blkback::fault::arm_from_environment()) return 2;
@@ -254,6 +262,20 @@ int run(int argc, char** argv) {
     return 1;
   }
   asio_xen::xenstore xs(control.get_executor(), std::move(*driver));
+  const unsigned own_domid = blkback::resolve_own_domid(xs, cfg, lg);
+  if (!take_home(xs, cfg, own_domid, lg)) return 1;
+  // Once the domain is ours: a second daemon is refused above, naming the
+  // first; the socket's own check covers a daemon of another domain.
+  std::optional<blkback::control_listener> listener;
+  if (!cfg.control.socket.empty()) {
+    auto l = blkback::bind_control_socket(cfg.control.socket);
+    if (auto* problem = std::get_if<std::string>(&l)) {
+      XBD_LOG(lg, error) << "control socket " << cfg.control.socket << ": " << *problem;
+      blkback::release_home(xs, own_domid);
+      return 1;
+    }
+    listener = std::get<blkback::control_listener>(std::move(l));
+  }
 
   const unsigned threads = cfg.worker_threads ? cfg.worker_threads : std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::unique_ptr<worker_thread>> workers;
@@ -275,8 +297,7 @@ int run(int argc, char** argv) {
     });
 
   std::atomic<unsigned> next{0};
-  blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, 0, 1, {}, {}, {}};
-  ctx.own_domid = blkback::resolve_own_domid(xs, cfg, lg);
+  blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, own_domid, 1, {}, {}, {}};
   // One queue per worker thread is what multi-queue can use.
   ctx.max_queues = cfg.max_queues ? cfg.max_queues : threads;
   ctx.memory = std::make_shared<blkback::memory_budget>(cfg.buffer_memory);
@@ -371,6 +392,20 @@ int run(int argc, char** argv) {
     }
     w->thread.join();
   }
+  // Images whose close ran out of time are still being let go of by
+  // librbd's threads: give them a moment, never for ever.
+  const bool rbd_idle = blkback::storage::rbd_quiesce(std::chrono::seconds(5));
+  if (!rbd_idle) XBD_LOG(lg, warning) << "an RBD image or cluster connection is still closing; exiting anyway";
+  blkback::release_home(xs, own_domid);
   XBD_LOG(lg, info) << "exiting";
+  if (!rbd_idle) {
+    // librados's threads still run (and may log): the static destructors
+    // that a return runs (the logging core's among them) must not run
+    // under them. Our own state is released; leave now.
+    std::cout.flush();
+    std::cerr.flush();
+    std::fflush(nullptr);
+    ::_exit(0);
+  }
   return 0;
 }

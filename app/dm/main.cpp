@@ -1,27 +1,34 @@
 // xen-blkbackd-dm: a device-model entry point that lets stock xl drive
-// xen-blkbackd (docs/xl.md).
+// xen-blkbackd (docs/xl.md, docs/driver-domain.md).
 //
 // libxl (4.17) spawns a device model for every PV guest with a
 // backendtype=qdisk disk, and the guest is not started until that device
-// model says it is up. The disks themselves need no device model: libxl
-// writes them under /local/domain/0/backend/qdisk, where the long-lived
-// xen-blkbackd serves them. So this program only does libxl's part of the
-// handshake and then waits to be killed:
+// model says it is up. In a driver domain, `xl devd` does the same for each
+// guest with a qdisk disk there. The disks themselves need no device model:
+// they are under /local/domain/<backend domain>/backend/qdisk, where the
+// long-lived xen-blkbackd serves them. So this program only does libxl's
+// part of the handshake and then waits to be killed:
 //
-//  - writes "running" to /local/domain/0/device-model/<domid>/state, which is
-//    all libxl waits for with device_model_version="qemu-xen-traditional";
+//  - writes "running" to device-model/<domid>/state in its own domain's
+//    xenstore home (/local/domain/0 for dom0's libxl, the driver domain's
+//    for xl devd, which needs driver_domain=1 for that directory), which is
+//    all libxl waits for with device_model_version="qemu-xen-traditional"
+//    and for xl devd;
 //  - with the default "qemu-xen" it also serves QMP on the -chardev sockets
 //    libxl names (qmp-libxl-<domid>, qmp-libxenstat-<domid>, or a socket
 //    libxl pre-opened and passed as fd=N), answering the greeting,
 //    qmp_capabilities and query-chardev (an empty list) as QEMU would;
 //  - exits on SIGHUP/SIGTERM/SIGINT (libxl kills it when the domain goes),
-//    on QMP "quit", or when xenstored reports the domain released;
+//    on QMP "quit", when xenstored reports the domain released (dom0), or,
+//    in a driver domain, where that report does not come, when no disk of
+//    the guest is left under its backend directory;
 //  - answers xentop's query-blockstats and query-block from xen-blkbackd's
 //    live counters (daemon_blocks.hpp), also on qmp-libxenstat-<domid> when
 //    libxl named no such socket (qemu-xen-traditional).
 //
-// Set in the guest config with device_model_override. It accepts and ignores
-// every argument QEMU would take but it does not need.
+// Set in the guest config with device_model_override; in a driver domain it
+// takes the place of libxl's QEMU. It accepts and ignores every argument
+// QEMU would take but it does not need.
 #include <poll.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -53,10 +60,6 @@ namespace {
 
 using xbd::dm::machine_state;
 using xbd::dm::qmp_session;
-
-// libxl's LIBXL_TOOLSTACK_DOMID: the device-model state lives under dom0's
-// tree whatever domain the toolstack runs in.
-constexpr unsigned toolstack_domid = 0;
 
 std::string g_tag = "xen-blkbackd-dm";
 
@@ -222,6 +225,52 @@ struct client {
   qmp_session session;
 };
 
+// The domain this program runs in: its xenstore home's `domid` (dom0 has
+// one from xen-init-dom0).
+unsigned own_domid(xs_handle* xs) {
+  unsigned len = 0;
+  std::unique_ptr<char, decltype(&std::free)> v(static_cast<char*>(xs_read(xs, XBT_NULL, "domid", &len)), &std::free);
+  return v ? to_uint(std::string_view(v.get(), len)).value_or(0) : 0;
+}
+
+// Whether the guest has gone, asked after every xenstore event. dom0 hears
+// of a released domain (@releaseDomain); a driver domain does not
+// (xenstored sends it to privileged domains only), so there the guest is
+// gone once no disk of it is left under this domain's backend directory:
+// xen-blkbackd removes a dead guest's vbds, xl devd an unplugged one's.
+class guest_watch {
+ public:
+  guest_watch(xs_handle* xs, unsigned own, unsigned guest)
+      : xs_(xs),
+        own_(own),
+        guest_(guest),
+        disks_("/local/domain/" + std::to_string(own) + "/backend/qdisk/" + std::to_string(guest)) {
+    const char* path = own_ == 0 ? "@releaseDomain" : disks_.c_str();
+    if (!xs_watch(xs_, path, "guest")) say("cannot watch %s: %s", path, std::strerror(errno));
+  }
+
+  // Why the device model should end now; empty while the guest is there.
+  std::string gone() {
+    if (own_ != 0) return has_disks() ? "" : "no disk of the domain is left in this driver domain";
+    const bool introduced = xs_is_domain_introduced(xs_, guest_);
+    seen_ = seen_ || introduced;
+    return seen_ && !introduced ? "domain released" : "";
+  }
+
+ private:
+  bool has_disks() {
+    unsigned n = 0;
+    std::unique_ptr<char*, decltype(&std::free)> d(xs_directory(xs_, XBT_NULL, disks_.c_str(), &n), &std::free);
+    return d && n > 0;
+  }
+
+  xs_handle* xs_;
+  unsigned own_;
+  unsigned guest_;
+  std::string disks_;
+  bool seen_ = false;
+};
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -279,10 +328,13 @@ int main(int argc, char** argv) {
   }
 
   // Exit when the domain is gone even if nobody kills us (xl itself killed).
-  if (!xs_watch(xs.get(), "@releaseDomain", "release")) say("cannot watch @releaseDomain: %s", std::strerror(errno));
+  const unsigned own = own_domid(xs.get());
+  guest_watch guest(xs.get(), own, domid);
 
+  // libxl waits here: dom0's under /local/domain/0, xl devd's in the driver
+  // domain's own home.
   const std::string state_path =
-      "/local/domain/" + std::to_string(toolstack_domid) + "/device-model/" + std::to_string(domid) + "/state";
+      "/local/domain/" + std::to_string(own) + "/device-model/" + std::to_string(domid) + "/state";
   if (!xs_write(xs.get(), XBT_NULL, state_path.c_str(), "running", 7)) {
     say("cannot write %s: %s", state_path.c_str(), std::strerror(errno));
     return 1;
@@ -297,7 +349,6 @@ int main(int argc, char** argv) {
   }
   const auto blocks = xbd::dm::daemon_blocks(opts->blkbackd_socket, domid, std::chrono::seconds(2));
   std::vector<client> clients;
-  bool domain_seen = false;
   std::string why = "?";
 
   for (;;) {
@@ -306,11 +357,20 @@ int main(int argc, char** argv) {
     fds.push_back({xs_fileno(xs.get()), POLLIN, 0});
     for (const int l : listeners) fds.push_back({l, POLLIN, 0});
     for (const auto& c : clients) fds.push_back({c.fd, POLLIN, 0});
-    if (::poll(fds.data(), fds.size(), -1) < 0) {
+    // A second at most: the guest is looked at again even without an event.
+    const int ready = ::poll(fds.data(), fds.size(), 1000);
+    if (ready < 0) {
       if (errno == EINTR) continue;
       say("poll: %s", std::strerror(errno));
       why = "poll failed";
       break;
+    }
+    if (ready == 0) {
+      if (auto gone = guest.gone(); !gone.empty()) {
+        why = gone;
+        break;
+      }
+      continue;
     }
     if (fds[0].revents) {
       signalfd_siginfo si{};
@@ -322,10 +382,8 @@ int main(int argc, char** argv) {
     if (fds[1].revents) {
       unsigned n = 0;
       if (char** ev = xs_read_watch(xs.get(), &n)) std::free(ev);
-      const bool introduced = xs_is_domain_introduced(xs.get(), domid);
-      if (introduced) domain_seen = true;
-      if (domain_seen && !introduced) {
-        why = "domain released";
+      if (auto gone = guest.gone(); !gone.empty()) {
+        why = gone;
         break;
       }
     }

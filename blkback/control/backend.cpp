@@ -39,15 +39,6 @@ std::vector<unsigned> numeric_children(asio_xen::xenstore& xs, const std::string
 
 }  // namespace
 
-unsigned resolve_own_domid(asio_xen::xenstore& xs, const settings& cfg, logger& lg) {
-  if (cfg.domid) return *cfg.domid;
-  // A relative path is resolved against our own home by xenstored.
-  auto id = xs.read<unsigned>("domid");
-  if (id) return *id;
-  XBD_LOG(lg, info) << "no domid key in our xenstore home (" << id.error().message() << "); assuming dom0";
-  return 0;
-}
-
 std::size_t backend::active() const {
   std::size_t n = 0;
   for (const auto& [id, e] : devices_) n += e.finished ? 0 : 1;

@@ -60,8 +60,4 @@ class backend {
   void report();
 };
 
-// Our own domain id: the configured one, else xenstore's `domid` key of our
-// home, else 0 (dom0).
-unsigned resolve_own_domid(asio_xen::xenstore& xs, const settings& cfg, logger& lg);
-
 }  // namespace xbd::blkback

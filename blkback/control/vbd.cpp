@@ -31,6 +31,7 @@ std::string quote(const std::string& s) {
 }
 
 bool is_enoent(const error_code& ec) { return ec == boost::system::errc::no_such_file_or_directory; }
+bool is_eacces(const error_code& ec) { return ec == boost::system::errc::permission_denied; }
 
 }  // namespace
 
@@ -239,7 +240,12 @@ error_code vbd::publish_features() {
 // keeps the state it had, and a guest cannot end its vbd by writing garbage.
 xenbus_state vbd::frontend_state() {
   auto s = ctx_.xs.read<unsigned>(fe_ + "/state");
-  if (!s && is_enoent(s.error())) return xenbus_state::unknown;
+  // Gone. In a driver domain a removed node reads as EACCES, not ENOENT:
+  // xenstored says ENOENT only to a reader of the parent, and the
+  // frontend's parents are not ours to read. libxl grants us the frontend
+  // directory itself, so losing access means it went (or the guest took
+  // its own disk away).
+  if (!s && (is_enoent(s.error()) || is_eacces(s.error()))) return xenbus_state::unknown;
   if (s && *s >= static_cast<unsigned>(xenbus_state::initialising) &&
       *s <= static_cast<unsigned>(xenbus_state::reconfigured)) {
     fe_seen_ = static_cast<xenbus_state>(*s);
@@ -392,6 +398,13 @@ asio::awaitable<bool> vbd::step(error_code ec) {
     XBD_LOG(log_, info) << "backend directory removed";
     co_return co_await close_for_good();  // logged, not written
   }
+  if (be_state && **be_state == static_cast<unsigned>(xenbus_state::closed) && state_ != xenbus_state::closed) {
+    // libxl does this to a qdisk vbd of a dying or paused guest instead of
+    // asking (LIBXL_QEMU_BODGE_TIMEOUT), then waits for the backend
+    // directory to go.
+    XBD_LOG(log_, info) << "the toolstack wrote Closed over our state " << to_string(state_);
+    co_return co_await close_for_good();
+  }
   auto online_key = ctx_.xs.read_optional<bool>(be_ + "/online");
   const bool online = !online_key || !*online_key || **online_key;
   const xenbus_state fe = frontend_state();
@@ -416,7 +429,22 @@ bool vbd::guest_died() {
 asio::awaitable<bool> vbd::close_for_good() {
   co_await disconnect();
   (void)switch_state(xenbus_state::closed);
+  if (ctx_.own_domid != 0) leave_directory();
   co_return false;
+}
+
+// A driver domain removes its own backend directories: libxl, in dom0,
+// waits for that after every removal, and xl devd does it only after an
+// unplug (online = 0). A vbd that ended still online (its guest died, or
+// libxl closed it over our head) is left to nobody else, so it goes here;
+// an unplugged one is xl devd's, which also ends the guest's device model.
+void vbd::leave_directory() {
+  auto online = ctx_.xs.read_optional<bool>(be_ + "/online");
+  if (!online || !*online || !**online) return;
+  if (error_code ec = ctx_.xs.rm(be_))
+    XBD_LOG(log_, warning) << "cannot remove the backend directory of a vbd still online: " << ec.message();
+  else
+    XBD_LOG(log_, info) << "removed the backend directory (still online: nobody else removes it in a driver domain)";
 }
 
 // The frontend's state decides ours (docs/protocol.md, the state machine).

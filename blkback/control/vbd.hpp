@@ -124,6 +124,7 @@ class vbd {
   boost::asio::awaitable<bool> step(asio_xen::error_code ec);
   boost::asio::awaitable<bool> follow(xenbus_state fe, bool online);
   boost::asio::awaitable<bool> close_for_good();
+  void leave_directory();
   bool guest_died();
   asio_xen::error_code publish_features();
   asio_xen::error_code switch_state(xenbus_state s);

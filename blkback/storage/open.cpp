@@ -5,6 +5,7 @@
 #include "blkback/storage/image_server.hpp"
 #include "blkback/storage/local.hpp"
 #include "blkback/storage/nbd.hpp"
+#include "blkback/storage/rbd.hpp"
 #include "blkback/storage/storage.hpp"
 
 #include <utility>
@@ -47,6 +48,25 @@ nbd_options nbd_options_from(const settings& cfg, bool writable) {
   o.connect_timeout = std::chrono::seconds(cfg.nbd.connect_timeout_seconds);
   o.reconnect = std::chrono::seconds(cfg.nbd.reconnect_seconds);
   return o;
+}
+
+asio::awaitable<asio_xen::result<opened>> open_rbd_image(const open_request& req, const settings& cfg,
+                                                         std::string& detail) {
+  rbd_options o;
+  o.writable = req.writable;
+  o.cluster = cfg.rbd.cluster;
+  o.conf = cfg.rbd.conf;
+  o.client_id = cfg.rbd.client_id;
+  o.connect_timeout = std::chrono::seconds(cfg.rbd.connect_timeout_seconds);
+  o.op_timeout = std::chrono::seconds(cfg.rbd.op_timeout_seconds);
+  auto st = co_await open_rbd(req.spec.rbd, o, detail);
+  if (!st) co_return st.error();
+  opened out;
+  // As for NBD, dom0's page cache is not involved: librbd caches (or not)
+  // as ceph.conf says.
+  out.mode = "RBD: librbd's own caching";
+  out.st = std::move(*st);
+  co_return out;
 }
 
 asio::awaitable<asio_xen::result<opened>> open_image(open_request req, const settings& cfg, std::string& detail) {
@@ -105,8 +125,7 @@ asio::awaitable<asio_xen::result<opened>> open(open_request req, const settings&
     case disk_spec::kind::image:
       co_return co_await open_image(std::move(req), cfg, detail);
     case disk_spec::kind::rbd:
-      detail = "this build does not serve RBD images yet";
-      co_return error_code(EOPNOTSUPP, boost::system::generic_category());
+      co_return co_await open_rbd_image(req, cfg, detail);
   }
   co_return error_code(EINVAL, boost::system::generic_category());
 }

@@ -29,12 +29,14 @@ struct rbd_options {
   // search (CEPH_CONF, /etc/ceph/$cluster.conf, ...).
   std::filesystem::path conf;
   std::string client_id = "admin";  // [rbd] client-id: when the spec has no id=
-  // Connecting to the cluster and opening the image, together.
+  // Connecting to the cluster and opening the image, together; closing the
+  // image too (a close that takes longer goes on in the background).
   std::chrono::milliseconds connect_timeout{10000};
   // librados's operation timeouts (rados_osd_op_timeout,
   // rados_mon_op_timeout): how long a request waits for an unavailable
   // cluster before it fails. 0: for ever (librados's default; then a
-  // stopping daemon waits for the cluster too).
+  // request waits for the cluster for as long as it takes). Whole seconds
+  // (librados's unit), rounded up.
   std::chrono::milliseconds op_timeout{60000};
 };
 
@@ -45,5 +47,15 @@ struct rbd_options {
 // image locked by another client.
 boost::asio::awaitable<asio_xen::result<std::unique_ptr<store>>> open_rbd(const rbd_target& t, const rbd_options& o,
                                                                           std::string& detail);
+
+// The cluster connections (librados handles) that exist now: one per
+// distinct cluster in use, each gone shortly after its last image closed.
+std::size_t rbd_connections();
+
+// Waits (blocking: for the daemon's exit, after every store has closed, and
+// for tests) until no thread of the driver is left inside librados or
+// librbd (a close or an open that ran out of time, a connection shutting
+// down), at most `limit`; false if one still is.
+bool rbd_quiesce(std::chrono::milliseconds limit);
 
 }  // namespace xbd::blkback::storage

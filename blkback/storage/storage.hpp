@@ -100,6 +100,7 @@ class store {
   // watch): `changed` is called, from any thread, whenever the size may
   // have changed, from now until close() has returned. Others are polled
   // through current_size() (SIGHUP, [io] resize-poll-seconds).
+  // NOLINTNEXTLINE(performance-unnecessary-value-param): a driver that watches keeps it
   virtual void watch_size(std::function<void()> changed) { (void)changed; }
   // What it is, for log lines: a path, an export.
   virtual std::string name() const = 0;

@@ -27,7 +27,14 @@ process::process(std::vector<std::string> argv, std::vector<std::string> env, st
       if (v.compare(0, n.find('=') + 1, n, 0, n.find('=') + 1) == 0) replaced = true;
     if (!replaced) envs.push_back(v);
   }
-  envs.insert(envs.end(), env.begin(), env.end());
+  // Of two same-named entries in `env`, the later wins (a caller's
+  // XENSIM_DOMID over sim_env's default).
+  for (std::size_t i = 0; i < env.size(); ++i) {
+    const auto name = env[i].substr(0, env[i].find('=') + 1);
+    bool later = false;
+    for (std::size_t j = i + 1; j < env.size(); ++j) later = later || env[j].compare(0, name.size(), name) == 0;
+    if (!later) envs.push_back(env[i]);
+  }
   std::vector<char*> av, ev;
   for (auto& a : argv) av.push_back(a.data());
   av.push_back(nullptr);

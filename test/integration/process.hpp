@@ -14,7 +14,8 @@ namespace xbd::test {
 class process {
  public:
   // Starts argv[0] with the current environment plus `env` (NAME=VALUE,
-  // replacing same-named variables); stdout and stderr go to `output`.
+  // replacing same-named variables, the last of several in `env` winning);
+  // stdout and stderr go to `output`.
   process(std::vector<std::string> argv, std::vector<std::string> env, std::filesystem::path output);
   ~process();  // SIGKILL if still running
   process(const process&) = delete;

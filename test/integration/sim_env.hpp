@@ -28,6 +28,8 @@ class sim_env {
   ~sim_env();
 
   const std::filesystem::path& dir() const { return dir_; }
+  // The daemon's configuration file (for a daemon started by hand).
+  const std::filesystem::path& config_path() const { return config_; }
   sim::xenstored& xenstored() { return xsd_; }
   sim::toolstack& toolstack() { return *ts_; }
 

@@ -9,6 +9,7 @@
 
 #include <poll.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -287,13 +288,19 @@ TEST_CASE("control: a second daemon does not take the socket, a killed one's is 
   env.create_guest(5);
   env.add_disk(5, env.make_image("disk.img", 16 << 20).string());
   start(env);
-  // A second daemon with the same settings refuses to start.
+  // A second daemon with the same settings refuses to start (its domain is
+  // served), and leaves the first one's socket alone.
+  struct stat before {};
+  REQUIRE(::stat(socket_of(env).c_str(), &before) == 0);
   auto second = run({XBD_DAEMON_BIN, "--config", (env.dir() / "xen-blkbackd.toml").string(), "--foreground"},
                     {"LD_LIBRARY_PATH=" XENSIM_LIBDIR_PATH, "XENSIM_DOMID=0"}, env.dir() / "second.log", 30s);
   CHECK(second.status == 1);
-  CHECK(second.output.find("a running daemon answers on it (pid " + std::to_string(env.daemon().pid()) + ")") !=
+  CHECK(second.output.find("another xen-blkbackd (pid " + std::to_string(env.daemon().pid()) + ")") !=
         std::string::npos);
-  CHECK(ctl(env, {"list"}).status == 0);  // the first one's still
+  struct stat after {};
+  REQUIRE(::stat(socket_of(env).c_str(), &after) == 0);
+  CHECK(after.st_ino == before.st_ino);   // the same socket file
+  CHECK(ctl(env, {"list"}).status == 0);  // the first one's, answering
   // SIGKILL leaves the file; the next daemon replaces it.
   env.daemon().signal(SIGKILL);
   REQUIRE(env.daemon().wait(10s).has_value());

@@ -78,8 +78,9 @@
 //      backend is in a driver domain (be != 0), wait (10 s) for the backend
 //      dir to be removed by it.
 //   4. if forced or no error: ONE transaction path-cleaning the frontend dir,
-//      the libxl dir and the backend dir: rm the node, then walk up removing
-//      each parent whose value is "" and which has no children left.
+//      the libxl dir and (backend in dom0 only: a driver domain removes its
+//      own) the backend dir: rm the node, then walk up removing each parent
+//      whose value is "" and which has no children left.
 // Modes: xl block-detach = libxl_device_disk_safe_remove (FORCE_OFF: a
 // timeout fails and leaves the nodes); xl block-detach -f =
 // libxl_device_disk_destroy (FORCE_ON). libxl.h documents the 10 s timeout.
@@ -308,13 +309,16 @@ void path_cleanup(xs_client& xs, txn t, const std::string& user_path) {
 
 enum class force_flag { auto_, on, off };  // libxl__force
 
-// libxl__device_destroy: one transaction cleaning the frontend, libxl and
-// backend paths (the toolstack domain, dom0, does all three here).
+// libxl__device_destroy: one transaction cleaning the frontend and libxl
+// paths (the toolstack domain's part) and the backend path when the backend
+// is the toolstack domain's; a driver domain's backend path is the driver
+// domain's to remove ("The driver domain is in charge of removing what it
+// can from the backend path").
 void device_destroy(xs_client& xs, const device& dev) {
   xs.in_transaction([&](txn t) {
     path_cleanup(xs, t, dev.fe_path());
     path_cleanup(xs, t, dev.libxl_path());
-    path_cleanup(xs, t, dev.be_path());
+    if (dev.backend_domid == 0) path_cleanup(xs, t, dev.be_path());
   });
 }
 

@@ -147,7 +147,7 @@ struct remove_result {
   bool backend_missing = false;   // backend state absent at the start:
                                   // "backend already removed, cleanup frontend only"
   bool backend_vanished = false;  // state node removed during the wait
-  bool nodes_removed = false;     // frontend, backend and libxl nodes removed
+  bool nodes_removed = false;     // frontend, backend (if dom0's) and libxl nodes removed
   std::string error;              // empty iff libxl would return success
   bool ok() const { return error.empty(); }
 };

@@ -3,6 +3,10 @@
 //
 // Exit status: 0 success, 1 the operation failed (as libxl would report),
 // 2 bad usage.
+#include <signal.h>
+#include <sys/prctl.h>
+
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
@@ -14,8 +18,10 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "devd.hpp"
 #include "toolstack.hpp"
 
 #ifdef XBD_HAVE_SIM_XENSTORED
@@ -79,6 +85,12 @@ commands:
   wait-backend-state --domid N (--devid D | --vdev VDEV) --state S
               [--timeout SEC]
       Exits 1 if the backend state is not S within the timeout.
+  devd [--device-model PATH] [--log-dir DIR] [--spawn-timeout SEC]
+       [--for SEC]
+      `xl devd` in a driver domain (devd.hpp): run it with XENSTORED_PATH
+      at the domain's xenstore device (xbd-xenbus-sim). Serves until
+      SIGTERM or SIGINT, or --for seconds (default 3600); ends the device
+      models it started.
   devid VDEV...     Prints libxl's devid for each vdev name.
   init-dom0         What xen-init-dom0 writes (domid, name of dom0).
 )";
@@ -349,6 +361,39 @@ int cmd_wait_backend_state(int argc, char** argv) {
   return 1;
 }
 
+std::atomic<bool> devd_stop{false};
+
+int cmd_devd(int argc, char** argv) {
+  args a(argc, argv, 2, {"device-model", "log-dir", "spawn-timeout", "for"}, {});
+  a.no_positional();
+  xbd::sim::devd_options o;
+  if (auto v = a.get("device-model")) o.device_model = *v;
+  if (auto v = a.get("log-dir")) o.log_dir = *v;
+  if (auto v = a.get("spawn-timeout")) o.spawn_timeout = parse_seconds("spawn-timeout", *v);
+  const auto limit = parse_seconds("for", a.get("for").value_or("3600"));
+  // A test that dies takes its devd with it.
+  ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+  struct sigaction sa {};
+  sa.sa_handler = [](int) { devd_stop = true; };
+  ::sigaction(SIGTERM, &sa, nullptr);
+  ::sigaction(SIGINT, &sa, nullptr);
+  std::thread timer([limit] {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (!devd_stop && std::chrono::steady_clock::now() < end)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    devd_stop = true;
+  });
+  try {
+    xbd::sim::run_devd(o, devd_stop);
+  } catch (...) {
+    devd_stop = true;
+    timer.join();
+    throw;
+  }
+  timer.join();
+  return 0;
+}
+
 int cmd_devid(int argc, char** argv) {
   if (argc < 3) throw usage_error("devid needs at least one vdev name");
   int rc = 0;
@@ -389,6 +434,7 @@ int main(int argc, char** argv) {
     if (cmd == "add-disk") return cmd_add_disk(argc, argv);
     if (cmd == "remove-disk") return cmd_remove_disk(argc, argv);
     if (cmd == "wait-backend-state") return cmd_wait_backend_state(argc, argv);
+    if (cmd == "devd") return cmd_devd(argc, argv);
     if (cmd == "devid") return cmd_devid(argc, argv);
     if (cmd == "init-dom0") return cmd_init_dom0(argc, argv);
     throw usage_error("unknown command '" + cmd + "'");

@@ -322,6 +322,8 @@ result<watch_event> guest_xenstore::wait_watch(duration timeout) {
 
 std::size_t guest_xenstore::pending_watch_events() const noexcept { return p_->events.size(); }
 
+int guest_xenstore::notify_fd() const noexcept { return p_->notify_fd.get(); }
+
 result<std::uint32_t> guest_xenstore::transaction_start() {
   auto r = p_->transact(XS_TRANSACTION_START, std::string_view("", 1), 0);
   if (!r) return r.error();

@@ -121,6 +121,11 @@ class guest_xenstore {
   result<watch_event> wait_watch() { return wait_watch(timeout()); }
   // Events already received and not yet returned by wait_watch().
   std::size_t pending_watch_events() const noexcept;
+  // Readable when xenstored has notified this domain since the descriptor
+  // was last drained: poll it, drain it (read until EAGAIN), then take what
+  // arrived with wait_watch(0ms). For a loop that waits on other
+  // descriptors too (domain_xenbus).
+  int notify_fd() const noexcept;
 
   result<std::uint32_t> transaction_start();
   // EAGAIN when a commit conflicts with a concurrent change: start again.
