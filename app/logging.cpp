@@ -224,11 +224,21 @@ using sink_type = sinks::synchronous_sink<switching_backend>;
 struct logging_state {
   std::mutex mutex;  // serialises set-up and reloads with each other
   boost::shared_ptr<sink_type> sink;
+  severity level = severity::info;
 };
 
 logging_state& state() {
   static logging_state s;
   return s;
+}
+
+// Called with the state's lock held.
+void filter_at(severity level) {
+  state().level = level;
+  logging::core::get()->set_filter([level](const logging::attribute_value_set& attrs) {
+    const auto sev = attrs[blkback::log_severity];
+    return (sev ? *sev : severity::info) >= level;
+  });
 }
 
 void apply(const blkback::log_settings& s) {
@@ -243,10 +253,7 @@ void apply(const blkback::log_settings& s) {
   }
   // The old target is destroyed (its file closed) after the lock is released.
   auto previous = st.sink->locked_backend()->exchange(std::move(next));
-  core->set_filter([level = s.level](const logging::attribute_value_set& attrs) {
-    const auto sev = attrs[blkback::log_severity];
-    return (sev ? *sev : severity::info) >= level;
-  });
+  filter_at(s.level);
 }
 
 }  // namespace
@@ -254,5 +261,15 @@ void apply(const blkback::log_settings& s) {
 void setup_logging(const blkback::log_settings& s) { apply(s); }
 
 void reload_logging(const blkback::log_settings& s) { apply(s); }
+
+severity log_level() {
+  std::lock_guard lock(state().mutex);
+  return state().level;
+}
+
+void set_log_level(severity level) {
+  std::lock_guard lock(state().mutex);
+  filter_at(level);
+}
 
 }  // namespace xbd::app

@@ -32,4 +32,9 @@ void setup_logging(const blkback::log_settings& s);
 // failure itself can still be logged.
 void reload_logging(const blkback::log_settings& s);
 
+// The level in force, and a new one for the running daemon (the control
+// socket's log-level) until the next set-up or reload.
+blkback::severity log_level();
+void set_log_level(blkback::severity level);
+
 }  // namespace xbd::app

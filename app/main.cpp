@@ -5,6 +5,8 @@
 #include "asio_xen/xenstore.hpp"
 #include "blkback/config.hpp"
 #include "blkback/control/backend.hpp"
+#include "blkback/control/commands.hpp"
+#include "blkback/control/control_socket.hpp"
 #include "blkback/control/home.hpp"
 #include "blkback/data/fault.hpp"
 #include "blkback/log.hpp"
@@ -31,6 +33,7 @@
 #include <optional>
 #include <string>
 #include <thread>
+#include <variant>
 #include <vector>
 
 namespace asio = boost::asio;
@@ -261,6 +264,18 @@ int run(int argc, char** argv) {
   asio_xen::xenstore xs(control.get_executor(), std::move(*driver));
   const unsigned own_domid = blkback::resolve_own_domid(xs, cfg, lg);
   if (!take_home(xs, cfg, own_domid, lg)) return 1;
+  // Once the domain is ours: a second daemon is refused above, naming the
+  // first; the socket's own check covers a daemon of another domain.
+  std::optional<blkback::control_listener> listener;
+  if (!cfg.control.socket.empty()) {
+    auto l = blkback::bind_control_socket(cfg.control.socket);
+    if (auto* problem = std::get_if<std::string>(&l)) {
+      XBD_LOG(lg, error) << "control socket " << cfg.control.socket << ": " << *problem;
+      blkback::release_home(xs, own_domid);
+      return 1;
+    }
+    listener = std::get<blkback::control_listener>(std::move(l));
+  }
 
   const unsigned threads = cfg.worker_threads ? cfg.worker_threads : std::max(1u, std::thread::hardware_concurrency());
   std::vector<std::unique_ptr<worker_thread>> workers;
@@ -299,6 +314,17 @@ int run(int argc, char** argv) {
                     << " worker thread(s); " << blkback::describe(cfg);
 
   blkback::backend be(ctx);
+  const blkback::control_context commands{[&] { return be.reports(); }, app::log_level,
+                                          [&](blkback::severity s) {
+                                            app::set_log_level(s);
+                                            XBD_LOG(lg, info) << "log level " << s << " (control socket)";
+                                          }};
+  std::optional<blkback::control_socket> ctl;
+  if (listener) {
+    ctl.emplace(control.get_executor(), std::move(*listener), blkback::control_bounds{},
+                [&](std::string_view line) { return blkback::answer_request(commands, line); });
+    ctl->start();
+  }
   app::service svc;
   be.on_ready = [&](std::size_t n) {
     XBD_LOG(lg, info) << "ready: " << n << " device(s) picked up";
@@ -347,7 +373,12 @@ int run(int argc, char** argv) {
   // The signal wait is left pending, not cancelled: the control context
   // stops here and never runs again (asio_xen/wakeable.hpp says why we never
   // cancel on io_uring).
-  start_backend(control, be, [&] { control.stop(); });
+  start_backend(control, be, [&] {
+    if (ctl)
+      ctl->stop([&] { control.stop(); });
+    else
+      control.stop();
+  });
   control.run();
 
   // Let each worker finish what was posted to it (the rings' last clean-up)

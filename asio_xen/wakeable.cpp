@@ -31,6 +31,7 @@ int always_readable() {
 
 struct wakeable_wait::state {
   std::optional<asio::posix::stream_descriptor> epoll;  // what Asio polls
+  int fd = -1;                                          // the watched descriptor
   bool waiting = false;
   bool woken = false;
   bool closed = false;
@@ -52,16 +53,25 @@ struct wakeable_wait::state {
   }
 };
 
-result<wakeable_wait> wakeable_wait::create(asio::any_io_executor ex, int fd) {
+namespace {
+
+std::uint32_t events_of(wakeable_wait::readiness r) {
+  return r == wakeable_wait::readiness::readable ? EPOLLIN : EPOLLOUT;
+}
+
+}  // namespace
+
+result<wakeable_wait> wakeable_wait::create(asio::any_io_executor ex, int fd, readiness r) {
   auto s = std::make_shared<state>();
   int ep = ::epoll_create1(EPOLL_CLOEXEC);
   if (ep < 0) return xen_error(call::epoll);
   s->epoll.emplace(ex, ep);
   if (always_readable() < 0) return xen_error(call::eventfd);
   epoll_event ev{};
-  ev.events = EPOLLIN;
+  ev.events = events_of(r);
   ev.data.fd = fd;
   if (::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) return xen_error(call::epoll);
+  s->fd = fd;
   return wakeable_wait(std::move(s));
 }
 
@@ -109,6 +119,15 @@ void wakeable_wait::wake() {
   // the wait to end on its own, and the next one returns at once.
   (void)::epoll_ctl(state_->epoll->native_handle(), EPOLL_CTL_ADD, always_readable(), &ev);
   state_->woken = true;
+}
+
+error_code wakeable_wait::watch_for(readiness r) {
+  if (!state_ || state_->closed) return make_error_code(errc::closed);
+  epoll_event ev{};
+  ev.events = events_of(r);
+  ev.data.fd = state_->fd;
+  if (::epoll_ctl(state_->epoll->native_handle(), EPOLL_CTL_MOD, state_->fd, &ev) != 0) return xen_error(call::epoll);
+  return {};
 }
 
 void wakeable_wait::close() {

@@ -21,6 +21,9 @@
 // by adding a process-wide, always readable eventfd to the set. close() while a wait is pending wakes it, and
 // the waiter closes the descriptors once its operation has completed.
 //
+// A socket's writability can be waited for the same way (watch_for), for
+// a writer that must give up on a peer that never reads.
+//
 // One thread: wait(), wake() and close() are called on the executor's thread.
 #pragma once
 
@@ -34,8 +37,10 @@ namespace xbd::asio_xen {
 
 class wakeable_wait {
  public:
-  // Watches `fd` for readability; `fd` stays the caller's to close.
-  static result<wakeable_wait> create(boost::asio::any_io_executor ex, int fd);
+  enum class readiness { readable, writable };
+
+  // Watches `fd` for readability (or `r`); `fd` stays the caller's to close.
+  static result<wakeable_wait> create(boost::asio::any_io_executor ex, int fd, readiness r = readiness::readable);
 
   wakeable_wait(wakeable_wait&&) noexcept = default;
   wakeable_wait& operator=(wakeable_wait&& other) noexcept;
@@ -48,6 +53,9 @@ class wakeable_wait {
 
   // Ends the wait in progress, or the next one if none is.
   void wake();
+
+  // What the next wait() waits for. Not while a wait is in progress.
+  error_code watch_for(readiness r);
 
   // Releases the descriptors now, or as soon as the pending wait returns.
   void close();

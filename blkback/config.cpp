@@ -95,6 +95,7 @@ constexpr known_key layout[] = {
     {"rbd", "client-id"},
     {"rbd", "connect-timeout-seconds"},
     {"rbd", "op-timeout-seconds"},
+    {"control", "socket"},
     {"log", "level"},
     {"log", "sink"},
 };
@@ -432,6 +433,18 @@ void read_rbd(reader& r, const toml::table* t, settings& s) {
   r.read(t, "rbd", "op-timeout-seconds", 0, limits::max_nbd_seconds, s.rbd.op_timeout_seconds);
 }
 
+void read_control(reader& r, const toml::table* t, settings& s) {
+  if (const auto v = r.string(t, "control", "socket")) {
+    if (!v->second.empty() && v->second.front() != '/')
+      r.problem(*v->first, "control.socket must be an absolute path or \"\" (none), got " + in_quotes(v->second));
+    else if (v->second.size() > limits::max_socket_path)
+      r.problem(*v->first, "control.socket must be at most " + std::to_string(limits::max_socket_path) +
+                               " bytes long (a unix socket's path), got " + std::to_string(v->second.size()));
+    else
+      s.control.socket = std::string(v->second);
+  }
+}
+
 void read_log(reader& r, const toml::table* t, settings& s) {
   if (const auto v = r.string(t, "log", "level")) {
     if (!parse_severity(v->second, s.log.level))
@@ -477,10 +490,12 @@ settings parse_settings(std::string_view toml_text, std::string_view source_name
   const toml::table* nbd = r.table(root, "nbd");
   const toml::table* images = r.table(root, "images");
   const toml::table* rbd = r.table(root, "rbd");
+  const toml::table* control = r.table(root, "control");
   if (backend) r.check_keys(*backend, "backend");
   if (nbd) r.check_keys(*nbd, "nbd");
   if (images) r.check_keys(*images, "images");
   if (rbd) r.check_keys(*rbd, "rbd");
+  if (control) r.check_keys(*control, "control");
   if (rings) r.check_keys(*rings, "rings");
   if (io) r.check_keys(*io, "io");
   if (log) r.check_keys(*log, "log");
@@ -490,6 +505,7 @@ settings parse_settings(std::string_view toml_text, std::string_view source_name
   read_nbd(r, nbd, s);
   read_images(r, images, s);
   read_rbd(r, rbd, s);
+  read_control(r, control, s);
   read_log(r, log, s);
   r.throw_first();
   return s;
@@ -564,6 +580,7 @@ std::string describe(const settings& s) {
   d += " rbd.client-id=" + s.rbd.client_id;
   d += " rbd.connect-timeout-seconds=" + std::to_string(s.rbd.connect_timeout_seconds);
   d += " rbd.op-timeout-seconds=" + std::to_string(s.rbd.op_timeout_seconds);
+  d += " control.socket=" + (s.control.socket.empty() ? std::string("none") : s.control.socket);
   d += " log.level=" + std::string(to_string(s.log.level));
   d += " log.sink=" + s.log.sink;
   return d;

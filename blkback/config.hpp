@@ -11,6 +11,7 @@
 
 #include "blkback/log.hpp"
 
+#include <cstddef>
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -57,6 +58,8 @@ inline constexpr std::uint64_t max_buffer_memory = std::uint64_t{1} << 40;
 // Waits on network and image servers: long enough for any real outage a
 // guest should sit through, short of forever.
 inline constexpr unsigned max_nbd_seconds = 24 * 60 * 60;
+// sockaddr_un's sun_path holds 108 bytes, its terminating NUL included.
+inline constexpr std::size_t max_socket_path = 107;
 }  // namespace limits
 
 struct log_settings {
@@ -103,6 +106,15 @@ struct rbd_settings {
   friend bool operator==(const rbd_settings&, const rbd_settings&) = default;
 };
 
+// The control socket ([control]): xen-blkbackctl and xen-blkbackd-dm ask
+// the daemon through it.
+struct control_settings {
+  // A unix socket path; empty: no control socket.
+  std::string socket = "/run/xen-blkbackd/control.sock";
+
+  friend bool operator==(const control_settings&, const control_settings&) = default;
+};
+
 struct settings {
   // The xenstore backend directories (backend/<type>) to serve: non-empty,
   // unique, each [a-z0-9_-]+.
@@ -132,6 +144,7 @@ struct settings {
   nbd_settings nbd;
   image_settings images;
   rbd_settings rbd;
+  control_settings control;
   log_settings log;
 
   friend bool operator==(const settings&, const settings&) = default;

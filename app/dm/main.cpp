@@ -21,7 +21,10 @@
 //  - exits on SIGHUP/SIGTERM/SIGINT (libxl kills it when the domain goes),
 //    on QMP "quit", when xenstored reports the domain released (dom0), or,
 //    in a driver domain, where that report does not come, when no disk of
-//    the guest is left under its backend directory.
+//    the guest is left under its backend directory;
+//  - answers xentop's query-blockstats and query-block from xen-blkbackd's
+//    live counters (daemon_blocks.hpp), also on qmp-libxenstat-<domid> when
+//    libxl named no such socket (qemu-xen-traditional).
 //
 // Set in the guest config with device_model_override; in a driver domain it
 // takes the place of libxl's QEMU. It accepts and ignores every argument
@@ -49,6 +52,8 @@ extern "C" {
 #include <xenstore.h>
 }
 
+#include "app/ctl/client.hpp"
+#include "daemon_blocks.hpp"
 #include "qmp.hpp"
 
 namespace {
@@ -79,6 +84,8 @@ struct options {
   std::string name;
   bool start_stopped = false;  // -S
   std::vector<chardev_socket> sockets;
+  std::string blkbackd_socket = xbd::ctl::default_socket;  // -blkbackd-socket
+  std::optional<std::string> libxenstat_socket;            // -libxenstat-socket
 };
 
 std::optional<unsigned> to_uint(std::string_view s) {
@@ -121,7 +128,11 @@ void usage(FILE* to) {
       "A device model for libxl that emulates nothing: it tells libxl it is running\n"
       "(xenstore device-model state, and QMP on the -chardev sockets it is given)\n"
       "so that xen-blkbackd can serve the guest's backendtype=qdisk disks.\n"
-      "Use it with device_model_override in the guest config; see docs/xl.md.\n",
+      "Use it with device_model_override in the guest config; see docs/xl.md.\n"
+      "  -blkbackd-socket PATH    xen-blkbackd's control socket, for xentop's disk counters\n"
+      "                           (default /run/xen-blkbackd/control.sock)\n"
+      "  -libxenstat-socket PATH  where xentop asks when libxl names no socket for it\n"
+      "                           (default /var/run/xen/qmp-libxenstat-DOMID)\n",
       to);
 }
 
@@ -146,6 +157,10 @@ std::optional<options> parse_args(int argc, char** argv) {
       if (auto c = parse_chardev(argv[++k])) o.sockets.push_back(std::move(*c));
     } else if (a == "-S") {
       o.start_stopped = true;
+    } else if ((a == "-blkbackd-socket" || a == "--blkbackd-socket") && has_value) {
+      o.blkbackd_socket = argv[++k];
+    } else if ((a == "-libxenstat-socket" || a == "--libxenstat-socket") && has_value) {
+      o.libxenstat_socket = argv[++k];
     }
   }
   if (!o.domid) {
@@ -178,6 +193,14 @@ int listen_on(const std::string& path) {
     return -1;
   }
   return fd;
+}
+
+// Whether libxl gave us xentop's socket (it does for qemu-xen).
+bool names_libxenstat_socket(const options& o, unsigned domid) {
+  const std::string name = "/qmp-libxenstat-" + std::to_string(domid);
+  for (const auto& c : o.sockets)
+    if (c.id == "libxenstat-cmd" || c.path.ends_with(name)) return true;
+  return false;
 }
 
 bool write_all(int fd, std::string_view data) {
@@ -291,6 +314,19 @@ int main(int argc, char** argv) {
     created.push_back(c.path);
   }
 
+  // xentop asks qmp-libxenstat-<domid> for the disks' counters; libxl
+  // names that socket only for qemu-xen.
+  if (!names_libxenstat_socket(*opts, domid)) {
+    const std::string path = opts->libxenstat_socket.value_or("/var/run/xen/qmp-libxenstat-" + std::to_string(domid));
+    if (const int fd = listen_on(path); fd >= 0) {
+      listeners.push_back(fd);
+      created.push_back(path);
+    } else {
+      say("cannot listen on %s for xentop: %s; xentop will not see the disks' counters", path.c_str(),
+          std::strerror(errno));
+    }
+  }
+
   // Exit when the domain is gone even if nobody kills us (xl itself killed).
   const unsigned own = own_domid(xs.get());
   guest_watch guest(xs.get(), own, domid);
@@ -311,6 +347,7 @@ int main(int argc, char** argv) {
     machine.running = false;
     machine.prelaunch = true;
   }
+  const auto blocks = xbd::dm::daemon_blocks(opts->blkbackd_socket, domid, std::chrono::seconds(2));
   std::vector<client> clients;
   std::string why = "?";
 
@@ -356,7 +393,7 @@ int main(int argc, char** argv) {
         const int c = ::accept4(l, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (c < 0) continue;
         if (write_all(c, qmp_session::greeting()))
-          clients.push_back({c, qmp_session(machine)});
+          clients.push_back({c, qmp_session(machine, blocks)});
         else
           ::close(c);
       }

@@ -139,6 +139,59 @@ std::string error_reply(std::string_view id, std::string_view error_class, std::
   return reply(id, body);
 }
 
+// A JSON string: the device names and paths come from xenstore.
+std::string quoted(std::string_view text) {
+  std::string q = "\"";
+  for (const char c : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if (c == '"' || c == '\\') {
+      q += '\\';
+      q += c;
+    } else if (u < 0x20 || u == 0x7f) {
+      static constexpr char hex[] = "0123456789abcdef";
+      q += "\\u00";
+      q += hex[u >> 4];
+      q += hex[u & 15];
+    } else {
+      q += c;
+    }
+  }
+  return q + '"';
+}
+
+std::string field(std::string_view name, std::uint64_t v) {
+  return "\"" + std::string(name) + "\": " + std::to_string(v);
+}
+
+// QEMU 7.2's BlockDeviceStats, every mandatory member.
+std::string blockstats_entry(const block_device& d) {
+  std::string st =
+      "{" + field("rd_bytes", d.rd_bytes) + ", " + field("wr_bytes", d.wr_bytes) + ", " + field("unmap_bytes", 0) +
+      ", " + field("rd_operations", d.rd_operations) + ", " + field("wr_operations", d.wr_operations) + ", " +
+      field("flush_operations", d.flush_operations) + ", " + field("unmap_operations", d.unmap_operations) + ", " +
+      field("rd_total_time_ns", d.rd_total_time_ns) + ", " + field("wr_total_time_ns", d.wr_total_time_ns) + ", " +
+      field("flush_total_time_ns", d.flush_total_time_ns) + ", " + field("unmap_total_time_ns", d.unmap_total_time_ns) +
+      ", ";
+  for (const char* zero : {"rd_merged", "wr_merged", "unmap_merged", "failed_rd_operations", "failed_wr_operations",
+                           "failed_flush_operations", "failed_unmap_operations", "invalid_rd_operations",
+                           "invalid_wr_operations", "invalid_flush_operations", "invalid_unmap_operations"})
+    st += field(zero, 0) + ", ";
+  st += R"("account_invalid": false, "account_failed": false, "timed_stats": []})";
+  return "{\"device\": " + quoted(d.device) + ", \"stats\": " + st + "}";
+}
+
+// QEMU 7.2's BlockInfo of a disk with a raw image inserted.
+std::string block_entry(const block_device& d) {
+  const std::string ro = d.read_only ? "true" : "false";
+  return "{\"device\": " + quoted(d.device) +
+         R"(, "locked": false, "removable": false, "type": "unknown", "inserted": {"file": )" + quoted(d.file) +
+         ", \"ro\": " + ro + R"(, "drv": "raw", "encrypted": false, "encryption_key_missing": false, )" +
+         R"("detect_zeroes": "off", "bps": 0, "bps_rd": 0, "bps_wr": 0, "iops": 0, "iops_rd": 0, "iops_wr": 0, )" +
+         R"("backing_file_depth": 0, "write_threshold": 0, "cache": {"writeback": true, "direct": )" +
+         (d.direct ? "true" : "false") + R"(, "no-flush": false}, "image": {"filename": )" + quoted(d.file) +
+         R"(, "format": "raw", )" + field("virtual-size", d.size) + "}}}";
+}
+
 }  // namespace
 
 std::string qmp_session::greeting() {
@@ -217,17 +270,36 @@ std::string qmp_session::execute(std::string_view command, std::string_view id) 
     return reply(id, R"("return": {})");
   }
   if (command == "query-vnc") return reply(id, R"("return": {"enabled": false})");
+  if (command == "query-blockstats" || command == "query-block") return query_blocks(command, id);
   if (command == "query-version") return reply(id, std::string(R"("return": )") + std::string(version_json));
   if (command == "query-commands") {
     return reply(id, R"("return": [{"name": "qmp_capabilities"}, {"name": "query-chardev"}, )"
                      R"({"name": "query-status"}, {"name": "cont"}, {"name": "stop"}, {"name": "query-vnc"}, )"
-                     R"({"name": "query-version"}, {"name": "query-commands"}, {"name": "quit"}])");
+                     R"({"name": "query-version"}, {"name": "query-commands"}, {"name": "query-blockstats"}, )"
+                     R"({"name": "query-block"}, {"name": "quit"}])");
   }
   if (command == "quit") {
     machine_->quit = true;
     return reply(id, R"("return": {})");
   }
   return error_reply(id, "CommandNotFound", "The command " + std::string(command) + " has not been found");
+}
+
+// The disks' live counters come from the daemon; a query-block right after
+// a query-blockstats (libxenstat asks one per disk) is answered from what
+// that fetched.
+std::string qmp_session::query_blocks(std::string_view command, std::string_view id) {
+  const auto now = std::chrono::steady_clock::now();
+  if (command == "query-blockstats" || known_.empty() || now - known_at_ > std::chrono::seconds(2)) {
+    auto got = blocks_ ? blocks_() : std::variant<std::vector<block_device>, std::string>(std::vector<block_device>{});
+    if (auto* why = std::get_if<std::string>(&got)) return error_reply(id, "GenericError", "xen-blkbackd: " + *why);
+    known_ = std::get<std::vector<block_device>>(std::move(got));
+    known_at_ = now;
+  }
+  std::string list;
+  for (const block_device& d : known_)
+    list += (list.empty() ? "" : ", ") + (command == "query-block" ? block_entry(d) : blockstats_entry(d));
+  return reply(id, "\"return\": [" + list + "]");
 }
 
 }  // namespace xbd::dm

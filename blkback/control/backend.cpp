@@ -45,6 +45,16 @@ std::size_t backend::active() const {
   return n;
 }
 
+std::vector<vbd_report> backend::reports() const {
+  std::vector<vbd_report> out;
+  out.reserve(devices_.size());
+  for (const auto& [id, e] : devices_) {
+    out.push_back(e.device->report());
+    out.back().served = !e.finished;
+  }
+  return out;
+}
+
 void backend::shutdown() {
   shutdown_ = true;
   for (auto& [id, e] : devices_)

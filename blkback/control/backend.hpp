@@ -31,6 +31,9 @@ class backend {
 
   // Devices being served now.
   std::size_t active() const;
+  // Every vbd known now, served or ended and waiting for its directory to
+  // go (report.hpp), by type, domain and device. Control thread.
+  std::vector<vbd_report> reports() const;
 
   // Once, when every device present at start-up has been picked up (the
   // service manager's readiness), with the number being served.

@@ -60,6 +60,7 @@ std::string_view to_string(xenbus_state s) {
 }
 
 struct vbd::backend_keys {
+  std::string params;  // as written
   storage::disk_spec spec;
   toolstack_choices choices;
   direct_io_key direct_io = direct_io_key::absent;
@@ -121,6 +122,7 @@ vbd::outcome<vbd::backend_keys> vbd::read_backend_keys() {
   // path as other toolstacks write it (storage/spec.hpp).
   auto params = xs.read(be_ + "/params");
   if (!params) return unreadable(params.error());
+  k.params = *params;
   auto parsed = storage::parse_params(*params);
   if (!parsed.spec)
     return bad_key(parsed.problem.message, error_code(EPROTONOSUPPORT, boost::system::generic_category()));
@@ -274,6 +276,8 @@ asio::awaitable<void> vbd::run() {
     co_return;
   }
   fe_ = keys->frontend;
+  params_ = keys->params;
+  dev_ = keys->dev;
   if (!keys->dev.empty()) log_ = device_logger(id_.frontend_domid, id_.devid, keys->dev);
   if (!watch_keys()) co_return;
   auto known = ctx_.xs.is_domain_introduced(id_.frontend_domid);
@@ -583,6 +587,8 @@ vbd::outcome<std::shared_ptr<vbd_journal>> vbd::open_journal(const transport& t,
 std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_executor control, bool reattach) {
   auto c = std::make_shared<connection>(control, t.rings.size());
   conn_ = c;
+  ring_order_ = t.ring_order;
+  layout_ = t.layout;
   if (ctx_.cfg.journal) {
     auto j = open_journal(t, reattach);
     if (!j) return j.error();
@@ -608,6 +614,7 @@ std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_e
                          " of the in-flight journal: " + c->journal->ring(i).problem(),
                      q.error()};
     if (!q) return bad_key("cannot map the ring or bind its event channel: " + q.error().what(), q.error());
+    live_.push_back({(*q)->counters(), (*q)->ring_size(), k.port});
     c->queues.push_back(std::move(*q));
     c->workers.push_back(w);
   }
@@ -659,6 +666,7 @@ asio::awaitable<std::optional<vbd::problem>> vbd::connect(bool reattach) {
   } else if (auto s = ctx_.xs.read<std::uint64_t>(be_ + "/sectors")) {
     published_sectors_ = *s;
   }
+  ++connections_;
   XBD_LOG(log_, info) << (reattach ? "re-attached" : "connected") << ": " << t->rings.size() << " queue(s) of "
                       << (1u << t->ring_order) << " ring page(s), " << conn_->queues.front()->ring_size()
                       << " entries each, event channel " << t->rings.front().port << ", " << to_string(t->layout)
@@ -726,34 +734,7 @@ asio::awaitable<void> vbd::disconnect() {
     if (result && result != asio_xen::make_error_code(asio_xen::errc::ring_overflow))
       XBD_LOG(log_, warning) << "ring ended with " << result.what();
   }
-  queue_stats total;
-  for (auto& q : c->queues) {
-    const auto& s = q->stats();
-    total.requests += s.requests;
-    total.rejected += s.rejected;
-    total.failed += s.failed;
-    total.bytes_read += s.bytes_read;
-    total.bytes_written += s.bytes_written;
-    total.memory_waits += s.memory_waits;
-    total.fair_waits += s.fair_waits;
-    total.storm_pauses += s.storm_pauses;
-    total.in_flight_at_stop += s.in_flight_at_stop;
-  }
-  // The journal is kept for the next daemon only when this one stops; a
-  // connection that ended has nothing in flight and nothing to take up.
-  if (shutdown_)
-    XBD_LOG(log_, info) << "drained for shutdown: " << total.in_flight_at_stop
-                        << " request(s) in flight at the stop were answered"
-                        << (c->journal ? "; the in-flight journal is kept for the next start" : "");
-  else if (c->journal)
-    vbd_journal::remove(journal_path_);
-  if (auto line = guest_log_->take_unlogged(); !line.empty()) XBD_LOG(log_, warning) << line;
-  const std::uint64_t peak = memory_ ? memory_->usage().peak : 0;
-  XBD_LOG(log_, info) << "disconnected after " << total.requests << " requests (" << total.bytes_read << " bytes read, "
-                      << total.bytes_written << " written, " << total.rejected << " rejected, " << total.failed
-                      << " failed); buffers: peak " << format_size(peak) << ", waited for memory " << total.memory_waits
-                      << " time(s), for other vbds " << total.fair_waits << " time(s); " << total.storm_pauses
-                      << " notify-storm pause(s)";
+  connection_ended(*c);
   // Each queue goes away on its own thread, where its I/O objects live.
   // Its slots are many small allocations that malloc would keep for reuse;
   // give the memory back so that a daemon's RSS follows what it serves.
@@ -762,6 +743,79 @@ asio::awaitable<void> vbd::disconnect() {
       q.reset();
       ::malloc_trim(0);
     });
+}
+
+// What a connection whose queues have all ended leaves: its counters to
+// the vbd's totals, its journal to the next daemon (or nobody), and one
+// line in the log. Not a coroutine: the sums are large.
+void vbd::connection_ended(const connection& c) {
+  ring_stats total;
+  std::uint32_t in_flight_at_stop = 0;
+  for (const auto& q : c.queues) {
+    total += q->stats();
+    in_flight_at_stop += q->in_flight_at_stop();
+  }
+  retire_rings();
+  // The journal is kept for the next daemon only when this one stops; a
+  // connection that ended has nothing in flight and nothing to take up.
+  if (shutdown_)
+    XBD_LOG(log_, info) << "drained for shutdown: " << in_flight_at_stop
+                        << " request(s) in flight at the stop were answered"
+                        << (c.journal ? "; the in-flight journal is kept for the next start" : "");
+  else if (c.journal)
+    vbd_journal::remove(journal_path_);
+  if (auto line = guest_log_->take_unlogged(); !line.empty()) XBD_LOG(log_, warning) << line;
+  const std::uint64_t peak = memory_ ? memory_->usage().peak : 0;
+  XBD_LOG(log_, info) << "disconnected after " << total.requests() << " requests (" << total.rd_bytes << " bytes read, "
+                      << total.wr_bytes << " written, " << total.err_rejected << " rejected, " << total.failed()
+                      << " failed); buffers: peak " << format_size(peak) << ", waited for memory " << total.oo_req
+                      << " time(s), for other vbds " << total.fair_waits << " time(s); " << total.storm_pauses
+                      << " notify-storm pause(s)";
+}
+
+// The counters of a connection whose queues have all ended stay with the
+// vbd: its statistics cover its whole life, as xentop and Prometheus expect
+// of a counter.
+void vbd::retire_rings() {
+  for (const live_ring& r : live_) retired_ += snapshot(*r.counters).retired();
+  live_.clear();
+}
+
+vbd_report vbd::report() const {
+  vbd_report r;
+  r.type = id_.type;
+  r.domid = id_.frontend_domid;
+  r.devid = id_.devid;
+  r.dev = dev_;
+  r.state = to_string(state_);
+  r.frontend_state = to_string(fe_seen_);
+  r.params = params_;
+  if (store_) {
+    r.backing = store_->name();
+    r.direct = store_->props().direct;
+    r.sector_size = store_->props().logical_sector;
+    r.writable = !offer_.limits.readonly;
+  }
+  r.sectors = offer_.limits.sectors;
+  r.connections = connections_;
+  r.connected = !live_.empty();
+  if (r.connected) {
+    r.protocol = to_string(layout_);
+    r.ring_order = ring_order_;
+  }
+  if (memory_) {
+    const auto u = memory_->usage();
+    r.buffer_committed = u.committed;
+    r.buffer_peak = u.peak;
+  }
+  ring_stats total = retired_;
+  for (std::size_t i = 0; i < live_.size(); ++i) {
+    const ring_stats ring = snapshot(*live_[i].counters);
+    total += ring;
+    r.queues.push_back({static_cast<unsigned>(i), live_[i].entries, live_[i].port, view(ring)});
+  }
+  r.total = view(total);
+  return r;
 }
 
 }  // namespace xbd::blkback

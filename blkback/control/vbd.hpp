@@ -12,6 +12,7 @@
 #include "asio_xen/xenstore.hpp"
 #include "blkback/config.hpp"
 #include "blkback/control/offer.hpp"
+#include "blkback/control/report.hpp"
 #include "blkback/data/fair_share.hpp"
 #include "blkback/data/journal.hpp"
 #include "blkback/data/log_budget.hpp"
@@ -94,6 +95,9 @@ class vbd {
   void check_size();
 
   const vbd_id& id() const { return id_; }
+  // What the control socket shows (report.hpp), taken now: the counters of
+  // every connection so far, the current one's per queue. Control thread.
+  vbd_report report() const;
   // Picked up: re-attached, waiting for its frontend, or failed. `on_settled`
   // is called when that happens.
   bool settled() const { return settled_; }
@@ -142,6 +146,8 @@ class vbd {
   boost::asio::awaitable<std::optional<problem>> connect(bool reattach);
   void apply_resize();
   boost::asio::awaitable<void> disconnect();
+  void connection_ended(const connection& c);
+  void retire_rings();
   xenbus_state frontend_state();
 
   vbd_context& ctx_;
@@ -171,6 +177,19 @@ class vbd {
   std::shared_ptr<fair_share::member> fair_;                                // shared with the rings
   std::filesystem::path journal_path_;
   std::uint64_t published_sectors_ = 0;
+  // For report(): what the toolstack wrote, and the rings' counters.
+  std::string params_;
+  std::string dev_;
+  unsigned connections_ = 0;
+  struct live_ring {
+    std::shared_ptr<const ring_counters> counters;
+    std::uint32_t entries = 0;
+    unsigned port = 0;
+  };
+  std::vector<live_ring> live_;  // the current connection's, until its queues have ended
+  ring_stats retired_;           // what the connections before counted
+  unsigned ring_order_ = 0;
+  abi layout_ = native_abi;
   bool settled_ = false;
   void settle();
 };

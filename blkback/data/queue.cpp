@@ -45,7 +45,9 @@ struct queue::slot {
   buffer_cache::chunk buf;
   checked_request req;
   std::unique_ptr<segment[]> segs;
-  storage_wait io;    // where the storage channel resumes serve()
+  storage_wait io;                // where the storage channel resumes serve()
+  std::optional<timed_op> timed;  // validated: its latency is recorded when answered
+  std::chrono::steady_clock::time_point started;
   frame_arena frame;  // serve()'s coroutine frame
 
   std::span<std::byte> data() const { return {buf.data, req.length}; }
@@ -176,7 +178,7 @@ asio::awaitable<error_code> queue::run() {
   if (recovered_) co_await reissue();
   const error_code result = co_await serve_ring();
   stopping_ = true;
-  stats_.in_flight_at_stop = in_flight_;
+  in_flight_at_stop_ = in_flight_;
   XBD_LOG(log_, debug) << "ring stopping with " << in_flight_ << " request(s) in flight";
   // Answer everything in flight before returning: the guest gets a response
   // for every request we took, and nothing can call back into this queue
@@ -216,6 +218,7 @@ asio::awaitable<error_code> queue::serve_ring() {
     }
     unsigned started = 0;
     std::uint64_t copied = 0;
+    turn_start_ = std::chrono::steady_clock::now();
     for (std::uint32_t i = 0; i < *n && !stopping_; ++i) {
       wire_request w = ring_.consume_request();
       took_since_event_ = true;
@@ -233,7 +236,7 @@ asio::awaitable<error_code> queue::serve_ring() {
       }
       if (journal_) s->entry = journal_->take(ring_.req_cons() - 1, w).value_or(slot::no_entry);
       fault::at(fault::point::consumed);
-      ++stats_.requests;
+      s->started = turn_start_;
       copied += data_bound(w);
       serve(*s, w, {});
       if (barrier) {
@@ -242,7 +245,7 @@ asio::awaitable<error_code> queue::serve_ring() {
       }
       if (++started >= tuning_.turn_requests || copied >= tuning_.turn_bytes) {
         // Let the other rings on this thread have a turn.
-        ++stats_.yields;
+        bump(counters_->yields);
         co_await asio::post(ex_, asio::use_awaitable);
         break;
       }
@@ -265,7 +268,7 @@ asio::awaitable<void> queue::reissue() {
     // Stopped before all were started: the rest stay in the journal.
     if (s == nullptr) co_return;
     s->entry = r.entry;
-    ++stats_.requests;
+    s->started = std::chrono::steady_clock::now();
     serve(*s, r.request, r.descriptors);
     if (barrier) co_await wait_idle();
   }
@@ -275,12 +278,15 @@ asio::awaitable<void> queue::reissue() {
 // share or our own release says so): 100 ms at most for memory, the fair
 // share's grace for a turn.
 asio::awaitable<void> queue::wait_for_room(bool memory) {
-  ++(memory ? stats_.memory_waits : stats_.fair_waits);
+  bump(memory ? counters_->oo_req : counters_->fair_waits);
+  const auto since = std::chrono::steady_clock::now();
   waiting_memory_ = true;
   memory_wake_->timer.expires_after(
       memory || !fair_ ? std::chrono::steady_clock::duration(std::chrono::milliseconds(100)) : fair_->grace());
   auto [ec] = co_await memory_wake_->timer.async_wait(asio::as_tuple(asio::use_awaitable));
   waiting_memory_ = false;
+  bump(counters_->throttled_ns,
+       static_cast<std::uint64_t>(std::chrono::nanoseconds(std::chrono::steady_clock::now() - since).count()));
   // A whole grace with nobody saying it is our turn: take it.
   if (!memory && !ec) turn_overdue_ = true;
 }
@@ -291,7 +297,7 @@ asio::awaitable<void> queue::wait_for_room(bool memory) {
 // so the storm costs this thread nothing (XSA-332; Linux's lateeoi).
 asio::awaitable<error_code> queue::sleep_for_event() {
   if (event_seen_ && !took_since_event_) {
-    ++stats_.idle_events;
+    bump(counters_->idle_events);
     ++idle_events_in_row_;
   } else {
     idle_events_in_row_ = 0;
@@ -303,7 +309,7 @@ asio::awaitable<error_code> queue::sleep_for_event() {
     if (idle_events_in_row_ == tuning_.storm_after && budget_->spend(failure_kind::storm))
       XBD_LOG(log_, warning) << "frontend notifies without requests (" << idle_events_in_row_
                              << " events in a row); pausing this ring between events";
-    ++stats_.storm_pauses;
+    bump(counters_->storm_pauses);
     co_await pause(d);
   }
   event_seen_ = false;
@@ -355,6 +361,7 @@ bool queue::trim_idle() {
     descriptors_ = {};
     chan_->trim();
   }
+  publish_gauges();
   return buffers_.cached_bytes() > 0 || !slots_.empty();
 }
 
@@ -421,13 +428,14 @@ request_task queue::serve(slot& s, wire_request w, std::span<const blkif_request
     co_return;
   }
   s.req = std::get<checked_request>(v);
+  count_taken(s);
   if (s.req.kind != op_kind::discard && s.req.length > 0 && s.buf.data == nullptr) co_return finish(s, no_buffer(s));
   error_code ec;
   switch (s.req.kind) {
     case op_kind::read:
       ec = co_await s.io.on([&](storage::completion& c) { chan_->read(s.req.offset, s.data(), c); });
       if (!ec && !copy_segments(s, true)) co_return finish(s, BLKIF_RSP_ERROR);
-      if (!ec) stats_.bytes_read += s.req.length;
+      if (!ec) bump(counters_->rd_bytes, s.req.length);
       break;
     case op_kind::write:
     case op_kind::flush:
@@ -435,7 +443,7 @@ request_task queue::serve(slot& s, wire_request w, std::span<const blkif_request
       if (s.req.length > 0) {
         if (!copy_segments(s, false)) co_return finish(s, BLKIF_RSP_ERROR);
         ec = co_await s.io.on([&](storage::completion& c) { chan_->write(s.req.offset, s.data(), c); });
-        if (!ec) stats_.bytes_written += s.req.length;
+        if (!ec) bump(counters_->wr_bytes, s.req.length);
       }
       if (!ec && (s.req.length == 0 || s.req.flush_after))
         ec = co_await s.io.on([&](storage::completion& c) { chan_->flush(c); });
@@ -489,7 +497,7 @@ bool queue::copy_segments(slot& s, bool to_guest) {
   error_code ec = gnttab_.copy(copies_);
   if (!ec) return true;
   // XSA-362/365: a bad grant is the guest's mistake, answered with ERROR.
-  ++stats_.failed;
+  bump(counters_->err_grant);
   if (budget_->spend(failure_kind::grant))
     XBD_LOG(log_, warning) << "grant copy for request " << s.req.id << " failed: " << ec.what();
   else
@@ -499,7 +507,7 @@ bool queue::copy_segments(slot& s, bool to_guest) {
 
 // Answered without I/O: the request failed a check.
 void queue::reject(slot& s, const rejected& r) {
-  ++stats_.rejected;
+  bump(counters_->err_rejected);
   if (budget_->spend(failure_kind::rejected))
     XBD_LOG(log_, warning) << "rejected request " << r.id << ": " << r.reason;
   else
@@ -509,29 +517,11 @@ void queue::reject(slot& s, const rejected& r) {
 
 // The status a storage result earns, counted and (within budget) logged.
 std::int16_t queue::account(const slot& s, error_code ec) {
-  if (!ec) {
-    switch (s.req.kind) {
-      case op_kind::read:
-        ++stats_.reads;
-        break;
-      case op_kind::write:
-        ++stats_.writes;
-        break;
-      case op_kind::flush:
-      case op_kind::barrier:
-        if (s.req.length > 0) ++stats_.writes;
-        ++stats_.flushes;
-        break;
-      case op_kind::discard:
-        ++stats_.discards;
-        break;
-    }
-    return BLKIF_RSP_OKAY;
-  }
-  ++stats_.failed;
+  if (!ec) return BLKIF_RSP_OKAY;
   // The store cannot do it after all (a filesystem without hole punching):
   // say so rather than claim an error.
   const bool unsupported = ec == boost::system::errc::operation_not_supported;
+  bump(unsupported ? counters_->err_unsupported : counters_->err_io);
   if (budget_->spend(failure_kind::io))
     XBD_LOG(log_, warning) << what(s.req.kind) << " at " << s.req.offset << " failed: " << ec.message();
   else
@@ -541,21 +531,60 @@ std::int16_t queue::account(const slot& s, error_code ec) {
 
 void queue::finish(slot& s, std::int16_t status) { answer(s, s.req.id, s.req.operation, status); }
 
+// A validated request, counted as Linux's blkback counts it at dispatch
+// (stats.hpp); its latency is recorded when it is answered.
+void queue::count_taken(slot& s) {
+  ring_counters& c = *counters_;
+  const std::uint64_t sectors = s.req.length / 512;
+  switch (s.req.kind) {
+    case op_kind::read:
+      bump(c.rd_req);
+      bump(c.rd_sect, sectors);
+      s.timed = timed_op::read;
+      break;
+    case op_kind::write:
+      bump(c.wr_req);
+      bump(c.wr_sect, sectors);
+      s.timed = timed_op::write;
+      break;
+    case op_kind::flush:
+    case op_kind::barrier:
+      bump(c.f_req);
+      bump(c.wr_sect, sectors);
+      s.timed = timed_op::flush;
+      break;
+    case op_kind::discard:
+      bump(c.ds_req);
+      s.timed = timed_op::discard;
+      break;
+  }
+}
+
+// What the control thread reads of the queue's state (stats.hpp).
+void queue::publish_gauges() {
+  set(counters_->in_flight, in_flight_);
+  set(counters_->peak_in_flight, peak_in_flight_);
+  set(counters_->slots, slots_.size());
+  set(counters_->cached_bytes, buffers_.cached_bytes());
+}
+
 queue::slot& queue::acquire() {
   slot* s = free_.back();
   free_.pop_back();
   ++in_flight_;
-  stats_.peak_in_flight = std::max(stats_.peak_in_flight, in_flight_);
+  peak_in_flight_ = std::max(peak_in_flight_, in_flight_);
+  publish_gauges();
   return *s;
 }
 
 // The slot and its buffer go back for reuse; trim_loop() returns them to
 // the kernel if they stay unused. A ring waiting for memory tries again.
-void queue::release(slot& s) {
+void queue::release(slot& s, std::chrono::steady_clock::time_point now) {
   buffers_.give(std::exchange(s.buf, {}));
   free_.push_back(&s);
   --in_flight_;
-  last_release_ = std::chrono::steady_clock::now();
+  publish_gauges();
+  last_release_ = now;
   if (!trim_armed_) {
     trim_armed_ = true;
     trim_.cancel();
@@ -566,7 +595,7 @@ void queue::release(slot& s) {
 // The buffer could not be mapped (the kernel is out of memory): the
 // request fails, the ring goes on.
 std::int16_t queue::no_buffer(const slot& s) {
-  ++stats_.failed;
+  bump(counters_->err_no_memory);
   if (budget_->spend(failure_kind::io))
     XBD_LOG(log_, warning) << what(s.req.kind) << " at " << s.req.offset << " failed: no memory for its buffer";
   return BLKIF_RSP_ERROR;
@@ -578,7 +607,11 @@ void queue::set_sectors(std::uint64_t sectors) { params_.limits.sectors = sector
 // its record first, then the ring slot, then the journal's index.
 void queue::answer(slot& s, std::uint64_t id, std::uint8_t op, std::int16_t status) {
   const std::uint32_t entry = std::exchange(s.entry, slot::no_entry);
-  release(s);
+  const auto now = std::chrono::steady_clock::now();
+  if (const auto op = std::exchange(s.timed, std::nullopt))
+    counters_->latency[static_cast<std::size_t>(*op)].record(
+        static_cast<std::uint64_t>(std::chrono::nanoseconds(now - s.started).count()));
+  release(s, now);
   const std::uint32_t index = ring_.rsp_prod_pvt();
   const bool journaled = journal_ && entry != slot::no_entry;
   if (journaled) journal_->record_response(index, entry, id, op, status);

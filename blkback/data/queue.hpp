@@ -27,6 +27,7 @@
 #include "blkback/data/log_budget.hpp"
 #include "blkback/data/memory.hpp"
 #include "blkback/data/request_task.hpp"
+#include "blkback/data/stats.hpp"
 #include "blkback/log.hpp"
 #include "blkback/platform.hpp"
 #include "blkback/ring/abi.hpp"
@@ -73,25 +74,6 @@ struct recovery_counts {
   std::uint32_t pushed = 0;            // responses written but maybe not seen, pushed again
 };
 
-struct queue_stats {
-  std::uint64_t requests = 0;
-  std::uint64_t reads = 0;
-  std::uint64_t writes = 0;
-  std::uint64_t flushes = 0;
-  std::uint64_t discards = 0;
-  std::uint64_t rejected = 0;  // answered without I/O: failed validation
-  std::uint64_t failed = 0;    // answered ERROR or EOPNOTSUPP: grant copy or storage failed
-  std::uint64_t bytes_read = 0;
-  std::uint64_t bytes_written = 0;
-  std::uint64_t memory_waits = 0;  // times the ring waited for buffer memory
-  std::uint64_t fair_waits = 0;    // times it waited for other vbds to catch up
-  std::uint64_t idle_events = 0;   // events that brought no request
-  std::uint64_t storm_pauses = 0;  // pauses imposed on a notify storm
-  std::uint64_t yields = 0;        // turns cut short to let other rings run
-  std::uint32_t peak_in_flight = 0;
-  std::uint32_t in_flight_at_stop = 0;  // answered after stop(), before run() returned
-};
-
 // Limits of one ring's turn and of its answer to a notify storm.
 struct queue_tuning {
   unsigned turn_requests = 64;                     // requests started per turn at most
@@ -121,7 +103,12 @@ class queue {
   // The disk was resized (online resize). Call on the queue's executor.
   void set_sectors(std::uint64_t sectors);
 
-  const queue_stats& stats() const { return stats_; }
+  // The ring's live counters (blkback/data/stats.hpp): written on the
+  // queue's thread, readable from any thread for as long as it is held.
+  std::shared_ptr<const ring_counters> counters() const { return counters_; }
+  ring_stats stats() const { return snapshot(*counters_); }
+  // Requests in flight when stop() came, answered before run() returned.
+  std::uint32_t in_flight_at_stop() const { return in_flight_at_stop_; }
   std::uint32_t ring_size() const { return ring_.size(); }
   asio_xen::evtchn_port local_port() const { return evtchn_.local_port(); }
   std::uint32_t in_flight() const { return in_flight_; }
@@ -156,11 +143,13 @@ class queue {
   std::int16_t account(const slot& s, asio_xen::error_code ec);
   std::int16_t no_buffer(const slot& s);
   void finish(slot& s, std::int16_t status);
+  void count_taken(slot& s);
   void answer(slot& s, std::uint64_t id, std::uint8_t op, std::int16_t status);
   void schedule_push();
   void push_now();
   slot& acquire();
-  void release(slot& s);
+  void release(slot& s, std::chrono::steady_clock::time_point now);
+  void publish_gauges();
 
   boost::asio::any_io_executor ex_;
   asio_xen::grant_table gnttab_;
@@ -181,6 +170,11 @@ class queue {
   std::vector<asio_xen::copy_segment> copies_;
   std::vector<blkif_request_segment> descriptors_;
   std::uint32_t in_flight_ = 0;
+  std::uint32_t peak_in_flight_ = 0;
+  std::uint32_t in_flight_at_stop_ = 0;
+  // When the ring's current turn began: the start of every request taken in
+  // it, for its latency (the guest's requests were in the ring by then).
+  std::chrono::steady_clock::time_point turn_start_;
   bool stopping_ = false;
   bool push_scheduled_ = false;
   bool waiting_idle_ = false;
@@ -202,7 +196,7 @@ class queue {
   std::shared_ptr<memory_wake> memory_wake_;  // the wait for buffer memory or a turn
   std::shared_ptr<fair_share::member> fair_;
   queue_tuning tuning_;
-  queue_stats stats_;
+  std::shared_ptr<ring_counters> counters_ = std::make_shared<ring_counters>();
   std::shared_ptr<log_budget> budget_;
 };
 

@@ -55,6 +55,7 @@ void check_defaults(const settings& s) {
   CHECK(s.default_protocol == ring_protocol::native);
   CHECK(s.discard == true);
   CHECK(s.resize_poll_seconds == 1);
+  CHECK(s.control.socket == "/run/xen-blkbackd/control.sock");
   CHECK(s.log.level == severity::info);
   CHECK(s.log.sink == "stderr");
 }
@@ -100,6 +101,7 @@ TEST_CASE("the defaults shown commented out in the shipped file are the real def
                           "rbd.client-id",
                           "rbd.connect-timeout-seconds",
                           "rbd.op-timeout-seconds",
+                          "control.socket",
                           "log.level",
                           "log.sink"}) {
     CAPTURE(key);
@@ -147,6 +149,9 @@ client-id = "xen.host-7"
 connect-timeout-seconds = 4
 op-timeout-seconds = 0
 
+[control]
+socket = "/run/xbd/ctl"
+
 [log]
 level = "debug"
 sink = "file:/var/log/xen-blkbackd.log"
@@ -174,6 +179,7 @@ sink = "file:/var/log/xen-blkbackd.log"
   CHECK(s.rbd.client_id == "xen.host-7");
   CHECK(s.rbd.connect_timeout_seconds == 4);
   CHECK(s.rbd.op_timeout_seconds == 0);
+  CHECK(s.control.socket == "/run/xbd/ctl");
   CHECK(s.log.level == severity::debug);
   CHECK(s.log.sink == "file:/var/log/xen-blkbackd.log");
 }
@@ -242,6 +248,17 @@ TEST_CASE("network and image settings refuse what cannot work, at the value") {
   CHECK_THROWS_WITH_AS(parse("rbd.connect-timeout-seconds = 0"), doctest::Contains(":1:"), config_error);
   CHECK_THROWS_WITH_AS(parse("rbd.op-timeout-seconds = 86401"), doctest::Contains(":1:"), config_error);
   CHECK(parse("rbd.conf = \"\"").rbd.conf.empty());
+}
+
+TEST_CASE("control.socket is an absolute path a unix socket can have, or empty for none") {
+  CHECK(parse("control.socket = \"\"").control.socket.empty());
+  CHECK(parse("control.socket = \"/" + std::string(106, 'a') + "\"").control.socket.size() == 107);
+  CHECK_THROWS_WITH_AS(parse("control.socket = \"run/ctl\""),
+                       doctest::Contains("test.toml:1:18: control.socket must be an absolute path"), config_error);
+  CHECK_THROWS_WITH_AS(parse("control.socket = \"/" + std::string(107, 'a') + "\""),
+                       doctest::Contains("control.socket must be at most 107 bytes"), config_error);
+  CHECK_THROWS_WITH_AS(parse("[control]\nsockets = \"/x\""), doctest::Contains("unknown key 'sockets' in [control]"),
+                       config_error);
 }
 
 TEST_CASE("buffer-memory is a size with a binary unit, within its bounds") {
@@ -426,7 +443,8 @@ TEST_CASE("describe() is one line with every setting") {
         "buffer-memory=256MiB journal=true journal-directory=/run/xen-blkbackd nbd.connect-timeout-seconds=10 "
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
         "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "
-        "rbd.connect-timeout-seconds=10 rbd.op-timeout-seconds=60 log.level=info log.sink=stderr");
+        "rbd.connect-timeout-seconds=10 rbd.op-timeout-seconds=60 control.socket=/run/xen-blkbackd/control.sock "
+        "log.level=info log.sink=stderr");
   settings s;
   s.backend_types = {"qdisk", "vbd"};
   s.domid = 3;
@@ -446,5 +464,6 @@ TEST_CASE("describe() is one line with every setting") {
         "buffer-memory=3GiB journal=true journal-directory=/run/xen-blkbackd nbd.connect-timeout-seconds=10 "
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
         "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "
-        "rbd.connect-timeout-seconds=10 rbd.op-timeout-seconds=60 log.level=warning log.sink=syslog");
+        "rbd.connect-timeout-seconds=10 rbd.op-timeout-seconds=60 control.socket=/run/xen-blkbackd/control.sock "
+        "log.level=warning log.sink=syslog");
 }

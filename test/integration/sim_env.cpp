@@ -21,11 +21,13 @@ std::string with_key(std::string toml, const std::string& table, const std::stri
   return toml + "\n" + header + line;
 }
 
-// Each test's daemon keeps its journals and its image servers' sockets in
-// the test's directory, whatever the test's configuration says otherwise:
-// tests run side by side, with the same domain and device numbers.
+// Each test's daemon keeps its journals, its image servers' sockets and
+// its control socket in the test's directory, whatever the test's
+// configuration says otherwise: tests run side by side, with the same
+// domain and device numbers.
 std::string in_test_directory(std::string toml, const std::filesystem::path& dir) {
   toml = with_key(std::move(toml), "io", "journal-directory", (dir / "journal").string());
+  toml = with_key(std::move(toml), "control", "socket", (dir / "control.sock").string());
   return with_key(std::move(toml), "images", "runtime-directory", (dir / "images").string());
 }
 

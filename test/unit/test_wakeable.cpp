@@ -1,5 +1,6 @@
 #include <doctest/doctest.h>
 #include <sys/eventfd.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <boost/asio/io_context.hpp>
@@ -127,4 +128,27 @@ TEST_CASE("waits share one wake-up descriptor, yet waking one ends only that one
   CHECK(fa2.get() == error_code{});
   REQUIRE(xbd::test::detail::drive(ioc, fb, std::chrono::seconds(2)));
   CHECK(fb.get() == error_code{});
+}
+
+TEST_CASE("a wakeable wait can wait for a socket to take more, and then for it to be readable again") {
+  asio::io_context ioc;
+  int sv[2];
+  REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sv) == 0);
+  auto ww = wakeable_wait::create(ioc.get_executor(), sv[0], wakeable_wait::readiness::writable);
+  REQUIRE(ww.has_value());
+  CHECK(run(ioc, ww->wait()) == error_code{});  // room to write at once
+  char chunk[4096] = {};
+  while (::send(sv[0], chunk, sizeof chunk, MSG_DONTWAIT) > 0) {
+  }
+  CHECK_FALSE(finishes(ioc, ww->wait()));  // full
+  while (::recv(sv[1], chunk, sizeof chunk, MSG_DONTWAIT) > 0) {
+  }
+  CHECK(run(ioc, ww->wait()) == error_code{});
+  REQUIRE(ww->watch_for(wakeable_wait::readiness::readable) == error_code{});
+  CHECK_FALSE(finishes(ioc, ww->wait()));  // nothing to read
+  REQUIRE(::send(sv[1], "x", 1, 0) == 1);
+  CHECK(run(ioc, ww->wait()) == error_code{});
+  ww->close();
+  ::close(sv[0]);
+  ::close(sv[1]);
 }
