@@ -269,9 +269,10 @@ asio::awaitable<void> vbd::run() {
     vbd& v;
     ~settle_on_exit() { v.settle(); }
   } guard{*this};
-  auto keys = read_backend_keys();
+  auto complete = co_await complete_backend_keys();
+  if (!complete) co_return;  // removed before it was complete, or shut down
+  auto& keys = *complete;
   if (!keys) {
-    if (is_enoent(keys.error().ec)) co_return;  // removed before we got to it
     fail(keys.error());
     co_return;
   }
@@ -300,6 +301,31 @@ asio::awaitable<void> vbd::run() {
   }
   // The rings are gone: what the store runs of its own goes too.
   co_await store_->close();
+}
+
+// libxl writes a vbd's directory in one transaction, but a toolstack may
+// write it in several (the directory first, the keys later): until the
+// keys we need are there, wait for the directory to change, as Linux's
+// xenbus probes a device again on each change. Readiness does not wait for
+// such a directory. nullopt: it was removed meanwhile, or the daemon stops.
+asio::awaitable<std::optional<vbd::outcome<vbd::backend_keys>>> vbd::complete_backend_keys() {
+  bool said = false;
+  for (;;) {
+    auto keys = read_backend_keys();
+    if (keys || !is_enoent(keys.error().ec)) co_return keys;
+    auto dir = ctx_.xs.read(be_);
+    if (!dir || shutdown_) co_return std::nullopt;
+    if (!watch_) {
+      auto w = ctx_.xs.watch_path(be_);
+      if (!w) co_return outcome<backend_keys>(problem{"watching the incomplete directory", w.error()});
+      watch_.emplace(std::move(*w));
+    }
+    if (!std::exchange(said, true)) {
+      XBD_LOG(log_, debug) << "directory without params or frontend yet: waiting for the toolstack";
+      settle();
+    }
+    co_await watch_->changed();
+  }
 }
 
 // Our state and `online`, and the frontend's state.

@@ -117,6 +117,7 @@ class vbd {
  private:
   struct backend_keys;
   outcome<backend_keys> read_backend_keys();
+  boost::asio::awaitable<std::optional<outcome<backend_keys>>> complete_backend_keys();
   static problem bad_key(std::string reason, asio_xen::error_code ec);
   bool watch_keys();
   boost::asio::awaitable<std::optional<problem>> open_store(const backend_keys& keys);
