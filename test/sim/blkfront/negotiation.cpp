@@ -126,9 +126,9 @@ negotiated negotiate(const backend_features& backend, const frontend_wishes& wis
 namespace {
 
 bool is_transport_key(std::string_view name) {
-  static const std::set<std::string_view> fixed = {"ring-ref",          "event-channel",  "multi-queue-num-queues",
-                                                   "ring-page-order",   "num-ring-pages", "protocol",
-                                                   "feature-persistent", "feature-large-sector-size"};
+  static const std::set<std::string_view> fixed = {
+      "ring-ref",       "event-channel", "multi-queue-num-queues", "ring-page-order",
+      "num-ring-pages", "protocol",      "feature-persistent",     "feature-large-sector-size"};
   if (fixed.contains(name)) return true;
   auto numbered = [&](std::string_view prefix) {
     if (!name.starts_with(prefix)) return false;
