@@ -12,6 +12,7 @@
 #include <csignal>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 using namespace xbd::test;
 using namespace std::chrono_literals;
@@ -283,4 +284,34 @@ TEST_CASE("a grown block device is noticed without a signal, by default") {
   CHECK(env.log_shows("resized: 16384 -> 24576 sectors"));
   fe->signal(SIGTERM);
   (void)fe->wait(10s);
+}
+
+TEST_CASE("a restarted daemon re-attaches with the sector size the frontend was given, O_DIRECT dropped again") {
+  sim_env env;
+  loop_device loop(env, env.make_image("4kn.img", 16 << 20), 4096);
+  if (loop.dev.empty()) {
+    MESSAGE("skipped: no loop device (needs root and losetup)");
+    return;
+  }
+  env.create_guest(5);
+  add_disk(env, 5, loop.dev, /*direct_io_safe*/ true);
+  env.start_daemon();
+  auto fe = env.start_frontend(5,
+                               {"--devid", "51712", "--rw", "randrw", "--bs", "512", "--qd", "16", "--runtime", "3",
+                                "--verify", "--timeout", "120"},
+                               "long");
+  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == xenbus::connected; }));
+  CHECK(env.read(backend(5) + "/sector-size") == "512");
+  std::this_thread::sleep_for(500ms);
+  CHECK(env.stop_daemon() == 0);
+  // Meant for the next connection, not for this one.
+  env.toolstack().xs().write(backend(5) + "/force-sector-size", "4096");
+  env.start_daemon();
+  CHECK(env.log_shows("indirect, sector 512 (as published before the restart)\n"));
+  REQUIRE(fe->wait(150s) == 0);
+  const auto out = fe->output();
+  INFO(out);
+  CHECK(out.find("\"mismatches\":0") != std::string::npos);
+  CHECK(out.find("\"io\":0") != std::string::npos);
+  CHECK(env.read(backend(5) + "/sector-size") == "512");
 }
