@@ -183,7 +183,7 @@ namespace {
 struct fake_daemon {
   std::vector<vbd_report> vbds{sample_vbd()};
   severity level = severity::info;
-  control_context ctx{[this] { return vbds; }, [this] { return level; }, [this](severity s) { level = s; }};
+  control_context ctx{[this] { return vbds; }, [this] { return level; }, [this](severity s) { level = s; }, {}};
   std::string ask(std::string_view line) { return answer_request(ctx, line); }
 };
 
