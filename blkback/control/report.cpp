@@ -206,8 +206,7 @@ std::string stats_prometheus(const std::vector<vbd_report>& vbds) {
   e.counter("xen_blkbackd_limit_waits_total", "Times a ring held a request back for the vbd's I/O limits.", "",
             {{"", &ring_counts::limit_waits}});
   e.family("xen_blkbackd_limited_seconds_total", "counter", "Time the rings held requests back for the I/O limits.");
-  e.samples("xen_blkbackd_limited_seconds_total", "",
-            [](const vbd_report& v) { return seconds(v.total.limited_ns); });
+  e.samples("xen_blkbackd_limited_seconds_total", "", [](const vbd_report& v) { return seconds(v.total.limited_ns); });
   e.family("xen_blkbackd_in_flight", "gauge", "Requests taken and not yet answered.");
   e.samples("xen_blkbackd_in_flight", "", [](const vbd_report& v) { return std::to_string(v.total.in_flight); });
   e.family("xen_blkbackd_buffer_bytes", "gauge", "Request buffer memory the vbd holds ([io] buffer-memory).");

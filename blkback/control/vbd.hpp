@@ -71,7 +71,6 @@ struct vbd_context {
   std::shared_ptr<throttle_registry> throttle_groups = std::make_shared<throttle_registry>();
 };
 
-
 struct vbd_id {
   std::string type;  // backend directory name: qdisk, vbd, ...
   unsigned frontend_domid = 0;

@@ -8,14 +8,16 @@ namespace xbd::blkback {
 
 namespace {
 
-constexpr std::array<std::string_view, throttle_kinds> kind_names{"bps-total", "bps-read",   "bps-write",
+constexpr std::array<std::string_view, throttle_kinds> kind_names{"bps-total",  "bps-read",  "bps-write",
                                                                   "iops-total", "iops-read", "iops-write"};
 
 std::string name_of(throttle_kind k) { return std::string(kind_names[static_cast<unsigned>(k)]); }
 
 bool is_write(throttle_kind k) { return k == throttle_kind::bps_write || k == throttle_kind::iops_write; }
 bool is_read(throttle_kind k) { return k == throttle_kind::bps_read || k == throttle_kind::iops_read; }
-bool counts_ops(throttle_kind k) { return static_cast<unsigned>(k) >= static_cast<unsigned>(throttle_kind::iops_total); }
+bool counts_ops(throttle_kind k) {
+  return static_cast<unsigned>(k) >= static_cast<unsigned>(throttle_kind::iops_total);
+}
 
 }  // namespace
 
@@ -50,9 +52,7 @@ void throttle_settings::overlay(const throttle_settings& over) {
 }
 
 std::string throttle_settings::set(std::string_view name, std::string_view value) {
-  auto quoted = [](std::string_view s) {
-    return "'" + std::string(s.substr(0, 64)) + (s.size() > 64 ? "...'" : "'");
-  };
+  auto quoted = [](std::string_view s) { return "'" + std::string(s.substr(0, 64)) + (s.size() > 64 ? "...'" : "'"); };
   if (name == "group") {
     if (!valid_group_name(value))
       return "group " + quoted(value) + " is not a group name (letters, digits, '.', '_', '-', at most 64)";
@@ -101,8 +101,8 @@ bool valid_group_name(std::string_view name) {
 
 std::string validate(const throttle_limits& l) {
   using k = throttle_kind;
-  for (auto [total, rd, wr] : {std::array{k::bps_total, k::bps_read, k::bps_write},
-                               std::array{k::iops_total, k::iops_read, k::iops_write}}) {
+  for (auto [total, rd, wr] :
+       {std::array{k::bps_total, k::bps_read, k::bps_write}, std::array{k::iops_total, k::iops_read, k::iops_write}}) {
     if (l[total].avg && (l[rd].avg || l[wr].avg))
       return name_of(total) + " cannot be combined with " + name_of(rd) + " or " + name_of(wr);
     if (l[total].max && (l[rd].max || l[wr].max))
@@ -166,8 +166,7 @@ throttle_state::clock::duration throttle_state::wait(bool write) const {
   }
   if (longest <= 0) return clock::duration::zero();
   // Rounded up: a ring woken early would only be told to wait again.
-  return std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(longest)) +
-         clock::duration(1);
+  return std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(longest)) + clock::duration(1);
 }
 
 void throttle_state::charge(bool write, double bytes, double ops) {
@@ -184,8 +183,7 @@ void throttle_state::charge(bool write, double bytes, double ops) {
 }
 
 double throttle_state::ops_of(std::uint64_t bytes) const {
-  if (lim_.iops_size && bytes > lim_.iops_size)
-    return static_cast<double>(bytes) / static_cast<double>(lim_.iops_size);
+  if (lim_.iops_size && bytes > lim_.iops_size) return static_cast<double>(bytes) / static_cast<double>(lim_.iops_size);
   return 1;
 }
 

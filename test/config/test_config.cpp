@@ -481,8 +481,9 @@ TEST_CASE("describe() is one line with every setting") {
 }
 
 TEST_CASE("[limits] takes QEMU's throttle names as every vbd's defaults") {
-  const settings s = parse("[limits]\niops-total = 1000\niops-total-max = 2000\niops-total-max-length = 3\n"
-                           "bps-read = 10485760\niops-size = 8192\ngroup = \"domain\"\n");
+  const settings s = parse(
+      "[limits]\niops-total = 1000\niops-total-max = 2000\niops-total-max-length = 3\n"
+      "bps-read = 10485760\niops-size = 8192\ngroup = \"domain\"\n");
   const throttle_limits l = s.io_limits.limits();
   CHECK(l[throttle_kind::iops_total].avg == 1000);
   CHECK(l[throttle_kind::iops_total].max == 2000);

@@ -95,8 +95,9 @@ double achieved_iops(const frontend_result& r) {
 
 }  // namespace
 
-TEST_CASE("limits: a vbd limited to 1000 IOPS by the toolstack gets 1000 within 5 % over 10 s, its neighbour is not "
-          "limited") {
+TEST_CASE(
+    "limits: a vbd limited to 1000 IOPS by the toolstack gets 1000 within 5 % over 10 s, its neighbour is not "
+    "limited") {
   sim_env env("[io]\nworker-threads = 2\n");
   env.create_guest(5);
   env.add_disk(5, env.make_image("a.img", 16 << 20).string(), "xvda");
@@ -217,8 +218,9 @@ TEST_CASE("limits: malformed toolstack keys are logged and set aside, and the vb
   env.add_disk(5, env.make_image("a.img", 16 << 20).string());
   env.toolstack().xs().write(backend(5) + "/throttle-iops-total", "fast");
   start(env);
-  CHECK(env.log_shows("I/O limits: throttle-iops-total: iops-total must be a whole number, got 'fast'; the "
-                      "toolstack's throttle-* keys are ignored"));
+  CHECK(
+      env.log_shows("I/O limits: throttle-iops-total: iops-total must be a whole number, got 'fast'; the "
+                    "toolstack's throttle-* keys are ignored"));
   const auto r = env.run_frontend(5, reads({"--qd", "8", "--ios", "500", "--verify"}));
   CHECK(r.status == 0);
   json l = limits_of(env, "5/xvda");
@@ -229,8 +231,9 @@ TEST_CASE("limits: malformed toolstack keys are logged and set aside, and the vb
   env.toolstack().xs().write(backend(5) + "/throttle-iops-total", "100");
   env.toolstack().xs().write(backend(5) + "/throttle-iops-total-max", "10");
   CHECK(env.run_frontend(5, reads({"--qd", "8", "--ios", "200"})).status == 0);
-  CHECK(env.log_shows("I/O limits: the throttle-* keys: iops-total-max (10) is below iops-total (100); the "
-                      "toolstack's throttle-* keys are ignored"));
+  CHECK(
+      env.log_shows("I/O limits: the throttle-* keys: iops-total-max (10) is below iops-total (100); the "
+                    "toolstack's throttle-* keys are ignored"));
   l = limits_of(env, "5/xvda");
   CHECK(l["in_force"]["iops-total"].u64() == 5000u);
   // Good keys are taken at the next connection.
@@ -289,8 +292,8 @@ TEST_CASE("limits: a throttled noisy guest does not raise a victim's p99") {
   // 8 MiB/s.
   env.toolstack().xs().write(backend(5) + "/throttle-bps-total", std::to_string(8 << 20));
   start(env);
-  const std::vector<std::string> victim{"--devid",   std::to_string(xvda), "--rw", "randread", "--bs", "4096", "--qd",
-                                        "1",         "--runtime",          "4"};
+  const std::vector<std::string> victim{"--devid", std::to_string(xvda), "--rw", "randread", "--bs", "4096", "--qd",
+                                        "1",       "--runtime",          "4"};
   const auto solo = env.run_frontend(6, victim);
   REQUIRE(solo.status == 0);
   auto noisy = env.start_frontend(5,
