@@ -505,7 +505,7 @@ request_task queue::serve(slot& s, wire_request w, std::span<const blkif_request
   }
   s.req = std::get<checked_request>(v);
   if (const auto c = std::exchange(s.charged, std::nullopt);
-      c && s.req.kind != op_kind::discard && c->bytes != s.req.length)
+      c && throttle_ && s.req.kind != op_kind::discard && c->bytes != s.req.length)
     throttle_->correct(c->write, c->bytes, s.req.length, true);
   count_taken(s);
   if (s.req.kind != op_kind::discard && s.req.length > 0 && s.buf.data == nullptr) co_return finish(s, no_buffer(s));

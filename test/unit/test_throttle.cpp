@@ -27,7 +27,9 @@ throttle_limits parse(std::initializer_list<std::pair<const char*, const char*>>
 std::uint64_t greedy(throttle_group::member& m, clock_type::time_point from, clock_type::time_point to,
                      std::uint64_t bytes = 4096, bool write = false) {
   std::uint64_t n = 0;
-  for (auto now = from; now < to;) {
+  // Without a limit on this direction everything goes at once: stop
+  // counting somewhere.
+  for (auto now = from; now < to && n < 1'000'000;) {
     const auto w = m.take(now, write, bytes);
     if (w == clock_type::duration::zero()) {
       ++n;
