@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <csignal>
+#include <cstdlib>
 #include <thread>
 
 using namespace xbd::test;
@@ -96,19 +97,20 @@ double achieved_iops(const frontend_result& r) {
 }  // namespace
 
 TEST_CASE(
-    "limits: a vbd limited to 1000 IOPS by the toolstack gets 1000 within 5 % over 10 s, its neighbour is not "
+    "limits: a vbd limited to 500 IOPS by the toolstack gets 500 within 5 % over 10 s, its neighbour is not "
     "limited") {
   sim_env env("[io]\nworker-threads = 2\n");
   env.create_guest(5);
   env.add_disk(5, env.make_image("a.img", 16 << 20).string(), "xvda");
   const std::uint32_t xvdb = env.add_disk(5, env.make_image("b.img", 16 << 20).string(), "xvdb");
-  env.toolstack().xs().write(backend(5) + "/throttle-iops-total", "1000");
+  env.toolstack().xs().write(backend(5) + "/throttle-iops-total", "500");
   start(env);
   auto limited = env.start_frontend(5, reads({"--qd", "16", "--runtime", "10", "--json"}), "limited");
-  // The neighbour, meanwhile, in the same guest: far above 1000.
+  // The neighbour, meanwhile, in the same guest: well above 500 even on a
+  // loaded machine.
   const auto free = env.run_frontend(5, reads({"--qd", "16", "--runtime", "3"}, xvdb));
   REQUIRE(free.status == 0);
-  CHECK(achieved_iops(free) > 2000);
+  CHECK(achieved_iops(free) > 1000);
   REQUIRE(limited->wait(30s) == 0);
   const std::string summary = last_json(limited->output());
   frontend_result r{0, summary, limited->output()};
@@ -116,8 +118,8 @@ TEST_CASE(
   INFO(summary);
   // The first tenth of a second's worth goes at once (+1 %); a loaded
   // machine can only make it slower.
-  CHECK(iops >= 950);
-  CHECK(iops <= 1050);
+  CHECK(iops >= 475);
+  CHECK(iops <= 525);
   const json a = vbd_stats(env, "5/xvda");
   CHECK(a["limit_waits"].u64() > 0u);
   CHECK(a["limited_ns"].u64() > 5'000'000'000u);  // most of the 10 s, over 16 requests
@@ -125,8 +127,8 @@ TEST_CASE(
   const json b = vbd_stats(env, "5/xvdb");
   CHECK(b["limit_waits"].u64() == 0u);
   const json l = limits_of(env, "5/xvda");
-  CHECK(l["limits"]["iops-total"].u64() == 1000u);
-  CHECK(l["sources"]["toolstack"]["iops-total"].u64() == 1000u);
+  CHECK(l["limits"]["iops-total"].u64() == 500u);
+  CHECK(l["sources"]["toolstack"]["iops-total"].u64() == 500u);
   CHECK(limits_of(env, "5/xvdb")["limits"].members().empty());
 }
 
@@ -288,19 +290,20 @@ TEST_CASE("limits: a throttled noisy guest does not raise a victim's p99") {
   env.create_guest(6);
   env.add_disk(5, env.make_image("noisy.img", 64 << 20).string());
   env.add_disk(6, env.make_image("victim.img", 16 << 20).string());
-  // The noisy guest: 1 MiB reads at full depth on two queues, held to
-  // 8 MiB/s.
-  env.toolstack().xs().write(backend(5) + "/throttle-bps-total", std::to_string(8 << 20));
+  // The noisy guest: 1 MiB reads at depth 8 on two queues, held to 8 MiB/s
+  // (XBD_TEST_NOISY_FREE=1 leaves it unlimited, to see this test fail).
+  if (!std::getenv("XBD_TEST_NOISY_FREE"))
+    env.toolstack().xs().write(backend(5) + "/throttle-bps-total", std::to_string(8 << 20));
   start(env);
   const std::vector<std::string> victim{"--devid", std::to_string(xvda), "--rw", "randread", "--bs", "4096", "--qd",
                                         "1",       "--runtime",          "4"};
   const auto solo = env.run_frontend(6, victim);
   REQUIRE(solo.status == 0);
   auto noisy = env.start_frontend(5,
-                                  {"--devid", std::to_string(xvda), "--rw", "randread", "--bs", "1048576", "--qd", "32",
-                                   "--queues", "2", "--runtime", "8", "--json"},
+                                  {"--devid", std::to_string(xvda), "--rw", "randread", "--bs", "1048576", "--qd", "8",
+                                   "--queues", "2", "--runtime", "6", "--json"},
                                   "noisy");
-  REQUIRE(env.log_shows("[d5/51712 xvda] I/O limits in force: bps-total=8388608"));
+  REQUIRE(env.log_shows("[d5/51712 xvda] state InitWait -> Connected"));
   std::this_thread::sleep_for(500ms);
   const auto beside = env.run_frontend(6, victim);
   REQUIRE(beside.status == 0);
@@ -308,10 +311,15 @@ TEST_CASE("limits: a throttled noisy guest does not raise a victim's p99") {
   const double p99_solo = parsed(solo.json)["lat_us"]["p99"].number();
   const double p99_beside = parsed(beside.json)["lat_us"]["p99"].number();
   INFO("victim p99 alone " << p99_solo << " us, beside the throttled guest " << p99_beside << " us");
-  CHECK(p99_beside <= 2.5 * p99_solo + 500);
-  // And the noisy guest was held to its limit (plus the first tenth of a
-  // second's allowance).
+  // Unlimited, the same noisy guest raises it tenfold or more (17 us to
+  // 309 us on the development VM): XBD_TEST_NOISY_FREE=1 shows it.
+  CHECK(p99_beside <= 4 * p99_solo + 50);
+  // And the noisy guest was held to its limit: what it had in flight when
+  // its runtime ended drained at that rate too.
+  const json noisy_summary = parsed(last_json(noisy->output()));
+  INFO(ctl(env, {"show", "5/xvda"}).out);
+  CHECK(noisy_summary["mib_s"].number() <= 8 * 1.05);
+  CHECK(noisy_summary["mib_s"].number() >= 6);
   const json n = vbd_stats(env, "5/xvda");
-  CHECK(n["rd_bytes"].u64() <= (8u << 20) * 9u + (1u << 20) * 2u);
   CHECK(n["limit_waits"].u64() > 0u);
 }
