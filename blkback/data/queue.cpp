@@ -682,7 +682,7 @@ std::int16_t queue::no_buffer(const slot& s) {
 
 void queue::set_sectors(std::uint64_t sectors) { params_.limits.sectors = sectors; }
 
-void queue::set_throttle(std::shared_ptr<throttle_group> g) {
+void queue::set_throttle(const std::shared_ptr<throttle_group>& g) {
   throttle_ = g ? g->join(throttle_wake_) : nullptr;
   throttle_wake_->timer.cancel();  // a wait for the old group's limits ends
 }

@@ -111,7 +111,7 @@ class queue {
   void set_sectors(std::uint64_t sectors);
   // The vbd moved to another limits group (null: none). Call on the
   // queue's executor.
-  void set_throttle(std::shared_ptr<throttle_group> g);
+  void set_throttle(const std::shared_ptr<throttle_group>& g);
 
   // The ring's live counters (blkback/data/stats.hpp): written on the
   // queue's thread, readable from any thread for as long as it is held.

@@ -15,6 +15,13 @@ std::string name_of(throttle_kind k) { return std::string(kind_names[static_cast
 
 bool is_write(throttle_kind k) { return k == throttle_kind::bps_write || k == throttle_kind::iops_write; }
 bool is_read(throttle_kind k) { return k == throttle_kind::bps_read || k == throttle_kind::iops_read; }
+// Pieces of a message, joined.
+std::string text(std::initializer_list<std::string_view> parts) {
+  std::string out;
+  for (const std::string_view p : parts) out += p;
+  return out;
+}
+
 bool counts_ops(throttle_kind k) {
   return static_cast<unsigned>(k) >= static_cast<unsigned>(throttle_kind::iops_total);
 }
@@ -110,15 +117,16 @@ std::string validate(const throttle_limits& l) {
   }
   for (std::size_t i = 0; i < throttle_kinds; ++i) {
     const auto& b = l.buckets[i];
-    const std::string n(kind_names[i]);
+    const std::string_view n = kind_names[i];
+    const std::string most = std::to_string(throttle_value_max);
     if (b.avg > throttle_value_max || b.max > throttle_value_max)
-      return n + " and " + n + "-max must be at most " + std::to_string(throttle_value_max);
-    if (b.max && !b.avg) return n + "-max needs " + n;
+      return text({n, " and ", n, "-max must be at most ", most});
+    if (b.max && !b.avg) return text({n, "-max needs ", n});
     if (b.max && b.max < b.avg)
-      return n + "-max (" + std::to_string(b.max) + ") is below " + n + " (" + std::to_string(b.avg) + ")";
-    if (b.max_length > 1 && !b.max) return n + "-max-length needs " + n + "-max";
+      return text({n, "-max (", std::to_string(b.max), ") is below ", n, " (", std::to_string(b.avg), ")"});
+    if (b.max_length > 1 && !b.max) return text({n, "-max-length needs ", n, "-max"});
     if (b.max && b.max_length > throttle_value_max / b.max)
-      return n + "-max x " + n + "-max-length must be at most " + std::to_string(throttle_value_max);
+      return text({n, "-max x ", n, "-max-length must be at most ", most});
   }
   if (l.iops_size > throttle_value_max) return "iops-size must be at most " + std::to_string(throttle_value_max);
   if (l.iops_size && !l[k::iops_total].avg && !l[k::iops_read].avg && !l[k::iops_write].avg)
