@@ -610,7 +610,7 @@ std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_e
     }
   }
   if (const auto in_force = throttle_->limits(); in_force.any())
-    XBD_LOG(log_, info) << "I/O limits in force: " << limits().effective.describe();
+    XBD_LOG(log_, info) << "I/O limits in force: " << describe(in_force) << in_group();
   for (std::size_t i = 0; i < t.rings.size(); ++i) {
     const auto& k = t.rings[i];
     queue_params qp;
@@ -784,10 +784,16 @@ std::string vbd::change_limits(const throttle_settings& change) {
   if (std::string e = apply_limits(live); !e.empty()) return e;
   limits_live_ = live;
   if (change.empty()) return {};
-  const std::string now = limits().effective.describe();
+  const std::string now = describe(throttle_->limits());
   XBD_LOG(log_, info) << "I/O limits changed through the control socket (" << change.describe()
-                      << "); in force: " << (now.empty() ? "none" : now);
+                      << "); in force: " << (now.empty() ? "none" : now) << in_group();
   return {};
+}
+
+// For the log: " (group NAME)" when the vbd shares its limits.
+std::string vbd::in_group() const {
+  const std::string g = limits().group;
+  return g.empty() ? std::string() : " (group " + g + ")";
 }
 
 // Online resize (docs/protocol.md, the state machine): new `sectors`, then `state` rewritten in the

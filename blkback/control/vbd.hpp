@@ -164,6 +164,7 @@ class vbd {
   throttle_settings read_limit_keys();
   std::string apply_limits(const throttle_settings& live);
   std::string group_key(const std::string& group) const;
+  std::string in_group() const;
   xenbus_state frontend_state();
 
   vbd_context& ctx_;

@@ -98,6 +98,25 @@ std::string throttle_settings::describe() const {
   return out;
 }
 
+std::string describe(const throttle_limits& l) {
+  const auto& names = throttle_settings::names();
+  std::string out;
+  auto add = [&](std::string_view name, std::uint64_t v) {
+    if (!out.empty()) out += ' ';
+    out += name;
+    out += '=';
+    out += std::to_string(v);
+  };
+  for (std::size_t k = 0; k < throttle_kinds; ++k) {
+    const auto& b = l.buckets[k];
+    if (b.avg) add(names[k], b.avg);
+    if (b.max) add(names[throttle_kinds + k], b.max);
+    if (b.max_length > 1) add(names[2 * throttle_kinds + k], b.max_length);
+  }
+  if (l.iops_size) add(names.back(), l.iops_size);
+  return out;
+}
+
 bool valid_group_name(std::string_view name) {
   if (name.size() > 64) return false;
   return std::all_of(name.begin(), name.end(), [](char c) {

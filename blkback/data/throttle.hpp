@@ -80,6 +80,9 @@ struct throttle_settings {
   friend bool operator==(const throttle_settings&, const throttle_settings&) = default;
 };
 
+// The limits in force as NAME=VALUE words (none: empty).
+std::string describe(const throttle_limits& l);
+
 // What is wrong with `l` (empty: nothing). QEMU's rules: total and
 // read/write limits of one unit exclude each other, a burst rate needs a
 // rate and is not below it, a burst length needs a burst rate, iops-size

@@ -213,6 +213,9 @@ TEST_CASE("limits are parsed by QEMU's names and every bad value is refused with
   CHECK(s.set("bps-write-max-length", "3").empty());
   CHECK(s.set("group", "domain").empty());
   CHECK(s.describe() == "iops-total=1000 bps-write-max-length=3 group=domain");
+  REQUIRE(s.set("bps-write", "0").empty());
+  CHECK(s.describe() == "bps-write=0 iops-total=1000 bps-write-max-length=3 group=domain");
+  CHECK(describe(s.limits()) == "bps-write-max-length=3 iops-total=1000");  // by kind
   CHECK(s.set("iops", "1") == "unknown limit 'iops'");
   CHECK(s.set("iops-read", "-1") == "iops-read must be a whole number, got '-1'");
   CHECK(s.set("iops-read", "+1") == "iops-read must be a whole number, got '+1'");
