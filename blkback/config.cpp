@@ -82,6 +82,7 @@ constexpr known_key layout[] = {
     {"io", "worker-threads"},
     {"io", "discard"},
     {"io", "resize-poll-seconds"},
+    {"io", "sector-size"},
     {"io", "buffer-memory"},
     {"io", "journal"},
     {"io", "journal-directory"},
@@ -382,6 +383,13 @@ void read_io(reader& r, const toml::table* t, settings& s) {
   r.read(t, "io", "worker-threads", 0, limits::max_worker_threads, s.worker_threads);
   r.read(t, "io", "discard", s.discard);
   r.read(t, "io", "resize-poll-seconds", 0, limits::max_resize_poll_seconds, s.resize_poll_seconds);
+  if (const auto v = r.integer(t, "io", "sector-size")) {
+    if (v->second != 0 && !valid_sector_size(v->second))
+      r.problem(*v->first,
+                "io.sector-size must be 0 (from the store), 512, 1024, 2048 or 4096, got " + std::to_string(v->second));
+    else
+      s.sector_size = static_cast<unsigned>(v->second);
+  }
   if (const auto v = r.string(t, "io", "buffer-memory")) {
     const auto bytes = parse_size(v->second);
     if (!bytes)
@@ -618,6 +626,7 @@ std::string describe(const settings& s) {
   d += " worker-threads=" + or_auto(s.worker_threads);
   d += std::string(" discard=") + (s.discard ? "true" : "false");
   d += " resize-poll-seconds=" + std::to_string(s.resize_poll_seconds);
+  d += " sector-size=" + or_auto(s.sector_size);
   d += " buffer-memory=" + format_size(s.buffer_memory);
   d += std::string(" journal=") + (s.journal ? "true" : "false");
   d += " journal-directory=" + s.journal_directory;

@@ -116,6 +116,10 @@ struct control_settings {
   friend bool operator==(const control_settings&, const control_settings&) = default;
 };
 
+// A logical sector size we can advertise (`sector-size`, blkif.h): a power
+// of two from 512 to one page (a sector never spans two segments' pages).
+constexpr bool valid_sector_size(std::int64_t v) { return v >= 512 && v <= 4096 && (v & (v - 1)) == 0; }
+
 struct settings {
   // The xenstore backend directories (backend/<type>) to serve: non-empty,
   // unique, each [a-z0-9_-]+.
@@ -136,6 +140,11 @@ struct settings {
   bool discard = true;
   // 0 = look at the backing size only on SIGHUP.
   unsigned resize_poll_seconds = 1;
+  // The logical sector size advertised (`sector-size`): 0 = decided per
+  // connection from the store and the frontend (docs/protocol.md), else
+  // 512, 1024, 2048 or 4096 for every vbd without its own
+  // `force-sector-size`.
+  unsigned sector_size = 0;
   // Bytes of request buffers the whole daemon may hold ([io] buffer-memory).
   std::uint64_t buffer_memory = std::uint64_t{256} << 20;
   // The in-flight journal that lets a restarted daemon take up where a

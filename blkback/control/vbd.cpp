@@ -215,7 +215,7 @@ error_code vbd::publish_features() {
   error_code ec = ctx_.xs.transact([&](asio_xen::transaction& t) -> error_code {
     // Copy backend: guest pages are never mapped persistently.
     if (auto e = t.write(be_ + "/feature-persistent", "0")) return e;
-    if (auto e = t.write(be_ + "/feature-flush-cache", "1")) return e;
+    if (auto e = t.write(be_ + "/feature-flush-cache", offer_.limits.flush ? "1" : "0")) return e;
     if (auto e = t.write(be_ + "/feature-barrier", offer_.limits.barrier ? "1" : "0")) return e;
     if (auto e = t.write(be_ + "/feature-discard", offer_.limits.discard ? "1" : "0")) return e;
     if (offer_.limits.discard) {
@@ -269,9 +269,10 @@ asio::awaitable<void> vbd::run() {
     vbd& v;
     ~settle_on_exit() { v.settle(); }
   } guard{*this};
-  auto keys = read_backend_keys();
+  auto complete = co_await complete_backend_keys();
+  if (!complete) co_return;  // removed before it was complete, or shut down
+  auto& keys = *complete;
   if (!keys) {
-    if (is_enoent(keys.error().ec)) co_return;  // removed before we got to it
     fail(keys.error());
     co_return;
   }
@@ -300,7 +301,32 @@ asio::awaitable<void> vbd::run() {
     }
   }
   // The rings are gone: what the store runs of its own goes too.
-  co_await store_->close();
+  if (store_) co_await store_->close();
+}
+
+// libxl writes a vbd's directory in one transaction, but a toolstack may
+// write it in several (the directory first, the keys later): until the
+// keys we need are there, wait for the directory to change, as Linux's
+// xenbus probes a device again on each change. Readiness does not wait for
+// such a directory. nullopt: it was removed meanwhile, or the daemon stops.
+asio::awaitable<std::optional<vbd::outcome<vbd::backend_keys>>> vbd::complete_backend_keys() {
+  bool said = false;
+  for (;;) {
+    auto keys = read_backend_keys();
+    if (keys || !is_enoent(keys.error().ec)) co_return keys;
+    auto dir = ctx_.xs.read(be_);
+    if (!dir || shutdown_) co_return std::nullopt;
+    if (!watch_) {
+      auto w = ctx_.xs.watch_path(be_);
+      if (!w) co_return outcome<backend_keys>(problem{"watching the incomplete directory", w.error()});
+      watch_.emplace(std::move(*w));
+    }
+    if (!std::exchange(said, true)) {
+      XBD_LOG(log_, debug) << "directory without params or frontend yet: waiting for the toolstack";
+      settle();
+    }
+    co_await watch_->changed();
+  }
 }
 
 // Our state and `online`, and the frontend's state.
@@ -325,6 +351,7 @@ bool vbd::watch_keys() {
 asio::awaitable<std::optional<vbd::problem>> vbd::open_store(const backend_keys& keys) {
   storage::open_request req{keys.spec, std::to_string(id_.frontend_domid) + "-" + std::to_string(id_.devid),
                             keys.choices.writable, ctx_.cfg.direct_io, keys.direct_io};
+  opened_with_ = req;
   const std::string what = storage::describe(keys.spec);
   std::string detail;
   auto opened = co_await storage::open(std::move(req), ctx_.cfg, detail);
@@ -394,6 +421,7 @@ asio::awaitable<bool> vbd::step(error_code ec) {
     co_return co_await close_for_good();
   }
   if (std::exchange(check_size_, false)) apply_resize();
+  if (std::exchange(withdraw_flush_, false)) withdraw_flush();
   auto be_state = ctx_.xs.read_optional<unsigned>(be_ + "/state");
   if (be_state && !*be_state) {
     XBD_LOG(log_, info) << "backend directory removed";
@@ -545,6 +573,11 @@ vbd::outcome<vbd::transport> vbd::read_transport() {
   } else if (ctx_.cfg.default_protocol == ring_protocol::x86_32) {
     t.layout = abi::x86_32;  // what Linux's blkback assumes of an x86 guest
   }
+  // blkif.h: a boolean; anything but "1" (Linux writes nothing) leaves the
+  // frontend at 512-byte sectors.
+  auto large = xs.read_optional<std::string>(fe_ + "/feature-large-sector-size");
+  if (!large) return bad_key("feature-large-sector-size: " + large.error().message(), large.error());
+  t.large_sectors = *large && **large == "1";
   // Linux's blkfront puts a single queue's keys at the top, several under
   // queue-<i>/.
   for (unsigned i = 0; i < queues; ++i) {
@@ -625,6 +658,11 @@ std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_e
     qp.throttle = throttle_;
     qp.journal = c->journal ? &c->journal->ring(i) : nullptr;
     qp.recover = reattach;
+    qp.flush_unsupported = [control, self = std::weak_ptr<vbd*>(self_)] {
+      asio::post(control, [self] {
+        if (auto v = self.lock()) (*v)->flush_unsupported();
+      });
+    };
     worker w = ctx_.pick_worker();
     auto q = queue::connect(w, ctx_.xen, qp, *store_, log_);
     if (!q && (q.error() == asio_xen::errc::journal_corrupt || q.error() == asio_xen::errc::journal_stale))
@@ -649,11 +687,12 @@ std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_e
 // The disk's size and properties, in one transaction, then Connected.
 std::optional<vbd::problem> vbd::publish_disk() {
   error_code ec = ctx_.xs.transact([&](asio_xen::transaction& t) -> error_code {
-    const auto& props = store_->props();
     if (auto e = t.write(be_ + "/sectors", published_sectors_)) return e;  // always 512-byte units
     if (auto e = t.write(be_ + "/info", offer_.info)) return e;
-    if (auto e = t.write(be_ + "/sector-size", props.logical_sector)) return e;
-    if (auto e = t.write(be_ + "/physical-sector-size", props.physical_sector)) return e;
+    if (auto e = t.write(be_ + "/sector-size", offer_.limits.sector_size)) return e;
+    if (auto e = t.write(be_ + "/physical-sector-size", physical_sector_)) return e;
+    if (offer_.limits.discard)
+      if (auto e = t.write(be_ + "/discard-secure", offer_.limits.discard_secure ? "1" : "0")) return e;
     return {};
   });
   if (ec) return bad_key("publishing the disk: " + ec.message(), ec);
@@ -664,8 +703,10 @@ std::optional<vbd::problem> vbd::publish_disk() {
 asio::awaitable<std::optional<vbd::problem>> vbd::connect(bool reattach) {
   auto t = read_transport();
   if (!t) co_return t.error();
+  if (auto p = co_await choose_sectors(reattach, t->large_sectors)) co_return p;
+  choose_discard_secure(reattach);
   // The size now: the image may have grown while no frontend was connected.
-  if (auto size = store_->current_size()) offer_.limits.sectors = *size / 512;
+  if (auto size = store_->current_size()) offer_.limits.sectors = whole_sectors(*size);
   published_sectors_ = offer_.limits.sectors;
   if (auto p = start_queues(*t, co_await asio::this_coro::executor, reattach)) co_return p;
   if (reattach && conn_->journal) {
@@ -688,8 +729,124 @@ asio::awaitable<std::optional<vbd::problem>> vbd::connect(bool reattach) {
   XBD_LOG(log_, info) << (reattach ? "re-attached" : "connected") << ": " << t->rings.size() << " queue(s) of "
                       << (1u << t->ring_order) << " ring page(s), " << conn_->queues.front()->ring_size()
                       << " entries each, event channel " << t->rings.front().port << ", " << to_string(t->layout)
-                      << (offer_.limits.max_indirect_segments ? ", indirect" : "");
+                      << (offer_.limits.max_indirect_segments ? ", indirect" : "") << ", sector "
+                      << offer_.limits.sector_size << sector_reason_;
   co_return std::nullopt;
+}
+
+// The logical sector size of this connection (docs/protocol.md, "Sector
+// size"), and a store that can serve it. A re-attached frontend keeps the
+// size it was given; otherwise the operator's force-sector-size (read now,
+// so that a toolstack may write it after the vbd appeared), else
+// [io] sector-size, else what the frontend can take.
+asio::awaitable<std::optional<vbd::problem>> vbd::choose_sectors(bool reattach, bool frontend_large) {
+  std::uint32_t size = 0;
+  std::string why;
+  if (reattach) {
+    auto published = ctx_.xs.read<unsigned>(be_ + "/sector-size");
+    if (published && valid_sector_size(*published)) {
+      size = *published;
+      why = "as published before the restart";
+    }
+  }
+  if (size == 0) {
+    auto key = ctx_.xs.read_optional<std::string>(be_ + "/force-sector-size");
+    if (!key) co_return unreadable(key.error());
+    const auto forced = parse_forced_sector_size(*key, ctx_.cfg.sector_size);
+    if (!forced)
+      co_return bad_key("force-sector-size " + quote(**key) + " is not 0, 512, 1024, 2048 or 4096", invalid());
+    const auto choice = choose_sector_size(*forced, frontend_large, store_->props());
+    size = choice.size;
+    why = choice.why;
+    if (*forced != 0) why = *key ? "force-sector-size" : "[io] sector-size";
+  }
+  switch (fit_sector_size(size, store_->props())) {
+    case sector_fit::fits:
+      break;
+    case sector_fit::without_direct:
+      if (auto p = co_await reopen_buffered(size)) co_return p;
+      break;
+    case sector_fit::impossible:
+      co_return problem{std::to_string(size) + "-byte sectors (" + why + ") cannot be served by " + store_->name() +
+                            ", whose smallest unit is " + std::to_string(store_->props().io_alignment) +
+                            " bytes; set force-sector-size for a frontend that takes larger sectors",
+                        error_code(EOPNOTSUPP, boost::system::generic_category())};
+  }
+  // For the connect line: why, when it is not simply the store's own.
+  sector_reason_ = size == store_->props().logical_sector && why.starts_with("the ") ? "" : " (" + why + ")";
+  offer_.limits.sector_size = size;
+  physical_sector_ = std::max(store_->props().physical_sector, size);
+  co_return std::nullopt;
+}
+
+// discard-secure for this connection: what the toolstack's
+// discard-secure-enable says now (read at connect, like
+// force-sector-size), or on re-attach what the frontend was told.
+// Frontends read discard-secure when the backend is Connected, so the key
+// is written with the disk (publish_disk).
+void vbd::choose_discard_secure(bool reattach) {
+  const std::string key = be_ + (reattach ? "/discard-secure" : "/discard-secure-enable");
+  auto v = ctx_.xs.read_optional<std::string>(key);
+  bool vouched = false;
+  if (v && *v) {
+    auto b = asio_xen::parse_value<bool>(**v);
+    if (!b && !reattach)
+      XBD_LOG(log_, warning) << "discard-secure-enable " << quote(**v) << " is not 0 or 1; secure discard stays off";
+    vouched = b && *b;
+  }
+  offer_.limits.discard_secure = offer_discard_secure(offer_.limits, vouched, store_->props());
+}
+
+// O_DIRECT needs the store's alignment; the page cache serves any sector
+// and does the read-modify-write itself, safely between rings, and a flush
+// is still an fdatasync. So a store opened with O_DIRECT is opened again
+// without it, for the rest of the vbd's life, before the old one goes
+// (nothing uses it: no ring is connected).
+asio::awaitable<std::optional<vbd::problem>> vbd::reopen_buffered(std::uint32_t sector) {
+  storage::open_request req = opened_with_;
+  req.policy = direct_io_policy::never;
+  std::string detail;
+  auto opened = co_await storage::open(req, ctx_.cfg, detail);
+  if (!opened)
+    co_return problem{"reopening " + store_->name() + " without O_DIRECT" + (detail.empty() ? "" : ": " + detail),
+                      opened.error()};
+  XBD_LOG(log_, warning) << store_->name() << ": O_DIRECT dropped: it needs " << store_->props().io_alignment
+                         << "-byte units and the frontend gets " << sector << "-byte sectors";
+  auto old = std::exchange(store_, std::move(opened->st));
+  opened_with_ = req;
+  co_await old->close();
+  co_return std::nullopt;
+}
+
+// A size in 512-byte units (blkif.h), whole logical sectors only.
+std::uint64_t vbd::whole_sectors(std::uint64_t bytes) const {
+  const std::uint64_t unit = std::max<std::uint32_t>(offer_.limits.sector_size, 512);
+  return (bytes - bytes % unit) / 512;
+}
+
+// Linux's blkback does the same: a store that turns out unable to flush
+// (EOPNOTSUPP) makes the backend withdraw the features, so the frontend
+// stops asking. xenstore is written here, on the control thread, never by
+// the ring that saw it.
+void vbd::flush_unsupported() {
+  withdraw_flush_ = true;
+  if (watch_) watch_->poke();
+}
+
+void vbd::withdraw_flush() {
+  if (!offer_.limits.flush && !offer_.limits.barrier) return;  // done already
+  const bool barrier = offer_.limits.barrier;
+  offer_.limits.flush = false;
+  offer_.limits.barrier = false;
+  error_code ec = ctx_.xs.transact([&](asio_xen::transaction& t) -> error_code {
+    if (auto e = t.write(be_ + "/feature-flush-cache", "0")) return e;
+    if (barrier)
+      if (auto e = t.write(be_ + "/feature-barrier", "0")) return e;
+    return {};
+  });
+  XBD_LOG(log_, warning) << store_->name() << " cannot flush (EOPNOTSUPP): feature-flush-cache"
+                         << (barrier ? " and feature-barrier" : "") << " withdrawn"
+                         << (ec ? " (writing them failed: " + ec.message() + ")" : "");
 }
 
 // I/O limits (docs/limits.md, "I/O limits") from the toolstack: the
@@ -810,7 +967,7 @@ void vbd::apply_resize() {
     XBD_LOG(log_, warning) << "cannot read the size of " << store_->name() << ": " << size.error().what();
     return;
   }
-  const std::uint64_t sectors = *size / 512;
+  const std::uint64_t sectors = whole_sectors(*size);
   if (sectors == published_sectors_) return;
   XBD_LOG(log_, info) << "resized: " << published_sectors_ << " -> " << sectors << " sectors";
   offer_.limits.sectors = sectors;
@@ -915,7 +1072,7 @@ vbd_report vbd::report() const {
   if (store_) {
     r.backing = store_->name();
     r.direct = store_->props().direct;
-    r.sector_size = store_->props().logical_sector;
+    r.sector_size = offer_.limits.sector_size;
     r.writable = !offer_.limits.readonly;
   }
   r.sectors = offer_.limits.sectors;

@@ -97,6 +97,9 @@ class vbd {
   void check_domain();
   // The backing store may have been resized (SIGHUP, or the poll timer).
   void check_size();
+  // A ring's store refused a flush with EOPNOTSUPP (posted by the ring):
+  // withdraw flush and barrier from the frontend.
+  void flush_unsupported();
 
   const vbd_id& id() const { return id_; }
   // I/O limits: what the control socket shows, and a change from it
@@ -130,6 +133,7 @@ class vbd {
  private:
   struct backend_keys;
   outcome<backend_keys> read_backend_keys();
+  boost::asio::awaitable<std::optional<outcome<backend_keys>>> complete_backend_keys();
   static problem bad_key(std::string reason, asio_xen::error_code ec);
   bool watch_keys();
   boost::asio::awaitable<std::optional<problem>> open_store(const backend_keys& keys);
@@ -151,8 +155,14 @@ class vbd {
     unsigned ring_order = 0;
     abi layout = native_abi;
     std::vector<ring_keys> rings;
+    bool large_sectors = false;  // feature-large-sector-size=1
   };
   outcome<transport> read_transport();
+  boost::asio::awaitable<std::optional<problem>> choose_sectors(bool reattach, bool frontend_large);
+  boost::asio::awaitable<std::optional<problem>> reopen_buffered(std::uint32_t sector);
+  std::uint64_t whole_sectors(std::uint64_t bytes) const;
+  void withdraw_flush();
+  void choose_discard_secure(bool reattach);
   outcome<std::shared_ptr<vbd_journal>> open_journal(const transport& t, bool reattach);
   std::optional<problem> start_queues(const transport& t, boost::asio::any_io_executor control, bool reattach);
   std::optional<problem> publish_disk();
@@ -174,7 +184,10 @@ class vbd {
   logger log_;
   std::optional<asio_xen::watch> watch_;
   std::unique_ptr<storage::store> store_;
-  unsigned max_queues_ = 1;  // multi-queue-max-queues: ours, or fewer if the store needs
+  storage::open_request opened_with_;    // to reopen it without O_DIRECT (choose_sectors)
+  std::uint32_t physical_sector_ = 512;  // `physical-sector-size` of this connection
+  std::string sector_reason_;            // why this connection's sector size, for its log line
+  unsigned max_queues_ = 1;              // multi-queue-max-queues: ours, or fewer if the store needs
   std::shared_ptr<connection> conn_;
   xenbus_state state_ = xenbus_state::unknown;  // what we last wrote
   disk_offer offer_;
@@ -182,6 +195,7 @@ class vbd {
   bool shutdown_ = false;
   bool check_domain_ = false;
   bool check_size_ = false;
+  bool withdraw_flush_ = false;
   // What a store's own resize notice (any thread) reaches through a post
   // to our executor: gone with us, so a late notice finds nothing.
   std::shared_ptr<vbd*> self_ = std::make_shared<vbd*>(this);

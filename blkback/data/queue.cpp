@@ -600,6 +600,13 @@ std::int16_t queue::account(const slot& s, error_code ec) {
   // The store cannot do it after all (a filesystem without hole punching):
   // say so rather than claim an error.
   const bool unsupported = ec == boost::system::errc::operation_not_supported;
+  if (unsupported && (s.req.kind == op_kind::flush || s.req.kind == op_kind::barrier) &&
+      (params_.limits.flush || params_.limits.barrier)) {
+    // Not offered from now on: later ones are answered EOPNOTSUPP without
+    // reaching the store, and the vbd tells the frontend (docs/protocol.md).
+    params_.limits.flush = params_.limits.barrier = false;
+    if (params_.flush_unsupported) params_.flush_unsupported();
+  }
   bump(unsupported ? counters_->err_unsupported : counters_->err_io);
   if (budget_->spend(failure_kind::io))
     XBD_LOG(log_, warning) << what(s.req.kind) << " at " << s.req.offset << " failed: " << ec.message();

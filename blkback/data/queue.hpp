@@ -45,6 +45,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <span>
@@ -72,6 +73,9 @@ struct queue_params {
   // what an earlier process left in it is taken up before anything else.
   ring_journal* journal = nullptr;
   bool recover = false;
+  // Called (on the queue's thread, once) when the store answers a flush
+  // with EOPNOTSUPP: the vbd then withdraws flush and barrier.
+  std::function<void()> flush_unsupported;
 };
 
 // What taking up a journal found.

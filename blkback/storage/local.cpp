@@ -48,9 +48,11 @@ std::uint64_t sysfs_number(const std::string& path) {
 // Whether discard works on this backing store, and its granularity.
 // Files: a hole punched past the end of the file changes nothing and fails
 // with EOPNOTSUPP where the filesystem cannot punch holes. Block devices:
-// the queue limits in sysfs. Secure erase is never offered: the kernel does
-// not publish it, and probing BLKSECDISCARD would drop the device's page
-// cache.
+// the queue limits in sysfs. Whether a device can erase securely is not in
+// sysfs (the kernel keeps max_secure_erase_sectors to itself), and probing
+// BLKSECDISCARD would drop the device's page cache: a block device only
+// says it can be asked (BLKSECDISCARD exists for it), and the toolstack
+// decides (docs/storage.md, "Secure discard").
 void probe_discard(int fd, const struct stat& st, properties& p) {
   if (S_ISREG(st.st_mode)) {
     const off_t beyond = static_cast<off_t>((p.size / 4096 + 16) * 4096);
@@ -70,6 +72,7 @@ void probe_discard(int fd, const struct stat& st, properties& p) {
   p.discard_granularity = std::max<std::uint32_t>(
       p.logical_sector, static_cast<std::uint32_t>(sysfs_number(queue + "discard_granularity")));
   p.discard_alignment = static_cast<std::uint32_t>(sysfs_number(dev + "/discard_alignment"));
+  p.discard_secure = true;
 }
 
 }  // namespace
@@ -138,6 +141,9 @@ error_code probe(int fd, const struct stat& st, properties& p) {
   } else {
     return error_code(ENOTBLK, open_call);
   }
+  // Buffered I/O goes through the page cache, which serves any 512-byte
+  // unit; O_DIRECT needs the device's or the filesystem's alignment.
+  p.io_alignment = p.direct ? p.logical_sector : 512;
   // The frontend sees whole sectors only; a ragged tail is not addressable.
   p.size -= p.size % p.logical_sector;
   return {};

@@ -40,6 +40,7 @@ error_code probe(nbd_handle* h, const nbd_options& o, properties& p, std::string
   const std::uint32_t minimum = block_size(h, LIBNBD_SIZE_MINIMUM);
   const std::uint32_t preferred = block_size(h, LIBNBD_SIZE_PREFERRED);
   p.logical_sector = std::max<std::uint32_t>(512, minimum);
+  p.io_alignment = p.logical_sector;  // the server refuses anything smaller
   p.physical_sector = std::clamp<std::uint32_t>(preferred, p.logical_sector, std::max(p.logical_sector, 65536u));
   if (static_cast<std::uint64_t>(size) % p.logical_sector != 0) {
     detail = "the export's size (" + std::to_string(size) + " bytes) is not a whole number of " +

@@ -49,11 +49,14 @@ struct properties {
   std::uint64_t size = 0;               // bytes, whole logical sectors
   std::uint32_t logical_sector = 512;   // bytes: the unit the frontend must align to
   std::uint32_t physical_sector = 512;  // bytes: the unit that avoids read-modify-write
+  // bytes: the smallest unit the store can serve as opened (O_DIRECT's
+  // alignment, a network export's minimum block); at most logical_sector.
+  std::uint32_t io_alignment = 512;
   bool writable = false;
   bool direct = false;  // O_DIRECT (or the driver's equivalent) in effect
   bool flush = true;    // flushes reach stable storage
   bool discard = false;
-  bool discard_secure = false;
+  bool discard_secure = false;            // secure erase can be asked for (a block device's BLKSECDISCARD)
   std::uint32_t discard_granularity = 0;  // bytes
   std::uint32_t discard_alignment = 0;    // bytes
   // Rings that may use the store at once; 0: any. 1 for an NBD server

@@ -88,6 +88,7 @@ TEST_CASE("the defaults shown commented out in the shipped file are the real def
                           "io.worker-threads",
                           "io.discard",
                           "io.resize-poll-seconds",
+                          "io.sector-size",
                           "io.buffer-memory",
                           "io.journal",
                           "io.journal-directory",
@@ -239,6 +240,9 @@ TEST_CASE("the bounds of every number are accepted") {
   CHECK(parse("rings.max-indirect-segments = 4096").max_indirect_segments == 4096);
   CHECK(parse("io.worker-threads = 256").worker_threads == 256);
   CHECK(parse("io.resize-poll-seconds = 86400").resize_poll_seconds == 86400);
+  CHECK(parse("io.sector-size = 0").sector_size == 0);
+  CHECK(parse("io.sector-size = 512").sector_size == 512);
+  CHECK(parse("io.sector-size = 4096").sector_size == 4096);
   CHECK(parse("nbd.connect-timeout-seconds = 1").nbd.connect_timeout_seconds == 1);
   CHECK(parse("nbd.reconnect-seconds = 86400").nbd.reconnect_seconds == 86400);
   CHECK(parse("images.start-timeout-seconds = 86400").images.start_timeout_seconds == 86400);
@@ -340,6 +344,10 @@ TEST_CASE("a number out of range is an error at the value") {
   CHECK(error_of("[io]\nworker-threads = -1\n") == "test.toml:2:18: io.worker-threads must be 0..256, got -1");
   CHECK(error_of("[io]\nresize-poll-seconds = 86401\n") ==
         "test.toml:2:23: io.resize-poll-seconds must be 0..86400, got 86401");
+  CHECK(error_of("[io]\nsector-size = 1000\n") ==
+        "test.toml:2:15: io.sector-size must be 0 (from the store), 512, 1024, 2048 or 4096, got 1000");
+  CHECK(error_of("[io]\nsector-size = 8192\n") ==
+        "test.toml:2:15: io.sector-size must be 0 (from the store), 512, 1024, 2048 or 4096, got 8192");
   CHECK(error_of("[backend]\ndomid = 32752\n") == "test.toml:2:9: backend.domid must be 0..32751, got 32752");
   CHECK(error_of("[backend]\ndomid = -1\n") == "test.toml:2:9: backend.domid must be 0..32751, got -1");
   CHECK(error_of("[rings]\nmax-indirect-segments = 4097\n") ==
@@ -452,7 +460,8 @@ TEST_CASE("describe() is one line with every setting") {
   CHECK(describe(settings{}) ==
         "types=qdisk domid=xenstore max-ring-page-order=4 max-queues=auto max-indirect-segments=256 "
         "default-protocol=native direct-io=auto worker-threads=auto discard=true resize-poll-seconds=1 "
-        "buffer-memory=256MiB journal=true journal-directory=/run/xen-blkbackd nbd.connect-timeout-seconds=10 "
+        "sector-size=auto buffer-memory=256MiB journal=true journal-directory=/run/xen-blkbackd "
+        "nbd.connect-timeout-seconds=10 "
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
         "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "
         "rbd.connect-timeout-seconds=10 rbd.op-timeout-seconds=60 control.socket=/run/xen-blkbackd/control.sock "
@@ -473,7 +482,8 @@ TEST_CASE("describe() is one line with every setting") {
   CHECK(describe(s) ==
         "types=qdisk,vbd domid=3 max-ring-page-order=0 max-queues=2 max-indirect-segments=0 "
         "default-protocol=x86_32-abi direct-io=always worker-threads=4 discard=false resize-poll-seconds=10 "
-        "buffer-memory=3GiB journal=true journal-directory=/run/xen-blkbackd nbd.connect-timeout-seconds=10 "
+        "sector-size=auto buffer-memory=3GiB journal=true journal-directory=/run/xen-blkbackd "
+        "nbd.connect-timeout-seconds=10 "
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
         "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "
         "rbd.connect-timeout-seconds=10 rbd.op-timeout-seconds=60 control.socket=/run/xen-blkbackd/control.sock "

@@ -226,6 +226,36 @@ TEST_CASE("SIGTERM answers the requests in flight and a restarted daemon re-atta
   CHECK(out.find("\"protocol\":0") != std::string::npos);
 }
 
+TEST_CASE("a vbd directory written before its keys is served once the toolstack completes it") {
+  // libxl writes a vbd in one transaction; a toolstack may write the
+  // directory first and the keys later (a shell script with xenstore-write
+  // does). The daemon must not give up on the directory it saw first.
+  sim_env env("[log]\nlevel = \"debug\"\n");
+  env.create_guest(5);
+  add_disk(env, 5, env.make_image("disk.img", 8 << 20));
+  auto& xs = env.toolstack().xs();
+  const std::string be = backend(5);
+  const auto perms = xs.perms(be);
+  REQUIRE(perms);
+  std::vector<std::pair<std::string, std::string>> keys;
+  const auto names = xs.directory(be);
+  REQUIRE(names);
+  for (const auto& k : *names) keys.emplace_back(k, xs.read(be + "/" + k).value_or(""));
+  REQUIRE(xs.rm(be));
+  env.start_daemon();
+  REQUIRE(env.log_shows("ready: 0 device(s) picked up"));
+  xs.write(be, "");
+  xs.set_perms(be, *perms);
+  CHECK(env.log_shows("directory without params or frontend yet: waiting for the toolstack"));
+  std::this_thread::sleep_for(200ms);  // the daemon reads the half-written directory again
+  xs.in_transaction([&](xbd::sim::xs_client::transaction t) {
+    for (const auto& [k, v] : keys) xs.write(be + "/" + k, v, t);
+  });
+  auto r = env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--ios", "500", "--verify", "--timeout", "20"});
+  check_clean(r);
+  CHECK(env.stop_daemon() == 0);
+}
+
 TEST_CASE("bad values from the toolstack close the vbd with a reason") {
   sim_env env;
   env.create_guest(5);

@@ -349,6 +349,9 @@ HOSTILE_CASE("hostile: requests: on a 4 KiB-sector disk, segments that do not co
   vbd_options o;
   o.target = loop.dev;
   auto v = c.vbd(o);
+  // This frontend sets no feature-large-sector-size: without the key it
+  // would be given 512-byte sectors (docs/protocol.md, "Sector size").
+  r.env().toolstack().xs().write(v.backend + "/force-sector-size", "4096");
   c.requests(v,
              "pages buf 1 rw\n"
              "req op=read id=1 sector=0 seg=buf:0:0:3\n"   // half a sector

@@ -16,6 +16,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 
 using namespace xbd;
 using namespace xbd::blkback;
@@ -70,9 +71,11 @@ struct rig {
   std::unique_ptr<queue> q;
   std::future<asio_xen::error_code> running;
 
+  // `adjust` may wrap the store and set queue parameters before the queue connects.
+  using adjuster = std::function<void(std::unique_ptr<storage::store>&, queue_params&)>;
   explicit rig(std::size_t pages = 1, device_limits lim = {}, std::uint64_t disk_bytes = 1 << 20, bool readonly = false,
                std::uint64_t memory_budget_bytes = std::uint64_t{1} << 30, queue_tuning tuning = {},
-               std::shared_ptr<throttle_group> throttle = nullptr)
+               const adjuster& adjust = {}, std::shared_ptr<throttle_group> throttle = nullptr)
       : ring_pages(pages),
         guest(tables.add_guest(guest_domid, pages + data_frames)),
         file(disk_bytes),
@@ -93,6 +96,7 @@ struct rig {
     p.limits = lim;
     p.memory = memory->open_account();
     p.throttle = std::move(throttle);
+    if (adjust) adjust(store, p);
     xen_platform xp{[this] { return asio_xen::result<std::unique_ptr<asio_xen::evtchn_driver>>(bus.open(0)); },
                     [this] { return asio_xen::result<std::unique_ptr<asio_xen::gnttab_driver>>(tables.open(0)); }};
     auto aux = aux_ring::create(ioc.get_executor());
@@ -143,6 +147,47 @@ struct rig {
     REQUIRE(running.wait_for(std::chrono::seconds(0)) == std::future_status::ready);
     return running.get();
   }
+};
+
+// A store whose flushes are refused (EOPNOTSUPP, as a file system without
+// fsync answers), around a real one; it counts the flushes that reach it.
+class unflushable final : public storage::store {
+ public:
+  explicit unflushable(std::unique_ptr<storage::store> inner) : inner_(std::move(inner)) {}
+  const storage::properties& props() const override { return inner_->props(); }
+  asio_xen::result<std::uint64_t> current_size() const override { return inner_->current_size(); }
+  std::string name() const override { return inner_->name(); }
+  asio_xen::result<std::unique_ptr<storage::channel>> open_channel(const worker& w, unsigned depth) override {
+    auto c = inner_->open_channel(w, depth);
+    if (!c) return c.error();
+    return std::unique_ptr<storage::channel>(new channel(std::move(*c), w.ex, flushes));
+  }
+  int flushes = 0;
+
+ private:
+  class channel final : public storage::channel {
+   public:
+    channel(std::unique_ptr<storage::channel> inner, asio::any_io_executor ex, int& flushes)
+        : inner_(std::move(inner)), ex_(std::move(ex)), flushes_(flushes) {}
+    void read(std::uint64_t o, std::span<std::byte> b, storage::completion& d) override { inner_->read(o, b, d); }
+    void write(std::uint64_t o, std::span<const std::byte> b, storage::completion& d) override {
+      inner_->write(o, b, d);
+    }
+    void flush(storage::completion& d) override {
+      ++flushes_;
+      asio::post(ex_, [&d] { d.complete(asio_xen::error_code(EOPNOTSUPP, boost::system::generic_category())); });
+    }
+    void discard(std::uint64_t o, std::uint64_t l, bool secure, storage::completion& d) override {
+      inner_->discard(o, l, secure, d);
+    }
+    void trim() override { inner_->trim(); }
+
+   private:
+    std::unique_ptr<storage::channel> inner_;
+    asio::any_io_executor ex_;
+    int& flushes_;
+  };
+  std::unique_ptr<storage::store> inner_;
 };
 
 blkif_request make(std::uint8_t op, std::uint64_t id, std::uint64_t sector,
@@ -217,6 +262,38 @@ TEST_CASE("a flush with data writes and then flushes") {
   CHECK(r.q->stats().f_req == 1u);
   CHECK(r.q->stats().wr_sect == 8u);
   CHECK(r.q->stats().wr_bytes == 4096u);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("a store that refuses a flush: EOPNOTSUPP, the vbd told once, later flushes and barriers never reach it") {
+  unflushable* store = nullptr;
+  int told = 0;
+  device_limits lim;
+  lim.barrier = true;
+  rig r(1, lim, 1 << 20, false, std::uint64_t{1} << 30, {}, [&](auto& st, queue_params& p) {
+    auto u = std::make_unique<unflushable>(std::move(st));
+    store = u.get();
+    st = std::move(u);
+    p.flush_unsupported = [&told] { ++told; };
+  });
+  std::memset(r.data_page(0).data(), 0x5a, page);
+  r.submit(make(BLKIF_OP_FLUSH_DISKCACHE, 1, 0, {{r.data_refs[0], 0, 7}}));  // write, then the flush
+  r.kick();
+  auto first = r.responses(1);
+  REQUIRE(first.size() == 1u);
+  CHECK(first[0].status == BLKIF_RSP_EOPNOTSUPP);
+  CHECK(r.file.read(0, 1)[0] == std::byte{0x5a});  // the data landed
+  CHECK(told == 1);
+  CHECK(store->flushes == 1);
+  r.submit(make(BLKIF_OP_FLUSH_DISKCACHE, 2, 0, {}));
+  r.submit(make(BLKIF_OP_WRITE_BARRIER, 3, 0, {}));
+  r.submit(make(BLKIF_OP_WRITE, 4, 8, {{r.data_refs[0], 0, 7}}));
+  r.kick();
+  auto rest = r.responses(3);
+  REQUIRE(rest.size() == 3u);
+  for (const auto& x : rest) CHECK(x.status == (x.id == 4 ? BLKIF_RSP_OKAY : BLKIF_RSP_EOPNOTSUPP));
+  CHECK(told == 1);
+  CHECK(store->flushes == 1);
   CHECK_FALSE(r.stop());
 }
 
@@ -578,7 +655,7 @@ TEST_CASE("limits: requests over the vbd's limits wait in the ring, not taken, a
   throttle_settings s;
   REQUIRE(s.set("iops-total", "20").empty());
   g->configure(s.limits(), std::chrono::steady_clock::now());
-  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, {}, g);
+  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, {}, {}, g);
   // The bucket holds a tenth of a second at 20/s: 2, and the one that
   // finds it full.
   for (std::uint64_t i = 0; i < 8; ++i) r.submit(make(BLKIF_OP_READ, i, i * 8, {{r.data_refs[i], 0, 7}}));
@@ -616,7 +693,7 @@ TEST_CASE("limits: a stop ends a wait for the limits, and what waits stays in th
   throttle_settings s;
   REQUIRE(s.set("bps-total", "4096").empty());
   g->configure(s.limits(), std::chrono::steady_clock::now());
-  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, {}, g);
+  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, {}, {}, g);
   for (std::uint64_t i = 0; i < 3; ++i) r.submit(make(BLKIF_OP_READ, i, i * 8, {{r.data_refs[i], 0, 7}}));
   r.kick();
   CHECK(r.responses(1, std::chrono::milliseconds(50)).size() == 1u);

@@ -116,6 +116,7 @@ bool frontend::publish(connection& c, std::string& err) {
   else if (o_.write_protocol_key)
     kopts.protocol = std::string(c.layout->name());
   kopts.persistent = o_.persistent;
+  kopts.large_sectors = o_.large_sectors;
   kopts.always_write_ring_page_order = o_.always_write_ring_page_order;
 
   std::string body_err;

@@ -126,9 +126,9 @@ negotiated negotiate(const backend_features& backend, const frontend_wishes& wis
 namespace {
 
 bool is_transport_key(std::string_view name) {
-  static const std::set<std::string_view> fixed = {"ring-ref",          "event-channel",  "multi-queue-num-queues",
-                                                   "ring-page-order",   "num-ring-pages", "protocol",
-                                                   "feature-persistent"};
+  static const std::set<std::string_view> fixed = {
+      "ring-ref",       "event-channel", "multi-queue-num-queues", "ring-page-order",
+      "num-ring-pages", "protocol",      "feature-persistent",     "feature-large-sector-size"};
   if (fixed.contains(name)) return true;
   auto numbered = [&](std::string_view prefix) {
     if (!name.starts_with(prefix)) return false;
@@ -169,6 +169,7 @@ std::vector<key_op> frontend_key_plan(std::string_view dir, const negotiated& n,
   }
   if (opts.protocol) write(base + "/protocol", *opts.protocol);
   write(base + "/feature-persistent", opts.persistent ? "1" : "0");
+  if (opts.large_sectors) write(base + "/feature-large-sector-size", "1");
 
   // A previous connection may have left keys this one does not write (say,
   // queue-3/ after going from four queues to one); a backend must not find

@@ -91,6 +91,9 @@ struct key_op {
 struct key_plan_options {
   std::optional<std::string> protocol;  // nullopt: leave the key out
   bool persistent = false;
+  // feature-large-sector-size=1 (blkif.h): written only when set, as the
+  // frontends that know the key do; Linux never writes it.
+  bool large_sectors = false;
   // blkif.h allows ring-page-order=0 with ring-ref0; Linux writes the
   // single-page form instead. `true` exercises the other spelling.
   bool always_write_ring_page_order = false;

@@ -91,6 +91,7 @@ Negotiation (each is cut down to what the backend advertises):
   --protocol-key STRING   write STRING as `protocol` (the ring keeps the
                           --protocol layout)
   --persistent            write feature-persistent=1 (0)
+  --large-sectors         write feature-large-sector-size=1 (not written)
   --always-ring-page-order  write ring-page-order + ring-ref0 even for 1 page
 
 Workload:
@@ -264,6 +265,7 @@ parse_result parse_options(const std::vector<std::string>& args) {
           return std::string();
         }}},
       {"--persistent", {false, flag(o.persistent)}},
+      {"--large-sectors", {false, flag(o.large_sectors)}},
       {"--always-ring-page-order", {false, flag(o.always_write_ring_page_order)}},
       {"--rw",
        {true,

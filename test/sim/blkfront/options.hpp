@@ -32,6 +32,7 @@ struct options {
   bool write_protocol_key = true;
   std::optional<std::string> protocol_key;
   bool persistent = false;
+  bool large_sectors = false;  // write feature-large-sector-size=1
   bool always_write_ring_page_order = false;
 
   // The workload.

@@ -187,6 +187,17 @@ TEST_CASE("key plan, one queue, one page: ring-ref and event-channel at the top,
   CHECK(plan.size() == 4);
 }
 
+TEST_CASE("key plan: feature-large-sector-size only when asked for, and a stale one is removed") {
+  negotiated n;
+  const std::vector<queue_keys> q = {{{77}, 9}};
+  key_plan_options o;
+  CHECK_FALSE(mentions(frontend_key_plan("/fe", n, q, o, {}), "/fe/feature-large-sector-size"));
+  const std::vector<std::string> existing = {"feature-large-sector-size"};
+  CHECK(has(frontend_key_plan("/fe", n, q, o, existing), key_op::kind::remove, "/fe/feature-large-sector-size", ""));
+  o.large_sectors = true;
+  CHECK(has(frontend_key_plan("/fe", n, q, o, {}), key_op::kind::write, "/fe/feature-large-sector-size", "1"));
+}
+
 TEST_CASE("key plan, multi-page ring: ring-page-order and ring-ref0..N-1") {
   negotiated n;
   n.ring_page_order = 2;
