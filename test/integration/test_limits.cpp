@@ -106,11 +106,12 @@ TEST_CASE(
   env.toolstack().xs().write(backend(5) + "/throttle-iops-total", "500");
   start(env);
   auto limited = env.start_frontend(5, reads({"--qd", "16", "--runtime", "10", "--json"}), "limited");
-  // The neighbour, meanwhile, in the same guest: well above 500 even on a
-  // loaded machine.
+  // The neighbour, meanwhile, in the same guest: never held back (below),
+  // and above the limit even on a loaded machine (it does 860 to 1500 here
+  // beside the limited one under other builds, several thousand alone).
   const auto free = env.run_frontend(5, reads({"--qd", "16", "--runtime", "3"}, xvdb));
   REQUIRE(free.status == 0);
-  CHECK(achieved_iops(free) > 1000);
+  CHECK(achieved_iops(free) > 550);
   REQUIRE(limited->wait(30s) == 0);
   const std::string summary = last_json(limited->output());
   frontend_result r{0, summary, limited->output()};
@@ -126,6 +127,7 @@ TEST_CASE(
   CHECK(a["errors"]["rejected"].u64() == 0u);
   const json b = vbd_stats(env, "5/xvdb");
   CHECK(b["limit_waits"].u64() == 0u);
+  CHECK(b["limited_ns"].u64() == 0u);
   const json l = limits_of(env, "5/xvda");
   CHECK(l["limits"]["iops-total"].u64() == 500u);
   CHECK(l["sources"]["toolstack"]["iops-total"].u64() == 500u);
