@@ -297,7 +297,8 @@ int run(int argc, char** argv) {
     });
 
   std::atomic<unsigned> next{0};
-  blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, own_domid, 1, {}, {}, {}};
+  blkback::vbd_context ctx{xs, blkback::xen_platform::real(), cfg, own_domid, 1, {}, {}, {}, {}};
+  ctx.throttle_groups = std::make_shared<blkback::throttle_registry>();
   // One queue per worker thread is what multi-queue can use.
   ctx.max_queues = cfg.max_queues ? cfg.max_queues : threads;
   ctx.memory = std::make_shared<blkback::memory_budget>(cfg.buffer_memory);
@@ -314,11 +315,16 @@ int run(int argc, char** argv) {
                     << " worker thread(s); " << blkback::describe(cfg);
 
   blkback::backend be(ctx);
-  const blkback::control_context commands{[&] { return be.reports(); }, app::log_level,
-                                          [&](blkback::severity s) {
-                                            app::set_log_level(s);
-                                            XBD_LOG(lg, info) << "log level " << s << " (control socket)";
-                                          }};
+  const blkback::control_context commands{
+      [&] { return be.reports(); }, app::log_level,
+      [&](blkback::severity s) {
+        app::set_log_level(s);
+        XBD_LOG(lg, info) << "log level " << s << " (control socket)";
+      },
+      [&](const blkback::vbd_report& v, const std::optional<blkback::throttle_settings>& change) {
+        auto a = be.limits({v.type, v.domid, v.devid}, change);
+        return blkback::control_context::limits_answer{std::move(a.json), std::move(a.error)};
+      }};
   std::optional<blkback::control_socket> ctl;
   if (listener) {
     ctl.emplace(control.get_executor(), std::move(*listener), blkback::control_bounds{},

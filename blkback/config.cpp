@@ -99,6 +99,26 @@ constexpr known_key layout[] = {
     {"control", "socket"},
     {"log", "level"},
     {"log", "sink"},
+    {"limits", "group"},
+    {"limits", "iops-total"},
+    {"limits", "iops-read"},
+    {"limits", "iops-write"},
+    {"limits", "bps-total"},
+    {"limits", "bps-read"},
+    {"limits", "bps-write"},
+    {"limits", "iops-total-max"},
+    {"limits", "iops-read-max"},
+    {"limits", "iops-write-max"},
+    {"limits", "bps-total-max"},
+    {"limits", "bps-read-max"},
+    {"limits", "bps-write-max"},
+    {"limits", "iops-total-max-length"},
+    {"limits", "iops-read-max-length"},
+    {"limits", "iops-write-max-length"},
+    {"limits", "bps-total-max-length"},
+    {"limits", "bps-read-max-length"},
+    {"limits", "bps-write-max-length"},
+    {"limits", "iops-size"},
 };
 
 bool is_table_name(std::string_view name) {
@@ -478,6 +498,34 @@ void read_log(reader& r, const toml::table* t, settings& s) {
   }
 }
 
+// QEMU's throttle names; each an integer, `group` a string. The limits
+// must add up (throttle.hpp's validate()) as a whole. The file is the
+// lowest source, so a value that means "none" (0, a max-length of 1, the
+// group "") is the same as no key.
+void read_limits(reader& r, const toml::table* t, settings& s) {
+  if (!t) return;
+  for (const std::string_view key : throttle_settings::names()) {
+    const auto v = r.integer(t, "limits", key);
+    if (!v) continue;
+    if (v->second < 0) {
+      r.problem(*v->first, "limits." + std::string(key) + " must be 0 or more, got " + std::to_string(v->second));
+      continue;
+    }
+    throttle_settings one;
+    if (const std::string e = one.set(key, std::to_string(v->second)); !e.empty()) {
+      r.problem(*v->first, "limits." + e);
+      continue;
+    }
+    const bool length = key.ends_with("-max-length");
+    if (v->second > (length ? 1 : 0)) (void)s.io_limits.set(key, std::to_string(v->second));
+  }
+  if (const auto v = r.string(t, "limits", "group")) {
+    if (const std::string e = s.io_limits.set("group", v->second); !e.empty()) r.problem(*v->first, "limits." + e);
+    if (v->second.empty()) s.io_limits.group.reset();
+  }
+  if (const std::string e = validate(s.io_limits.limits()); !e.empty()) r.problem(*t, "[limits]: " + e);
+}
+
 }  // namespace
 
 settings parse_settings(std::string_view toml_text, std::string_view source_name) {
@@ -499,11 +547,13 @@ settings parse_settings(std::string_view toml_text, std::string_view source_name
   const toml::table* images = r.table(root, "images");
   const toml::table* rbd = r.table(root, "rbd");
   const toml::table* control = r.table(root, "control");
+  const toml::table* lim = r.table(root, "limits");
   if (backend) r.check_keys(*backend, "backend");
   if (nbd) r.check_keys(*nbd, "nbd");
   if (images) r.check_keys(*images, "images");
   if (rbd) r.check_keys(*rbd, "rbd");
   if (control) r.check_keys(*control, "control");
+  if (lim) r.check_keys(*lim, "limits");
   if (rings) r.check_keys(*rings, "rings");
   if (io) r.check_keys(*io, "io");
   if (log) r.check_keys(*log, "log");
@@ -515,6 +565,7 @@ settings parse_settings(std::string_view toml_text, std::string_view source_name
   read_rbd(r, rbd, s);
   read_control(r, control, s);
   read_log(r, log, s);
+  read_limits(r, lim, s);
   r.throw_first();
   return s;
 }
@@ -592,6 +643,7 @@ std::string describe(const settings& s) {
   d += " control.socket=" + (s.control.socket.empty() ? std::string("none") : s.control.socket);
   d += " log.level=" + std::string(to_string(s.log.level));
   d += " log.sink=" + s.log.sink;
+  d += " limits=" + (s.io_limits.empty() ? std::string("none") : "\"" + s.io_limits.describe() + "\"");
   return d;
 }
 

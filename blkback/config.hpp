@@ -9,6 +9,7 @@
 // docs/configuration.md.
 #pragma once
 
+#include "blkback/data/throttle.hpp"
 #include "blkback/log.hpp"
 
 #include <cstddef>
@@ -155,6 +156,9 @@ struct settings {
   rbd_settings rbd;
   control_settings control;
   log_settings log;
+  // [limits]: every vbd's I/O limits unless the toolstack's keys or the
+  // control socket say otherwise (docs/limits.md, "I/O limits").
+  throttle_settings io_limits;
 
   friend bool operator==(const settings&, const settings&) = default;
 };

@@ -30,7 +30,7 @@ void usage(std::ostream& os) {
         "  list [--json]                                  the vbds the daemon knows\n"
         "  show [--json] DOMID/DEVID                      one vbd: state, counters, latencies, queues\n"
         "  stats [--json | --prometheus] [DOMID[/DEVID]]  every vbd's counters (JSON by default)\n"
-        "  limits DOMID/DEVID [NAME=VALUE...]             I/O limits (not supported yet)\n"
+        "  limits [--json] DOMID/DEVID [NAME=VALUE...]    show or change a vbd's I/O limits\n"
         "  log-level [LEVEL]                              show or set the running log level\n"
         "options:\n"
         "  --socket PATH     the daemon's control socket (default: [control] socket of\n"
@@ -125,6 +125,8 @@ int print(const std::vector<std::string>& cmd, const std::string& raw) {
     std::cout << ctl::render_list(*answer);
   else if (name == "show" && !json_out)
     std::cout << ctl::render_show((*answer)["vbd"]);
+  else if (name == "limits" && !json_out)
+    std::cout << ctl::render_limits(*answer);
   else if (name == "log-level")
     std::cout << "log level " << (*answer)["log_level"].str()
               << ((*answer)["was"].str().empty() ? "" : " (was " + (*answer)["was"].str() + ")") << "\n";

@@ -66,6 +66,8 @@ void counters(std::string& out, const json& v) {
            num(e["unsupported"]) + ", no memory " + num(e["no_memory"]));
   line(out, "held back",
        human_time(v["throttled_ns"].u64()) + " in all; let other vbds catch up " + num(v["fair_waits"]) + " time(s)");
+  line(out, "limited",
+       human_time(v["limited_ns"].u64()) + " held back for the I/O limits, " + num(v["limit_waits"]) + " time(s)");
   line(out, "latency", latencies(v));
 }
 
@@ -126,6 +128,34 @@ std::string render_show(const json& v) {
       at = nl + 1;
     }
   }
+  return out;
+}
+
+namespace {
+
+// NAME=VALUE words of an object, or "none".
+std::string words_of(const json& o) {
+  std::string out;
+  for (const auto& [k, v] : o.members())
+    out += (out.empty() ? "" : " ") + k + "=" + (v.is(json::kind::string) ? v.str() : num(v));
+  return out.empty() ? "none" : out;
+}
+
+}  // namespace
+
+std::string render_limits(const json& a) {
+  const json& v = a["vbd"];
+  const std::string group = a["group"].str();
+  std::string out = vbd_name(v) + (v["dev"].str().empty() ? "" : " (" + v["dev"].str() + ")") + ": " +
+                    (group.empty() ? "limits of its own" : "group " + group) + ", " + num(a["group_rings"]) +
+                    " ring(s) share them\n";
+  line(out, "limits", words_of(a["limits"]));
+  line(out, "in force", words_of(a["in_force"]));
+  const json& s = a["sources"];
+  line(out, "file", words_of(s["file"]));
+  line(out, "toolstack", words_of(s["toolstack"]));
+  line(out, "control", words_of(s["control"]));
+  if (a["toolstack_problem"].is(json::kind::string)) line(out, "ignored", a["toolstack_problem"].str());
   return out;
 }
 

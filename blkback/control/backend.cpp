@@ -55,6 +55,29 @@ std::vector<vbd_report> backend::reports() const {
   return out;
 }
 
+backend::limits_answer backend::limits(const vbd_id& id, const std::optional<throttle_settings>& change) {
+  const auto it = devices_.find(id);
+  if (it == devices_.end()) return {{}, "no such vbd"};
+  vbd& v = *it->second.device;
+  if (change) {
+    if (std::string e = v.change_limits(*change); !e.empty()) return {{}, std::move(e)};
+    // The other vbds of a named group take the same numbers (not the
+    // group: that is each vbd's own choice).
+    throttle_settings numbers = *change;
+    numbers.group.reset();
+    const std::string& key = v.throttle_key();
+    if (!key.empty() && !numbers.empty()) {
+      for (auto& [other, e] : devices_)
+        if (other != id && e.device->throttle_key() == key) (void)e.device->change_limits(numbers);
+      // The group's limits are the last set: this vbd's, as asked.
+      (void)v.change_limits({});
+    }
+  }
+  vbd_report r = v.report();
+  r.served = !it->second.finished;
+  return {limits_json(r, v.limits()), {}};
+}
+
 void backend::shutdown() {
   shutdown_ = true;
   for (auto& [id, e] : devices_)

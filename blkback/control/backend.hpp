@@ -34,6 +34,16 @@ class backend {
   // Every vbd known now, served or ended and waiting for its directory to
   // go (report.hpp), by type, domain and device. Control thread.
   std::vector<vbd_report> reports() const;
+  // The I/O limits of one vbd, after `change` when there is one: the
+  // control socket's answer (report.hpp's limits_json) or an error text in
+  // `error`. A change made through one vbd of a named group is made on
+  // every vbd of that group, so that each keeps it across reconnections.
+  // Control thread.
+  struct limits_answer {
+    std::string json;
+    std::string error;
+  };
+  limits_answer limits(const vbd_id& id, const std::optional<throttle_settings>& change);
 
   // Once, when every device present at start-up has been picked up (the
   // service manager's readiness), with the number being served.

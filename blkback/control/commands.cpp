@@ -131,15 +131,29 @@ std::string stats(const control_context& ctx, const std::vector<std::string_view
   return json_writer().begin_object().field("prometheus", stats_prometheus(vbds)).end_object().take();
 }
 
-// The hook of the I/O limits (QEMU's throttle groups), which are not built
-// yet: the request is checked as far as it can be, then refused.
+// A vbd's I/O limits, shown or changed by QEMU's names (docs/limits.md).
+// Every word is checked before anything changes: one bad word and the
+// answer is an error, with nothing applied.
 std::string limits(const control_context& ctx, const std::vector<std::string_view>& args) {
-  if (args.empty()) return error("usage: limits DOMID/DEVID [NAME=VALUE...]");
+  static constexpr std::string_view usage = "usage: limits DOMID/DEVID [NAME=VALUE...]";
+  if (args.empty()) return error(usage);
   auto v = one_vbd(ctx, args[0]);
   if (auto* e = std::get_if<std::string>(&v)) return *e;
-  for (std::size_t i = 1; i < args.size(); ++i)
-    if (args[i].find('=') == std::string_view::npos) return error("usage: limits DOMID/DEVID [NAME=VALUE...]");
-  return error("not supported yet");
+  std::optional<throttle_settings> change;
+  for (std::size_t i = 1; i < args.size(); ++i) {
+    const auto eq = args[i].find('=');
+    if (eq == std::string_view::npos) return error(std::string(usage) + " (got '" + shown(args[i]) + "')");
+    if (!change) change.emplace();
+    const std::string_view name = args[i].substr(0, eq);
+    // The same name twice is a mistake, not "the last one wins".
+    for (std::size_t j = 1; j < i; ++j)
+      if (args[j].substr(0, args[j].find('=')) == name) return error(shown(name) + " given twice");
+    if (const std::string e = change->set(name, args[i].substr(eq + 1)); !e.empty()) return error(e);
+  }
+  if (!ctx.limits) return error("I/O limits are not served here");
+  const auto a = ctx.limits(std::get<vbd_report>(v), change);
+  if (!a.error.empty()) return error(a.error);
+  return a.json;
 }
 
 std::string log_level(const control_context& ctx, const std::vector<std::string_view>& args) {

@@ -7,7 +7,7 @@
 //   list                               {"vbds":[{domid, devid, type, dev, state, ...}]}
 //   show VBD                           {"vbd":{... every counter, per queue ...}}
 //   stats [--json|--prometheus] [SEL]  {"vbds":[...]} or {"prometheus":"<text>"}
-//   limits VBD [NAME=VALUE...]         I/O limits (not yet: an error)
+//   limits VBD [NAME=VALUE...]         {"vbd":{...},"group":...,"limits":{...},...} (report.hpp)
 //   log-level [LEVEL]                  {"log_level":"info"}, after a change also "was"
 //   help                               {"commands":[...]}
 //
@@ -20,6 +20,7 @@
 #include "blkback/log.hpp"
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -31,6 +32,13 @@ struct control_context {
   std::function<severity()> log_level;
   // Until the next SIGHUP or restart, which read the settings file again.
   std::function<void(severity)> set_log_level;
+  // One vbd's I/O limits, after a change when there is one: the answer, or
+  // an error text in `error`. Null: limits are not served (an error).
+  struct limits_answer {
+    std::string json;
+    std::string error;
+  };
+  std::function<limits_answer(const vbd_report&, const std::optional<throttle_settings>&)> limits;
 };
 
 // The answer to one request line (without its newline), itself without one.

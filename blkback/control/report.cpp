@@ -31,6 +31,7 @@ void counters_json(json_writer& j, const stats_view& s) {
   j.field("unsupported", s.err_unsupported).field("no_memory", s.err_no_memory);
   j.end_object();
   j.field("throttled_ns", s.throttled_ns).field("fair_waits", s.fair_waits);
+  j.field("limited_ns", s.limited_ns).field("limit_waits", s.limit_waits);
   j.field("idle_events", s.idle_events).field("storm_pauses", s.storm_pauses).field("yields", s.yields);
   latency_json(j, s);
 }
@@ -202,12 +203,63 @@ std::string stats_prometheus(const std::vector<vbd_report>& vbds) {
   e.family("xen_blkbackd_throttled_seconds_total", "counter", "Time the rings held requests back.");
   e.samples("xen_blkbackd_throttled_seconds_total", "",
             [](const vbd_report& v) { return seconds(v.total.throttled_ns); });
+  e.counter("xen_blkbackd_limit_waits_total", "Times a ring held a request back for the vbd's I/O limits.", "",
+            {{"", &ring_counts::limit_waits}});
+  e.family("xen_blkbackd_limited_seconds_total", "counter", "Time the rings held requests back for the I/O limits.");
+  e.samples("xen_blkbackd_limited_seconds_total", "", [](const vbd_report& v) { return seconds(v.total.limited_ns); });
   e.family("xen_blkbackd_in_flight", "gauge", "Requests taken and not yet answered.");
   e.samples("xen_blkbackd_in_flight", "", [](const vbd_report& v) { return std::to_string(v.total.in_flight); });
   e.family("xen_blkbackd_buffer_bytes", "gauge", "Request buffer memory the vbd holds ([io] buffer-memory).");
   e.samples("xen_blkbackd_buffer_bytes", "", [](const vbd_report& v) { return std::to_string(v.buffer_committed); });
   latency_summaries(e);
   return e.take();
+}
+
+namespace {
+
+void limit_fields(json_writer& j, const throttle_limits& l) {
+  j.begin_object();
+  const auto& names = throttle_settings::names();
+  for (std::size_t k = 0; k < throttle_kinds; ++k) {
+    const auto& b = l.buckets[k];
+    if (b.avg) j.field(names[k], b.avg);
+    if (b.max) j.field(names[throttle_kinds + k], b.max);
+    if (b.max_length > 1) j.field(names[2 * throttle_kinds + k], b.max_length);
+  }
+  if (l.iops_size) j.field(names.back(), l.iops_size);
+  j.end_object();
+}
+
+void setting_fields(json_writer& j, const throttle_settings& s) {
+  j.begin_object();
+  for (std::size_t i = 0; i < throttle_settings::count; ++i)
+    if (s.values[i]) j.field(throttle_settings::names()[i], *s.values[i]);
+  if (s.group) j.field("group", *s.group);
+  j.end_object();
+}
+
+}  // namespace
+
+std::string limits_json(const vbd_report& v, const limits_view& l) {
+  json_writer j;
+  j.begin_object().key("vbd").begin_object();
+  j.field("type", v.type).field("domid", v.domid).field("devid", v.devid).field("dev", v.dev);
+  j.end_object();
+  j.field("group", l.group).field("group_rings", static_cast<std::uint64_t>(l.group_rings));
+  j.key("limits");
+  limit_fields(j, l.effective.limits());
+  j.key("in_force");
+  limit_fields(j, l.in_force);
+  j.key("sources").begin_object();
+  j.key("file");
+  setting_fields(j, l.file);
+  j.key("toolstack");
+  setting_fields(j, l.toolstack);
+  j.key("control");
+  setting_fields(j, l.live);
+  j.end_object();
+  if (!l.toolstack_problem.empty()) j.field("toolstack_problem", l.toolstack_problem);
+  return j.end_object().take();
 }
 
 }  // namespace xbd::blkback

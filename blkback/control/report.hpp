@@ -8,6 +8,7 @@
 #pragma once
 
 #include "blkback/data/stats.hpp"
+#include "blkback/data/throttle.hpp"
 
 #include <cstdint>
 #include <string>
@@ -45,6 +46,24 @@ struct vbd_report {
   stats_view total;  // all connections
   std::vector<queue_report> queues;
 };
+
+// A vbd's I/O limits as the control socket shows them (docs/limits.md):
+// each source's settings, what they add up to, and what its group holds.
+struct limits_view {
+  throttle_settings file, toolstack, live;  // [limits], backend keys, control socket
+  throttle_settings effective;              // the three, in that order of precedence
+  std::string toolstack_problem;            // why the backend keys were set aside, if they were
+  std::string group;                        // "" (its own), "domain", or a name
+  throttle_limits in_force;                 // what its group applies now
+  std::size_t group_rings = 0;              // rings of every vbd in the group
+};
+
+// The answer to `limits VBD`: {"vbd":{type, domid, devid, dev},
+// "group":..., "group_rings":N, "limits":{NAME:VALUE...} (what the sources
+// add up to), "in_force":{...} (what its group applies), "sources":{"file":
+// {...}, "toolstack":{...}, "control":{...}}, and "toolstack_problem" when
+// the backend keys were set aside}. Limits not in force are left out.
+std::string limits_json(const vbd_report& v, const limits_view& l);
 
 // {"vbds":[...]} (stats), or one vbd's object; `queues` adds the per-queue
 // array. Latencies are in nanoseconds.

@@ -280,6 +280,7 @@ asio::awaitable<void> vbd::run() {
   params_ = keys->params;
   dev_ = keys->dev;
   if (!keys->dev.empty()) log_ = device_logger(id_.frontend_domid, id_.devid, keys->dev);
+  limit_keys_ = read_limit_keys();
   if (!watch_keys()) co_return;
   auto known = ctx_.xs.is_domain_introduced(id_.frontend_domid);
   domain_was_known_ = known && *known;
@@ -627,6 +628,22 @@ std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_e
     if (!j) return j.error();
     c->journal = std::move(*j);
   }
+  // The toolstack may have changed its keys since the last connection; a
+  // change from the control socket stays in force over them.
+  limit_keys_ = read_limit_keys();
+  if (std::string e = apply_limits(limits_live_); !e.empty()) {
+    XBD_LOG(log_, warning) << "I/O limits: the control socket's change (" << limits_live_.describe()
+                           << ") no longer fits the toolstack's keys: " << e << "; it is set aside";
+    limits_live_ = {};
+    if (e = apply_limits(limits_live_); !e.empty()) {
+      // read_limit_keys() checked the keys with [limits]: not reached.
+      XBD_LOG(log_, warning) << "I/O limits: " << e << "; the toolstack's keys are set aside";
+      limit_keys_ = {};
+      (void)apply_limits(limits_live_);
+    }
+  }
+  if (const auto in_force = throttle_->limits(); in_force.any())
+    XBD_LOG(log_, info) << "I/O limits in force: " << describe(in_force) << in_group();
   for (std::size_t i = 0; i < t.rings.size(); ++i) {
     const auto& k = t.rings[i];
     queue_params qp;
@@ -638,6 +655,7 @@ std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_e
     qp.budget = guest_log_;
     qp.memory = memory_;
     qp.fair = fair_;
+    qp.throttle = throttle_;
     qp.journal = c->journal ? &c->journal->ring(i) : nullptr;
     qp.recover = reattach;
     qp.flush_unsupported = [control, self = std::weak_ptr<vbd*>(self_)] {
@@ -829,6 +847,110 @@ void vbd::withdraw_flush() {
   XBD_LOG(log_, warning) << store_->name() << " cannot flush (EOPNOTSUPP): feature-flush-cache"
                          << (barrier ? " and feature-barrier" : "") << " withdrawn"
                          << (ec ? " (writing them failed: " + ec.message() + ")" : "");
+}
+
+// I/O limits (docs/limits.md, "I/O limits") from the toolstack: the
+// backend keys `throttle-<name>` by QEMU's names, and `throttle-group`.
+// Read when the vbd starts and at each connection. A value that does not
+// parse, or limits that do not add up with [limits], set the keys aside as
+// a whole (nothing of them applies) with one warning: the vbd serves with
+// the other sources' limits.
+throttle_settings vbd::read_limit_keys() {
+  throttle_settings keys;
+  std::string problem;
+  auto one = [&](std::string_view name) {
+    const std::string key = "throttle-" + std::string(name);
+    auto v = ctx_.xs.read_optional<std::string>(be_ + "/" + key);
+    if (!v) {
+      problem = key + " cannot be read: " + v.error().message();
+    } else if (*v) {
+      if (std::string e = keys.set(name, **v); !e.empty()) problem = key + ": " + e;
+    }
+  };
+  for (const std::string_view name : throttle_settings::names()) {
+    if (problem.empty()) one(name);
+  }
+  if (problem.empty()) one("group");
+  if (problem.empty()) {
+    throttle_settings all = ctx_.cfg.io_limits;
+    all.overlay(keys);
+    if (std::string e = validate(all.limits()); !e.empty()) problem = "the throttle-* keys: " + e;
+  }
+  if (problem.empty()) {
+    limit_keys_problem_.clear();
+    return keys;
+  }
+  if (problem != limit_keys_problem_)
+    XBD_LOG(log_, warning) << "I/O limits: " << problem << "; the toolstack's throttle-* keys are ignored";
+  limit_keys_problem_ = problem;
+  return {};
+}
+
+// The group a vbd's `group` setting names: "" a group of its own, "domain"
+// the one its guest's vbds share, any other name one shared across guests.
+std::string vbd::group_key(const std::string& group) const {
+  if (group.empty()) return {};
+  if (group == "domain") return "domain/" + std::to_string(id_.frontend_domid);
+  return group;
+}
+
+// [limits], then the toolstack's keys, then `live` (the control socket's):
+// checked together, then put in force in the group they name. An error
+// text, with nothing changed.
+std::string vbd::apply_limits(const throttle_settings& live) {
+  throttle_settings all = ctx_.cfg.io_limits;
+  all.overlay(limit_keys_);
+  all.overlay(live);
+  const throttle_limits l = all.limits();
+  if (std::string e = validate(l); !e.empty()) return e;
+  const std::string key = group_key(all.group_name());
+  if (!throttle_ || key != throttle_key_) {
+    throttle_ = key.empty() ? std::make_shared<throttle_group>("") : ctx_.throttle_groups->get(key);
+    throttle_key_ = key;
+    // The rings of the connection move to the new group.
+    if (conn_) {
+      for (std::size_t i = 0; i < conn_->queues.size(); ++i) {
+        queue* q = conn_->queues[i].get();
+        asio::post(conn_->workers[i].ex, [q, g = throttle_] { q->set_throttle(g); });
+      }
+    }
+  }
+  // A group's limits are the last ones set by any of its vbds.
+  throttle_->configure(l, std::chrono::steady_clock::now());
+  return {};
+}
+
+limits_view vbd::limits() const {
+  limits_view v;
+  v.file = ctx_.cfg.io_limits;
+  v.toolstack = limit_keys_;
+  v.live = limits_live_;
+  v.effective = v.file;
+  v.effective.overlay(v.toolstack);
+  v.effective.overlay(v.live);
+  v.toolstack_problem = limit_keys_problem_;
+  v.group = v.effective.group_name();
+  v.in_force = throttle_ ? throttle_->limits() : v.effective.limits();
+  v.group_rings = throttle_ ? throttle_->members() : 0;
+  return v;
+}
+
+std::string vbd::change_limits(const throttle_settings& change) {
+  throttle_settings live = limits_live_;
+  live.overlay(change);
+  if (std::string e = apply_limits(live); !e.empty()) return e;
+  limits_live_ = live;
+  if (change.empty()) return {};
+  const std::string now = describe(throttle_->limits());
+  XBD_LOG(log_, info) << "I/O limits changed through the control socket (" << change.describe()
+                      << "); in force: " << (now.empty() ? "none" : now) << in_group();
+  return {};
+}
+
+// For the log: " (group NAME)" when the vbd shares its limits.
+std::string vbd::in_group() const {
+  const std::string g = limits().group;
+  return g.empty() ? std::string() : " (group " + g + ")";
 }
 
 // Online resize (docs/protocol.md, the state machine): new `sectors`, then `state` rewritten in the

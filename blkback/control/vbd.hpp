@@ -18,6 +18,7 @@
 #include "blkback/data/log_budget.hpp"
 #include "blkback/data/memory.hpp"
 #include "blkback/data/queue.hpp"
+#include "blkback/data/throttle.hpp"
 #include "blkback/log.hpp"
 #include "blkback/platform.hpp"
 #include "blkback/ring/abi.hpp"
@@ -65,6 +66,9 @@ struct vbd_context {
   std::shared_ptr<memory_budget> memory;
   // CPU fairness between vbds (fair_share.hpp); null: none (tests).
   std::shared_ptr<fair_share> fair;
+  // The named I/O limit groups (throttle.hpp), shared by the vbds that
+  // name one.
+  std::shared_ptr<throttle_registry> throttle_groups = std::make_shared<throttle_registry>();
 };
 
 struct vbd_id {
@@ -98,6 +102,15 @@ class vbd {
   void flush_unsupported();
 
   const vbd_id& id() const { return id_; }
+  // I/O limits: what the control socket shows, and a change from it
+  // (NAME=VALUE by QEMU's names): an error text with nothing applied, or
+  // empty. A change lasts until the next one, across the guest's
+  // reconnections. Control thread.
+  limits_view limits() const;
+  std::string change_limits(const throttle_settings& change);
+  // The group key the vbd's limits put it in ("" before its first
+  // connection or change).
+  const std::string& throttle_key() const { return throttle_key_; }
   // What the control socket shows (report.hpp), taken now: the counters of
   // every connection so far, the current one's per queue. Control thread.
   vbd_report report() const;
@@ -158,6 +171,10 @@ class vbd {
   boost::asio::awaitable<void> disconnect();
   void connection_ended(const connection& c);
   void retire_rings();
+  throttle_settings read_limit_keys();
+  std::string apply_limits(const throttle_settings& live);
+  std::string group_key(const std::string& group) const;
+  std::string in_group() const;
   xenbus_state frontend_state();
 
   vbd_context& ctx_;
@@ -189,6 +206,13 @@ class vbd {
   std::shared_ptr<log_budget> guest_log_ = std::make_shared<log_budget>();  // shared with the rings
   std::shared_ptr<memory_budget::account> memory_;                          // shared with the rings
   std::shared_ptr<fair_share::member> fair_;                                // shared with the rings
+  // I/O limits: the backend keys as last read, the control socket's, and
+  // the group they put the vbd in (shared with the rings).
+  throttle_settings limit_keys_;
+  std::string limit_keys_problem_;
+  throttle_settings limits_live_;
+  std::shared_ptr<throttle_group> throttle_;
+  std::string throttle_key_;
   std::filesystem::path journal_path_;
   std::uint64_t published_sectors_ = 0;
   // For report(): what the toolstack wrote, and the rings' counters.

@@ -47,6 +47,8 @@ struct queue::slot {
   std::unique_ptr<segment[]> segs;
   storage_wait io;                // where the storage channel resumes serve()
   std::optional<timed_op> timed;  // validated: its latency is recorded when answered
+  // What the limits were charged for it, corrected once it is validated.
+  std::optional<limited_request> charged;
   std::chrono::steady_clock::time_point started;
   frame_arena frame;  // serve()'s coroutine frame
 
@@ -58,6 +60,17 @@ struct queue::slot {
 struct queue::memory_wake final : memory_waiter, std::enable_shared_from_this<memory_wake> {
   explicit memory_wake(const asio::any_io_executor& ex) : timer(ex) {}
   void memory_freed() override {
+    asio::post(timer.get_executor(), [self = shared_from_this()] { self->timer.cancel(); });
+  }
+  asio::steady_timer timer;
+};
+
+// Told by the vbd's throttle group that its limits changed (from the
+// control thread): ends the ring's wait for them, which is then computed
+// afresh.
+struct queue::throttle_wake final : throttle_waiter, std::enable_shared_from_this<throttle_wake> {
+  explicit throttle_wake(const asio::any_io_executor& ex) : timer(ex) {}
+  void limits_changed() override {
     asio::post(timer.get_executor(), [self = shared_from_this()] { self->timer.cancel(); });
   }
   asio::steady_timer timer;
@@ -142,6 +155,8 @@ queue::queue(asio::any_io_executor ex, asio_xen::grant_table gt, asio_xen::grant
       journal_(params.journal),
       memory_wake_(std::make_shared<memory_wake>(ex)),
       fair_(params.fair),
+      throttle_wake_(std::make_shared<throttle_wake>(ex)),
+      throttle_(params.throttle ? params.throttle->join(throttle_wake_) : nullptr),
       budget_(params.budget ? params.budget : std::make_shared<log_budget>()) {}
 
 queue::~queue() {
@@ -160,6 +175,7 @@ void queue::stop() {
   trim_.cancel();
   pause_.cancel();
   memory_wake_->timer.cancel();
+  throttle_wake_->timer.cancel();
 }
 
 // Until every request taken from the ring has been answered and pushed.
@@ -226,14 +242,27 @@ asio::awaitable<error_code> queue::serve_ring() {
       // A barrier orders the stream: everything before it is finished
       // first, and nothing after it starts until it is done.
       if (barrier) co_await wait_idle();
+      // Over the vbd's I/O limits: it stays in the ring until they allow it.
+      const auto lim = throttle_ ? limited(w) : std::nullopt;
+      if (lim) {
+        const auto wait = throttle_->take(std::chrono::steady_clock::now(), lim->write, lim->bytes);
+        if (wait > std::chrono::steady_clock::duration::zero()) {
+          ring_.unconsume_request();
+          co_await wait_for_limits(wait);
+          break;
+        }
+      }
       bool memory = false;
       slot* s = admit(w, memory);
       if (s == nullptr) {
-        // No memory for it now, or other vbds' turn: it stays in the ring.
+        // No memory for it now, or other vbds' turn: it stays in the ring,
+        // and its charge against the limits is given back.
+        if (lim) throttle_->correct(lim->write, lim->bytes, 0, false);
         ring_.unconsume_request();
         co_await wait_for_room(memory);
         break;
       }
+      s->charged = lim;
       if (journal_) s->entry = journal_->take(ring_.req_cons() - 1, w).value_or(slot::no_entry);
       fault::at(fault::point::consumed);
       s->started = turn_start_;
@@ -268,6 +297,7 @@ asio::awaitable<void> queue::reissue() {
     // Stopped before all were started: the rest stay in the journal.
     if (s == nullptr) co_return;
     s->entry = r.entry;
+    s->charged.reset();  // what was in flight is not limited again
     s->started = std::chrono::steady_clock::now();
     serve(*s, r.request, r.descriptors);
     if (barrier) co_await wait_idle();
@@ -289,6 +319,51 @@ asio::awaitable<void> queue::wait_for_room(bool memory) {
        static_cast<std::uint64_t>(std::chrono::nanoseconds(std::chrono::steady_clock::now() - since).count()));
   // A whole grace with nobody saying it is our turn: take it.
   if (!memory && !ec) turn_overdue_ = true;
+}
+
+// Until the vbd's limits allow the next request, or they change: at most
+// a second at a time (the loop then asks again).
+asio::awaitable<void> queue::wait_for_limits(std::chrono::steady_clock::duration d) {
+  bump(counters_->limit_waits);
+  const auto since = std::chrono::steady_clock::now();
+  throttle_wake_->timer.expires_after(std::min<std::chrono::steady_clock::duration>(d, std::chrono::seconds(1)));
+  co_await throttle_wake_->timer.async_wait(asio::as_tuple(asio::use_awaitable));
+  bump(counters_->limited_ns,
+       static_cast<std::uint64_t>(std::chrono::nanoseconds(std::chrono::steady_clock::now() - since).count()));
+}
+
+// A request's direction and bytes, from its private copy's header (the
+// limits are checked before it is taken). A direct request's segments say
+// its length; an indirect one's are not fetched yet, so it is charged its
+// largest length and corrected once validated. Flushes and barriers
+// without data move nothing and are not limited (as in QEMU); a discard
+// is one write operation without bytes.
+std::optional<queue::limited_request> queue::limited(const wire_request& w) const {
+  auto direct_bytes = [&w] {
+    std::uint64_t bytes = 0;
+    const std::size_t n = std::min<std::size_t>(w.nr_segments, BLKIF_MAX_SEGMENTS_PER_REQUEST);
+    for (std::size_t i = 0; i < n; ++i)
+      if (w.seg[i].first_sect <= w.seg[i].last_sect && w.seg[i].last_sect < xen::page_size / 512)
+        bytes += std::uint64_t{512} * (w.seg[i].last_sect - w.seg[i].first_sect + 1u);
+    return bytes;
+  };
+  switch (w.operation) {
+    case BLKIF_OP_READ:
+      return limited_request{false, direct_bytes()};
+    case BLKIF_OP_WRITE:
+      return limited_request{true, direct_bytes()};
+    case BLKIF_OP_WRITE_BARRIER:
+    case BLKIF_OP_FLUSH_DISKCACHE:
+      if (w.nr_segments == 0) return std::nullopt;
+      return limited_request{true, direct_bytes()};
+    case BLKIF_OP_DISCARD:
+      return limited_request{true, 0};
+    case BLKIF_OP_INDIRECT:
+      if (w.indirect_op != BLKIF_OP_READ && w.indirect_op != BLKIF_OP_WRITE) return std::nullopt;
+      return limited_request{w.indirect_op == BLKIF_OP_WRITE, data_bound(w)};
+    default:
+      return std::nullopt;
+  }
 }
 
 // Sleeps until the frontend notifies. A frontend that keeps notifying with
@@ -424,10 +499,14 @@ request_task queue::serve(slot& s, wire_request w, std::span<const blkif_request
   validation v = validate(w, params_.limits, std::span(s.segs.get(), max_segments_));
   if (auto* need = std::get_if<needs_indirect>(&v)) v = fetch_indirect(s, w, *need, known);
   if (auto* r = std::get_if<rejected>(&v)) {
+    s.charged.reset();  // it counts as what its header said
     reject(s, *r);
     co_return;
   }
   s.req = std::get<checked_request>(v);
+  if (const auto c = std::exchange(s.charged, std::nullopt);
+      c && throttle_ && s.req.kind != op_kind::discard && c->bytes != s.req.length)
+    throttle_->correct(c->write, c->bytes, s.req.length, true);
   count_taken(s);
   if (s.req.kind != op_kind::discard && s.req.length > 0 && s.buf.data == nullptr) co_return finish(s, no_buffer(s));
   error_code ec;
@@ -609,6 +688,11 @@ std::int16_t queue::no_buffer(const slot& s) {
 }
 
 void queue::set_sectors(std::uint64_t sectors) { params_.limits.sectors = sectors; }
+
+void queue::set_throttle(const std::shared_ptr<throttle_group>& g) {
+  throttle_ = g ? g->join(throttle_wake_) : nullptr;
+  throttle_wake_->timer.cancel();  // a wait for the old group's limits ends
+}
 
 // The response goes into the ring in the journal's order (journal.hpp):
 // its record first, then the ring slot, then the journal's index.

@@ -15,6 +15,10 @@
 // are reused most-recently-freed first and handed back to the kernel after
 // an idle second, so an idle ring holds almost nothing.
 //
+// I/O limits (blkback/data/throttle.hpp) hold a request back at the same
+// point: over its vbd's limits, it stays in the ring until the buckets
+// have leaked enough, and the guest sees a slower disk, never an error.
+//
 // Fairness on a shared worker thread: a ring yields the thread after a
 // bounded amount of work per turn, and a frontend that notifies without
 // publishing requests is answered with a growing pause (XSA-332).
@@ -28,6 +32,7 @@
 #include "blkback/data/memory.hpp"
 #include "blkback/data/request_task.hpp"
 #include "blkback/data/stats.hpp"
+#include "blkback/data/throttle.hpp"
 #include "blkback/log.hpp"
 #include "blkback/platform.hpp"
 #include "blkback/ring/abi.hpp"
@@ -62,6 +67,8 @@ struct queue_params {
   // The vbd's place in the daemon's CPU fairness (fair_share.hpp); null:
   // none (tests).
   std::shared_ptr<fair_share::member> fair;
+  // The vbd's I/O limits (throttle.hpp), shared with its group; null: none.
+  std::shared_ptr<throttle_group> throttle;
   // This ring's part of the in-flight journal (null: none). With `recover`,
   // what an earlier process left in it is taken up before anything else.
   ring_journal* journal = nullptr;
@@ -106,6 +113,9 @@ class queue {
   void stop();
   // The disk was resized (online resize). Call on the queue's executor.
   void set_sectors(std::uint64_t sectors);
+  // The vbd moved to another limits group (null: none). Call on the
+  // queue's executor.
+  void set_throttle(const std::shared_ptr<throttle_group>& g);
 
   // The ring's live counters (blkback/data/stats.hpp): written on the
   // queue's thread, readable from any thread for as long as it is held.
@@ -132,6 +142,14 @@ class queue {
   void take_up(recovered_ring rec);
   boost::asio::awaitable<void> reissue();
   boost::asio::awaitable<void> wait_for_room(bool memory);
+  boost::asio::awaitable<void> wait_for_limits(std::chrono::steady_clock::duration d);
+  // What a request counts against the limits: a write (or a read) and its
+  // bytes, as far as its header tells; nullopt for what no limit counts.
+  struct limited_request {
+    bool write = false;
+    std::uint64_t bytes = 0;
+  };
+  std::optional<limited_request> limited(const wire_request& w) const;
   boost::asio::awaitable<asio_xen::error_code> serve_ring();
   boost::asio::awaitable<asio_xen::error_code> sleep_for_event();
   boost::asio::awaitable<void> pause(std::chrono::milliseconds d);
@@ -199,6 +217,9 @@ class queue {
   struct memory_wake;
   std::shared_ptr<memory_wake> memory_wake_;  // the wait for buffer memory or a turn
   std::shared_ptr<fair_share::member> fair_;
+  struct throttle_wake;
+  std::shared_ptr<throttle_wake> throttle_wake_;  // the wait for the limits
+  std::shared_ptr<throttle_group::member> throttle_;
   queue_tuning tuning_;
   std::shared_ptr<ring_counters> counters_ = std::make_shared<ring_counters>();
   std::shared_ptr<log_budget> budget_;

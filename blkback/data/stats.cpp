@@ -87,6 +87,8 @@ ring_counts& ring_counts::operator+=(const ring_counts& o) {
   err_no_memory += o.err_no_memory;
   fair_waits += o.fair_waits;
   throttled_ns += o.throttled_ns;
+  limit_waits += o.limit_waits;
+  limited_ns += o.limited_ns;
   idle_events += o.idle_events;
   storm_pauses += o.storm_pauses;
   yields += o.yields;
@@ -153,6 +155,8 @@ ring_stats snapshot(const ring_counters& c) {
   s.err_no_memory = get(c.err_no_memory);
   s.fair_waits = get(c.fair_waits);
   s.throttled_ns = get(c.throttled_ns);
+  s.limit_waits = get(c.limit_waits);
+  s.limited_ns = get(c.limited_ns);
   s.idle_events = get(c.idle_events);
   s.storm_pauses = get(c.storm_pauses);
   s.yields = get(c.yields);

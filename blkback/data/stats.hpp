@@ -96,6 +96,8 @@ struct ring_counters {
   stat_counter err_rejected{0}, err_grant{0}, err_io{0}, err_unsupported{0}, err_no_memory{0};
   stat_counter fair_waits{0};    // times the ring let other vbds catch up
   stat_counter throttled_ns{0};  // time it held requests back (memory, fair share)
+  stat_counter limit_waits{0};   // times it held a request back for the I/O limits
+  stat_counter limited_ns{0};    // time it held requests back for them
   stat_counter idle_events{0}, storm_pauses{0}, yields{0};
   // Gauges: what holds now.
   stat_counter in_flight{0}, peak_in_flight{0}, slots{0}, cached_bytes{0};
@@ -109,6 +111,7 @@ struct ring_counts {
   std::uint64_t rd_bytes = 0, wr_bytes = 0;
   std::uint64_t err_rejected = 0, err_grant = 0, err_io = 0, err_unsupported = 0, err_no_memory = 0;
   std::uint64_t fair_waits = 0, throttled_ns = 0;
+  std::uint64_t limit_waits = 0, limited_ns = 0;
   std::uint64_t idle_events = 0, storm_pauses = 0, yields = 0;
   std::uint64_t in_flight = 0, peak_in_flight = 0, slots = 0, cached_bytes = 0;
 

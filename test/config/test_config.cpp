@@ -104,7 +104,19 @@ TEST_CASE("the defaults shown commented out in the shipped file are the real def
                           "rbd.op-timeout-seconds",
                           "control.socket",
                           "log.level",
-                          "log.sink"}) {
+                          "log.sink",
+                          "limits.iops-total",
+                          "limits.iops-read",
+                          "limits.iops-write",
+                          "limits.bps-total",
+                          "limits.bps-read",
+                          "limits.bps-write",
+                          "limits.iops-total-max",
+                          "limits.bps-write-max",
+                          "limits.iops-total-max-length",
+                          "limits.bps-write-max-length",
+                          "limits.iops-size",
+                          "limits.group"}) {
     CAPTURE(key);
     CHECK(root.at_path(key).node() != nullptr);
   }
@@ -453,7 +465,7 @@ TEST_CASE("describe() is one line with every setting") {
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
         "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "
         "rbd.connect-timeout-seconds=10 rbd.op-timeout-seconds=60 control.socket=/run/xen-blkbackd/control.sock "
-        "log.level=info log.sink=stderr");
+        "log.level=info log.sink=stderr limits=none");
   settings s;
   s.backend_types = {"qdisk", "vbd"};
   s.domid = 3;
@@ -475,5 +487,40 @@ TEST_CASE("describe() is one line with every setting") {
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
         "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "
         "rbd.connect-timeout-seconds=10 rbd.op-timeout-seconds=60 control.socket=/run/xen-blkbackd/control.sock "
-        "log.level=warning log.sink=syslog");
+        "log.level=warning log.sink=syslog limits=none");
+}
+
+TEST_CASE("[limits] takes QEMU's throttle names as every vbd's defaults") {
+  const settings s = parse(
+      "[limits]\niops-total = 1000\niops-total-max = 2000\niops-total-max-length = 3\n"
+      "bps-read = 10485760\niops-size = 8192\ngroup = \"domain\"\n");
+  const throttle_limits l = s.io_limits.limits();
+  CHECK(l[throttle_kind::iops_total].avg == 1000);
+  CHECK(l[throttle_kind::iops_total].max == 2000);
+  CHECK(l[throttle_kind::iops_total].max_length == 3);
+  CHECK(l[throttle_kind::bps_read].avg == 10485760);
+  CHECK(l.iops_size == 8192);
+  CHECK(s.io_limits.group_name() == "domain");
+  // What means "none" is the same as no key.
+  CHECK(parse("[limits]\niops-total = 0\niops-read-max-length = 1\ngroup = \"\"\n") == settings{});
+  CHECK(describe(s).ends_with(
+      " limits=\"bps-read=10485760 iops-total=1000 iops-total-max=2000 iops-total-max-length=3 iops-size=8192 "
+      "group=domain\""));
+}
+
+TEST_CASE("[limits] refuses bad values and limits that do not add up, at the value or the table") {
+  CHECK(error_of("[limits]\niops-total = -1\n") == "test.toml:2:14: limits.iops-total must be 0 or more, got -1");
+  CHECK(error_of("[limits]\niops-total = \"1000\"\n") ==
+        "test.toml:2:14: limits.iops-total must be an integer, not a string");
+  CHECK(error_of("[limits]\nbps-total = 1000000000000001\n") ==
+        "test.toml:2:13: limits.bps-total must be at most 1000000000000000, got '1000000000000001'");
+  CHECK(error_of("[limits]\niops = 5\n").find("unknown key 'iops' in [limits]") != std::string::npos);
+  CHECK(error_of("[limits]\niops_total = 5\n").find("did you mean 'iops-total'?") != std::string::npos);
+  CHECK(error_of("[limits]\niops-total = 100\niops-total-max = 10\n") ==
+        "test.toml:1:1: [limits]: iops-total-max (10) is below iops-total (100)");
+  CHECK(error_of("[limits]\nbps-write-max-length = 4\n") ==
+        "test.toml:1:1: [limits]: bps-write-max-length needs bps-write-max");
+  CHECK(error_of("[limits]\niops-total = 1\niops-write = 1\n") ==
+        "test.toml:1:1: [limits]: iops-total cannot be combined with iops-read or iops-write");
+  CHECK(error_of("[limits]\ngroup = \"a b\"\n").find("limits.group 'a b' is not a group name") != std::string::npos);
 }

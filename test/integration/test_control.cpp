@@ -203,7 +203,7 @@ TEST_CASE("control: list and show, for people and as JSON, and an unknown vbd is
   const auto unknown = ctl(env, {"show", "9/51712"});
   CHECK(unknown.status == 1);
   CHECK(unknown.out.find("xen-blkbackctl: no vbd 9/51712") != std::string::npos);
-  CHECK(ctl(env, {"limits", "5/51712", "iops=100"}).out.find("not supported yet") != std::string::npos);
+  CHECK(ctl(env, {"limits", "5/51712", "iops=100"}).out.find("unknown limit 'iops'") != std::string::npos);
   const auto prom = ctl(env, {"stats", "--prometheus"});
   CHECK(prom.status == 0);
   CHECK(prom.out.find(

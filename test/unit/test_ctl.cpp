@@ -135,3 +135,34 @@ TEST_CASE("list and show read the daemon's JSON for people") {
   CHECK(xbd::ctl::human_time(2500000) == "2.50 ms");
   CHECK(xbd::ctl::human_bytes(1536) == "1.5 KiB");
 }
+
+TEST_CASE("limits are shown for people: the group, what is in force, and each source") {
+  xbd::blkback::vbd_report v;
+  v.type = "qdisk";
+  v.domid = 5;
+  v.devid = 51712;
+  v.dev = "xvda";
+  xbd::blkback::limits_view l;
+  REQUIRE(l.file.set("iops-total", "1000").empty());
+  REQUIRE(l.live.set("iops-total-max", "2000").empty());
+  REQUIRE(l.live.set("group", "domain").empty());
+  l.effective = l.file;
+  l.effective.overlay(l.live);
+  l.group = "domain";
+  l.in_force = l.effective.limits();
+  l.group_rings = 3;
+  l.toolstack_problem = "throttle-bps-total: bps-total must be a whole number, got 'x'";
+  const auto a = json::parse(xbd::blkback::limits_json(v, l));
+  REQUIRE(a.has_value());
+  CHECK((*a)["in_force"]["iops-total"].u64() == 1000u);
+  CHECK((*a)["sources"]["control"]["group"].str() == "domain");
+  const std::string s = xbd::ctl::render_limits(*a);
+  CHECK(s ==
+        "qdisk/5/51712 (xvda): group domain, 3 ring(s) share them\n"
+        "  limits      iops-total=1000 iops-total-max=2000\n"
+        "  in force    iops-total=1000 iops-total-max=2000\n"
+        "  file        iops-total=1000\n"
+        "  toolstack   none\n"
+        "  control     iops-total-max=2000 group=domain\n"
+        "  ignored     throttle-bps-total: bps-total must be a whole number, got 'x'\n");
+}

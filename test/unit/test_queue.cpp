@@ -75,7 +75,7 @@ struct rig {
   using adjuster = std::function<void(std::unique_ptr<storage::store>&, queue_params&)>;
   explicit rig(std::size_t pages = 1, device_limits lim = {}, std::uint64_t disk_bytes = 1 << 20, bool readonly = false,
                std::uint64_t memory_budget_bytes = std::uint64_t{1} << 30, queue_tuning tuning = {},
-               const adjuster& adjust = {})
+               const adjuster& adjust = {}, std::shared_ptr<throttle_group> throttle = nullptr)
       : ring_pages(pages),
         guest(tables.add_guest(guest_domid, pages + data_frames)),
         file(disk_bytes),
@@ -95,6 +95,7 @@ struct rig {
     p.remote_port = front_evtchn->local_port();
     p.limits = lim;
     p.memory = memory->open_account();
+    p.throttle = std::move(throttle);
     if (adjust) adjust(store, p);
     xen_platform xp{[this] { return asio_xen::result<std::unique_ptr<asio_xen::evtchn_driver>>(bus.open(0)); },
                     [this] { return asio_xen::result<std::unique_ptr<asio_xen::gnttab_driver>>(tables.open(0)); }};
@@ -647,4 +648,57 @@ TEST_CASE("a ring yields its thread after a bounded turn, and serves everything"
   for (auto& x : rs) CHECK(x.status == BLKIF_RSP_OKAY);
   CHECK(r.q->stats().yields >= 9u);
   CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("limits: requests over the vbd's limits wait in the ring, not taken, and are all answered OKAY") {
+  auto g = std::make_shared<throttle_group>("");
+  throttle_settings s;
+  REQUIRE(s.set("iops-total", "20").empty());
+  g->configure(s.limits(), std::chrono::steady_clock::now());
+  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, {}, {}, g);
+  // The bucket holds a tenth of a second at 20/s: 2, and the one that
+  // finds it full.
+  for (std::uint64_t i = 0; i < 8; ++i) r.submit(make(BLKIF_OP_READ, i, i * 8, {{r.data_refs[i], 0, 7}}));
+  r.kick();
+  const auto t0 = std::chrono::steady_clock::now();
+  auto first = r.responses(3, std::chrono::milliseconds(30));
+  CHECK(first.size() == 3u);
+  // The others are still in the ring: not taken, so not counted either
+  // (the next may go 50 ms after the first).
+  if (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(40)) CHECK(r.q->stats().rd_req == 3u);
+  CHECK(r.q->stats().in_flight == 0u);
+  auto rest = r.responses(5, std::chrono::seconds(3));
+  REQUIRE(rest.size() == 5u);
+  CHECK(std::chrono::steady_clock::now() - t0 >= std::chrono::milliseconds(200));  // 5 at 20/s
+  for (const auto& x : first) CHECK(x.status == BLKIF_RSP_OKAY);
+  for (const auto& x : rest) CHECK(x.status == BLKIF_RSP_OKAY);
+  CHECK(r.q->stats().limit_waits > 0u);
+  CHECK(r.q->stats().limited_ns > 100'000'000u);
+  CHECK(r.q->stats().oo_req == 0u);
+
+  // A change of limits ends a long wait at once.
+  REQUIRE(s.set("iops-total", "1").empty());
+  g->configure(s.limits(), std::chrono::steady_clock::now());
+  for (std::uint64_t i = 0; i < 3; ++i) r.submit(make(BLKIF_OP_READ, 10 + i, i * 8, {{r.data_refs[i], 0, 7}}));
+  r.kick();
+  CHECK(r.responses(1, std::chrono::milliseconds(100)).size() == 1u);
+  CHECK(r.responses(1, std::chrono::milliseconds(100)).empty());  // the next waits about a second
+  g->configure({}, std::chrono::steady_clock::now());
+  CHECK(r.responses(2, std::chrono::milliseconds(100)).size() == 2u);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("limits: a stop ends a wait for the limits, and what waits stays in the ring") {
+  auto g = std::make_shared<throttle_group>("");
+  throttle_settings s;
+  REQUIRE(s.set("bps-total", "4096").empty());
+  g->configure(s.limits(), std::chrono::steady_clock::now());
+  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, {}, {}, g);
+  for (std::uint64_t i = 0; i < 3; ++i) r.submit(make(BLKIF_OP_READ, i, i * 8, {{r.data_refs[i], 0, 7}}));
+  r.kick();
+  CHECK(r.responses(1, std::chrono::milliseconds(50)).size() == 1u);
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_FALSE(r.stop());
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(500));
+  CHECK(r.q->stats().rd_req == 1u);
 }

@@ -183,7 +183,7 @@ namespace {
 struct fake_daemon {
   std::vector<vbd_report> vbds{sample_vbd()};
   severity level = severity::info;
-  control_context ctx{[this] { return vbds; }, [this] { return level; }, [this](severity s) { level = s; }};
+  control_context ctx{[this] { return vbds; }, [this] { return level; }, [this](severity s) { level = s; }, {}};
   std::string ask(std::string_view line) { return answer_request(ctx, line); }
 };
 
@@ -226,12 +226,37 @@ TEST_CASE("control requests: what cannot be done is an error answer") {
   CHECK(d.ask("show vbd/5/51712").starts_with("{\"vbd\":"));
 }
 
-TEST_CASE("control requests: limits is not built yet, and says so for a vbd that exists") {
+TEST_CASE("control requests: limits parses QEMU's names, refuses bad words before anything changes") {
   fake_daemon d;
-  CHECK(d.ask("limits 5/51712 iops=100") == "{\"error\":\"not supported yet\"}");
-  CHECK(d.ask("limits 5/51712") == "{\"error\":\"not supported yet\"}");
-  CHECK(d.ask("limits 9/51712 iops=100") == "{\"error\":\"no vbd 9/51712\"}");
+  CHECK(d.ask("limits 5/51712") == "{\"error\":\"I/O limits are not served here\"}");
+  std::optional<throttle_settings> seen;
+  int calls = 0;
+  d.ctx.limits = [&](const vbd_report& v, const std::optional<throttle_settings>& change) {
+    ++calls;
+    seen = change;
+    CHECK(v.devid == 51712u);
+    return control_context::limits_answer{"{\"limits\":{}}", {}};
+  };
+  CHECK(d.ask("limits 5/xvda") == "{\"limits\":{}}");
+  CHECK_FALSE(seen.has_value());
+  CHECK(d.ask("limits 5/51712 iops-total=100 bps-read-max=0 group=domain") == "{\"limits\":{}}");
+  REQUIRE(seen.has_value());
+  CHECK(seen->describe() == "iops-total=100 bps-read-max=0 group=domain");
+  calls = 0;
+  CHECK(d.ask("limits 9/51712 iops-total=100") == "{\"error\":\"no vbd 9/51712\"}");
   CHECK(d.ask("limits 5/51712 iops").find("usage: limits") != std::string::npos);
+  CHECK(d.ask("limits 5/51712 iops=100") == "{\"error\":\"unknown limit 'iops'\"}");
+  CHECK(d.ask("limits 5/51712 iops-total=100 iops-read=x") ==
+        "{\"error\":\"iops-read must be a whole number, got 'x'\"}");
+  CHECK(d.ask("limits 5/51712 iops-total=1 iops-total=2") == "{\"error\":\"iops-total given twice\"}");
+  CHECK(d.ask("limits 5/51712 =5").find("unknown limit ''") != std::string::npos);
+  CHECK(calls == 0);
+  // What the daemon refuses (limits that do not add up) is its answer.
+  d.ctx.limits = [](const vbd_report&, const std::optional<throttle_settings>&) {
+    return control_context::limits_answer{{}, "iops-total-max (1) is below iops-total (2)"};
+  };
+  CHECK(d.ask("limits 5/51712 iops-total=2 iops-total-max=1") ==
+        "{\"error\":\"iops-total-max (1) is below iops-total (2)\"}");
 }
 
 TEST_CASE("control requests: log-level shows and changes the running level") {

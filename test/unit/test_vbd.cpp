@@ -78,7 +78,8 @@ struct rig {
       1,
       {},
       std::make_shared<memory_budget>(settings{}.buffer_memory),
-      std::make_shared<fair_share>(std::uint64_t{1} << 20, std::chrono::milliseconds(2))};
+      std::make_shared<fair_share>(std::uint64_t{1} << 20, std::chrono::milliseconds(2)),
+      std::make_shared<throttle_registry>()};
   std::unique_ptr<vbd> dev;
   std::future<void> done;
   std::optional<asio_xen::event_channel> fe_port;
