@@ -3,6 +3,7 @@
 // numbers agree with what blkfront-sim did, and nothing a control client
 // does reaches the guests.
 #include "app/ctl/json.hpp"
+#include "test/integration/control_client.hpp"
 #include "test/integration/sim_env.hpp"
 
 #include <doctest/doctest.h>
@@ -27,26 +28,6 @@ using namespace std::chrono_literals;
 namespace {
 
 constexpr unsigned xvda = 51712;
-
-std::string socket_of(sim_env& env) { return (env.dir() / "control.sock").string(); }
-
-// The daemon's socket is there once it listens.
-void start(sim_env& env) {
-  env.start_daemon();
-  REQUIRE(env.log_shows("control socket " + socket_of(env)));
-}
-
-struct ctl_result {
-  int status = -1;
-  std::string out;
-};
-
-ctl_result ctl(sim_env& env, std::vector<std::string> args) {
-  std::vector<std::string> argv{XBD_CTL_BIN, "--socket", socket_of(env)};
-  argv.insert(argv.end(), args.begin(), args.end());
-  auto r = run(argv, {}, env.dir() / "ctl.log", 20s);  // the last one's output stays
-  return {r.status, r.output};
-}
 
 json parsed(const std::string& text) {
   std::string why;

@@ -4,6 +4,7 @@
 // (and what happens to bad ones), the control socket's errors, and a
 // throttled noisy guest beside a victim.
 #include "app/ctl/json.hpp"
+#include "test/integration/control_client.hpp"
 #include "test/integration/sim_env.hpp"
 
 #include <doctest/doctest.h>
@@ -21,27 +22,8 @@ namespace {
 
 constexpr unsigned xvda = 51712;
 
-std::string socket_of(sim_env& env) { return (env.dir() / "control.sock").string(); }
-
 std::string backend(unsigned domid, unsigned devid = xvda) {
   return "/local/domain/0/backend/qdisk/" + std::to_string(domid) + "/" + std::to_string(devid);
-}
-
-void start(sim_env& env) {
-  env.start_daemon();
-  REQUIRE(env.log_shows("control socket " + socket_of(env)));
-}
-
-struct ctl_result {
-  int status = -1;
-  std::string out;
-};
-
-ctl_result ctl(sim_env& env, std::vector<std::string> args) {
-  std::vector<std::string> argv{XBD_CTL_BIN, "--socket", socket_of(env)};
-  argv.insert(argv.end(), args.begin(), args.end());
-  auto r = run(argv, {}, env.dir() / "ctl.log", 20s);
-  return {r.status, r.output};
 }
 
 json parsed(const std::string& text) {
