@@ -6,7 +6,6 @@
 #include "app/ctl/json.hpp"
 #include "test/integration/control_client.hpp"
 #include "test/integration/sim_env.hpp"
-#include "test/sim/toolstack/toolstack.hpp"
 
 #include <doctest/doctest.h>
 
@@ -17,14 +16,14 @@ namespace {
 
 constexpr unsigned xvda = 51712;
 
-std::uint32_t add_disk(sim_env& env, unsigned domid, const std::filesystem::path& image, bool direct_io_safe) {
-  xbd::sim::disk_spec d;
-  d.domid = domid;
-  d.vdev = "xvda";
-  d.target = image;
-  d.writable = true;
-  d.direct_io_safe = direct_io_safe;
-  return env.toolstack().add_disk(d);
+// Guest 5 with an O_DIRECT (direct-io-safe) disk, guest 6 with a buffered
+// one, and the daemon serving both.
+void two_guests(sim_env& env) {
+  env.create_guest(5);
+  env.create_guest(6);
+  env.add_raw_disk(5, env.make_image("direct.img", 32 << 20), true, true);
+  env.add_raw_disk(6, env.make_image("buffered.img", 32 << 20), true, false);
+  start(env);
 }
 
 void check_clean(const frontend_result& r) {
@@ -57,11 +56,7 @@ const std::string config = "[log]\nlevel = \"debug\"\n[io]\nzero-copy-min-bytes 
 
 TEST_CASE("zero-copy: large requests of a direct-io-safe disk run on the guest's pages, verified, small ones copied") {
   sim_env env(config);
-  env.create_guest(5);
-  env.create_guest(6);
-  add_disk(env, 5, env.make_image("direct.img", 32 << 20), true);
-  add_disk(env, 6, env.make_image("buffered.img", 32 << 20), false);
-  start(env);
+  two_guests(env);
   for (unsigned dom : {5u, 6u}) {
     check_clean(env.run_frontend(dom, {"--devid", "51712", "--rw", "randrw", "--bs", "256k", "--qd", "8", "--ios",
                                        "400", "--verify", "--flush-every", "50"}));
@@ -83,11 +78,7 @@ TEST_CASE("zero-copy: large requests of a direct-io-safe disk run on the guest's
 
 TEST_CASE("persistent grants: a frontend that asks gets them, its pages are mapped once, and its data verifies") {
   sim_env env(config);
-  env.create_guest(5);
-  env.create_guest(6);
-  add_disk(env, 5, env.make_image("direct.img", 32 << 20), true);
-  add_disk(env, 6, env.make_image("buffered.img", 32 << 20), false);
-  start(env);
+  two_guests(env);
   CHECK(env.read("/local/domain/0/backend/qdisk/5/51712/feature-persistent") == "1");
   for (unsigned dom : {5u, 6u}) {
     auto r = env.run_frontend(dom, {"--devid", "51712", "--persistent", "--rw", "randrw", "--bs", "16k", "--qd", "16",
@@ -107,7 +98,7 @@ TEST_CASE("persistent grants: a frontend that asks gets them, its pages are mapp
 TEST_CASE("persistent grants off in the configuration: not offered, and the guest is served by copies") {
   sim_env env(config + "persistent-grants = false\nzero-copy = false\n");
   env.create_guest(5);
-  add_disk(env, 5, env.make_image("direct.img", 16 << 20), true);
+  env.add_raw_disk(5, env.make_image("direct.img", 16 << 20), true, true);
   start(env);
   CHECK(env.read("/local/domain/0/backend/qdisk/5/51712/feature-persistent") == "0");
   check_clean(env.run_frontend(
