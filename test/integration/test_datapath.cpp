@@ -79,7 +79,7 @@ TEST_CASE("zero-copy: large requests of a direct-io-safe disk run on the guest's
 TEST_CASE("persistent grants: a frontend that asks gets them, its pages are mapped once, and its data verifies") {
   sim_env env(config);
   two_guests(env);
-  CHECK(env.read("/local/domain/0/backend/qdisk/5/51712/feature-persistent") == "1");
+  CHECK(eventually([&] { return env.read("/local/domain/0/backend/qdisk/5/51712/feature-persistent") == "1"; }));
   for (unsigned dom : {5u, 6u}) {
     auto r = env.run_frontend(dom, {"--devid", "51712", "--persistent", "--rw", "randrw", "--bs", "16k", "--qd", "16",
                                     "--ios", "3000", "--verify", "--flush-every", "100"});
@@ -100,7 +100,7 @@ TEST_CASE("persistent grants off in the configuration: not offered, and the gues
   env.create_guest(5);
   env.add_raw_disk(5, env.make_image("direct.img", 16 << 20), true, true);
   start(env);
-  CHECK(env.read("/local/domain/0/backend/qdisk/5/51712/feature-persistent") == "0");
+  CHECK(eventually([&] { return env.read("/local/domain/0/backend/qdisk/5/51712/feature-persistent") == "0"; }));
   check_clean(env.run_frontend(
       5, {"--devid", "51712", "--persistent", "--rw", "randrw", "--bs", "256k", "--ios", "200", "--verify"}));
   const auto g = grants(env, 5);
