@@ -1,5 +1,8 @@
 #include "blkback/data/persistent_grants.hpp"
 
+#include <algorithm>
+#include <utility>
+
 namespace xbd::blkback {
 
 persistent_grants::lookup persistent_grants::get(asio_xen::grant_ref ref, clock::time_point now) {
@@ -11,7 +14,10 @@ persistent_grants::lookup persistent_grants::get(asio_xen::grant_ref ref, clock:
     l.page = p.map.bytes().data();
     return l;
   }
-  if (!make_room(l)) return l;
+  if (pages_.size() >= capacity_) {
+    ++refused_;
+    return l;
+  }
   const asio_xen::grant_ref one[] = {ref};
   auto m = gnttab_.map(domid_, one, true);
   if (!m) {
@@ -29,16 +35,6 @@ persistent_grants::lookup persistent_grants::get(asio_xen::grant_ref ref, clock:
   return l;
 }
 
-// Full: the least recently used page nobody uses goes. None: false.
-bool persistent_grants::make_room(lookup& l) {
-  if (pages_.size() < capacity_) return true;
-  if (unused_.empty()) return false;
-  pages_.erase(unused_.front());  // unmaps
-  unused_.pop_front();
-  ++l.dropped;
-  return true;
-}
-
 void persistent_grants::put(asio_xen::grant_ref ref) {
   auto it = pages_.find(ref);
   if (it == pages_.end() || it->second.users == 0) return;
@@ -52,6 +48,18 @@ std::size_t persistent_grants::drop_unused(clock::time_point before) {
     auto it = pages_.find(unused_.front());
     if (it->second.last_used >= before) break;  // the rest were used later
     pages_.erase(it);
+    unused_.pop_front();
+    ++n;
+  }
+  return n;
+}
+
+std::size_t persistent_grants::make_room() {
+  if (std::exchange(refused_, 0) == 0) return 0;
+  std::size_t n = 0;
+  const std::size_t tenth = std::max<std::size_t>(1, capacity_ / 10);
+  while (n < tenth && !unused_.empty()) {
+    pages_.erase(unused_.front());  // unmaps
     unused_.pop_front();
     ++n;
   }

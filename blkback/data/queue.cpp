@@ -462,8 +462,12 @@ bool queue::trim_idle() {
                           : std::chrono::steady_clock::duration(tuning_.idle_after));
   const auto now = std::chrono::steady_clock::now();
   // Persistent grants unused for a minute are unmapped (all unused ones
-  // when another vbd waits for memory).
-  if (persistent_) drop_persistent(persistent_->drop_unused(give_back ? now : now - tuning_.persistent_idle));
+  // when another vbd waits for memory), and a full set makes some room for
+  // the pages it had to refuse (persistent_grants.hpp).
+  if (persistent_) {
+    drop_persistent(persistent_->drop_unused(give_back ? now : now - tuning_.persistent_idle));
+    drop_persistent(persistent_->make_room());
+  }
   const bool idle = in_flight_ == 0 && now - last_release_ >= tuning_.idle_after;
   if (idle && !slots_.empty()) {
     buffers_.account().shrink(slot_charge_ * slots_.size());
@@ -695,7 +699,6 @@ bool queue::map_persistent(slot& s) {
   std::size_t kept = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const auto l = persistent_->get(s.req.segments[i].gref, now);
-    drop_persistent(l.dropped);
     if (l.page == nullptr) {
       refs_.push_back(s.req.segments[i].gref);
       continue;
