@@ -34,6 +34,7 @@ struct profile {
   long long simulator = 0;  // calls into the simulator from outside, inclusive
   std::map<std::string, long long> self_by_object;
   std::map<std::string, long long> inclusive;  // "function [object]"
+  std::map<std::string, long long> self;
 };
 
 // A compressed name: "(id) name" defines id, "(id)" refers to it.
@@ -98,6 +99,7 @@ bool read_profile(const char* path, const std::string& sim, profile& p) {
       } else {
         p.self_by_object[ob] += c;
         p.inclusive[key(fn, ob)] += c;
+        p.self[key(fn, ob)] += c;
       }
     }
     // Other lines (fl=, fi=, fe=, jump=, headers) change nothing counted.
@@ -131,13 +133,17 @@ int main(int argc, char** argv) {
   const double total = static_cast<double>(b.total - a.total) / dn - excluded;
   const double simulator = static_cast<double>(b.simulator - a.simulator) / dn;
 
-  std::vector<std::pair<double, std::string>> fns;
-  for (auto& [f, c] : b.inclusive) fns.emplace_back(static_cast<double>(c - a.inclusive[f]) / dn, f);
-  std::sort(fns.rbegin(), fns.rend());
-  std::fprintf(stderr, "top %d functions by inclusive instructions per request:\n", top);
-  for (int i = 0; i < top && i < static_cast<int>(fns.size()); ++i)
-    std::fprintf(stderr, "  %10.0f  %5.1f %%  %s\n", fns[i].first, total > 0 ? 100 * fns[i].first / total : 0.0,
-                 fns[i].second.c_str());
+  auto print_top = [&](const char* what, std::map<std::string, long long>& ma, std::map<std::string, long long>& mb) {
+    std::vector<std::pair<double, std::string>> fns;
+    for (auto& [f, c] : mb) fns.emplace_back(static_cast<double>(c - ma[f]) / dn, f);
+    std::sort(fns.rbegin(), fns.rend());
+    std::fprintf(stderr, "top %d functions by %s instructions per request:\n", top, what);
+    for (int i = 0; i < top && i < static_cast<int>(fns.size()); ++i)
+      std::fprintf(stderr, "  %10.0f  %5.1f %%  %.200s\n", fns[i].first, total > 0 ? 100 * fns[i].first / total : 0.0,
+                   fns[i].second.c_str());
+  };
+  print_top("inclusive", a.inclusive, b.inclusive);
+  print_top("self", a.self, b.self);
   std::fprintf(stderr, "self instructions per request by object:\n");
   std::vector<std::pair<double, std::string>> objs;
   for (auto& [o, c] : b.self_by_object) objs.emplace_back(static_cast<double>(c - a.self_by_object[o]) / dn, o);
