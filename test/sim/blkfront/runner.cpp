@@ -134,6 +134,8 @@ struct program {
     p.region_offset = region_offset;
     p.response_timeout = o.timeout;
     p.same_page = o.same_page;
+    p.fresh_grants = o.fresh_grants;
+    p.persistent = o.persistent && c.features.persistent;  // blkif.h: when both ends set the key
     engine e(*plat, c.queue_ptrs(), p, tracker.get());
     std::string err;
     if (!e.prepare(err)) return setup_failed(err);
@@ -252,6 +254,7 @@ struct program {
     s.qd = o.qd;
     s.verify = o.verify;
     s.same_page = o.same_page;
+    s.fresh_grants = o.fresh_grants;
     s.run_id = o.run_id ? *o.run_id : (std::uint64_t{std::random_device{}()} << 32 | std::random_device{}());
     s.protocol = o.protocol_key ? *o.protocol_key : o.write_protocol_key ? o.protocol : "(none)";
     s.devices = o.devids.size();

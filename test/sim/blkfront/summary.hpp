@@ -42,6 +42,7 @@ struct summary {
   unsigned qd = 0, effective_qd = 0;
   bool verify = false;
   bool same_page = false;
+  bool fresh_grants = false;
   std::uint64_t run_id = 0;
   std::uint64_t prefill_ios = 0;
   unsigned cycles = 0;
