@@ -125,6 +125,21 @@ std::size_t engine::shared_data_pages() const {
   return n;
 }
 
+std::optional<std::size_t> engine::held_pages() const {
+  std::size_t n = 0;
+  for (const auto& s : states_) {
+    std::vector<const shared_pages*> pages{&s->same_page};
+    for (const auto& c : s->ctx) pages.insert(pages.end(), {&c.data, &c.indirect});
+    for (const shared_pages* p : pages)
+      for (std::uint32_t ref : p->refs()) {
+        const auto h = platform_.backend_holds(ref);
+        if (!h) return std::nullopt;
+        n += *h ? 1 : 0;
+      }
+  }
+  return n;
+}
+
 bool engine::prepare(std::string& err) {
   if (params_.bs == 0 || params_.bs % 512 != 0) {
     err = "block size must be a positive multiple of 512";

@@ -124,6 +124,8 @@ class engine {
   unsigned requests_per_io() const { return parts_per_io_; }
   bool uses_indirect() const { return use_indirect_; }
   std::size_t shared_data_pages() const;
+  // How many of them the backend holds (nullopt: the platform cannot tell).
+  std::optional<std::size_t> held_pages() const;
 
   // Called when a xenstore watch fires; returning true abandons the run.
   using watch_fn = std::function<bool()>;

@@ -402,6 +402,17 @@ std::size_t script_runner::pending(unsigned queue, const script_result& out) con
   return n - (it == claimed_.end() ? 0 : it->second);
 }
 
+std::optional<std::size_t> script_runner::held_pages() const {
+  std::size_t n = 0;
+  for (const auto& [name, pages] : pools_)
+    for (std::uint32_t ref : pages.refs()) {
+      const auto h = env_.plat->backend_holds(ref);
+      if (!h) return std::nullopt;
+      n += *h ? 1 : 0;
+    }
+  return n;
+}
+
 script_result script_runner::run(const std::vector<command>& cmds) {
   script_result out;
   for (const auto& c : cmds) {

@@ -144,6 +144,11 @@ std::string to_json(const summary& s) {
     j.end_object();
   }
 
+  if (s.held_after_close)
+    j.field("held_after_close", *s.held_after_close);
+  else
+    j.key("held_after_close").null();
+
   j.key("errors").begin_object();
   j.field("io", st.io_errors).field("eopnotsupp", st.eopnotsupp).field("protocol", st.protocol_errors);
   j.key("messages").begin_array();
