@@ -990,22 +990,26 @@ HOSTILE_CASE("hostile: mapped: a grant revoked under an in-flight zero-copy read
   r.warm_victim();
   const std::size_t rss_before = r.daemon_rss_kib();
   const auto g = r.grant(v.domid, 0, true)[0];
-  auto guest = r.start_guest(v.domid,
-                             {"--devid", std::to_string(v.devid), "--rw", "none", "--timeout", "10", "--script",
-                              r.script_file("req op=read id=1 sector=2048 seg=" + std::to_string(g) +
-                                            ":0:7\npush\nwait 1 10000\nexpect 1 okay\n"
-                                            "pages buf 1 rw\nreq op=write id=2 sector=8 seg=buf:0:0:7\npush\n"
-                                            "wait 1 10000\nexpect 2 okay\n")
-                                  .string()},
-                             "revoke-mapped");
+  auto guest =
+      r.start_guest(v.domid,
+                    {"--devid", std::to_string(v.devid), "--rw", "none", "--timeout", "10", "--script",
+                     r.script_file("req op=read id=1 sector=2048 seg=" + std::to_string(g) +
+                                   ":0:7\npush\nwait 1 10000\nexpect 1 okay\nexpect-held " + std::to_string(g) +
+                                   " no\nsleep 3000\n"
+                                   "pages buf 1 rw\nreq op=write id=2 sector=8 seg=buf:0:0:7\npush\n"
+                                   "wait 1 10000\nexpect 2 okay\n")
+                         .string()},
+                    "revoke-mapped");
   REQUIRE(disk.saw("read 1048576 4096"));
   CHECK(r.grant_pins(v.domid, g) == 1);  // mapped for the read, not copied
   CHECK(r.revoke(v.domid, g) == 3);      // EBUSY
+  // Let go of with the answer (the script's expect-held, right after it),
+  // and so revocable while the guest is still connected (its script sleeps).
+  CHECK(eventually([&] { return r.grant_pins(v.domid, g) == 0; }, 5s));
+  CHECK(r.revoke(v.domid, g) == 0);
   auto st = guest->wait(30s);
   INFO(guest->output());
   CHECK(st == 0);
-  CHECK(r.grant_pins(v.domid, g) == 0);
-  CHECK(r.revoke(v.domid, g) == 0);
   CHECK(r.grant_stats(v)["mapped_requests"].integer() >= 2);
   c.expect_log(v, disconnect_line(2, 4096, 4096, 0, 0));
   bounded(c, v, rss_before);

@@ -36,6 +36,7 @@ enum class verb {
   expect,
   expect_no_response,
   expect_state,
+  expect_held,
   sleep,
 };
 
