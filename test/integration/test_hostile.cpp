@@ -951,7 +951,7 @@ HOSTILE_CASE("hostile: mapped: a guest ending access after each answer finds its
     o.direct_io_safe = direct;
     auto v = c.vbd(o);
     // One page direct, and 32 pages in one indirect request.
-    for (const char* bs : {"4k", "128k"}) {
+    for (const std::string bs : {"4k", "128k"}) {
       CAPTURE(bs);
       auto g = r.run_guest(v.domid, {"--devid", std::to_string(v.devid), "--fresh-grants", "--rw", "randrw", "--bs", bs,
                                      "--qd", "16", "--ios", "400", "--verify", "--timeout", "10"});
@@ -1123,7 +1123,8 @@ HOSTILE_CASE("hostile: mapped: grants for another domain are ERROR in zero-copy,
   r.warm_victim();
   const std::size_t rss_before = r.daemon_rss_kib();
   for (const data_mode& m : {zero_copy_mode, persistent_mode, copy_mode}) {
-    CAPTURE(m.name);
+    const std::string mode = m.name;
+    CAPTURE(mode);
     vbd_options o;
     o.direct_io_safe = m.direct;
     auto v = c.vbd(o);
@@ -1158,7 +1159,8 @@ HOSTILE_CASE("hostile: mapped: a read into a read-only grant is ERROR, a write f
   r.warm_victim();
   const std::size_t rss_before = r.daemon_rss_kib();
   for (const data_mode& m : {zero_copy_mode, persistent_mode}) {
-    CAPTURE(m.name);
+    const std::string mode = m.name;
+    CAPTURE(mode);
     vbd_options o;
     o.direct_io_safe = m.direct;
     auto v = c.vbd(o);
