@@ -4,6 +4,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/channel.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/use_awaitable.hpp>
 
 #include <iomanip>
@@ -1023,14 +1024,39 @@ asio::awaitable<void> vbd::disconnect() {
       XBD_LOG(log_, warning) << "ring ended with " << result.what();
   }
   connection_ended(*c);
-  // Each queue goes away on its own thread, where its I/O objects live.
-  // Its slots are many small allocations that malloc would keep for reuse;
-  // give the memory back so that a daemon's RSS follows what it serves.
+  co_await release_queues(c);
+}
+
+// Each queue goes away on its own thread, where its I/O objects live, and
+// with it its mappings of the guest's pages (ring, persistent grants): only
+// then may the vbd say Closed, as Linux's blkback unmaps before it does (a
+// frontend ends access to its pages at Closed). Its slots are many small
+// allocations that malloc would keep for reuse; the memory goes back so
+// that a daemon's RSS follows what it serves. Bounded: a worker that no
+// longer runs (not seen) cannot hold the vbd for more than ten seconds.
+asio::awaitable<void> vbd::release_queues(std::shared_ptr<connection> c) {
+  const auto control = co_await asio::this_coro::executor;
+  std::size_t pending = c->queues.size();
   for (std::size_t i = 0; i < c->queues.size(); ++i)
-    asio::post(c->workers[i].ex, [q = std::shared_ptr<queue>(std::move(c->queues[i]))]() mutable {
+    asio::post(c->workers[i].ex, [c, control, q = std::shared_ptr<queue>(std::move(c->queues[i]))]() mutable {
       q.reset();
       ::malloc_trim(0);
+      asio::post(control, [c] { (void)c->exited.try_send(error_code{}, error_code{}); });
     });
+  asio::steady_timer bound(control, std::chrono::seconds(10));
+  bound.async_wait([c](const error_code& ec) {
+    if (!ec) (void)c->exited.try_send(make_error_code(asio::error::timed_out), error_code{});
+  });
+  while (pending > 0) {
+    auto [ec, why] = co_await c->exited.async_receive(asio::as_tuple(asio::use_awaitable));
+    if (ec) break;
+    if (why == asio::error::timed_out) {
+      XBD_LOG(log_, warning) << pending << " queue(s) not released after 10 s; going on";
+      break;
+    }
+    --pending;
+  }
+  bound.cancel();
 }
 
 // What a connection whose queues have all ended leaves: its counters to

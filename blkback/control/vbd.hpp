@@ -171,6 +171,7 @@ class vbd {
   boost::asio::awaitable<std::optional<problem>> connect(bool reattach);
   void apply_resize();
   boost::asio::awaitable<void> disconnect();
+  boost::asio::awaitable<void> release_queues(std::shared_ptr<connection> c);
   void connection_ended(const connection& c);
   void retire_rings();
   throttle_settings read_limit_keys();
