@@ -157,7 +157,7 @@ struct settings {
   // guest's own pages, mapped, instead of a copy ([io] zero-copy,
   // zero-copy-min-bytes; docs/configuration.md).
   bool zero_copy = true;
-  std::uint64_t zero_copy_min_bytes = std::uint64_t{64} << 10;
+  std::uint64_t zero_copy_min_bytes = std::uint64_t{128} << 10;
   // Offer feature-persistent; the mappings one ring may keep ([io]
   // persistent-grants, persistent-grants-per-ring).
   bool persistent_grants = true;

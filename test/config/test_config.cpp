@@ -284,7 +284,7 @@ TEST_CASE("control.socket is an absolute path a unix socket can have, or empty f
 TEST_CASE("zero-copy and persistent grants: defaults, values and clear errors") {
   const settings d = parse("");
   CHECK(d.zero_copy);
-  CHECK(d.zero_copy_min_bytes == 64u << 10);
+  CHECK(d.zero_copy_min_bytes == 128u << 10);
   CHECK(d.persistent_grants);
   CHECK(d.persistent_grants_per_ring == 1056u);
   const settings s = parse(
@@ -489,7 +489,7 @@ TEST_CASE("describe() is one line with every setting") {
         "types=qdisk domid=xenstore max-ring-page-order=4 max-queues=auto max-indirect-segments=256 "
         "default-protocol=native direct-io=auto worker-threads=auto discard=true resize-poll-seconds=1 "
         "sector-size=auto buffer-memory=256MiB journal=true journal-directory=/run/xen-blkbackd "
-        "zero-copy=true zero-copy-min-bytes=64KiB persistent-grants=true persistent-grants-per-ring=1056 "
+        "zero-copy=true zero-copy-min-bytes=128KiB persistent-grants=true persistent-grants-per-ring=1056 "
         "nbd.connect-timeout-seconds=10 "
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
         "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "
@@ -512,7 +512,7 @@ TEST_CASE("describe() is one line with every setting") {
         "types=qdisk,vbd domid=3 max-ring-page-order=0 max-queues=2 max-indirect-segments=0 "
         "default-protocol=x86_32-abi direct-io=always worker-threads=4 discard=false resize-poll-seconds=10 "
         "sector-size=auto buffer-memory=3GiB journal=true journal-directory=/run/xen-blkbackd "
-        "zero-copy=true zero-copy-min-bytes=64KiB persistent-grants=true persistent-grants-per-ring=1056 "
+        "zero-copy=true zero-copy-min-bytes=128KiB persistent-grants=true persistent-grants-per-ring=1056 "
         "nbd.connect-timeout-seconds=10 "
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
         "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "
