@@ -33,6 +33,7 @@ void counters_json(json_writer& j, const stats_view& s) {
   j.field("throttled_ns", s.throttled_ns).field("fair_waits", s.fair_waits);
   j.field("limited_ns", s.limited_ns).field("limit_waits", s.limit_waits);
   j.field("idle_events", s.idle_events).field("storm_pauses", s.storm_pauses).field("yields", s.yields);
+  j.field("poll_hits", s.poll_hits).field("poll_misses", s.poll_misses).field("poll_ns", s.poll_ns);
   latency_json(j, s);
 }
 
@@ -207,6 +208,12 @@ std::string stats_prometheus(const std::vector<vbd_report>& vbds) {
             {{"", &ring_counts::limit_waits}});
   e.family("xen_blkbackd_limited_seconds_total", "counter", "Time the rings held requests back for the I/O limits.");
   e.samples("xen_blkbackd_limited_seconds_total", "", [](const vbd_report& v) { return seconds(v.total.limited_ns); });
+  e.counter("xen_blkbackd_polls_total",
+            "Times a ring looked at its ring again after a burst ([rings] poll-microseconds), by whether a "
+            "request came within the window.",
+            "result", {{"hit", &ring_counts::poll_hits}, {"miss", &ring_counts::poll_misses}});
+  e.family("xen_blkbackd_poll_seconds_total", "counter", "Time the rings spent polling (what polling costs).");
+  e.samples("xen_blkbackd_poll_seconds_total", "", [](const vbd_report& v) { return seconds(v.total.poll_ns); });
   e.family("xen_blkbackd_in_flight", "gauge", "Requests taken and not yet answered.");
   e.samples("xen_blkbackd_in_flight", "", [](const vbd_report& v) { return std::to_string(v.total.in_flight); });
   e.family("xen_blkbackd_buffer_bytes", "gauge", "Request buffer memory the vbd holds ([io] buffer-memory).");

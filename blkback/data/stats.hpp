@@ -99,6 +99,9 @@ struct ring_counters {
   stat_counter limit_waits{0};   // times it held a request back for the I/O limits
   stat_counter limited_ns{0};    // time it held requests back for them
   stat_counter idle_events{0}, storm_pauses{0}, yields{0};
+  // Adaptive polling (ring_poll.hpp): looks after a burst that found a
+  // request, that found none, and the time they took.
+  stat_counter poll_hits{0}, poll_misses{0}, poll_ns{0};
   // Gauges: what holds now.
   stat_counter in_flight{0}, peak_in_flight{0}, slots{0}, cached_bytes{0};
   std::array<latency_histogram, timed_ops> latency;
@@ -113,6 +116,7 @@ struct ring_counts {
   std::uint64_t fair_waits = 0, throttled_ns = 0;
   std::uint64_t limit_waits = 0, limited_ns = 0;
   std::uint64_t idle_events = 0, storm_pauses = 0, yields = 0;
+  std::uint64_t poll_hits = 0, poll_misses = 0, poll_ns = 0;
   std::uint64_t in_flight = 0, peak_in_flight = 0, slots = 0, cached_bytes = 0;
 
   // Counters and gauges add up; the peak is the largest.
