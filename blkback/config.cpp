@@ -87,6 +87,10 @@ constexpr known_key layout[] = {
     {"io", "buffer-memory"},
     {"io", "journal"},
     {"io", "journal-directory"},
+    {"io", "zero-copy"},
+    {"io", "zero-copy-min-bytes"},
+    {"io", "persistent-grants"},
+    {"io", "persistent-grants-per-ring"},
     {"nbd", "connect-timeout-seconds"},
     {"nbd", "reconnect-seconds"},
     {"images", "qemu-storage-daemon"},
@@ -371,6 +375,8 @@ void read_rings(reader& r, const toml::table* t, settings& s) {
   }
 }
 
+void read_data_path(reader& r, const toml::table* t, settings& s);
+
 void read_io(reader& r, const toml::table* t, settings& s) {
   if (const auto v = r.string(t, "io", "direct-io")) {
     if (v->second == "auto")
@@ -410,6 +416,24 @@ void read_io(reader& r, const toml::table* t, settings& s) {
     else
       s.journal_directory = std::string(v->second);
   }
+  read_data_path(r, t, s);
+}
+
+// How guest data moves (docs/configuration.md, zero-copy and persistent grants).
+void read_data_path(reader& r, const toml::table* t, settings& s) {
+  r.read(t, "io", "zero-copy", s.zero_copy);
+  if (const auto v = r.string(t, "io", "zero-copy-min-bytes")) {
+    const auto bytes = parse_size(v->second);
+    if (!bytes || *bytes > limits::max_zero_copy_min_bytes)
+      r.problem(*v->first, "io.zero-copy-min-bytes must be a size from \"0\" to \"" +
+                               format_size(limits::max_zero_copy_min_bytes) + "\" such as \"64KiB\", got " +
+                               in_quotes(v->second));
+    else
+      s.zero_copy_min_bytes = *bytes;
+  }
+  r.read(t, "io", "persistent-grants", s.persistent_grants);
+  r.read(t, "io", "persistent-grants-per-ring", 1, limits::max_persistent_grants_per_ring,
+         s.persistent_grants_per_ring);
 }
 
 void read_nbd(reader& r, const toml::table* t, settings& s) {
@@ -633,6 +657,10 @@ std::string describe(const settings& s) {
   d += " buffer-memory=" + format_size(s.buffer_memory);
   d += std::string(" journal=") + (s.journal ? "true" : "false");
   d += " journal-directory=" + s.journal_directory;
+  d += std::string(" zero-copy=") + (s.zero_copy ? "true" : "false");
+  d += " zero-copy-min-bytes=" + format_size(s.zero_copy_min_bytes);
+  d += std::string(" persistent-grants=") + (s.persistent_grants ? "true" : "false");
+  d += " persistent-grants-per-ring=" + std::to_string(s.persistent_grants_per_ring);
   d += " nbd.connect-timeout-seconds=" + std::to_string(s.nbd.connect_timeout_seconds);
   d += " nbd.reconnect-seconds=" + std::to_string(s.nbd.reconnect_seconds);
   d += " images.qemu-storage-daemon=" + s.images.program;

@@ -62,6 +62,8 @@ inline constexpr std::uint64_t max_buffer_memory = std::uint64_t{1} << 40;
 inline constexpr unsigned max_poll_microseconds = 1000;
 // Waits on network and image servers: long enough for any real outage a
 // guest should sit through, short of forever.
+inline constexpr std::uint64_t max_zero_copy_min_bytes = std::uint64_t{16} << 20;  // 4096 segments
+inline constexpr unsigned max_persistent_grants_per_ring = 32768;
 inline constexpr unsigned max_nbd_seconds = 24 * 60 * 60;
 // sockaddr_un's sun_path holds 108 bytes, its terminating NUL included.
 inline constexpr std::size_t max_socket_path = 107;
@@ -158,6 +160,15 @@ struct settings {
   // killed one stopped ([io] journal, journal-directory).
   bool journal = true;
   std::string journal_directory = "/run/xen-blkbackd";
+  // Requests of at least zero_copy_min_bytes on an O_DIRECT vbd run on the
+  // guest's own pages, mapped, instead of a copy ([io] zero-copy,
+  // zero-copy-min-bytes; docs/configuration.md).
+  bool zero_copy = true;
+  std::uint64_t zero_copy_min_bytes = std::uint64_t{64} << 10;
+  // Offer feature-persistent; the mappings one ring may keep ([io]
+  // persistent-grants, persistent-grants-per-ring).
+  bool persistent_grants = true;
+  unsigned persistent_grants_per_ring = 1056;
   nbd_settings nbd;
   image_settings images;
   rbd_settings rbd;

@@ -33,6 +33,12 @@ void counters_json(json_writer& j, const stats_view& s) {
   j.field("throttled_ns", s.throttled_ns).field("fair_waits", s.fair_waits);
   j.field("limited_ns", s.limited_ns).field("limit_waits", s.limit_waits);
   j.field("idle_events", s.idle_events).field("storm_pauses", s.storm_pauses).field("yields", s.yields);
+  j.key("grants").begin_object();
+  j.field("copy_calls", s.copy_calls).field("copy_segments", s.copy_segments);
+  j.field("mapped_requests", s.mapped_req).field("map_calls", s.map_calls);
+  j.field("persistent", s.persistent_grants).field("persistent_hits", s.persistent_hits);
+  j.field("persistent_maps", s.persistent_maps).field("persistent_drops", s.persistent_drops);
+  j.end_object();
   j.field("poll_hits", s.poll_hits).field("poll_misses", s.poll_misses).field("poll_ns", s.poll_ns);
   latency_json(j, s);
 }
@@ -208,6 +214,19 @@ std::string stats_prometheus(const std::vector<vbd_report>& vbds) {
             {{"", &ring_counts::limit_waits}});
   e.family("xen_blkbackd_limited_seconds_total", "counter", "Time the rings held requests back for the I/O limits.");
   e.samples("xen_blkbackd_limited_seconds_total", "", [](const vbd_report& v) { return seconds(v.total.limited_ns); });
+  e.counter("xen_blkbackd_grant_copy_calls_total", "Grant copy calls (each carries many segments).", "",
+            {{"", &ring_counts::copy_calls}});
+  e.counter("xen_blkbackd_grant_copy_segments_total", "Segments moved by grant copy.", "",
+            {{"", &ring_counts::copy_segments}});
+  e.counter("xen_blkbackd_zero_copy_requests_total", "Requests served on the guest's own pages (grant mapping).", "",
+            {{"", &ring_counts::mapped_req}});
+  e.counter("xen_blkbackd_persistent_grants_total", "Persistent grant lookups, by outcome.", "outcome",
+            {{"hit", &ring_counts::persistent_hits},
+             {"mapped", &ring_counts::persistent_maps},
+             {"dropped", &ring_counts::persistent_drops}});
+  e.family("xen_blkbackd_persistent_grants", "gauge", "Persistent grants mapped now.");
+  e.samples("xen_blkbackd_persistent_grants", "",
+            [](const vbd_report& v) { return std::to_string(v.total.persistent_grants); });
   e.counter("xen_blkbackd_polls_total",
             "Times a ring looked at its ring again after a burst ([rings] poll-microseconds), by whether a "
             "request came within the window.",

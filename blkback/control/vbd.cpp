@@ -210,11 +210,14 @@ void vbd::fail(const problem& p) {
   (void)switch_state(xenbus_state::closed);
 }
 
+// Persistent grants only help where the store can work on the guest's
+// pages (docs/architecture.md, "Moving the data").
+bool vbd::offers_persistent() const { return ctx_.cfg.persistent_grants && store_ && store_->props().vectored; }
+
 error_code vbd::publish_features() {
   const unsigned order = ctx_.cfg.max_ring_page_order;
   error_code ec = ctx_.xs.transact([&](asio_xen::transaction& t) -> error_code {
-    // Copy backend: guest pages are never mapped persistently.
-    if (auto e = t.write(be_ + "/feature-persistent", "0")) return e;
+    if (auto e = t.write(be_ + "/feature-persistent", offers_persistent() ? "1" : "0")) return e;
     if (auto e = t.write(be_ + "/feature-flush-cache", offer_.limits.flush ? "1" : "0")) return e;
     if (auto e = t.write(be_ + "/feature-barrier", offer_.limits.barrier ? "1" : "0")) return e;
     if (auto e = t.write(be_ + "/feature-discard", offer_.limits.discard ? "1" : "0")) return e;
@@ -578,6 +581,10 @@ vbd::outcome<vbd::transport> vbd::read_transport() {
   auto large = xs.read_optional<std::string>(fe_ + "/feature-large-sector-size");
   if (!large) return bad_key("feature-large-sector-size: " + large.error().message(), large.error());
   t.large_sectors = *large && **large == "1";
+  // blkif.h: persistent grants are used when both ends set the key.
+  auto persistent = xs.read_optional<std::string>(fe_ + "/feature-persistent");
+  if (!persistent) return bad_key("feature-persistent: " + persistent.error().message(), persistent.error());
+  t.persistent = offers_persistent() && *persistent && **persistent == "1";
   // Linux's blkfront puts a single queue's keys at the top, several under
   // queue-<i>/.
   for (unsigned i = 0; i < queues; ++i) {
@@ -659,6 +666,8 @@ std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_e
     qp.poll = std::chrono::microseconds(ctx_.cfg.poll_microseconds);
     qp.journal = c->journal ? &c->journal->ring(i) : nullptr;
     qp.recover = reattach;
+    if (ctx_.cfg.zero_copy) qp.zero_copy_min = ctx_.cfg.zero_copy_min_bytes;
+    qp.persistent_grants = t.persistent ? ctx_.cfg.persistent_grants_per_ring : 0;
     qp.flush_unsupported = [control, self = std::weak_ptr<vbd*>(self_)] {
       asio::post(control, [self] {
         if (auto v = self.lock()) (*v)->flush_unsupported();

@@ -144,6 +144,7 @@ class vbd {
   void leave_directory();
   bool guest_died();
   asio_xen::error_code publish_features();
+  bool offers_persistent() const;
   asio_xen::error_code switch_state(xenbus_state s);
   void fail(const problem& p);
   struct ring_keys {
@@ -156,6 +157,7 @@ class vbd {
     abi layout = native_abi;
     std::vector<ring_keys> rings;
     bool large_sectors = false;  // feature-large-sector-size=1
+    bool persistent = false;     // feature-persistent=1
   };
   outcome<transport> read_transport();
   boost::asio::awaitable<std::optional<problem>> choose_sectors(bool reattach, bool frontend_large);

@@ -46,13 +46,33 @@ struct queue::slot {
   checked_request req;
   std::unique_ptr<segment[]> segs;
   storage_wait io;                // where the storage channel resumes serve()
+  asio_xen::error_code copy_ec;   // how its grant copies went
   std::optional<timed_op> timed;  // validated: its latency is recorded when answered
   // What the limits were charged for it, corrected once it is validated.
   std::optional<limited_request> charged;
   std::chrono::steady_clock::time_point started;
+  // Served on the guest's own pages (zero-copy): the pieces its I/O runs
+  // on, its own mapping, the persistent grants it holds, and the budget it
+  // was charged for mapped pages.
+  bool on_pages = false;
+  std::vector<iovec> pieces;
+  asio_xen::grant_mapping grants;
+  std::vector<asio_xen::grant_ref> held;
+  std::uint64_t page_charge = 0;
   frame_arena frame;  // serve()'s coroutine frame
 
   std::span<std::byte> data() const { return {buf.data, req.length}; }
+};
+
+// serve()'s wait for its grant copies, which run with the rest of the
+// turn's (copy_batch.hpp). True if they all went through.
+struct queue::copy_wait {
+  queue& q;
+  slot& s;
+  bool to_guest;
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<> h) { q.queue_copies(s, to_guest, h); }
+  bool await_resume() { return q.copied(s); }
 };
 
 // Told by the budget that memory was freed: ends the ring's wait for it.
@@ -82,8 +102,14 @@ asio_xen::result<std::unique_ptr<queue>> queue::connect(const worker& w, const x
   auto gd = xen.open_gnttab();
   if (!gd) return gd.error();
   asio_xen::grant_table gt(std::move(*gd));
-  // We map only ring pages; data moves by grant copy.
-  if (error_code ec = gt.set_max_grants(static_cast<std::uint32_t>(params.ring_refs.size()))) return ec;
+  // The ring pages, and with zero-copy or persistent grants what the ring's
+  // requests can have mapped at once (its budget bounds it further).
+  const bool maps = params.zero_copy_min || params.persistent_grants > 0;
+  const std::size_t entries = params.ring_refs.size() * 32;  // at most 32 requests per ring page, any layout
+  const std::size_t most = entries * std::max<std::size_t>(params.limits.max_indirect_segments, 11);
+  const std::size_t max_grants = params.ring_refs.size() + (maps ? most + params.persistent_grants : 0);
+  if (error_code ec = gt.set_max_grants(static_cast<std::uint32_t>(std::min<std::size_t>(max_grants, 1u << 30))))
+    return ec;
   auto mem = gt.map(params.frontend_domid, params.ring_refs, true);
   if (!mem) return mem.error();
   auto ring = abi_ring::attach(params.layout, mem->bytes());
@@ -104,6 +130,10 @@ asio_xen::result<std::unique_ptr<queue>> queue::connect(const worker& w, const x
   }
   std::unique_ptr<queue> q(new queue(w.ex, std::move(gt), std::move(*mem), std::move(*ring), std::move(*ch), params,
                                      std::move(*chan), std::move(lg)));
+  q->vec_ = q->chan_->vectored();
+  q->zero_copy_ = q->vec_ && params.zero_copy_min && store.props().direct;
+  if (q->vec_ && params.persistent_grants > 0)
+    q->persistent_ = std::make_unique<persistent_grants>(q->gnttab_, params.frontend_domid, params.persistent_grants);
   if (rec) q->take_up(std::move(*rec));
   return q;
 }
@@ -162,6 +192,8 @@ queue::queue(asio::any_io_executor ex, asio_xen::grant_table gt, asio_xen::grant
       budget_(params.budget ? params.budget : std::make_shared<log_budget>()) {}
 
 queue::~queue() {
+  persistent_.reset();
+  buffers_.account().shrink(persistent_charge_);
   buffers_.account().forget(*memory_wake_);
   if (fair_) fair_->forget(*memory_wake_);
   buffers_.account().shrink(slot_charge_ * slots_.size());
@@ -183,7 +215,7 @@ void queue::stop() {
 // Until every request taken from the ring has been answered and pushed.
 asio::awaitable<void> queue::wait_idle() {
   waiting_idle_ = true;
-  while (in_flight_ > 0 || push_scheduled_) {
+  while (in_flight_ > 0 || turn_end_scheduled_) {
     idle_.expires_at(asio::steady_timer::time_point::max());
     co_await idle_.async_wait(asio::as_tuple(asio::use_awaitable));
   }
@@ -259,7 +291,7 @@ asio::awaitable<error_code> queue::serve_ring() {
         }
       }
       bool memory = false;
-      slot* s = admit(w, memory);
+      slot* s = admit(w, on_guest_pages(w), memory);
       if (s == nullptr) {
         // No memory for it now, or other vbds' turn: it stays in the ring,
         // and its charge against the limits is given back.
@@ -299,7 +331,8 @@ asio::awaitable<void> queue::reissue() {
     if (barrier) co_await wait_idle();
     slot* s = nullptr;
     bool memory = false;
-    while (!stopping_ && (s = admit(r.request, memory)) == nullptr) co_await wait_for_room(memory);
+    while (!stopping_ && (s = admit(r.request, on_guest_pages(r.request), memory)) == nullptr)
+      co_await wait_for_room(memory);
     // Stopped before all were started: the rest stay in the journal.
     if (s == nullptr) co_return;
     s->entry = r.entry;
@@ -488,17 +521,26 @@ bool queue::trim_idle() {
   const bool give_back = buffers_.account().should_yield();
   buffers_.trim(give_back ? std::chrono::steady_clock::duration::zero()
                           : std::chrono::steady_clock::duration(tuning_.idle_after));
-  const bool idle = in_flight_ == 0 && std::chrono::steady_clock::now() - last_release_ >= tuning_.idle_after;
+  const auto now = std::chrono::steady_clock::now();
+  // Persistent grants unused for a minute are unmapped (all unused ones
+  // when another vbd waits for memory), and a full set makes some room for
+  // the pages it had to refuse (persistent_grants.hpp).
+  if (persistent_) {
+    drop_persistent(persistent_->drop_unused(give_back ? now : now - tuning_.persistent_idle));
+    drop_persistent(persistent_->make_room());
+  }
+  const bool idle = in_flight_ == 0 && now - last_release_ >= tuning_.idle_after;
   if (idle && !slots_.empty()) {
     buffers_.account().shrink(slot_charge_ * slots_.size());
     free_.clear();
     slots_.clear();
     copies_ = {};
     descriptors_ = {};
+    batch_.trim();
     chan_->trim();
   }
   publish_gauges();
-  return buffers_.cached_bytes() > 0 || !slots_.empty();
+  return buffers_.cached_bytes() > 0 || !slots_.empty() || (persistent_ && persistent_->size() > 0);
 }
 
 // The largest data a request can carry, from its header: what its buffer
@@ -518,10 +560,11 @@ std::size_t queue::data_bound(const wire_request& w) const {
   }
 }
 
-// A slot with a buffer for `w`, within the budget and the vbd's fair share;
+// A slot with a buffer for `w` (or, served on the guest's pages, the
+// budget for mapping them), within the budget and the vbd's fair share;
 // null when the ring must wait (`memory` says for which; memory_wake_ is
 // told when to try again).
-queue::slot* queue::admit(const wire_request& w, bool& memory) {
+queue::slot* queue::admit(const wire_request& w, bool on_pages, bool& memory) {
   const bool ring_idle = in_flight_ == 0;
   memory = true;
   if (free_.empty()) {
@@ -532,20 +575,35 @@ queue::slot* queue::admit(const wire_request& w, bool& memory) {
     slots_.push_back(std::move(s));
   }
   buffer_cache::chunk c;
-  if (const std::size_t bytes = data_bound(w)) {
+  const std::size_t bytes = data_bound(w);
+  if (on_pages) {
+    if (!buffers_.account().grow(bytes, ring_idle, *memory_wake_)) return nullptr;
+  } else if (bytes) {
     auto got = buffers_.take(bytes, ring_idle, *memory_wake_);
     if (!got) return nullptr;
     c = *got;
   }
-  const std::uint64_t cost = fair_share::request_cost + data_bound(w);
+  const std::uint64_t cost = fair_share::request_cost + bytes;
   if (fair_ && !fair_->start(cost, *memory_wake_, std::exchange(turn_overdue_, false))) {
     memory = false;
+    if (on_pages) buffers_.account().shrink(bytes);
     buffers_.give(c);
     return nullptr;
   }
   slot& s = acquire();
   s.buf = c;
+  s.on_pages = on_pages;
+  s.page_charge = on_pages ? bytes : 0;
   return &s;
+}
+
+// Reads and writes run on the guest's own pages with persistent grants,
+// or from the size threshold up on an O_DIRECT store; the rest is copied.
+bool queue::on_guest_pages(const wire_request& w) const {
+  const std::uint8_t op = w.operation == BLKIF_OP_INDIRECT ? w.indirect_op : w.operation;
+  if (op != BLKIF_OP_READ && op != BLKIF_OP_WRITE) return false;
+  if (data_bound(w) == 0) return false;
+  return persistent_ || (zero_copy_ && data_bound(w) >= *params_.zero_copy_min);
 }
 
 // GCC (12, without optimisation) takes the frame's deallocation by the
@@ -569,19 +627,35 @@ request_task queue::serve(slot& s, wire_request w, std::span<const blkif_request
       c && throttle_ && s.req.kind != op_kind::discard && c->bytes != s.req.length)
     throttle_->correct(c->write, c->bytes, s.req.length, true);
   count_taken(s);
-  if (s.req.kind != op_kind::discard && s.req.length > 0 && s.buf.data == nullptr) co_return finish(s, no_buffer(s));
   error_code ec;
+  if (s.on_pages && s.req.length > 0) {
+    // Zero-copy: the I/O runs on the guest's pages, unmapped (or given
+    // back to the persistent grants) before the response.
+    if (!map_pages(s)) co_return finish(s, BLKIF_RSP_ERROR);
+    const bool read = s.req.kind == op_kind::read;
+    ec = co_await s.io.on([&](storage::completion& c) {
+      if (read)
+        vec_->readv(s.req.offset, s.pieces, c);
+      else
+        vec_->writev(s.req.offset, s.pieces, c);
+    });
+    unmap_pages(s);
+    if (!ec) bump(read ? counters_->rd_bytes : counters_->wr_bytes, s.req.length);
+    fault::at(fault::point::completed);
+    co_return finish(s, account(s, ec));
+  }
+  if (s.req.kind != op_kind::discard && s.req.length > 0 && s.buf.data == nullptr) co_return finish(s, no_buffer(s));
   switch (s.req.kind) {
     case op_kind::read:
       ec = co_await s.io.on([&](storage::completion& c) { chan_->read(s.req.offset, s.data(), c); });
-      if (!ec && !copy_segments(s, true)) co_return finish(s, BLKIF_RSP_ERROR);
+      if (!ec && !co_await copy_segments(s, true)) co_return finish(s, BLKIF_RSP_ERROR);
       if (!ec) bump(counters_->rd_bytes, s.req.length);
       break;
     case op_kind::write:
     case op_kind::flush:
     case op_kind::barrier:
       if (s.req.length > 0) {
-        if (!copy_segments(s, false)) co_return finish(s, BLKIF_RSP_ERROR);
+        if (!co_await copy_segments(s, false)) co_return finish(s, BLKIF_RSP_ERROR);
         ec = co_await s.io.on([&](storage::completion& c) { chan_->write(s.req.offset, s.data(), c); });
         if (!ec) bump(counters_->wr_bytes, s.req.length);
       }
@@ -623,26 +697,140 @@ validation queue::fetch_indirect(slot& s, const wire_request& w, const needs_ind
 }
 
 // Grant copy between the guest's segments and the slot's buffer, where the
-// segments lie back to back in disk order.
-bool queue::copy_segments(slot& s, bool to_guest) {
-  copies_.clear();
+// segments lie back to back in disk order: queued for the end of the turn.
+queue::copy_wait queue::copy_segments(slot& s, bool to_guest) { return {*this, s, to_guest}; }
+
+void queue::queue_copies(slot& s, bool to_guest, std::coroutine_handle<> waiter) {
+  if (batch_.full()) run_copies();  // bounds the scratch; resumes only others
+  auto segs = batch_.add(s.req.segments.size(), waiter, &s.copy_ec);
+  bump(counters_->copy_segments, segs.size());
   std::size_t off = 0;
   const auto dom = static_cast<std::uint16_t>(params_.frontend_domid);
-  for (const segment& seg : s.req.segments) {
+  for (std::size_t i = 0; i < segs.size(); ++i) {
+    const segment& seg = s.req.segments[i];
     std::byte* local = s.buf.data + off;
-    copies_.push_back(to_guest ? asio_xen::copy_to_guest(dom, seg.gref, seg.offset, local, seg.length)
-                               : asio_xen::copy_from_guest(dom, seg.gref, seg.offset, local, seg.length));
+    segs[i] = to_guest ? asio_xen::copy_to_guest(dom, seg.gref, seg.offset, local, seg.length)
+                       : asio_xen::copy_from_guest(dom, seg.gref, seg.offset, local, seg.length);
     off += seg.length;
   }
-  error_code ec = gnttab_.copy(copies_);
+  schedule_turn_end();
+}
+
+// Whether a request's copies went through; a bad grant is the guest's
+// mistake (XSA-362/365), answered with ERROR.
+bool queue::copied(slot& s) {
+  const error_code ec = std::exchange(s.copy_ec, {});
   if (!ec) return true;
-  // XSA-362/365: a bad grant is the guest's mistake, answered with ERROR.
+  grant_failed(s, "copy", ec);
+  return false;
+}
+
+// Maps the request's pages for its I/O: its own mapping of all of them, in
+// one call (zero-copy), or the persistent grants' pages. False: a bad
+// grant, answered ERROR; nothing stays mapped for it.
+bool queue::map_pages(slot& s) {
+  bump(counters_->mapped_req);
+  s.pieces.clear();
+  if (persistent_) return map_persistent(s);
+  refs_.clear();
+  for (const segment& seg : s.req.segments) refs_.push_back(seg.gref);
+  bump(counters_->map_calls);
+  auto m = gnttab_.map(params_.frontend_domid, refs_, s.req.kind == op_kind::read);
+  if (!m) {
+    grant_failed(s, "map", m.error());
+    return false;
+  }
+  s.grants = std::move(*m);
+  std::byte* base = s.grants.bytes().data();
+  for (std::size_t i = 0; i < s.req.segments.size(); ++i)
+    add_piece(s, base + i * xen::page_size + s.req.segments[i].offset, s.req.segments[i].length);
+  return true;
+}
+
+// Each page from the persistent grants (mapped and kept on first sight);
+// those that cannot be kept (all kept pages in use, or a grant that is
+// not writable) are mapped for this request only, in one call. The budget
+// the request was charged for its pages goes to the pages kept, or back.
+bool queue::map_persistent(slot& s) {
+  const auto now = std::chrono::steady_clock::now();
+  const std::size_t n = s.req.segments.size();
+  refs_.clear();
+  pages_.assign(n, nullptr);
+  s.held.clear();
+  std::size_t kept = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    const auto l = persistent_->get(s.req.segments[i].gref, now);
+    if (l.page == nullptr) {
+      refs_.push_back(s.req.segments[i].gref);
+      continue;
+    }
+    pages_[i] = l.page;
+    s.held.push_back(s.req.segments[i].gref);
+    bump(l.mapped_now ? counters_->persistent_maps : counters_->persistent_hits);
+    kept += l.mapped_now ? 1 : 0;
+  }
+  // The pages kept now are the persistent grants' to account for; the
+  // request keeps what its own mapping needs.
+  const std::uint64_t own = refs_.size() * xen::page_size;
+  persistent_charge_ += kept * xen::page_size;
+  buffers_.account().shrink(s.page_charge - own - kept * xen::page_size);
+  s.page_charge = own;
+  set(counters_->persistent_grants, persistent_->size());
+  if (!refs_.empty()) {
+    bump(counters_->map_calls);
+    auto m = gnttab_.map(params_.frontend_domid, refs_, s.req.kind == op_kind::read);
+    if (!m) {
+      grant_failed(s, "map", m.error());
+      unmap_pages(s);
+      return false;
+    }
+    s.grants = std::move(*m);
+  }
+  std::size_t own_page = 0;
+  for (std::size_t i = 0; i < n; ++i) {
+    std::byte* page = pages_[i] ? pages_[i] : s.grants.bytes().data() + xen::page_size * own_page++;
+    add_piece(s, page + s.req.segments[i].offset, s.req.segments[i].length);
+  }
+  return true;
+}
+
+// Before the response: a guest may reuse or revoke its pages once answered.
+void queue::unmap_pages(slot& s) {
+  for (asio_xen::grant_ref r : s.held) persistent_->put(r);
+  s.held.clear();
+  s.grants.reset();
+}
+
+// One piece of the I/O, joined to the one before when they touch (the
+// pages of one mapping are contiguous).
+void queue::add_piece(slot& s, std::byte* at, std::size_t len) {
+  if (!s.pieces.empty()) {
+    iovec& last = s.pieces.back();
+    if (static_cast<std::byte*>(last.iov_base) + last.iov_len == at) {
+      last.iov_len += len;
+      return;
+    }
+  }
+  s.pieces.push_back({at, len});
+}
+
+// Persistent pages unmapped: their budget goes back.
+void queue::drop_persistent(std::size_t pages) {
+  if (pages == 0) return;
+  bump(counters_->persistent_drops, pages);
+  const std::uint64_t b = std::min<std::uint64_t>(persistent_charge_, pages * xen::page_size);
+  persistent_charge_ -= b;
+  buffers_.account().shrink(b);
+  set(counters_->persistent_grants, persistent_ ? persistent_->size() : 0);
+}
+
+// XSA-362/365: a bad grant is the guest's mistake, answered with ERROR.
+void queue::grant_failed(const slot& s, const char* what, error_code ec) {
   bump(counters_->err_grant);
   if (budget_->spend(failure_kind::grant))
-    XBD_LOG(log_, warning) << "grant copy for request " << s.req.id << " failed: " << ec.what();
+    XBD_LOG(log_, warning) << "grant " << what << " for request " << s.req.id << " failed: " << ec.what();
   else
-    XBD_LOG(log_, debug) << "grant copy for request " << s.req.id << " failed: " << ec.what();
-  return false;
+    XBD_LOG(log_, debug) << "grant " << what << " for request " << s.req.id << " failed: " << ec.what();
 }
 
 // Answered without I/O: the request failed a check.
@@ -728,6 +916,8 @@ queue::slot& queue::acquire() {
 // the kernel if they stay unused. A ring waiting for memory tries again.
 void queue::release(slot& s, std::chrono::steady_clock::time_point now) {
   buffers_.give(std::exchange(s.buf, {}));
+  if (const std::uint64_t b = std::exchange(s.page_charge, 0)) buffers_.account().shrink(b);
+  s.on_pages = false;
   free_.push_back(&s);
   --in_flight_;
   publish_gauges();
@@ -770,19 +960,29 @@ void queue::answer(slot& s, std::uint64_t id, std::uint8_t op, std::int16_t stat
   ring_.put_response(id, op, status);
   fault::at(fault::point::responded);
   if (journaled) journal_->responded(index, entry);
-  schedule_push();
+  schedule_turn_end();
 }
 
-// Responses completed in one turn of the io_context go out together, with
-// one notification.
-void queue::schedule_push() {
-  if (push_scheduled_) return;
-  push_scheduled_ = true;
-  asio::post(ex_, [this] {
-    push_scheduled_ = false;
-    push_now();
-    if ((stopping_ || waiting_idle_) && in_flight_ == 0) idle_.cancel();
-  });
+// At the end of a turn of the io_context: the grant copies its requests
+// asked for run in one batch, then the responses completed in it go out
+// together, with one notification.
+void queue::schedule_turn_end() {
+  if (turn_end_scheduled_) return;
+  turn_end_scheduled_ = true;
+  asio::post(ex_, [this] { end_turn(); });
+}
+
+// The reads the batch completes are answered inside it, and pushed here
+// without another turn.
+void queue::end_turn() {
+  run_copies();
+  turn_end_scheduled_ = false;
+  push_now();
+  if ((stopping_ || waiting_idle_) && in_flight_ == 0) idle_.cancel();
+}
+
+void queue::run_copies() {
+  if (const std::size_t calls = batch_.run(gnttab_.driver())) bump(counters_->copy_calls, calls);
 }
 
 void queue::push_now() {

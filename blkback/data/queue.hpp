@@ -26,10 +26,12 @@
 
 #include "asio_xen/evtchn.hpp"
 #include "asio_xen/gnttab.hpp"
+#include "blkback/data/copy_batch.hpp"
 #include "blkback/data/fair_share.hpp"
 #include "blkback/data/journal.hpp"
 #include "blkback/data/log_budget.hpp"
 #include "blkback/data/memory.hpp"
+#include "blkback/data/persistent_grants.hpp"
 #include "blkback/data/request_task.hpp"
 #include "blkback/data/ring_poll.hpp"
 #include "blkback/data/stats.hpp"
@@ -74,6 +76,14 @@ struct queue_params {
   // what an earlier process left in it is taken up before anything else.
   ring_journal* journal = nullptr;
   bool recover = false;
+  // Requests that carry at least this many bytes (by their header) run on
+  // the guest's own pages, mapped, when the store is O_DIRECT and its
+  // channel can (zero-copy); nullopt: never. docs/architecture.md, "Moving
+  // the data".
+  std::optional<std::uint64_t> zero_copy_min;
+  // feature-persistent was negotiated: reads and writes run on pages kept
+  // mapped, at most this many (0: not negotiated).
+  unsigned persistent_grants = 0;
   // The longest the ring is looked at again after a burst before it
   // sleeps ([rings] poll-microseconds, ring_poll.hpp); zero: never.
   std::chrono::microseconds poll{0};
@@ -91,11 +101,12 @@ struct recovery_counts {
 
 // Limits of one ring's turn and of its answer to a notify storm.
 struct queue_tuning {
-  unsigned turn_requests = 64;                     // requests started per turn at most
-  std::uint64_t turn_bytes = 1u << 20;             // bytes copied in per turn at most
-  unsigned storm_after = 8;                        // idle events in a row before pausing
-  std::chrono::milliseconds storm_pause_max{128};  // the longest pause
-  std::chrono::milliseconds idle_after{1000};      // memory unused this long goes back
+  unsigned turn_requests = 64;                       // requests started per turn at most
+  std::uint64_t turn_bytes = 1u << 20;               // bytes copied in per turn at most
+  unsigned storm_after = 8;                          // idle events in a row before pausing
+  std::chrono::milliseconds storm_pause_max{128};    // the longest pause
+  std::chrono::milliseconds idle_after{1000};        // memory unused this long goes back
+  std::chrono::milliseconds persistent_idle{60000};  // a persistent grant unused this long is unmapped
 };
 
 class queue {
@@ -163,18 +174,30 @@ class queue {
   boost::asio::awaitable<void> wait_idle();
   boost::asio::awaitable<void> trim_loop();
   bool trim_idle();
-  slot* admit(const wire_request& w, bool& memory);
+  slot* admit(const wire_request& w, bool on_pages, bool& memory);
+  bool on_guest_pages(const wire_request& w) const;
+  bool map_pages(slot& s);
+  bool map_persistent(slot& s);
+  void unmap_pages(slot& s);
+  void add_piece(slot& s, std::byte* at, std::size_t len);
+  void grant_failed(const slot& s, const char* what, asio_xen::error_code ec);
+  void drop_persistent(std::size_t pages);
   std::size_t data_bound(const wire_request& w) const;
   validation fetch_indirect(slot& s, const wire_request& w, const needs_indirect& need,
                             std::span<const blkif_request_segment> known);
-  bool copy_segments(slot& s, bool to_guest);
+  struct copy_wait;
+  copy_wait copy_segments(slot& s, bool to_guest);
+  void queue_copies(slot& s, bool to_guest, std::coroutine_handle<> waiter);
+  bool copied(slot& s);
   void reject(slot& s, const rejected& r);
   std::int16_t account(const slot& s, asio_xen::error_code ec);
   std::int16_t no_buffer(const slot& s);
   void finish(slot& s, std::int16_t status);
   void count_taken(slot& s);
   void answer(slot& s, std::uint64_t id, std::uint8_t op, std::int16_t status);
-  void schedule_push();
+  void schedule_turn_end();
+  void run_copies();
+  void end_turn();
   void push_now();
   slot& acquire();
   void release(slot& s, std::chrono::steady_clock::time_point now);
@@ -195,9 +218,21 @@ class queue {
   buffer_cache buffers_;
   std::vector<std::unique_ptr<slot>> slots_;
   std::vector<slot*> free_;
-  // Scratch for the synchronous grant copies, grown on demand.
+  // The data copies of this turn's requests, run together when it ends.
+  copy_batch batch_;
+  // Scratch for the indirect pages' copies, grown on demand.
   std::vector<asio_xen::copy_segment> copies_;
   std::vector<blkif_request_segment> descriptors_;
+  // Zero-copy (docs/architecture.md, "Moving the data"): the channel's
+  // vectored side, whether large requests of an O_DIRECT store map the
+  // guest's pages, the pages kept for persistent grants and the budget
+  // they hold.
+  storage::vectored_io* vec_ = nullptr;
+  bool zero_copy_ = false;
+  std::unique_ptr<persistent_grants> persistent_;
+  std::uint64_t persistent_charge_ = 0;
+  std::vector<asio_xen::grant_ref> refs_;  // scratch: the refs of one map call
+  std::vector<std::byte*> pages_;          // scratch: each segment's page
   std::uint32_t in_flight_ = 0;
   std::uint32_t peak_in_flight_ = 0;
   std::uint32_t in_flight_at_stop_ = 0;
@@ -205,7 +240,7 @@ class queue {
   // it, for its latency (the guest's requests were in the ring by then).
   std::chrono::steady_clock::time_point turn_start_;
   bool stopping_ = false;
-  bool push_scheduled_ = false;
+  bool turn_end_scheduled_ = false;  // end_turn() is posted
   bool waiting_idle_ = false;
   bool trimming_ = false;        // trim_loop() runs
   bool trim_armed_ = false;      // something may go back to the kernel

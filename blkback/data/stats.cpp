@@ -92,6 +92,14 @@ ring_counts& ring_counts::operator+=(const ring_counts& o) {
   idle_events += o.idle_events;
   storm_pauses += o.storm_pauses;
   yields += o.yields;
+  copy_calls += o.copy_calls;
+  copy_segments += o.copy_segments;
+  mapped_req += o.mapped_req;
+  map_calls += o.map_calls;
+  persistent_hits += o.persistent_hits;
+  persistent_maps += o.persistent_maps;
+  persistent_drops += o.persistent_drops;
+  persistent_grants += o.persistent_grants;
   poll_hits += o.poll_hits;
   poll_misses += o.poll_misses;
   poll_ns += o.poll_ns;
@@ -123,6 +131,7 @@ ring_stats ring_stats::retired() const {
   r.in_flight = 0;
   r.slots = 0;
   r.cached_bytes = 0;
+  r.persistent_grants = 0;
   return r;
 }
 
@@ -163,6 +172,14 @@ ring_stats snapshot(const ring_counters& c) {
   s.idle_events = get(c.idle_events);
   s.storm_pauses = get(c.storm_pauses);
   s.yields = get(c.yields);
+  s.copy_calls = get(c.copy_calls);
+  s.copy_segments = get(c.copy_segments);
+  s.mapped_req = get(c.mapped_req);
+  s.map_calls = get(c.map_calls);
+  s.persistent_hits = get(c.persistent_hits);
+  s.persistent_maps = get(c.persistent_maps);
+  s.persistent_drops = get(c.persistent_drops);
+  s.persistent_grants = get(c.persistent_grants);
   s.poll_hits = get(c.poll_hits);
   s.poll_misses = get(c.poll_misses);
   s.poll_ns = get(c.poll_ns);

@@ -99,11 +99,17 @@ struct ring_counters {
   stat_counter limit_waits{0};   // times it held a request back for the I/O limits
   stat_counter limited_ns{0};    // time it held requests back for them
   stat_counter idle_events{0}, storm_pauses{0}, yields{0};
+  // The data path (docs/architecture.md, "Moving the data"): grant copy
+  // calls and the segments they carried; requests served on the guest's
+  // own pages (zero-copy), their grant map calls; persistent grants found
+  // mapped, mapped anew, and dropped.
+  stat_counter copy_calls{0}, copy_segments{0}, mapped_req{0}, map_calls{0};
+  stat_counter persistent_hits{0}, persistent_maps{0}, persistent_drops{0};
   // Adaptive polling (ring_poll.hpp): looks after a burst that found a
   // request, that found none, and the time they took.
   stat_counter poll_hits{0}, poll_misses{0}, poll_ns{0};
   // Gauges: what holds now.
-  stat_counter in_flight{0}, peak_in_flight{0}, slots{0}, cached_bytes{0};
+  stat_counter in_flight{0}, peak_in_flight{0}, slots{0}, cached_bytes{0}, persistent_grants{0};
   std::array<latency_histogram, timed_ops> latency;
 };
 
@@ -117,7 +123,9 @@ struct ring_counts {
   std::uint64_t limit_waits = 0, limited_ns = 0;
   std::uint64_t idle_events = 0, storm_pauses = 0, yields = 0;
   std::uint64_t poll_hits = 0, poll_misses = 0, poll_ns = 0;
-  std::uint64_t in_flight = 0, peak_in_flight = 0, slots = 0, cached_bytes = 0;
+  std::uint64_t copy_calls = 0, copy_segments = 0, mapped_req = 0, map_calls = 0;
+  std::uint64_t persistent_hits = 0, persistent_maps = 0, persistent_drops = 0;
+  std::uint64_t in_flight = 0, peak_in_flight = 0, slots = 0, cached_bytes = 0, persistent_grants = 0;
 
   // Counters and gauges add up; the peak is the largest.
   ring_counts& operator+=(const ring_counts& o);

@@ -26,12 +26,14 @@ namespace {
 const asio_xen::xen_call_category uring_call{"io_uring"};
 
 struct op {
-  enum kind { fdatasync, fallocate } what;
+  enum kind { fdatasync, fallocate, readv, writev } what;
   int fd;
   int mode;
   std::uint64_t offset;
   std::uint64_t length;
   aux_completion* done;
+  const iovec* iov = nullptr;
+  unsigned nr = 0;
 };
 
 }  // namespace
@@ -68,10 +70,20 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
       backlog.push_back(o);
       return;
     }
-    if (o.what == op::fdatasync)
-      io_uring_prep_fsync(sqe, o.fd, IORING_FSYNC_DATASYNC);
-    else
-      io_uring_prep_fallocate(sqe, o.fd, o.mode, o.offset, o.length);
+    switch (o.what) {
+      case op::fdatasync:
+        io_uring_prep_fsync(sqe, o.fd, IORING_FSYNC_DATASYNC);
+        break;
+      case op::fallocate:
+        io_uring_prep_fallocate(sqe, o.fd, o.mode, o.offset, o.length);
+        break;
+      case op::readv:
+        io_uring_prep_readv(sqe, o.fd, o.iov, o.nr, o.offset);
+        break;
+      case op::writev:
+        io_uring_prep_writev(sqe, o.fd, o.iov, o.nr, o.offset);
+        break;
+    }
     io_uring_sqe_set_data(sqe, o.done);
     // From here the entry is in the ring: it completes exactly once,
     // through the reaper, whatever io_uring_submit() answers now.
@@ -115,7 +127,7 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
   // Never inline from submit(): the caller's bookkeeping must be done
   // before its completion runs.
   void complete(aux_completion& done, error_code ec) {
-    asio::post(ex, [&done, ec] { done.aux_complete(ec); });
+    asio::post(ex, [&done, ec] { done.aux_complete(ec, 0); });
   }
 
   void start_reaper() {
@@ -137,7 +149,10 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
         int res = cqe->res;
         io_uring_cqe_seen(&self->ring, cqe);
         --self->in_flight;
-        done->aux_complete(res < 0 ? error_code(-res, boost::system::generic_category()) : error_code{});
+        if (res < 0)
+          done->aux_complete(error_code(-res, boost::system::generic_category()), 0);
+        else
+          done->aux_complete({}, static_cast<std::size_t>(res));
       }
       while (!self->backlog.empty() && io_uring_sq_space_left(&self->ring) > 0) {
         op o = self->backlog.front();
@@ -180,6 +195,14 @@ aux_ring::~aux_ring() {
 void aux_ring::fail_next_submissions(unsigned n) { impl_->failures_to_inject = n; }
 
 void aux_ring::fdatasync(int fd, aux_completion& done) { impl_->submit({op::fdatasync, fd, 0, 0, 0, &done}); }
+
+void aux_ring::readv(int fd, std::uint64_t offset, std::span<const iovec> v, aux_completion& done) {
+  impl_->submit({op::readv, fd, 0, offset, 0, &done, v.data(), static_cast<unsigned>(v.size())});
+}
+
+void aux_ring::writev(int fd, std::uint64_t offset, std::span<const iovec> v, aux_completion& done) {
+  impl_->submit({op::writev, fd, 0, offset, 0, &done, v.data(), static_cast<unsigned>(v.size())});
+}
 
 void aux_ring::fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t length, aux_completion& done) {
   impl_->submit({op::fallocate, fd, mode, offset, length, &done});

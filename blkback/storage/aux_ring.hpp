@@ -1,5 +1,6 @@
 // aux_ring: a small io_uring of our own for the file operations Asio lacks
-// (fdatasync, fallocate), completed into an io_context.
+// (fdatasync, fallocate, and reads and writes of many pieces: Asio hands a
+// kernel at most 64 buffers per call), completed into an io_context.
 //
 // Asio has only a blocking sync_data(), which would stall every ring on the
 // thread for as long as the disk takes (docs/architecture.md: 0.7 s after buffered
@@ -17,16 +18,21 @@
 
 #include <boost/asio/any_io_executor.hpp>
 
+#include <sys/uio.h>
+
+#include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 
 namespace xbd::blkback {
 
 // Receives the result of one aux_ring operation, on the ring's executor and
-// never from inside the call that started it.
+// never from inside the call that started it: an error, or the bytes moved
+// (readv and writev; 0 for the others).
 class aux_completion {
  public:
-  virtual void aux_complete(asio_xen::error_code ec) = 0;
+  virtual void aux_complete(asio_xen::error_code ec, std::size_t moved) = 0;
 
  protected:
   ~aux_completion() = default;
@@ -40,6 +46,11 @@ class aux_ring {
   aux_ring& operator=(const aux_ring&) = delete;
 
   void fdatasync(int fd, aux_completion& done);
+  // preadv(2) and pwritev(2) at `offset`; `v` stays valid until completed.
+  // They may move less than asked (the caller continues; 0 at the end of
+  // the file).
+  void readv(int fd, std::uint64_t offset, std::span<const iovec> v, aux_completion& done);
+  void writev(int fd, std::uint64_t offset, std::span<const iovec> v, aux_completion& done);
   // fallocate(2) with `mode` (e.g. FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE).
   void fallocate(int fd, int mode, std::uint64_t offset, std::uint64_t length, aux_completion& done);
 

@@ -33,6 +33,7 @@ properties props_of(const rbd::image& img, bool writable) {
   p.writable = writable;
   p.direct = false;  // caching is librbd's (rbd_cache), and flushes reach the OSDs
   p.flush = true;
+  p.vectored = true;  // librbd reads into and writes from the guest's pages (persistent grants)
   // Granularity: the object size. Only a discard that covers an object
   // whole removes it (and clears it in the object map); a smaller one
   // truncates or zeroes part of an object, or is skipped altogether

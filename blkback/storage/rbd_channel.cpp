@@ -21,6 +21,12 @@ namespace {
 
 error_code errno_code(int e) { return {e, boost::system::generic_category()}; }
 
+std::uint64_t bytes(std::span<const iovec> pieces) {
+  std::uint64_t n = 0;
+  for (const iovec& p : pieces) n += p.iov_len;
+  return n;
+}
+
 const char* to_string(op_kind k) {
   switch (k) {
     case op_kind::read:
@@ -49,7 +55,8 @@ class core : public std::enable_shared_from_this<core> {
   }
 
   void start() { asio::co_spawn(ex_, pump(shared_from_this()), asio::detached); }
-  void submit(op_kind k, std::uint64_t offset, std::uint64_t length, std::byte* buf, completion& done);
+  void submit(op_kind k, std::uint64_t offset, std::uint64_t length, std::byte* buf, completion& done,
+              std::span<const iovec> pieces = {});
   void refuse(completion& done, error_code ec);
   void close() {
     closing_ = true;
@@ -88,13 +95,15 @@ op* core::slot(completion& done) {
   return o;
 }
 
-void core::submit(op_kind k, std::uint64_t offset, std::uint64_t length, std::byte* buf, completion& done) {
+void core::submit(op_kind k, std::uint64_t offset, std::uint64_t length, std::byte* buf, completion& done,
+                  std::span<const iovec> pieces) {
   op* o = slot(done);
   if (!o) return;
   o->kind = k;
   o->offset = offset;
   o->length = length;
   o->buf = buf;
+  o->pieces = pieces;
   o->box = &box_;
   o->keep = shared_from_this();
   rbd_completion_t c = nullptr;
@@ -102,12 +111,13 @@ void core::submit(op_kind k, std::uint64_t offset, std::uint64_t length, std::by
   if (r == 0) {
     rbd_image_t img = cfg_->image;
     char* data = reinterpret_cast<char*>(buf);
+    const int n = static_cast<int>(pieces.size());
     switch (k) {
       case op_kind::read:
-        r = rbd_aio_read(img, offset, length, data, c);
+        r = n ? rbd_aio_readv(img, pieces.data(), n, offset, c) : rbd_aio_read(img, offset, length, data, c);
         break;
       case op_kind::write:
-        r = rbd_aio_write(img, offset, length, data, c);
+        r = n ? rbd_aio_writev(img, pieces.data(), n, offset, c) : rbd_aio_write(img, offset, length, data, c);
         break;
       case op_kind::flush:
         r = rbd_aio_flush(img, c);
@@ -133,6 +143,18 @@ void core::refuse(completion& done, error_code ec) {
   box_.post(o);
 }
 
+// The tail of a short read, from `at` bytes on, in the buffer or the pieces.
+void zero_from(op& o, std::uint64_t at) {
+  if (o.pieces.empty()) {
+    std::memset(o.buf + at, 0, o.length - at);
+    return;
+  }
+  for (const iovec& p : o.pieces) {
+    if (at < p.iov_len) std::memset(static_cast<std::byte*>(p.iov_base) + at, 0, p.iov_len - at);
+    at = at > p.iov_len ? at - p.iov_len : 0;
+  }
+}
+
 // librbd's thread. The reference to the channel's state is taken out of the
 // slot first: once posted, the slot is the ring's, and the channel may go.
 void core::finished(rbd_completion_t c, void* arg) {
@@ -142,7 +164,7 @@ void core::finished(rbd_completion_t c, void* arg) {
   // A read that ran past the end of a shrunk image comes back short; the
   // rest reads as zeroes, as a block device's would.
   if (o->kind == op_kind::read && r >= 0 && static_cast<std::uint64_t>(r) < o->length)
-    std::memset(o->buf + r, 0, o->length - static_cast<std::uint64_t>(r));
+    zero_from(*o, static_cast<std::uint64_t>(r));
   o->ec = r < 0 ? errno_code(static_cast<int>(-r)) : error_code{};
   const std::shared_ptr<void> keep = std::move(o->keep);
   o->box->post(o);
@@ -185,7 +207,7 @@ void core::log_failure(const op& o, const error_code& ec) {
                         << " failed: " << ec.message();
 }
 
-class rbd_channel final : public channel {
+class rbd_channel final : public channel, public vectored_io {
  public:
   rbd_channel(std::shared_ptr<core> c, const properties& p) : c_(std::move(c)), props_(p) {}
   ~rbd_channel() override { c_->close(); }
@@ -199,6 +221,16 @@ class rbd_channel final : public channel {
     if (!props_.writable) return c_->refuse(done, errno_code(EROFS));
     // librbd only reads a write's buffer (and copies it: rbd_disable_zero_copy_writes).
     c_->submit(op_kind::write, offset, from.size(), const_cast<std::byte*>(from.data()), done);
+  }
+  // On the guest's pages (persistent grants): librbd reads into them, and
+  // copies a write's pieces when it is submitted.
+  vectored_io* vectored() override { return this; }
+  void readv(std::uint64_t offset, std::span<const iovec> into, completion& done) override {
+    c_->submit(op_kind::read, offset, bytes(into), nullptr, done, into);
+  }
+  void writev(std::uint64_t offset, std::span<const iovec> from, completion& done) override {
+    if (!props_.writable) return c_->refuse(done, errno_code(EROFS));
+    c_->submit(op_kind::write, offset, bytes(from), nullptr, done, from);
   }
   void flush(completion& done) override { c_->submit(op_kind::flush, 0, 0, nullptr, done); }
   void discard(std::uint64_t offset, std::uint64_t length, bool secure, completion& done) override {

@@ -6,11 +6,13 @@
 #include "blkback/storage/storage.hpp"
 
 #include <sys/eventfd.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
 #include <memory>
+#include <span>
 
 namespace xbd::blkback::storage::rbd {
 
@@ -24,12 +26,13 @@ struct op {
   std::uint64_t offset = 0;
   std::uint64_t length = 0;
   std::byte* buf = nullptr;
-  completion* done = nullptr;  // null: the slot is free
-  asio_xen::error_code ec;     // how it ended
-  bool refused = false;        // failed by us before librbd saw it: not logged
-  op* next = nullptr;          // in the free list or the mailbox
-  mailbox* box = nullptr;      // where it goes when it ends
-  std::shared_ptr<void> keep;  // while librbd has it: the channel's state, slots and mailbox
+  std::span<const iovec> pieces;  // a vectored read or write: the guest's pages, instead of buf
+  completion* done = nullptr;     // null: the slot is free
+  asio_xen::error_code ec;        // how it ended
+  bool refused = false;           // failed by us before librbd saw it: not logged
+  op* next = nullptr;             // in the free list or the mailbox
+  mailbox* box = nullptr;         // where it goes when it ends
+  std::shared_ptr<void> keep;     // while librbd has it: the channel's state, slots and mailbox
 };
 
 // A multi-producer, single-consumer list of finished operations and the

@@ -26,6 +26,8 @@
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
 
+#include <sys/uio.h>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -54,7 +56,10 @@ struct properties {
   std::uint32_t io_alignment = 512;
   bool writable = false;
   bool direct = false;  // O_DIRECT (or the driver's equivalent) in effect
-  bool flush = true;    // flushes reach stable storage
+  // Its channels can run reads and writes on the guest's own pages
+  // (vectored_io): zero-copy and persistent grants are possible.
+  bool vectored = false;
+  bool flush = true;  // flushes reach stable storage
   bool discard = false;
   bool discard_secure = false;            // secure erase can be asked for (a block device's BLKSECDISCARD)
   std::uint32_t discard_granularity = 0;  // bytes
@@ -74,10 +79,25 @@ class completion {
   ~completion() = default;
 };
 
+// Reads and writes on the guest's own pages (mapped grants: zero-copy),
+// for a channel that can (channel::vectored()). The pieces lie in disk
+// order and stay valid until the operation completes; each meets the
+// store's io_alignment in address and length.
+class vectored_io {
+ public:
+  virtual void readv(std::uint64_t offset, std::span<const iovec> into, completion& done) = 0;
+  virtual void writev(std::uint64_t offset, std::span<const iovec> from, completion& done) = 0;
+
+ protected:
+  ~vectored_io() = default;
+};
+
 // One ring's way to the store, used on that ring's thread only.
 class channel {
  public:
   virtual ~channel() = default;
+  // Null for a channel that works only on buffers of its own.
+  virtual vectored_io* vectored() { return nullptr; }
   virtual void read(std::uint64_t offset, std::span<std::byte> into, completion& done) = 0;
   virtual void write(std::uint64_t offset, std::span<const std::byte> from, completion& done) = 0;
   // Everything completed before it is on stable storage when it completes.

@@ -94,6 +94,10 @@ TEST_CASE("the defaults shown commented out in the shipped file are the real def
                           "io.buffer-memory",
                           "io.journal",
                           "io.journal-directory",
+                          "io.zero-copy",
+                          "io.zero-copy-min-bytes",
+                          "io.persistent-grants",
+                          "io.persistent-grants-per-ring",
                           "nbd.connect-timeout-seconds",
                           "nbd.reconnect-seconds",
                           "images.qemu-storage-daemon",
@@ -281,6 +285,30 @@ TEST_CASE("control.socket is an absolute path a unix socket can have, or empty f
                        doctest::Contains("control.socket must be at most 107 bytes"), config_error);
   CHECK_THROWS_WITH_AS(parse("[control]\nsockets = \"/x\""), doctest::Contains("unknown key 'sockets' in [control]"),
                        config_error);
+}
+
+TEST_CASE("zero-copy and persistent grants: defaults, values and clear errors") {
+  const settings d = parse("");
+  CHECK(d.zero_copy);
+  CHECK(d.zero_copy_min_bytes == 64u << 10);
+  CHECK(d.persistent_grants);
+  CHECK(d.persistent_grants_per_ring == 1056u);
+  const settings s = parse(
+      "[io]\nzero-copy = false\nzero-copy-min-bytes = \"0\"\npersistent-grants = false\n"
+      "persistent-grants-per-ring = 64\n");
+  CHECK_FALSE(s.zero_copy);
+  CHECK(s.zero_copy_min_bytes == 0u);
+  CHECK_FALSE(s.persistent_grants);
+  CHECK(s.persistent_grants_per_ring == 64u);
+  CHECK(parse("io.zero-copy-min-bytes = \"1MiB\"").zero_copy_min_bytes == 1u << 20);
+  CHECK(error_of("[io]\nzero-copy-min-bytes = \"32MiB\"\n") ==
+        "test.toml:2:23: io.zero-copy-min-bytes must be a size from \"0\" to \"16MiB\" such as \"64KiB\", got "
+        "\"32MiB\"");
+  CHECK(error_of("[io]\nzero-copy-min-bytes = \"lots\"\n").find("must be a size") != std::string::npos);
+  CHECK(error_of("[io]\npersistent-grants-per-ring = 0\n").find("io.persistent-grants-per-ring") != std::string::npos);
+  CHECK(error_of("[io]\npersistent-grants = \"yes\"\n").find("io.persistent-grants") != std::string::npos);
+  CHECK(describe(s).find("zero-copy=false zero-copy-min-bytes=0 persistent-grants=false "
+                         "persistent-grants-per-ring=64") != std::string::npos);
 }
 
 TEST_CASE("buffer-memory is a size with a binary unit, within its bounds") {
@@ -472,6 +500,7 @@ TEST_CASE("describe() is one line with every setting") {
         "default-protocol=native poll-microseconds=50 direct-io=auto worker-threads=auto discard=true "
         "resize-poll-seconds=1 "
         "sector-size=auto buffer-memory=256MiB journal=true journal-directory=/run/xen-blkbackd "
+        "zero-copy=true zero-copy-min-bytes=64KiB persistent-grants=true persistent-grants-per-ring=1056 "
         "nbd.connect-timeout-seconds=10 "
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
         "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "
@@ -496,6 +525,7 @@ TEST_CASE("describe() is one line with every setting") {
         "default-protocol=x86_32-abi poll-microseconds=0 direct-io=always worker-threads=4 discard=false "
         "resize-poll-seconds=10 "
         "sector-size=auto buffer-memory=3GiB journal=true journal-directory=/run/xen-blkbackd "
+        "zero-copy=true zero-copy-min-bytes=64KiB persistent-grants=true persistent-grants-per-ring=1056 "
         "nbd.connect-timeout-seconds=10 "
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
         "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "

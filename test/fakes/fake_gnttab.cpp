@@ -111,6 +111,7 @@ class fake_grant_tables::driver final : public asio_xen::gnttab_driver {
 
   error_code grant_copy(std::span<copy_segment> segs) override {
     ++tables_.copies_;
+    if (const int e = std::exchange(tables_.copy_call_fault_, 0)) return err(e);
     // gntdev checks every segment's bounds before copying anything and
     // fails the whole call.
     for (const auto& s : segs) {

@@ -68,6 +68,9 @@ class fake_grant_tables {
   // Fault knob: segment `n` (0-based, counted over all copies from now on)
   // fails with `status`.
   void fail_copy_segment(std::size_t n, std::int16_t status);
+  // Fault knob: the next copy call fails as a whole with the given errno,
+  // copying nothing (as gntdev refuses a batch it finds malformed).
+  void fail_next_copy_call(int err = EINVAL) { copy_call_fault_ = err; }
   // Fault knob: the next map fails with the given errno.
   void fail_next_map(int err = ENOMEM);
 
@@ -84,6 +87,7 @@ class fake_grant_tables {
   std::uint64_t segments_seen_ = 0;
   std::map<std::uint64_t, std::int16_t> copy_faults_;
   int map_fault_ = 0;
+  int copy_call_fault_ = 0;
 };
 
 }  // namespace xbd::fakes

@@ -83,6 +83,17 @@ std::uint32_t sim_env::add_disk(unsigned domid, const std::string& target, const
   return ts_->add_disk(d);
 }
 
+std::uint32_t sim_env::add_raw_disk(unsigned domid, const std::filesystem::path& image, bool writable,
+                                    bool direct_io_safe, const std::string& vdev) {
+  sim::disk_spec d;
+  d.domid = domid;
+  d.vdev = vdev;
+  d.target = image;
+  d.writable = writable;
+  d.direct_io_safe = direct_io_safe;
+  return ts_->add_disk(d);
+}
+
 std::filesystem::path sim_env::make_image(const std::string& name, std::uint64_t bytes) {
   auto p = dir_ / name;
   int fd = ::open(p.c_str(), O_CREAT | O_RDWR | O_TRUNC, 0644);

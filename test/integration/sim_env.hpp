@@ -39,6 +39,9 @@ class sim_env {
   // backend's devid.
   std::uint32_t add_disk(unsigned domid, const std::string& target, const std::string& vdev = "xvda",
                          sim::disk_format format = sim::disk_format::raw);
+  // A raw image disk, writable or not, with or without direct-io-safe.
+  std::uint32_t add_raw_disk(unsigned domid, const std::filesystem::path& image, bool writable, bool direct_io_safe,
+                             const std::string& vdev = "xvda");
   // A sparse image of `bytes` in the test directory.
   std::filesystem::path make_image(const std::string& name, std::uint64_t bytes);
 

@@ -26,11 +26,7 @@ std::string backend(unsigned domid, unsigned devid = xvda) {
 }
 
 std::uint32_t add_disk(sim_env& env, unsigned domid, const std::filesystem::path& target, bool direct_io_safe = false) {
-  xbd::sim::disk_spec d;
-  d.domid = domid;
-  d.target = target;
-  d.direct_io_safe = direct_io_safe;
-  return env.toolstack().add_disk(d);
+  return env.add_raw_disk(domid, target, true, direct_io_safe);
 }
 
 void check_clean(const frontend_result& r) {

@@ -82,10 +82,13 @@ TEST_SUITE("rbd") {
     env.start_daemon();
     auto r = env.run_frontend(5,
                               {"--devid", std::to_string(xvda), "--queues", "2", "--rw", "randrw", "--bs", "4096",
-                               "--qd", "32", "--ios", "4000", "--flush-every", "16", "--verify"},
+                               "--qd", "32", "--ios", "4000", "--flush-every", "16", "--verify", "--persistent"},
                               120s);
     check_clean(r);
     CHECK(json_field(r.json, "queues") == "2");
+    // The first run had persistent grants: librbd read into and wrote from
+    // the guest's kept pages.
+    CHECK(json_field(r.json, "persistent") == "true");
     // Discards come in whole objects (the discard granularity is the
     // image's object size, 4 MiB), mixed with reads and writes.
     auto d = env.run_frontend(5,
@@ -99,7 +102,7 @@ TEST_SUITE("rbd") {
     for (unsigned dev : {xvda, xvdb}) {
       auto w = env.run_frontend(5,
                                 {"--devid", std::to_string(dev), "--rw", "write", "--bs", "65536", "--qd", "16",
-                                 "--size", "64M", "--bytes", "64M", "--run-id", "11", "--verify"},
+                                 "--size", "64M", "--bytes", "64M", "--run-id", "11", "--verify", "--persistent"},
                                 120s);
       check_clean(w);
     }

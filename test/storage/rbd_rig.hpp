@@ -6,6 +6,7 @@
 
 #include "blkback/storage/rbd.hpp"
 #include "test/storage/ceph_cluster.hpp"
+#include "test/storage/drive.hpp"
 
 #include <rados/librados.h>
 #include <rbd/librbd.h>
@@ -45,14 +46,10 @@ struct op_done final : completion {
   bool finished() const { return calls > 0; }
 };
 
-// Runs `io` until `pred` holds or `limit` passes (timed by a timer of the
-// context: never run_for, test/unit/run.hpp says why).
-bool drive(boost::asio::io_context& io, const std::function<bool()>& pred,
-           std::chrono::milliseconds limit = std::chrono::seconds(30));
-void idle(boost::asio::io_context& io, std::chrono::milliseconds d);
-
-std::vector<std::byte> pattern(std::size_t n, std::uint64_t seed);
-bool all_zero(std::span<const std::byte> v);
+using xbd::test::all_zero;
+using xbd::test::drive;
+using xbd::test::idle;
+using xbd::test::pattern;
 
 // The image `name` of the test cluster's pool, as client.admin.
 rbd_target target(const ceph_cluster& c, const std::string& name, const std::string& snapshot = {});

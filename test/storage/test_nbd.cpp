@@ -1,5 +1,6 @@
 // The NBD driver against real nbdkit servers, each test with its own.
 #include "blkback/storage/nbd.hpp"
+#include "test/storage/drive.hpp"
 #include "test/storage/nbd_server.hpp"
 #include "test/unit/run.hpp"
 
@@ -44,36 +45,9 @@ struct op_done final : completion {
   bool finished() const { return calls > 0; }
 };
 
-// Runs `io` until `pred` holds or `limit` passes, timed by a timer of the
-// context (never run_for: test/unit/run.hpp says why).
-template <class Pred>
-bool drive(asio::io_context& io, Pred pred, std::chrono::milliseconds limit = 10s) {
-  io.restart();
-  auto expired = std::make_shared<bool>(false);
-  asio::steady_timer t(io, limit);
-  t.async_wait([expired](const error_code& ec) { *expired = *expired || !ec; });
-  while (!pred() && !*expired) io.run_one();
-  t.cancel();
-  io.poll();
-  return pred();
-}
-
-void idle(asio::io_context& io, std::chrono::milliseconds d) {
-  drive(
-      io, [] { return false; }, d);
-}
-
-std::vector<std::byte> pattern(std::size_t n, std::uint64_t seed) {
-  std::vector<std::byte> v(n);
-  std::uint64_t x = seed * 0x9E3779B97F4A7C15ull + 1;
-  for (auto& b : v) {
-    x ^= x << 13;
-    x ^= x >> 7;
-    x ^= x << 17;
-    b = static_cast<std::byte>(x);
-  }
-  return v;
-}
+using xbd::test::drive;
+using xbd::test::idle;
+using xbd::test::pattern;
 
 struct rig {
   asio::io_context io;

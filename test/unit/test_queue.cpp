@@ -703,6 +703,205 @@ TEST_CASE("limits: a stop ends a wait for the limits, and what waits stays in th
   CHECK(r.q->stats().rd_req == 1u);
 }
 
+TEST_CASE("batched copies: the writes taken in one pass over the ring are copied in one call") {
+  rig r(1, {}, 1 << 20);
+  for (std::size_t i = 0; i < 16; ++i) std::memset(r.data_page(i).data(), static_cast<int>(0x10 + i), page);
+  const auto before = r.tables.copies();
+  for (std::uint64_t i = 0; i < 16; ++i) r.submit(make(BLKIF_OP_WRITE, i, i * 8, {{r.data_refs[i], 0, 7}}));
+  r.kick();
+  auto rs = r.responses(16);
+  REQUIRE(rs.size() == 16u);
+  for (auto& x : rs) CHECK(x.status == BLKIF_RSP_OKAY);
+  CHECK(r.tables.copies() - before == 1u);
+  for (std::uint64_t i = 0; i < 16; ++i) CHECK(r.file.read(i * page, 1)[0] == std::byte(0x10 + i));
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("batched copies: a bad grant fails only its own request, the others in its batch succeed") {
+  rig r(1, {}, 1 << 20);
+  for (std::size_t i = 0; i < 8; ++i) std::memset(r.data_page(i).data(), static_cast<int>(0x20 + i), page);
+  for (std::uint64_t i = 0; i < 8; ++i) {
+    const grant_ref ref = i == 3 ? grant_ref{9999} : r.data_refs[i];  // never granted
+    r.submit(make(BLKIF_OP_WRITE, i, i * 8, {{ref, 0, 7}}));
+  }
+  r.kick();
+  auto rs = r.responses(8);
+  REQUIRE(rs.size() == 8u);
+  for (auto& x : rs) CHECK(x.status == (x.id == 3 ? BLKIF_RSP_ERROR : BLKIF_RSP_OKAY));
+  CHECK(r.file.read(3 * page, 1)[0] == pattern(3 * page));
+  CHECK(r.file.read(4 * page, 1)[0] == std::byte{0x24});
+  CHECK(r.q->stats().err_grant == 1u);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("batched copies: a batch refused as a whole is copied again request by request") {
+  rig r(1, {}, 1 << 20);
+  for (std::size_t i = 0; i < 4; ++i) std::memset(r.data_page(i).data(), static_cast<int>(0x30 + i), page);
+  const auto before = r.tables.copies();
+  r.tables.fail_next_copy_call(EINVAL);
+  for (std::uint64_t i = 0; i < 4; ++i) r.submit(make(BLKIF_OP_WRITE, i, i * 8, {{r.data_refs[i], 0, 7}}));
+  r.kick();
+  auto rs = r.responses(4);
+  REQUIRE(rs.size() == 4u);
+  for (auto& x : rs) CHECK(x.status == BLKIF_RSP_OKAY);
+  CHECK(r.tables.copies() - before == 5u);  // the refused batch, then one call each
+  for (std::uint64_t i = 0; i < 4; ++i) CHECK(r.file.read(i * page, 1)[0] == std::byte(0x30 + i));
+  CHECK_FALSE(r.stop());
+}
+
+namespace {
+
+// Zero-copy and persistent grants need a store the queue can hand the
+// guest's pages to, O_DIRECT for zero-copy.
+rig::adjuster on_guest_pages(std::optional<std::uint64_t> zero_copy_min, unsigned persistent = 0) {
+  return [=](std::unique_ptr<storage::store>& st, queue_params& p) {
+    auto direct = storage::open_local(st->name(), {true, true});
+    REQUIRE(direct.has_value());
+    REQUIRE((*direct)->props().direct);
+    st = std::move(*direct);
+    p.zero_copy_min = zero_copy_min;
+    p.persistent_grants = persistent;
+  };
+}
+
+}  // namespace
+
+TEST_CASE("zero-copy: reads and writes from the threshold up run on the guest's mapped pages, never copied") {
+  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, {}, on_guest_pages(8192));
+  std::memset(r.data_page(0).data(), 0x41, page);
+  std::memset(r.data_page(1).data(), 0x42, page);
+  const auto copies = r.tables.copies();
+  r.submit(make(BLKIF_OP_WRITE, 1, 64, {{r.data_refs[0], 0, 7}, {r.data_refs[1], 0, 7}}));
+  r.kick();
+  auto w = r.responses(1);
+  REQUIRE(w.size() == 1u);
+  CHECK(w[0].status == BLKIF_RSP_OKAY);
+  CHECK(r.tables.mapped_pages() == r.ring_pages);  // unmapped before the response
+  CHECK(r.file.read(64 * 512, 1)[0] == std::byte{0x41});
+  CHECK(r.file.read(64 * 512 + page, 1)[0] == std::byte{0x42});
+  // Back, into a part of one page and the whole of another.
+  r.submit(make(BLKIF_OP_READ, 2, 64, {{r.data_refs[2], 4, 7}, {r.data_refs[3], 0, 7}}));
+  r.kick();
+  auto rd = r.responses(1);
+  REQUIRE(rd.size() == 1u);
+  CHECK(rd[0].status == BLKIF_RSP_OKAY);
+  CHECK(r.data_page(2)[0] == std::byte{0});  // before the segment: untouched
+  CHECK(r.data_page(2)[2048] == std::byte{0x41});
+  CHECK(r.data_page(3)[0] == std::byte{0x41});
+  CHECK(r.data_page(3)[2048] == std::byte{0x42});
+  CHECK(r.tables.copies() == copies);
+  CHECK(r.q->stats().mapped_req == 2u);
+  // Below the threshold: copied.
+  r.submit(make(BLKIF_OP_READ, 3, 0, {{r.data_refs[4], 0, 7}}));
+  r.kick();
+  REQUIRE(r.responses(1).size() == 1u);
+  CHECK(r.tables.copies() == copies + 1);
+  CHECK(r.q->stats().mapped_req == 2u);
+  CHECK_FALSE(r.stop());
+  r.q.reset();
+  CHECK(r.memory->usage().committed == 0u);
+}
+
+TEST_CASE("zero-copy: a grant that cannot be mapped fails its own request only, and nothing stays mapped") {
+  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, {}, on_guest_pages(0));
+  const grant_ref ro = r.guest.grant(r.ring_pages + 10, 0, /*readonly*/ true);
+  r.submit(make(BLKIF_OP_READ, 1, 0, {{r.data_refs[0], 0, 7}, {grant_ref{9999}, 0, 7}}));  // never granted
+  r.submit(make(BLKIF_OP_READ, 2, 0, {{ro, 0, 7}}));   // a read may not write a read-only grant
+  r.submit(make(BLKIF_OP_WRITE, 3, 0, {{ro, 0, 7}}));  // a write may read it
+  r.submit(make(BLKIF_OP_READ, 4, 0, {{r.data_refs[1], 0, 7}}));
+  r.kick();
+  auto rs = r.responses(4);
+  REQUIRE(rs.size() == 4u);
+  for (auto& x : rs) CHECK(x.status == (x.id <= 2 ? BLKIF_RSP_ERROR : BLKIF_RSP_OKAY));
+  CHECK(r.q->stats().err_grant == 2u);
+  CHECK(r.tables.mapped_pages() == r.ring_pages);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("persistent grants: pages are mapped once and reused, dropped after the idle time, and counted") {
+  queue_tuning t;
+  t.persistent_idle = std::chrono::milliseconds(300);
+  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, t, on_guest_pages(std::nullopt, 8));
+  for (std::uint64_t round = 0; round < 3; ++round) {
+    for (std::uint64_t i = 0; i < 4; ++i)
+      r.submit(make(i % 2 ? BLKIF_OP_WRITE : BLKIF_OP_READ, round * 4 + i, i * 8, {{r.data_refs[i], 0, 7}}));
+    r.kick();
+    auto rs = r.responses(4);
+    REQUIRE(rs.size() == 4u);
+    for (auto& x : rs) CHECK(x.status == BLKIF_RSP_OKAY);
+  }
+  const auto st = r.q->stats();
+  CHECK(st.persistent_maps == 4u);
+  CHECK(st.persistent_hits == 8u);
+  CHECK(st.persistent_grants == 4u);
+  CHECK(st.copy_calls == 0u);
+  CHECK(r.tables.mapped_pages() == r.ring_pages + 4);
+  CHECK(r.data_page(0)[0] == pattern(0));
+  // The budget holds the kept pages, and gets them back when they go.
+  CHECK(r.memory->usage().committed >= 4 * page);
+  r.idle_for(std::chrono::milliseconds(1500));
+  CHECK(r.tables.mapped_pages() == r.ring_pages);
+  CHECK(r.q->stats().persistent_drops == 4u);
+  CHECK(r.q->stats().persistent_grants == 0u);
+  CHECK(r.memory->usage().committed == 0u);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("persistent grants: bounded, full sets map the rest per request, and room is made a little at a time") {
+  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, {}, on_guest_pages(std::nullopt, 2));
+  // Three pages in one request, two kept: the third is mapped for it alone.
+  r.submit(make(BLKIF_OP_READ, 1, 0, {{r.data_refs[0], 0, 7}, {r.data_refs[1], 0, 7}, {r.data_refs[2], 0, 7}}));
+  r.kick();
+  auto a = r.responses(1);
+  REQUIRE(a.size() == 1u);
+  CHECK(a[0].status == BLKIF_RSP_OKAY);
+  CHECK(r.data_page(2)[0] == pattern(2 * page));
+  CHECK(r.q->stats().persistent_maps == 2u);
+  CHECK(r.tables.mapped_pages() <= r.ring_pages + 2);
+  // A guest that names new pages all the time (a flood of new refs): each
+  // request maps its own page, the set never grows past two, and pages are
+  // not unmapped per request to make room (that would be some 20 drops):
+  // at most a page per tick of the queue's trimming.
+  for (std::uint64_t i = 0; i < 20; ++i) r.submit(make(BLKIF_OP_READ, 10 + i, 0, {{r.data_refs[3 + i], 0, 7}}));
+  r.kick();
+  auto b = r.responses(20);
+  REQUIRE(b.size() == 20u);
+  for (auto& x : b) CHECK(x.status == BLKIF_RSP_OKAY);
+  CHECK(r.q->stats().persistent_grants <= 2u);
+  CHECK(r.q->stats().persistent_drops <= 2u);
+  CHECK(r.tables.mapped_pages() <= r.ring_pages + 2);
+  CHECK(r.memory->usage().committed <= std::uint64_t{1} << 20);
+  // The next ticks make room (pages were refused), and a new page is kept.
+  r.idle_for(std::chrono::milliseconds(700));
+  CHECK(r.q->stats().persistent_drops >= 1u);
+  CHECK(r.q->stats().persistent_grants <= 1u);
+  const auto maps = r.q->stats().persistent_maps;
+  r.submit(make(BLKIF_OP_READ, 50, 0, {{r.data_refs[40], 0, 7}}));
+  r.kick();
+  REQUIRE(r.responses(1).size() == 1u);
+  CHECK(r.q->stats().persistent_maps == maps + 1);
+  CHECK_FALSE(r.stop());
+  r.q.reset();
+  CHECK(r.tables.mapped_pages() == 0u);
+  CHECK(r.memory->usage().committed == 0u);
+}
+
+TEST_CASE("persistent grants: a read-only grant is mapped for its write alone, and a bad one fails its request") {
+  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, {}, on_guest_pages(std::nullopt, 8));
+  const grant_ref ro = r.guest.grant(r.ring_pages + 10, 0, /*readonly*/ true);
+  std::memset(r.guest.page(r.ring_pages + 10).data(), 0x77, page);
+  r.submit(make(BLKIF_OP_WRITE, 1, 0, {{ro, 0, 7}}));
+  r.submit(make(BLKIF_OP_WRITE, 2, 8, {{grant_ref{9999}, 0, 7}}));
+  r.kick();
+  auto rs = r.responses(2);
+  REQUIRE(rs.size() == 2u);
+  for (auto& x : rs) CHECK(x.status == (x.id == 1 ? BLKIF_RSP_OKAY : BLKIF_RSP_ERROR));
+  CHECK(r.file.read(0, 1)[0] == std::byte{0x77});
+  CHECK(r.q->stats().persistent_grants == 0u);
+  CHECK(r.tables.mapped_pages() == r.ring_pages);
+  CHECK_FALSE(r.stop());
+}
+
 namespace {
 
 // A ring that polls for up to `max` after a burst (queue_params::poll).

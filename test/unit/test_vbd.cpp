@@ -172,11 +172,21 @@ TEST_CASE("a new vbd opens its image, publishes its features and waits in InitWa
   r.start();
   CHECK(r.state() == bb::xenbus_state::init_wait);
   CHECK(r.db.read(be + "/feature-flush-cache") == "1");
-  CHECK(r.db.read(be + "/feature-persistent") == "0");
+  CHECK(r.db.read(be + "/feature-persistent") == "1");  // a file can take the guest's pages
   CHECK(r.db.read(be + "/max-ring-page-order") == "4");
   CHECK(r.db.read(be + "/hotplug-status") == "connected");
   CHECK_FALSE(r.db.exists(be + "/sectors"));  // published at connect
   CHECK_FALSE(r.finished());
+}
+
+TEST_CASE("persistent grants off in the configuration: feature-persistent is 0, and a frontend asking is served") {
+  rig r;
+  r.ctx.cfg.persistent_grants = false;
+  r.start();
+  CHECK(r.db.read(be + "/feature-persistent") == "0");
+  r.db.write(fe + "/feature-persistent", "1");
+  r.frontend_ready();
+  CHECK(r.state() == bb::xenbus_state::connected);
 }
 
 TEST_CASE("frontend Initialised: map, bind, publish the disk in one go, then Connected") {
