@@ -7,8 +7,9 @@ namespace xbd::blkback {
 using asio_xen::error_code;
 
 std::span<asio_xen::copy_segment> copy_batch::add(std::size_t n, std::coroutine_handle<> waiter, error_code* result) {
-  const std::size_t first = segments_.size();
-  segments_.resize(first + n);
+  const std::size_t first = used_;
+  used_ += n;
+  if (segments_.size() < used_) segments_.resize(used_);
   entries_.push_back({first, n, waiter, result});
   return {segments_.data() + first, n};
 }
@@ -38,8 +39,9 @@ error_code verdict(std::span<const asio_xen::copy_segment> segs) {
 std::size_t copy_batch::run_once(asio_xen::gnttab_driver& d) {
   std::swap(segments_, running_segments_);
   std::swap(entries_, running_);
+  running_used_ = std::exchange(used_, 0);
   std::size_t calls = 1;
-  const error_code whole = d.grant_copy(running_segments_);
+  const error_code whole = d.grant_copy(std::span(running_segments_.data(), running_used_));
   for (entry& e : running_) {
     const std::span seg(running_segments_.data() + e.first, e.count);
     if (!whole) {
@@ -55,11 +57,12 @@ std::size_t copy_batch::run_once(asio_xen::gnttab_driver& d) {
   }
   for (entry& e : running_) e.waiter.resume();
   running_.clear();
-  running_segments_.clear();
+  running_used_ = 0;
   return calls;
 }
 
 void copy_batch::trim() {
+  used_ = running_used_ = 0;
   segments_ = {};
   running_segments_ = {};
   entries_ = {};

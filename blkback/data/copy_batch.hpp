@@ -34,7 +34,7 @@ class copy_batch {
   // empty if all of them succeeded.
   std::span<asio_xen::copy_segment> add(std::size_t n, std::coroutine_handle<> waiter, asio_xen::error_code* result);
   bool empty() const { return entries_.empty(); }
-  bool full() const { return segments_.size() >= soft_limit; }
+  bool full() const { return used_ >= soft_limit; }
 
   // Runs everything added (also what the resumed requests add meanwhile),
   // then resumes each request in the order they were added. Returns the
@@ -54,7 +54,9 @@ class copy_batch {
   };
   std::size_t run_once(asio_xen::gnttab_driver& d);
 
+  // Grown, never shrunk but by trim(): segments_[0, used_) are this batch's.
   std::vector<asio_xen::copy_segment> segments_, running_segments_;
+  std::size_t used_ = 0, running_used_ = 0;
   std::vector<entry> entries_, running_;
   bool running_now_ = false;
 };

@@ -71,23 +71,6 @@ T load_acquire(T& field) {
 
 }  // namespace
 
-std::uint64_t journal_hash(std::span<const std::byte> bytes, std::uint64_t seed) {
-  constexpr std::uint64_t k1 = 0x9E3779B185EBCA87ull, k2 = 0xC2B2AE3D27D4EB4Full;
-  std::uint64_t h = seed ^ (bytes.size() * k1);
-  std::size_t i = 0;
-  for (; i + 8 <= bytes.size(); i += 8) {
-    std::uint64_t w;
-    std::memcpy(&w, bytes.data() + i, 8);
-    h = (h ^ (w * k2)) * k1;
-    h ^= h >> 29;
-  }
-  std::uint64_t tail = 0;
-  std::memcpy(&tail, bytes.data() + i, bytes.size() - i);
-  h = (h ^ (tail * k2)) * k1;
-  h ^= h >> 32;
-  return h | 1;  // never 0, the value of a page never written
-}
-
 struct ring_journal::ring_header {
   std::uint32_t req_cons;
   std::uint32_t rsp_prod_pvt;

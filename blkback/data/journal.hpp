@@ -29,6 +29,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <filesystem>
 #include <optional>
 #include <span>
@@ -148,6 +149,23 @@ class vbd_journal {
 };
 
 // A fast 64-bit hash of bytes (the journal's checks, not cryptographic).
-std::uint64_t journal_hash(std::span<const std::byte> bytes, std::uint64_t seed = 0);
+// Inline: the hot path hashes a few fields of known size per request, which
+// the compiler then reduces to a handful of instructions each.
+inline std::uint64_t journal_hash(std::span<const std::byte> bytes, std::uint64_t seed = 0) {
+  constexpr std::uint64_t k1 = 0x9E3779B185EBCA87ull, k2 = 0xC2B2AE3D27D4EB4Full;
+  std::uint64_t h = seed ^ (bytes.size() * k1);
+  std::size_t i = 0;
+  for (; i + 8 <= bytes.size(); i += 8) {
+    std::uint64_t w;
+    std::memcpy(&w, bytes.data() + i, 8);
+    h = (h ^ (w * k2)) * k1;
+    h ^= h >> 29;
+  }
+  std::uint64_t tail = 0;
+  std::memcpy(&tail, bytes.data() + i, bytes.size() - i);
+  h = (h ^ (tail * k2)) * k1;
+  h ^= h >> 32;
+  return h | 1;  // never 0, the value of a page never written
+}
 
 }  // namespace xbd::blkback

@@ -281,7 +281,7 @@ asio::awaitable<error_code> queue::serve_ring() {
       // first, and nothing after it starts until it is done.
       if (barrier) co_await wait_idle();
       // Over the vbd's I/O limits: it stays in the ring until they allow it.
-      const auto lim = throttle_ ? limited(w) : std::nullopt;
+      const auto lim = throttle_ && throttle_->enabled() ? limited(w) : std::nullopt;
       if (lim) {
         const auto wait = throttle_->take(std::chrono::steady_clock::now(), lim->write, lim->bytes);
         if (wait > std::chrono::steady_clock::duration::zero()) {
@@ -908,7 +908,7 @@ queue::slot& queue::acquire() {
   free_.pop_back();
   ++in_flight_;
   peak_in_flight_ = std::max(peak_in_flight_, in_flight_);
-  publish_gauges();
+  set(counters_->in_flight, in_flight_);  // the rest once a turn (end_turn)
   return *s;
 }
 
@@ -920,7 +920,7 @@ void queue::release(slot& s, std::chrono::steady_clock::time_point now) {
   s.on_pages = false;
   free_.push_back(&s);
   --in_flight_;
-  publish_gauges();
+  set(counters_->in_flight, in_flight_);
   last_release_ = now;
   if (!trim_armed_) {
     trim_armed_ = true;
@@ -978,6 +978,7 @@ void queue::end_turn() {
   run_copies();
   turn_end_scheduled_ = false;
   push_now();
+  publish_gauges();  // once a turn, not per request
   if ((stopping_ || waiting_idle_) && in_flight_ == 0) idle_.cancel();
 }
 

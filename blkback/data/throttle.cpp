@@ -261,6 +261,8 @@ bool throttle_group::first_in_line_locked(const member& m, clock::time_point now
   return true;
 }
 
+bool throttle_group::member::enabled() const { return group_->enabled_.load(std::memory_order_relaxed); }
+
 throttle_group::clock::duration throttle_group::member::take(clock::time_point now, bool write, std::uint64_t bytes) {
   throttle_group& g = *group_;
   if (!g.enabled_.load(std::memory_order_relaxed)) return clock::duration::zero();

@@ -169,6 +169,9 @@ class throttle_group : public std::enable_shared_from_this<throttle_group> {
     // when it may be taken now, and it is charged; otherwise how long to
     // wait before asking again.
     clock::duration take(clock::time_point now, bool write, std::uint64_t bytes);
+    // Whether its group has any limit now (a relaxed read: a change is
+    // seen by the next request).
+    bool enabled() const;
     // A charge corrected: the request turned out to carry `actual` bytes
     // where `charged` were counted (validation), or was not taken after
     // all (`actual` = 0, `taken` = false).

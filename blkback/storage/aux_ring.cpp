@@ -47,6 +47,7 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
   std::deque<op> backlog;                       // waiting for a submission entry
   unsigned in_flight = 0;
   bool reaping = false;
+  bool flush_posted = false;
   bool closed = false;
   std::optional<asio::steady_timer> retry;  // a failed submission's next attempt
   bool retry_armed = false;
@@ -68,8 +69,18 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
     io_uring_sqe* sqe = io_uring_get_sqe(&ring);
     if (!sqe) {
       backlog.push_back(o);
+      schedule_flush();
       return;
     }
+    prepare(sqe, o);
+    // From here the entry is in the ring: it completes exactly once,
+    // through reap(), whatever io_uring_submit() answers later.
+    ++in_flight;
+    start_reaper();
+    schedule_flush();
+  }
+
+  static void prepare(io_uring_sqe* sqe, const op& o) {
     switch (o.what) {
       case op::fdatasync:
         io_uring_prep_fsync(sqe, o.fd, IORING_FSYNC_DATASYNC);
@@ -85,11 +96,24 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
         break;
     }
     io_uring_sqe_set_data(sqe, o.done);
-    // From here the entry is in the ring: it completes exactly once,
-    // through the reaper, whatever io_uring_submit() answers now.
-    ++in_flight;
-    start_reaper();
-    flush();
+  }
+
+  // What is queued goes to the kernel once per turn of the io_context,
+  // together: one system call for all the turn's operations. What the
+  // kernel finished during the call (a read from the page cache) is
+  // completed right after it; the eventfd wakes the reaper for what
+  // finishes later. (It signals for every completion: registered "async",
+  // it would stay silent for O_DIRECT reads, which complete through the
+  // submitting thread's task work, not an io-wq worker.)
+  void schedule_flush() {
+    if (flush_posted || closed) return;
+    flush_posted = true;
+    asio::post(ex, [self = shared_from_this()] {
+      self->flush_posted = false;
+      if (self->closed) return;
+      self->flush();
+      self->reap_ready();
+    });
   }
 
   // Hands the queued entries to the kernel. liburing has already published
@@ -114,13 +138,16 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
     }
     if (++failed_attempts == attempts_before_warning)
       XBD_LOG(lg, error) << "io_uring refuses submissions (" << error_code(-rc, uring_call).what()
-                         << "); flushes and discards wait and are retried";
+                         << "); reads, writes, flushes and discards wait and are retried";
     if (retry_armed || closed) return;
     retry_armed = true;
     retry->expires_after(std::chrono::milliseconds(std::min(100u, 1u << std::min(failed_attempts - 1, 7u))));
     retry->async_wait([self = shared_from_this()](const error_code& ec) {
       self->retry_armed = false;
-      if (!ec && !self->closed) self->flush();
+      if (!ec && !self->closed) {
+        self->flush();
+        self->reap_ready();
+      }
     });
   }
 
@@ -136,29 +163,37 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
     asio::co_spawn(ex, reap(shared_from_this()), asio::detached);
   }
 
-  // Runs while operations are in flight.
+  // Completes every finished entry, then moves what waited for room into
+  // the ring.
+  void reap_ready() {
+    io_uring_cqe* cqe = nullptr;
+    while (!closed && io_uring_peek_cqe(&ring, &cqe) == 0) {
+      auto* done = static_cast<aux_completion*>(io_uring_cqe_get_data(cqe));
+      const int res = cqe->res;
+      io_uring_cqe_seen(&ring, cqe);
+      --in_flight;
+      if (res < 0)
+        done->aux_complete(error_code(-res, boost::system::generic_category()), 0);
+      else
+        done->aux_complete({}, static_cast<std::size_t>(res));
+    }
+    while (!closed && !backlog.empty() && io_uring_sq_space_left(&ring) > 0) {
+      op o = backlog.front();
+      backlog.pop_front();
+      submit(o);
+    }
+  }
+
+  // Waits for the eventfd while operations are in flight. It may outlive
+  // them (reap_ready() can take the last one): it then waits until the next
+  // one's completion signals, or until the ring closes.
   static asio::awaitable<void> reap(std::shared_ptr<impl> self) {
     while (self->in_flight > 0 && !self->closed) {
       error_code ec = co_await self->wake->wait();
       if (ec || self->closed) break;
       std::uint64_t count;
       (void)!::read(self->efd, &count, sizeof count);
-      io_uring_cqe* cqe = nullptr;
-      while (io_uring_peek_cqe(&self->ring, &cqe) == 0) {
-        auto* done = static_cast<aux_completion*>(io_uring_cqe_get_data(cqe));
-        int res = cqe->res;
-        io_uring_cqe_seen(&self->ring, cqe);
-        --self->in_flight;
-        if (res < 0)
-          done->aux_complete(error_code(-res, boost::system::generic_category()), 0);
-        else
-          done->aux_complete({}, static_cast<std::size_t>(res));
-      }
-      while (!self->backlog.empty() && io_uring_sq_space_left(&self->ring) > 0) {
-        op o = self->backlog.front();
-        self->backlog.pop_front();
-        self->submit(o);
-      }
+      self->reap_ready();
     }
     self->reaping = false;
     if (self->in_flight > 0 && !self->closed) self->start_reaper();

@@ -1,13 +1,7 @@
 #include "blkback/storage/local.hpp"
 
-#include "blkback/storage/handler_memory.hpp"
-
-#include <boost/asio/bind_allocator.hpp>
 #include <boost/asio/post.hpp>
-#include <boost/asio/random_access_file.hpp>
-#include <boost/asio/read_at.hpp>
 #include <boost/asio/thread_pool.hpp>
-#include <boost/asio/write_at.hpp>
 
 #include <fcntl.h>
 #include <linux/falloc.h>
@@ -30,7 +24,6 @@ namespace {
 const asio_xen::xen_call_category open_call{"open"};
 const asio_xen::xen_call_category fstat_call{"fstat"};
 const asio_xen::xen_call_category ioctl_call{"ioctl"};
-const asio_xen::xen_call_category dup_call{"dup"};
 
 }  // namespace
 
@@ -81,18 +74,6 @@ namespace asio = boost::asio;
 using asio_xen::error_code;
 
 namespace {
-
-// Asio's default completion condition (transfer_all) caps each underlying
-// read or write at 64 KiB, which turns a 1 MiB request into 16 serial
-// I/Os. Ask for everything that is left in one go.
-auto whole(std::uint64_t length) {
-  return [length](const error_code& ec, std::size_t done) -> std::size_t { return ec ? 0 : length - done; };
-}
-
-error_code io_result(const error_code& ec, std::size_t moved, std::size_t asked) {
-  if (ec) return ec;
-  return moved == asked ? error_code{} : make_error_code(asio_xen::errc::short_transfer);
-}
 
 // Opens, falling back to the page cache where O_DIRECT is refused.
 asio_xen::result<int> open_fd(const std::filesystem::path& path, const local_options& opt, bool& direct,
@@ -151,13 +132,13 @@ error_code probe(int fd, const struct stat& st, properties& p) {
 
 class local_store;
 
-// One ring's channel. Each operation in flight takes an `op` (the memory
-// for Asio's handlers), created on first use and reused most-recently-freed
-// first, and reads and writes a file object. Asio runs one operation of a
-// kind at a time on a file object and queues the rest, so each object is
-// its own dup of the store's descriptor; there are at most max_files of
-// them per channel, the least busy taken first (descriptors stay bounded
-// however deep the ring). trim() lets go of all of it.
+// One ring's channel. Each operation in flight takes an `op`, created on
+// first use and reused most-recently-freed first, and goes to the worker's
+// own io_uring (aux_ring): reads and writes as preadv/pwritev of one piece
+// (a buffer of ours) or many (the guest's pages), flushes and hole punching.
+// All of a turn's operations reach the kernel in one system call, and a
+// read the page cache answers completes in that call. trim() lets go of
+// the ops.
 class local_channel final : public channel, public vectored_io {
  public:
   local_channel(local_store& store, const worker& w, unsigned depth);
@@ -172,20 +153,12 @@ class local_channel final : public channel, public vectored_io {
   void discard(std::uint64_t offset, std::uint64_t length, bool secure, completion& done) override;
   void trim() override;
 
-  static constexpr std::size_t max_files = 32;
-
  private:
-  struct file {
-    asio::random_access_file f;
-    unsigned busy = 0;  // operations using it
-  };
   struct op final : aux_completion {
     local_channel* owner = nullptr;
     completion* done = nullptr;
-    file* on = nullptr;
-    handler_arena arena;
-    // A vectored read or write (on our aux_ring): what is left of it.
-    bool vectored = false;
+    // A read or write: what is left of it.
+    bool rw = false;
     bool write = false;
     std::uint64_t at = 0;
     std::vector<iovec> pieces;
@@ -193,21 +166,17 @@ class local_channel final : public channel, public vectored_io {
     void aux_complete(error_code ec, std::size_t moved) override { owner->aux_done(*this, ec, moved); }
   };
 
-  op* acquire(completion& done);
-  op* start(completion& done, bool needs_file);
+  op* start(completion& done);
   void finish(op& o, error_code ec);
-  void start_vectored(op& o, bool write, std::uint64_t offset, std::span<const iovec> pieces);
-  void submit_vectored(op& o);
+  void start_rw(op& o, bool write, std::uint64_t offset, std::span<const iovec> pieces);
+  void submit_rw(op& o);
   void aux_done(op& o, error_code ec, std::size_t moved);
-  void fail_later(completion& done, error_code ec);
-  file* pick_file(error_code& ec);
 
   local_store& store_;
   worker w_;
   unsigned depth_;
   std::vector<std::unique_ptr<op>> ops_;
   std::vector<op*> free_;
-  std::vector<std::unique_ptr<file>> files_;
 };
 
 class local_store final : public store {
@@ -254,7 +223,9 @@ local_channel::local_channel(local_store& store, const worker& w, unsigned depth
   free_.reserve(depth);
 }
 
-local_channel::op* local_channel::acquire(completion& done) {
+// An op for `done`; more operations than the ring can have in flight (the
+// caller's bug) fail on a later turn, never inline.
+local_channel::op* local_channel::start(completion& done) {
   op* o = nullptr;
   if (!free_.empty()) {
     o = free_.back();
@@ -264,108 +235,56 @@ local_channel::op* local_channel::acquire(completion& done) {
     o = ops_.back().get();
     o->owner = this;
   } else {
-    return nullptr;  // more than the ring can have in flight: the caller's bug
+    asio::post(w_.ex, [&done] { done.complete(error_code(EBUSY, boost::system::generic_category())); });
+    return nullptr;
   }
   o->done = &done;
   return o;
 }
 
 void local_channel::finish(op& o, error_code ec) {
-  if (file* f = std::exchange(o.on, nullptr)) --f->busy;
-  o.vectored = false;
+  o.rw = false;
   completion* done = std::exchange(o.done, nullptr);
   free_.push_back(&o);
   done->complete(ec);
 }
 
-void local_channel::fail_later(completion& done, error_code ec) {
-  asio::post(w_.ex, [&done, ec] { done.complete(ec); });
-}
-
-// An idle file object, a new one while there are fewer than max_files, or
-// else the least busy (the operation then queues behind its others).
-local_channel::file* local_channel::pick_file(error_code& ec) {
-  file* best = nullptr;
-  for (auto& f : files_)
-    if (best == nullptr || f->busy < best->busy) best = f.get();
-  if ((best == nullptr || best->busy > 0) && files_.size() < max_files) {
-    const int fd = ::dup(store_.fd());
-    if (fd >= 0) {
-      files_.push_back(std::unique_ptr<file>(new file{asio::random_access_file(w_.ex, fd)}));
-      best = files_.back().get();
-    } else if (best == nullptr) {
-      ec = asio_xen::xen_error(dup_call);
-      return nullptr;
-    }
-  }
-  ++best->busy;
-  return best;
-}
-
-// Nothing is in flight: no file object has an operation pending, so
-// closing them cancels nothing (asio_xen/wakeable.hpp says why that
-// matters).
+// Nothing is in flight: nothing refers to the ops.
 void local_channel::trim() {
   free_.clear();
   ops_.clear();
-  files_.clear();
-}
-
-// An operation that cannot start (no file object, or more operations than
-// the channel was opened for) fails on a later turn, never inline.
-local_channel::op* local_channel::start(completion& done, bool needs_file) {
-  op* o = acquire(done);
-  error_code ec(EBUSY, boost::system::generic_category());
-  if (o && (!needs_file || (o->on = pick_file(ec)) != nullptr)) return o;
-  if (o) {
-    o->done = nullptr;
-    free_.push_back(o);
-  }
-  fail_later(done, ec);
-  return nullptr;
 }
 
 void local_channel::read(std::uint64_t offset, std::span<std::byte> into, completion& done) {
-  op* o = start(done, true);
-  if (!o) return;
-  asio::async_read_at(o->on->f, offset, asio::buffer(into.data(), into.size()), whole(into.size()),
-                      asio::bind_allocator(arena_allocator<void>(o->arena),
-                                           [this, o, n = into.size()](error_code e, std::size_t moved) {
-                                             finish(*o, io_result(e, moved, n));
-                                           }));
+  const iovec one{into.data(), into.size()};
+  if (op* o = start(done)) start_rw(*o, false, offset, {&one, 1});
 }
 
 void local_channel::write(std::uint64_t offset, std::span<const std::byte> from, completion& done) {
-  op* o = start(done, true);
-  if (!o) return;
-  asio::async_write_at(o->on->f, offset, asio::buffer(from.data(), from.size()), whole(from.size()),
-                       asio::bind_allocator(arena_allocator<void>(o->arena),
-                                            [this, o, n = from.size()](error_code e, std::size_t moved) {
-                                              finish(*o, io_result(e, moved, n));
-                                            }));
+  const iovec one{const_cast<std::byte*>(from.data()), from.size()};  // only read
+  if (op* o = start(done)) start_rw(*o, true, offset, {&one, 1});
 }
 
-// Vectored reads and writes go to our own io_uring, which takes all of a
-// request's pieces in one submission (a 1 MiB request on persistent grants
-// is 256 of them; Asio would split them into calls of 64).
+// The guest's pages: a 1 MiB request on persistent grants is 256 pieces, in
+// one submission.
 void local_channel::readv(std::uint64_t offset, std::span<const iovec> into, completion& done) {
-  if (op* o = start(done, false)) start_vectored(*o, false, offset, into);
+  if (op* o = start(done)) start_rw(*o, false, offset, into);
 }
 
 void local_channel::writev(std::uint64_t offset, std::span<const iovec> from, completion& done) {
-  if (op* o = start(done, false)) start_vectored(*o, true, offset, from);
+  if (op* o = start(done)) start_rw(*o, true, offset, from);
 }
 
-void local_channel::start_vectored(op& o, bool write, std::uint64_t offset, std::span<const iovec> pieces) {
-  o.vectored = true;
+void local_channel::start_rw(op& o, bool write, std::uint64_t offset, std::span<const iovec> pieces) {
+  o.rw = true;
   o.write = write;
   o.at = offset;
   o.pieces.assign(pieces.begin(), pieces.end());
   o.next = 0;
-  submit_vectored(o);
+  submit_rw(o);
 }
 
-void local_channel::submit_vectored(op& o) {
+void local_channel::submit_rw(op& o) {
   const std::span<const iovec> left(o.pieces.data() + o.next, o.pieces.size() - o.next);
   if (o.write)
     w_.aux->writev(store_.fd(), o.at, left, o);
@@ -376,7 +295,7 @@ void local_channel::submit_vectored(op& o) {
 // A short transfer goes on from where it stopped; nothing moved at all is
 // the end of the file (a store that shrank).
 void local_channel::aux_done(op& o, error_code ec, std::size_t moved) {
-  if (!o.vectored || ec) return finish(o, ec);
+  if (!o.rw || ec) return finish(o, ec);
   if (moved == 0) return finish(o, make_error_code(asio_xen::errc::short_transfer));
   o.at += moved;
   while (o.next < o.pieces.size() && moved >= o.pieces[o.next].iov_len) moved -= o.pieces[o.next++].iov_len;
@@ -384,20 +303,20 @@ void local_channel::aux_done(op& o, error_code ec, std::size_t moved) {
   iovec& part = o.pieces[o.next];
   part.iov_base = static_cast<std::byte*>(part.iov_base) + moved;
   part.iov_len -= moved;
-  submit_vectored(o);
+  submit_rw(o);
 }
 
 // fdatasync through io_uring: the kernel's workers run it without blocking
 // this thread (a blocking one would stall every ring on it for as long as
 // the disk takes, 0.7 s measured after buffered writes).
 void local_channel::flush(completion& done) {
-  if (op* o = start(done, false)) w_.aux->fdatasync(store_.fd(), *o);
+  if (op* o = start(done)) w_.aux->fdatasync(store_.fd(), *o);
 }
 
 // A file punches a hole (io_uring FALLOCATE); a block device discards on
 // its own thread and completes back on ours.
 void local_channel::discard(std::uint64_t offset, std::uint64_t length, bool secure, completion& done) {
-  op* o = start(done, false);
+  op* o = start(done);
   if (!o) return;
   if (!store_.block_device()) {
     w_.aux->fallocate(store_.fd(), FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, length, *o);

@@ -1,10 +1,11 @@
 // The local driver: a regular file or a block device on this host.
 //
-// Reads and writes run on io_uring through asio::random_access_file, one
-// file object (on its own dup() of the descriptor) per operation in flight:
-// Asio runs one operation at a time per object, so a shared one would cap
-// the queue depth at 1. Flushes (fdatasync) and hole punching go through
-// the worker's aux_ring. A block device's discards (BLKDISCARD,
+// Reads, writes, flushes (fdatasync) and hole punching run on the worker's
+// own io_uring (aux_ring): a read or write is a preadv/pwritev of one piece
+// (our buffer) or of the guest's pages (zero-copy, persistent grants), all
+// of a turn's operations go to the kernel in one system call, and what the
+// page cache answers completes in that call (docs/architecture.md,
+// "Measurements behind the choices"). A block device's discards (BLKDISCARD,
 // BLKSECDISCARD) are blocking ioctls without an io_uring form on the
 // kernels we support: they run on the store's own thread, so one device's
 // slow discard never holds up another's.

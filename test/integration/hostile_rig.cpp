@@ -1,5 +1,7 @@
 #include "test/integration/hostile_rig.hpp"
 
+#include "test/integration/control_client.hpp"
+
 #include <doctest/doctest.h>
 
 #include <sys/resource.h>
@@ -214,16 +216,21 @@ rig::rig() {
   min_window_ = std::chrono::milliseconds(static_cast<long>(env_number("XBD_HOSTILE_WINDOW_MS", 1000)));
   // Four queues (a vbd's rings stop one at a time), indirect requests of up
   // to two pages of descriptors, a buffer budget the memory attacker can
-  // exhaust quickly, every line of the log.
+  // exhaust quickly, every line of the log. Every request of a
+  // direct-io-safe vbd runs zero-copy on the guest's mapped pages, and a
+  // ring keeps few persistent grants, so that the hostile guests reach
+  // each way the daemon moves data, and its limits.
   env_ = std::make_unique<sim_env>(
-      "[rings]\nmax-queues = 4\nmax-indirect-segments = 1024\n[io]\nbuffer-memory = \"64MiB\"\n[log]\nlevel = "
-      "\"debug\"\n");
+      "[rings]\nmax-queues = 4\nmax-indirect-segments = 1024\n[io]\nbuffer-memory = \"64MiB\"\n"
+      "zero-copy-min-bytes = \"0\"\npersistent-grants-per-ring = " +
+      std::to_string(persistent_cap) + "\n[log]\nlevel = \"debug\"\n");
   env_->create_guest(victim_domid);
   env_->create_guest(6);
   xbd::sim::disk_spec d;
   d.domid = victim_domid;
   d.vdev = "xvda";
   d.target = env_->make_image("victim.img", 64 << 20);
+  d.direct_io_safe = true;  // with its persistent grants: its data on mapped pages
   env_->toolstack().add_disk(d);
   env_->start_daemon();
   if (!eventually([&] { return log().find(std::string(victim_prefix) + "state ") != std::string::npos; }, 20s))
@@ -340,6 +347,7 @@ vbd_ref rig::add_vbd(const vbd_options& o) {
   d.target = v.target;
   d.writable = o.writable;
   d.discard_enable = o.discard_enable;
+  d.direct_io_safe = o.direct_io_safe;
   v.devid = env_->toolstack().add_disk(d);
   v.backend = sim::toolstack::backend_path(0, "qdisk", o.domid, v.devid);
   v.frontend = sim::toolstack::frontend_vbd_path(o.domid, v.devid);
@@ -417,6 +425,39 @@ bool rig::write_granted(unsigned domid, std::uint32_t ref, unsigned offset, cons
   return helper(*env_, {"write", std::to_string(domid), std::to_string(ref), std::to_string(offset), hex}).status == 0;
 }
 
+unsigned rig::grant_pins(unsigned domid, std::uint32_t ref) {
+  auto r = helper(*env_, {"status", std::to_string(domid), std::to_string(ref)});
+  std::istringstream in(r.output);
+  unsigned flags = 0, ro = 0, rw = 0;
+  if (r.status != 0 || !(in >> flags >> ro >> rw)) throw std::runtime_error("xbd-hostile-xen status: " + r.output);
+  return ro + rw;
+}
+
+std::pair<std::uint32_t, std::uint32_t> rig::retarget(unsigned domid, std::uint32_t ref) {
+  auto r = helper(*env_, {"retarget", std::to_string(domid), std::to_string(ref)});
+  std::istringstream in(r.output);
+  std::uint32_t old = 0, now = 0;
+  if (r.status != 0 || !(in >> old >> now)) throw std::runtime_error("xbd-hostile-xen retarget: " + r.output);
+  return {old, now};
+}
+
+std::string rig::peek(unsigned domid, std::uint32_t frame, unsigned offset, unsigned len) {
+  auto r = helper(*env_,
+                  {"peek", std::to_string(domid), std::to_string(frame), std::to_string(offset), std::to_string(len)});
+  std::istringstream in(r.output);
+  std::string hex;
+  if (r.status != 0 || !(in >> hex)) throw std::runtime_error("xbd-hostile-xen peek: " + r.output);
+  return hex;
+}
+
+json rig::grant_stats(const vbd_ref& v) {
+  auto r = ctl(*env_, {"stats", "--json", std::to_string(v.domid) + "/" + std::to_string(v.devid)});
+  auto doc = parse_json(r.out);
+  if (r.status != 0 || !doc || (*doc)["vbds"].size() != 1)
+    throw std::runtime_error("xen-blkbackctl stats --json: " + r.out);
+  return (*doc)["vbds"][std::size_t{0}]["grants"];
+}
+
 std::pair<unsigned, std::unique_ptr<process>> rig::unbound_port(unsigned domid, unsigned remote) {
   auto p = std::make_unique<process>(
       std::vector<std::string>{XBD_HOSTILE_XEN_BIN, "port", std::to_string(remote), "120"},
@@ -463,15 +504,16 @@ void rig::start_victim(const std::string& tag) {
   std::string safe = tag;
   for (char& c : safe)
     if (!std::isalnum(static_cast<unsigned char>(c))) c = '-';
-  victim_ = std::make_unique<process>(
-      std::vector<std::string>{"/usr/bin/nice",  "-n",        std::to_string(victim_nice()),
-                               BLKFRONT_SIM_BIN, "--domid",   std::to_string(victim_domid),
-                               "--json",         "--devid",   "51712",
-                               "--rw",           "randrw",    "--bs",
-                               "4096",           "--qd",      "8",
-                               "--verify",       "--runtime", "3600",
-                               "--timeout",      "10"},
-      env_->frontend_env(victim_domid), env_->dir() / ("victim-" + unique("") + "-" + safe.substr(0, 60) + ".log"));
+  std::vector<std::string> argv{"/usr/bin/nice",  "-n",        std::to_string(victim_nice()),
+                                BLKFRONT_SIM_BIN, "--domid",   std::to_string(victim_domid),
+                                "--json",         "--devid",   "51712",
+                                "--rw",           "randrw",    "--bs",
+                                "4096",           "--qd",      "8",
+                                "--verify",       "--runtime", "3600",
+                                "--timeout",      "10"};
+  argv.push_back("--persistent");  // its data on the pages the daemon keeps mapped
+  victim_ = std::make_unique<process>(argv, env_->frontend_env(victim_domid),
+                                      env_->dir() / ("victim-" + unique("") + "-" + safe.substr(0, 60) + ".log"));
   if (!eventually([&] { return log_count(victim, "] connected: ") > before || !victim_->running(); }, 30s) ||
       !victim_->running())
     throw std::runtime_error("the victim did not connect: " + victim_->output());

@@ -2,8 +2,9 @@
 // one daemon and one victim guest for the whole suite, and a fresh vbd of a
 // hostile guest for each case.
 //
-// The victim (domain 5, xvda) runs a verified random read/write workload in
-// windows: one window per case, started before the case does anything and
+// The victim (domain 5, xvda: direct-io-safe, with persistent grants, so
+// that its data moves on pages the daemon keeps mapped) runs a verified
+// random read/write workload in windows: one window per case, started before the case does anything and
 // stopped (SIGINT, so that blkfront-sim answers what is in flight and prints
 // its summary) when the case is done, at least `min_window` long (1 s;
 // XBD_HOSTILE_WINDOW_MS). Each window must be clean (no I/O error, no
@@ -38,7 +39,9 @@
 // The daemon's side is at hand too: rig::daemon_rss_kib(), daemon_fds() and
 // daemon_cpu_share() (a notify storm is a script of `notify` lines; a memory
 // attacker a vbd with --queues 4 --ring-order 4 and what it makes the
-// daemon hold).
+// daemon hold), and a vbd's grant counters (grant_stats()). The guest
+// kernel's grant table is reached through xbd-hostile-xen: grant, revoke,
+// grant_pins, retarget (rewrite an entry's frame), peek, write_granted.
 #pragma once
 
 #include "test/integration/sim_env.hpp"
@@ -112,6 +115,10 @@ struct vbd_options {
   std::optional<bool> discard_enable;
   std::uint64_t bytes = 8 << 20;
   std::filesystem::path target;  // empty: a fresh sparse image of `bytes`
+  // xl's direct-io-safe: the daemon opens it O_DIRECT, and its reads and
+  // writes run zero-copy on the guest's mapped pages (the rig's
+  // zero-copy-min-bytes is 0).
+  bool direct_io_safe = false;
 };
 
 struct vbd_ref {
@@ -171,9 +178,19 @@ class rig {
   std::vector<std::uint32_t> grant(unsigned domid, unsigned to, bool writable, unsigned count = 1);
   int revoke(unsigned domid, std::uint32_t ref);  // the helper's exit status: 0 ended, 3 busy
   bool write_granted(unsigned domid, std::uint32_t ref, unsigned offset, const std::string& hex);
+  // Xen's pins on a grant (mappings and copies in flight, read-only + writable).
+  unsigned grant_pins(unsigned domid, std::uint32_t ref);
+  // The guest rewrites its grant entry to a fresh frame: {old, new} frames.
+  std::pair<std::uint32_t, std::uint32_t> retarget(unsigned domid, std::uint32_t ref);
+  // `len` bytes of a frame of `domid`, in hex.
+  std::string peek(unsigned domid, std::uint32_t frame, unsigned offset, unsigned len);
   // A port of `domid` open to `remote`, held by a helper process until it is
   // destroyed.
   std::pair<unsigned, std::unique_ptr<process>> unbound_port(unsigned domid, unsigned remote);
+
+  // The "grants" object of `v` in `xen-blkbackctl stats --json` (copy_calls,
+  // mapped_requests, persistent, persistent_maps, persistent_drops, ...).
+  json grant_stats(const vbd_ref& v);
 
   // The daemon's descriptors (less xensim.mem*) and resident memory.
   std::size_t daemon_fds();
@@ -264,6 +281,11 @@ class hostile_case {
 // Runs `body` as a hostile case, twice if its first window fell short.
 void run_hostile_case(const std::string& name, void (*body)(hostile_case&));
 
+}  // namespace xbd::test::hostile
+
+namespace xbd::test::hostile {
+// The rig's [io] persistent-grants-per-ring: small, so that a guest reaches it.
+inline constexpr unsigned persistent_cap = 64;
 }  // namespace xbd::test::hostile
 
 // A doctest case around a hostile case `c`.

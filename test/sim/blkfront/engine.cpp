@@ -53,6 +53,10 @@ void run_stats::merge(const run_stats& o) {
   write_latency.merge(o.write_latency);
   discard_latency.merge(o.discard_latency);
   seconds += o.seconds;
+  fresh_pages += o.fresh_pages;
+  held_after_response += o.held_after_response;
+  held_peak = std::max(held_peak, o.held_peak);
+  holds_unknown = holds_unknown || o.holds_unknown;
 }
 
 std::string_view to_string(run_end e) {
@@ -121,6 +125,21 @@ std::size_t engine::shared_data_pages() const {
   return n;
 }
 
+std::optional<std::size_t> engine::held_pages() const {
+  std::size_t n = 0;
+  for (const auto& s : states_) {
+    std::vector<const shared_pages*> pages{&s->same_page};
+    for (const auto& c : s->ctx) pages.insert(pages.end(), {&c.data, &c.indirect});
+    for (const shared_pages* p : pages)
+      for (std::uint32_t ref : p->refs()) {
+        const auto h = platform_.backend_holds(ref);
+        if (!h) return std::nullopt;
+        n += *h ? 1 : 0;
+      }
+  }
+  return n;
+}
+
 bool engine::prepare(std::string& err) {
   if (params_.bs == 0 || params_.bs % 512 != 0) {
     err = "block size must be a positive multiple of 512";
@@ -128,6 +147,10 @@ bool engine::prepare(std::string& err) {
   }
   if (params_.same_page && params_.verify) {
     err = "verify cannot work when every segment is the same page";
+    return false;
+  }
+  if (params_.same_page && params_.fresh_grants) {
+    err = "fresh grants per request and one page for every segment exclude each other";
     return false;
   }
   vblock_ = verify_block_size(params_.bs);
@@ -177,13 +200,15 @@ bool engine::prepare(std::string& err) {
     for (unsigned i = 0; i < nctx; ++i) {
       auto& c = st->ctx[i];
       // Writable even for writes: one pool serves both directions, as with
-      // Linux's persistent grants (blkif.h note 8).
-      if (!params_.same_page) c.data = platform_.share(params_.backend_domid, pages_per_request_, true);
-      if (!params_.same_page && !c.data) {
+      // Linux's persistent grants (blkif.h note 8). Fresh grants come with
+      // each request instead (start_io).
+      const bool pool = !params_.same_page && !params_.fresh_grants;
+      if (pool) c.data = platform_.share(params_.backend_domid, pages_per_request_, true);
+      if (pool && !c.data) {
         err = "sharing " + std::to_string(pages_per_request_) + " data page(s) failed: " + platform_.last_error();
         return false;
       }
-      if (indirect_pages_per_request_) {
+      if (indirect_pages_per_request_ && !params_.fresh_grants) {
         // The backend only reads segment tables.
         c.indirect = platform_.share(params_.backend_domid, indirect_pages_per_request_, false);
         if (!c.indirect) {
@@ -295,6 +320,7 @@ bool engine::start_io(queue_state& qs, const planned_io& io, run_stats& st) {
       c.pages = static_cast<unsigned>((c.bytes + page - 1) / page);
       c.sector = io.sector + first_byte / 512;
       operation = io.kind == io_kind::read ? op::read : io.barrier ? op::write_barrier : op::write;
+      if (params_.fresh_grants && !share_fresh(c, use_indirect_ && operation != op::write_barrier, st)) return false;
       if (params_.verify) {
         auto buf = c.data.bytes().first(c.bytes);
         if (io.kind == io_kind::read) {
@@ -328,7 +354,10 @@ bool engine::submit(queue_state& qs, workload& w, run_stats& st) {
   while (!qs.free_ios.empty() && qs.free_ctx.size() >= parts_per_io_ && qs.q->ring.free_requests() >= parts_per_io_) {
     auto io = w.next();
     if (!io) break;
-    start_io(qs, *io, st);
+    if (!start_io(qs, *io, st)) {
+      share_failed_ = true;  // the run ends; what was started stays unpublished
+      return false;
+    }
     pushed = true;
   }
   if (!pushed) return false;
@@ -341,7 +370,67 @@ bool engine::submit(queue_state& qs, workload& w, run_stats& st) {
   return true;
 }
 
-void engine::complete_request(queue_state& qs, request_ctx& c, std::int16_t status, workload& w, run_stats& st) {
+// --fresh-grants: the request's pages, granted for it alone (Linux's
+// blkfront without persistent grants grants them per request too). A ref
+// handed out again was ended for good: the backend no longer holds it.
+bool engine::share_fresh(request_ctx& c, bool indirect, run_stats& st) {
+  c.data = platform_.share(params_.backend_domid, c.pages, true);
+  if (indirect && c.data)
+    c.indirect = platform_.share(params_.backend_domid,
+                                 (c.pages + segments_per_indirect_page - 1) / segments_per_indirect_page, false);
+  if (!c.data || (indirect && !c.indirect)) {
+    st.protocol_error("sharing the pages of a request failed: " + platform_.last_error() + " (the backend holds " +
+                      std::to_string(held_.size()) + " of the pages we ended access to)");
+    return false;
+  }
+  st.fresh_pages += c.data.count() + c.indirect.count();
+  for (const auto* p : {&c.data, &c.indirect})
+    for (std::uint32_t ref : p->refs()) held_.erase(ref);
+  return true;
+}
+
+// --fresh-grants, once the request is answered: access to its pages ends.
+// A backend must have unmapped them before answering (blkif.h; Linux's
+// blkfront checks it since XSA-396 and gives up on the device). With
+// persistent grants it may keep them: gntshr then defers the end until it
+// lets go, and we count them. False: a protocol error, recorded.
+bool engine::end_fresh(queue_state& qs, request_ctx& c, run_stats& st) {
+  bool ok = true;
+  for (const auto* p : {&c.data, &c.indirect})
+    for (std::uint32_t ref : p->refs()) {
+      const std::optional<bool> held = platform_.backend_holds(ref);
+      if (!held) st.holds_unknown = true;
+      if (!held || !*held) continue;
+      if (params_.persistent) {
+        ++st.held_after_response;
+        held_.insert(ref);
+        continue;
+      }
+      if (ok)
+        st.protocol_error(
+            "queue " + std::to_string(qs.q->index) + ": the backend still holds grant " + std::to_string(ref) +
+            " after answering request " +
+            std::to_string((std::uint64_t{c.seq} << 32) | static_cast<std::uint64_t>(&c - qs.ctx.data())) +
+            ": ending our access fails (backend has not unmapped grant)");
+      ok = false;
+    }
+  c.data.reset();
+  c.indirect.reset();
+  prune_held(st, false);
+  return ok;
+}
+
+// Forgets the ended refs the backend let go of (about every 10 ms, or
+// `now`); the count left is how many of our pages it still holds.
+void engine::prune_held(run_stats& st, bool now) {
+  const auto t = clock::now();
+  if (held_.empty() || (!now && t - last_prune_ < std::chrono::milliseconds(10))) return;
+  last_prune_ = t;
+  std::erase_if(held_, [&](std::uint32_t ref) { return platform_.backend_holds(ref) != true; });
+  st.held_peak = std::max<std::uint64_t>(st.held_peak, held_.size());
+}
+
+bool engine::complete_request(queue_state& qs, request_ctx& c, std::int16_t status, workload& w, run_stats& st) {
   const bool ok = status == status::okay;
   if (status == status::error)
     ++st.io_errors;
@@ -385,11 +474,12 @@ void engine::complete_request(queue_state& qs, request_ctx& c, std::int16_t stat
     }
   }
 
+  if (params_.fresh_grants && (c.data || c.indirect) && !end_fresh(qs, c, st)) return false;
   auto& s = qs.ios[c.io_slot];
   c.busy = false;
   qs.free_ctx.push_back(static_cast<unsigned>(&c - qs.ctx.data()));
   --qs.requests_in_flight;
-  if (--s.parts_left != 0) return;
+  if (--s.parts_left != 0) return true;
 
   const auto ns =
       static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(clock::now() - s.start).count());
@@ -409,6 +499,7 @@ void engine::complete_request(queue_state& qs, request_ctx& c, std::int16_t stat
   w.complete(s.io);
   s.busy = false;
   qs.free_ios.push_back(c.io_slot);
+  return true;
 }
 
 // Linux's blkif_interrupt checks, each of which means the backend can no
@@ -446,7 +537,7 @@ bool engine::process(queue_state& qs, workload& w, run_stats& st) {
         st.protocol_error(where + "response to id " + std::to_string(r.id) + " has status " + std::to_string(r.status));
         return false;
       }
-      complete_request(qs, c, r.status, w, st);
+      if (!complete_request(qs, c, r.status, w, st)) return false;
     }
     if (!ring.final_check_for_responses()) return true;
   }
@@ -494,6 +585,7 @@ run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_
     if (stopping && !drain_until) drain_until = platform_.stop_requested().value_or(now) + stop_bound::drain;
     if (!stopping)
       for (auto& s : states_) submit(*s, w, st);
+    if (share_failed_) return finish(run_end::protocol_error);
 
     unsigned in_flight = 0;
     for (auto& s : states_) in_flight += s->requests_in_flight;

@@ -9,6 +9,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "blkfront/abi.hpp"
@@ -45,6 +46,12 @@ struct engine_params {
   // Every data segment of every request references one page per queue
   // (--same-page); incompatible with verify.
   bool same_page = false;
+  // Each request's data and indirect pages are granted for it alone and
+  // access to them ended after its response (--fresh-grants).
+  bool fresh_grants = false;
+  // Both ends set feature-persistent: the backend may keep our pages mapped
+  // after answering, so a page it still holds then is not its error.
+  bool persistent = false;
 };
 
 struct mismatch_record {
@@ -79,6 +86,14 @@ struct run_stats {
   latency_histogram write_latency;
   latency_histogram discard_latency;
   double seconds = 0;
+  // --fresh-grants: pages granted for one request; those the backend still
+  // held when we ended access after the response (persistent grants only:
+  // otherwise a protocol error); the most of those it held at once, as seen
+  // by pruning about every 10 ms; whether the platform could tell at all.
+  std::uint64_t fresh_pages = 0;
+  std::uint64_t held_after_response = 0;
+  std::uint64_t held_peak = 0;
+  bool holds_unknown = false;
 
   std::uint64_t total_mismatches() const;
   void merge(const run_stats& o);
@@ -109,6 +124,8 @@ class engine {
   unsigned requests_per_io() const { return parts_per_io_; }
   bool uses_indirect() const { return use_indirect_; }
   std::size_t shared_data_pages() const;
+  // How many of them the backend holds (nullopt: the platform cannot tell).
+  std::optional<std::size_t> held_pages() const;
 
   // Called when a xenstore watch fires; returning true abandons the run.
   using watch_fn = std::function<bool()>;
@@ -123,7 +140,10 @@ class engine {
   bool start_io(queue_state& qs, const planned_io& io, run_stats& st);
   void fill_request(queue_state& qs, request_ctx& c, std::uint8_t operation);
   bool process(queue_state& qs, workload& w, run_stats& st);
-  void complete_request(queue_state& qs, request_ctx& c, std::int16_t status, workload& w, run_stats& st);
+  bool complete_request(queue_state& qs, request_ctx& c, std::int16_t status, workload& w, run_stats& st);
+  bool share_fresh(request_ctx& c, bool indirect, run_stats& st);
+  bool end_fresh(queue_state& qs, request_ctx& c, run_stats& st);
+  void prune_held(run_stats& st, bool now);
   std::uint64_t verify_index(std::uint64_t lba) const;
   std::string describe(queue_state& qs);
 
@@ -139,6 +159,12 @@ class engine {
   unsigned indirect_pages_per_request_ = 0;
   unsigned effective_qd_ = 0;
   bool use_indirect_ = false;
+  // --fresh-grants with persistent grants: refs whose access we ended while
+  // the backend held them (gntshr defers the end until it lets go), and
+  // when they were last checked. A share that fails ends the run.
+  std::unordered_set<std::uint32_t> held_;
+  clock::time_point last_prune_{};
+  bool share_failed_ = false;
 };
 
 }  // namespace xbd::sim::blkfront

@@ -196,6 +196,22 @@ bool frontend::connect(connection& c, std::string& err, std::vector<std::string>
   return set_state(xenbus::connected, err);
 }
 
+namespace {
+
+// How many of the connection's ring pages the backend holds.
+std::optional<unsigned> held(platform& p, const connection& c) {
+  unsigned n = 0;
+  for (const auto& q : c.queues)
+    for (std::uint32_t ref : q->ring_pages.refs()) {
+      const auto h = p.backend_holds(ref);
+      if (!h) return std::nullopt;
+      n += *h ? 1 : 0;
+    }
+  return n;
+}
+
+}  // namespace
+
 bool frontend::close(connection& c, std::string& err, std::chrono::milliseconds limit) {
   bool ok = set_state(xenbus::closing, err);
   // A backend that is already gone (directory removed, daemon dead) cannot
@@ -205,6 +221,7 @@ bool frontend::close(connection& c, std::string& err, std::chrono::milliseconds 
   ok = set_state(xenbus::closed, err) && ok;
   if (ok) ok = wait_backend([](auto s) { return !s || *s == xenbus::closed; }, "reach Closed", err, limit, true);
   // Only now has the backend unmapped the rings and unbound its ports.
+  rings_held_ = ok ? held(p_, c) : std::nullopt;
   c.queues.clear();
   return ok;
 }

@@ -59,6 +59,9 @@ class frontend {
   // not follow through to Closed in time. Each of its two waits is bounded
   // by `limit`, and after a signal by stop_bound::close from the signal.
   bool close(connection& c, std::string& err, std::chrono::milliseconds limit);
+  // How many of `c`'s ring pages the backend still held when the last close
+  // saw it Closed (nullopt: not Closed, or the platform cannot tell).
+  std::optional<unsigned> rings_held_at_close() const { return rings_held_; }
 
   std::optional<unsigned> backend_state();
   std::string backend_state_path() const { return backend_dir_ + "/state"; }
@@ -81,6 +84,7 @@ class frontend {
 
   xenstore& xs_;
   platform& p_;
+  std::optional<unsigned> rings_held_;
   const options& o_;
   std::string frontend_dir_, backend_dir_;
   std::uint32_t backend_id_ = 0;

@@ -127,6 +127,14 @@ Workload:
                           request of one page of ours. With --rw read, a
                           guest attacking the backend's memory. Not with
                           --verify
+  --fresh-grants          grant each request's data (and indirect) pages for
+                          that request alone and end access after its
+                          response, as Linux's blkfront does without
+                          persistent grants. Under libxensim a grant the
+                          backend still holds after answering is a protocol
+                          error; with --persistent negotiated it counts as
+                          kept by the backend (a guest flooding the backend
+                          with new grants). Not with --same-page
   --run-id N              the run id stamped into blocks (random)
   --allow-io-errors       BLKIF_RSP_ERROR/EOPNOTSUPP do not fail the run
 
@@ -356,6 +364,7 @@ parse_result parse_options(const std::vector<std::string>& args) {
         }}},
       {"--prefill", {false, flag(o.prefill)}},
       {"--same-page", {false, flag(o.same_page)}},
+      {"--fresh-grants", {false, flag(o.fresh_grants)}},
       {"--run-id",
        {true,
         [&](const std::string& v) {
@@ -423,6 +432,7 @@ parse_result parse_options(const std::vector<std::string>& args) {
     return "--read-pct only applies to --rw rw or randrw";
   if (o.prefill && !o.verify) return "--prefill needs --verify";
   if (o.same_page && o.verify) return "--same-page excludes --verify (every segment is the same page)";
+  if (o.same_page && o.fresh_grants) return "--same-page excludes --fresh-grants (one page per queue, granted once)";
   if (o.discard_secure && o.discard_pct == 0) return "--discard-secure needs discards (--discard-pct or --rw trim)";
   if (!o.runtime && o.bytes == 0 && o.ios == 0) o.runtime = 5.0;
   if ((o.script || o.raw_file) && !o.rw_given) o.workload = false;

@@ -52,6 +52,9 @@ struct options {
   std::uint64_t barrier_every = 0;
   bool verify = false;
   bool same_page = false;  // every data segment is the queue's one page
+  // Each request's data and indirect pages granted for it alone, access
+  // ended after its response (Linux's blkfront without persistent grants).
+  bool fresh_grants = false;
   unwritten_policy unwritten = unwritten_policy::any;
   discard_policy discarded = discard_policy::zero;
   bool prefill = false;

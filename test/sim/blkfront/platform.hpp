@@ -89,6 +89,11 @@ class platform {
   virtual std::optional<std::chrono::steady_clock::time_point> stop_requested() const { return std::nullopt; }
   // For a stall report: what the platform knows of `port` (empty: nothing).
   virtual std::string describe_port(std::uint32_t) { return {}; }
+  // Whether the backend still holds our grant `ref` (mapped, or a copy in
+  // flight): ending our access to it would fail (Linux's
+  // gnttab_try_end_foreign_access). Nullopt: this platform cannot tell
+  // (gntshr on real Xen hides the grant table from user space).
+  virtual std::optional<bool> backend_holds(std::uint32_t) { return std::nullopt; }
 
  protected:
   friend class shared_pages;

@@ -37,6 +37,11 @@ struct program {
   std::unique_ptr<frontend> fe;
   std::unique_ptr<generation_tracker> tracker;
   std::uint64_t region_offset = 0, region_bytes = 0;
+  // The pages a cycle's script and workload shared stay shared until its
+  // close handshake is done, as Linux's blkfront ends its persistent grants
+  // only then (blkif_free): a backend may hold them until it disconnects.
+  std::unique_ptr<script_runner> script;
+  std::unique_ptr<engine> eng;
 
   explicit program(const options& opts) : o(opts) {}
 
@@ -134,7 +139,10 @@ struct program {
     p.region_offset = region_offset;
     p.response_timeout = o.timeout;
     p.same_page = o.same_page;
-    engine e(*plat, c.queue_ptrs(), p, tracker.get());
+    p.fresh_grants = o.fresh_grants;
+    p.persistent = o.persistent && c.features.persistent;  // blkif.h: when both ends set the key
+    eng = std::make_unique<engine>(*plat, c.queue_ptrs(), p, tracker.get());
+    engine& e = *eng;
     std::string err;
     if (!e.prepare(err)) return setup_failed(err);
     s.effective_qd = e.effective_qd();
@@ -201,7 +209,8 @@ struct program {
     env.handle = static_cast<std::uint16_t>(o.devid);
     env.backend_state = [this] { return fe->backend_state(); };
     env.max_wait = o.timeout;
-    s.raw = script_runner(env).run(std::get<std::vector<command>>(parsed));
+    script = std::make_unique<script_runner>(env);
+    s.raw = script->run(std::get<std::vector<command>>(parsed));
     for (const auto& f : s.raw->failures) log("script: " + f);
     if (s.raw->interrupted) {
       mark_interrupted();
@@ -252,6 +261,7 @@ struct program {
     s.qd = o.qd;
     s.verify = o.verify;
     s.same_page = o.same_page;
+    s.fresh_grants = o.fresh_grants;
     s.run_id = o.run_id ? *o.run_id : (std::uint64_t{std::random_device{}()} << 32 | std::random_device{}());
     s.protocol = o.protocol_key ? *o.protocol_key : o.write_protocol_key ? o.protocol : "(none)";
     s.devices = o.devids.size();
@@ -280,6 +290,17 @@ struct program {
     } else {
       s.stats.protocol_error("closing: " + err);
     }
+  }
+
+  // Once the backend is Closed it holds none of our pages (Linux's blkback
+  // unmaps them all, persistent grants too, before it says Closed): how
+  // many it still held, counted, not judged (summary.hpp).
+  void count_held_after_close() {
+    const auto rings = fe->rings_held_at_close();
+    const auto data = eng ? eng->held_pages() : std::optional<std::size_t>(0);
+    const auto pools = script ? script->held_pages() : std::optional<std::size_t>(0);
+    if (!rings || !data || !pools) return;
+    s.held_after_close = s.held_after_close.value_or(0) + *rings + *data + *pools;
   }
 
   bool open_platform() {
@@ -508,6 +529,9 @@ struct program {
       if (last && o.no_close) return;
       // A backend that stopped answering requests gets a short close.
       close(c, s.end == "stalled" ? std::min(o.timeout, close_grace) : o.timeout);
+      count_held_after_close();
+      eng.reset();
+      script.reset();
       if (last || interrupted()) return;
       ++s.reconnects;
     }

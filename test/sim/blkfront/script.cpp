@@ -29,6 +29,7 @@ const std::map<std::string_view, verb>& verbs() {
                                                      {"expect", verb::expect},
                                                      {"expect-no-response", verb::expect_no_response},
                                                      {"expect-state", verb::expect_state},
+                                                     {"expect-held", verb::expect_held},
                                                      {"sleep", verb::sleep}};
   return m;
 }
@@ -233,6 +234,10 @@ std::string check_command(const command& c) {
     case verb::sleep:
       if (!(e = need(1, 1)).empty()) return e;
       return num(0, 3600000, "milliseconds");
+    case verb::expect_held:
+      if (!(e = need(2, 2)).empty()) return e;
+      if (a[1] != "yes" && a[1] != "no") return "second argument must be yes or no";
+      return "";
     case verb::expect_state:
       if (!(e = need(1, 2)).empty()) return e;
       if (!state_code(a[0])) return "bad state '" + a[0] + "'";
@@ -400,6 +405,17 @@ std::size_t script_runner::pending(unsigned queue, const script_result& out) con
   for (const auto& r : out.responses) n += r.queue == queue;
   auto it = claimed_.find(queue);
   return n - (it == claimed_.end() ? 0 : it->second);
+}
+
+std::optional<std::size_t> script_runner::held_pages() const {
+  std::size_t n = 0;
+  for (const auto& [name, pages] : pools_)
+    for (std::uint32_t ref : pages.refs()) {
+      const auto h = env_.plat->backend_holds(ref);
+      if (!h) return std::nullopt;
+      n += *h ? 1 : 0;
+    }
+  return n;
 }
 
 script_result script_runner::run(const std::vector<command>& cmds) {
@@ -645,6 +661,19 @@ bool script_runner::exec(const command& c, script_result& out) {
       if (!ok)
         fail("backend state is " + (seen ? std::to_string(*seen) : std::string("absent")) + ", expected " +
              std::to_string(want));
+      return true;
+    }
+    case verb::expect_held: {
+      // Whether the backend holds the grant now (mapped, or a copy in
+      // flight), i.e. whether ending our access to it would fail: after a
+      // response, it must not (Linux's blkfront since XSA-396).
+      auto gref = resolve_gref(c.args[0], err);
+      if (!gref) return stop(err);
+      const auto held = env_.plat->backend_holds(*gref);
+      if (!held)
+        fail("cannot tell whether the backend holds grant " + std::to_string(*gref) + " on this platform");
+      else if (*held != (c.args[1] == "yes"))
+        fail("the backend " + std::string(*held ? "holds" : "does not hold") + " grant " + std::to_string(*gref));
       return true;
     }
     case verb::sleep:

@@ -36,6 +36,7 @@ enum class verb {
   expect,
   expect_no_response,
   expect_state,
+  expect_held,
   sleep,
 };
 
@@ -95,6 +96,8 @@ class script_runner {
   // on, an unusable command (unknown pool, slot out of range) or a signal
   // stops it.
   script_result run(const std::vector<command>& cmds);
+  // How many pages of its pools the backend holds (nullopt: cannot tell).
+  std::optional<std::size_t> held_pages() const;
 
  private:
   bool exec(const command& c, script_result& out);

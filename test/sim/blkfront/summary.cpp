@@ -110,6 +110,7 @@ std::string to_json(const summary& s) {
   j.field("discard_secure", s.discard_secure).field("barrier_every", s.barrier_every);
   j.field("bs", s.bs).field("qd", s.qd);
   j.field("effective_qd", s.effective_qd).field("verify", s.verify).field("same_page", s.same_page);
+  j.field("fresh_grants", s.fresh_grants);
   j.field("run_id", hex64(s.run_id)).field("prefill_ios", s.prefill_ios);
   j.field("cycles", s.cycles);
   j.end_object();
@@ -135,6 +136,18 @@ std::string to_json(const summary& s) {
   j.field("total", st.requests).field("indirect", st.indirect_requests);
   j.field("notifications", st.notifications).field("events", st.events);
   j.end_object();
+
+  if (s.fresh_grants) {
+    j.key("grants").begin_object();
+    j.field("fresh_pages", st.fresh_pages).field("held_after_response", st.held_after_response);
+    j.field("held_peak", st.held_peak).field("checked", !st.holds_unknown);
+    j.end_object();
+  }
+
+  if (s.held_after_close)
+    j.field("held_after_close", *s.held_after_close);
+  else
+    j.key("held_after_close").null();
 
   j.key("errors").begin_object();
   j.field("io", st.io_errors).field("eopnotsupp", st.eopnotsupp).field("protocol", st.protocol_errors);

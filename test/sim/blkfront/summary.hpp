@@ -42,6 +42,11 @@ struct summary {
   unsigned qd = 0, effective_qd = 0;
   bool verify = false;
   bool same_page = false;
+  bool fresh_grants = false;
+  // Pages (rings, data, script pools) the backend still held when it was
+  // Closed, summed over the cycles; nullopt if never known. Reported only:
+  // ending access then is deferred by gntshr, not refused.
+  std::optional<std::uint64_t> held_after_close;
   std::uint64_t run_id = 0;
   std::uint64_t prefill_ios = 0;
   unsigned cycles = 0;

@@ -71,6 +71,7 @@ class xen_platform final : public platform {
   wait_result wait(std::chrono::milliseconds timeout) override;
   std::string last_error() const override { return last_error_; }
   std::string describe_port(std::uint32_t port) override;
+  std::optional<bool> backend_holds(std::uint32_t ref) override;
   std::optional<std::chrono::steady_clock::time_point> stop_requested() const override {
     return stop_ ? stop_->requested_at() : std::nullopt;
   }

@@ -17,6 +17,7 @@ shared_pages fake_platform::share(std::uint32_t domid, unsigned count, bool writ
     return {};
   }
   ++shares_;
+  ++shares_made;
   auto* mem = static_cast<std::byte*>(std::aligned_alloc(4096, std::size_t{count} * 4096));
   std::memset(mem, 0, std::size_t{count} * 4096);
   std::vector<std::uint32_t> refs;
@@ -173,6 +174,13 @@ std::int16_t fake_backend::handle_rw(std::uint8_t op, std::uint64_t sector,
     if (!page || first > last || last > 7) {
       ++bad_requests;
       return BLKIF_RSP_ERROR;
+    }
+    if (faults.keep_mapped && p_.held.insert(gref).second) {
+      kept_.push_back(gref);
+      if (faults.let_go_beyond && kept_.size() > faults.let_go_beyond) {
+        p_.held.erase(kept_.front());
+        kept_.erase(kept_.begin());
+      }
     }
     const std::size_t len = (last - first + 1) * 512;
     if (off + len > disk.size()) {

@@ -34,6 +34,8 @@ class fake_platform final : public platform {
   wait_result wait(std::chrono::milliseconds timeout) override;
   std::string last_error() const override { return last_error_; }
   std::optional<std::chrono::steady_clock::time_point> stop_requested() const override { return stop_at; }
+  // Held: the backend pinned it (fault_knobs::keep_mapped) and nobody let go.
+  std::optional<bool> backend_holds(std::uint32_t ref) override { return held.contains(ref); }
 
   // The backend's view of a grant: null unless it exists, is granted to
   // `domid`, and allows the access.
@@ -44,6 +46,8 @@ class fake_platform final : public platform {
   std::uint64_t notifications = 0;
   std::set<std::uint32_t> kicked;  // ports notified and not yet seen by the backend
   std::size_t live_grants() const { return grants_.size(); }
+  std::set<std::uint32_t> held;   // grants the backend keeps mapped (a deferred end keeps them here)
+  std::uint64_t shares_made = 0;  // share() calls that succeeded
   std::size_t live_ports() const { return ports_.size(); }
   unsigned fail_share_after = ~0u;  // shares that succeed before failing
   // A signal "arrived" at this time (tests set it, e.g. from `backend`).
@@ -78,6 +82,8 @@ struct fault_knobs {
   unsigned batch_limit = 0;          // requests per turn, 0 = all
   bool discard_keeps_data = false;   // answer discards OKAY, zero nothing
   bool discard_unsupported = false;  // answer discards EOPNOTSUPP (allowed by blkif.h)
+  bool keep_mapped = false;          // data pages stay mapped after the response (persistent grants)
+  unsigned let_go_beyond = 0;        // keep_mapped: hold at most this many, oldest let go first (0 = no limit)
 };
 
 class fake_backend {
@@ -119,6 +125,7 @@ class fake_backend {
   std::uint32_t self_;
   std::vector<std::unique_ptr<ring>> rings_;
   std::vector<std::byte> snapshot_;
+  std::vector<std::uint32_t> kept_;  // keep_mapped: in the order they were first mapped
 };
 
 }  // namespace xbd::sim::blkfront::testing

@@ -174,6 +174,14 @@ TEST_CASE("--same-page is a flag, and excludes --verify") {
   CHECK(error_of(parse({"--same-page", "--verify"})).find("--same-page") != std::string::npos);
 }
 
+TEST_CASE("--fresh-grants is a flag, goes with --persistent and --verify, and excludes --same-page") {
+  auto o = std::get<options>(parse({"--fresh-grants", "--persistent", "--verify", "--rw", "randrw"}));
+  CHECK(o.fresh_grants);
+  CHECK(o.persistent);
+  CHECK_FALSE(std::get<options>(parse({})).fresh_grants);
+  CHECK(error_of(parse({"--fresh-grants", "--same-page", "--rw", "read"})).find("--fresh-grants") != std::string::npos);
+}
+
 TEST_CASE("several devices: a list or the option again, only connected and held") {
   auto o = std::get<options>(parse({"--devid", "51728,51744", "--devid", "51760", "--rw", "none"}));
   CHECK(o.devids == std::vector<std::uint32_t>{51712, 51728, 51744, 51760});

@@ -304,3 +304,31 @@ TEST_CASE("a signal ends the script at once: the wait it cut short is no failure
   CHECK(res.commands == 3);
   CHECK(res.failures.empty());
 }
+
+TEST_CASE("expect-held: whether the backend still holds a grant, checked against what it keeps") {
+  rig r;
+  auto res = r.run(R"(
+    pages buf 2 rw
+    req op=write id=1 sector=0 seg=buf:0:0:7
+    push
+    wait 1 1000
+    expect-held buf:0 no
+    expect-held buf:0 yes
+  )");
+  REQUIRE(res.failures.size() == 1);
+  CHECK(res.failures[0].starts_with("line 7:"));
+  CHECK(res.failures[0].find("does not hold grant") != std::string::npos);
+  // A backend that keeps what it mapped (persistent grants, or one that
+  // did not unmap before answering).
+  r.be->faults.keep_mapped = true;
+  res = r.run(R"(
+    pages buf 1 rw
+    req op=read id=2 sector=0 seg=buf:0:0:7
+    push
+    wait 1 1000
+    expect-held buf:0 no
+  )");
+  REQUIRE(res.failures.size() == 1);
+  CHECK(res.failures[0].find("the backend holds grant") != std::string::npos);
+  CHECK(error_of("expect-held buf:0 maybe\n").message.find("yes or no") != std::string::npos);
+}
