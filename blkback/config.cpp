@@ -78,6 +78,7 @@ constexpr known_key layout[] = {
     {"rings", "max-queues"},
     {"rings", "max-indirect-segments"},
     {"rings", "default-protocol"},
+    {"rings", "poll-microseconds"},
     {"io", "direct-io"},
     {"io", "worker-threads"},
     {"io", "discard"},
@@ -348,6 +349,7 @@ void read_backend(reader& r, const toml::table* t, settings& s) {
 void read_rings(reader& r, const toml::table* t, settings& s) {
   r.read(t, "rings", "max-ring-page-order", 0, limits::max_ring_page_order, s.max_ring_page_order);
   r.read(t, "rings", "max-queues", 0, limits::max_queues, s.max_queues);
+  r.read(t, "rings", "poll-microseconds", 0, limits::max_poll_microseconds, s.poll_microseconds);
   if (const auto v = r.integer(t, "rings", "max-indirect-segments")) {
     const std::int64_t n = v->second;
     if (n == 0 || reader::in_range(n, limits::direct_segments + 1, limits::max_indirect_segments)) {
@@ -646,6 +648,7 @@ std::string describe(const settings& s) {
   d += " max-queues=" + or_auto(s.max_queues);
   d += " max-indirect-segments=" + std::to_string(s.max_indirect_segments);
   d += " default-protocol=" + std::string(to_string(s.default_protocol));
+  d += " poll-microseconds=" + std::to_string(s.poll_microseconds);
   d += " direct-io=" + std::string(to_string(s.direct_io));
   d += " worker-threads=" + or_auto(s.worker_threads);
   d += std::string(" discard=") + (s.discard ? "true" : "false");

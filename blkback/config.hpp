@@ -56,6 +56,10 @@ inline constexpr unsigned max_resize_poll_seconds = 24 * 60 * 60;
 // 4 KiB) at the least, and an upper bound no host will meet by mistake.
 inline constexpr std::uint64_t min_buffer_memory = std::uint64_t{16} << 20;
 inline constexpr std::uint64_t max_buffer_memory = std::uint64_t{1} << 40;
+// The longest poll of a ring after a burst ([rings] poll-microseconds):
+// beyond a millisecond a guest's pause is no longer a gap worth spinning
+// through on a worker thread.
+inline constexpr unsigned max_poll_microseconds = 1000;
 // Waits on network and image servers: long enough for any real outage a
 // guest should sit through, short of forever.
 inline constexpr std::uint64_t max_zero_copy_min_bytes = std::uint64_t{16} << 20;  // 4096 segments
@@ -138,6 +142,9 @@ struct settings {
   // feature-max-indirect-segments; 0 = indirect requests not offered.
   unsigned max_indirect_segments = 256;
   ring_protocol default_protocol = ring_protocol::native;
+  // How long a ring is looked at again after a burst before it sleeps, at
+  // most (adaptive polling, blkback/data/ring_poll.hpp); 0 = never.
+  unsigned poll_microseconds = 50;
   // Advertise discard where the backing store supports it.
   bool discard = true;
   // 0 = look at the backing size only on SIGHUP.

@@ -39,6 +39,7 @@ void counters_json(json_writer& j, const stats_view& s) {
   j.field("persistent", s.persistent_grants).field("persistent_hits", s.persistent_hits);
   j.field("persistent_maps", s.persistent_maps).field("persistent_drops", s.persistent_drops);
   j.end_object();
+  j.field("poll_hits", s.poll_hits).field("poll_misses", s.poll_misses).field("poll_ns", s.poll_ns);
   latency_json(j, s);
 }
 
@@ -226,6 +227,12 @@ std::string stats_prometheus(const std::vector<vbd_report>& vbds) {
   e.family("xen_blkbackd_persistent_grants", "gauge", "Persistent grants mapped now.");
   e.samples("xen_blkbackd_persistent_grants", "",
             [](const vbd_report& v) { return std::to_string(v.total.persistent_grants); });
+  e.counter("xen_blkbackd_polls_total",
+            "Times a ring looked at its ring again after a burst ([rings] poll-microseconds), by whether a "
+            "request came within the window.",
+            "result", {{"hit", &ring_counts::poll_hits}, {"miss", &ring_counts::poll_misses}});
+  e.family("xen_blkbackd_poll_seconds_total", "counter", "Time the rings spent polling (what polling costs).");
+  e.samples("xen_blkbackd_poll_seconds_total", "", [](const vbd_report& v) { return seconds(v.total.poll_ns); });
   e.family("xen_blkbackd_in_flight", "gauge", "Requests taken and not yet answered.");
   e.samples("xen_blkbackd_in_flight", "", [](const vbd_report& v) { return std::to_string(v.total.in_flight); });
   e.family("xen_blkbackd_buffer_bytes", "gauge", "Request buffer memory the vbd holds ([io] buffer-memory).");

@@ -664,6 +664,7 @@ std::optional<vbd::problem> vbd::start_queues(const transport& t, asio::any_io_e
     qp.memory = memory_;
     qp.fair = fair_;
     qp.throttle = throttle_;
+    qp.poll = std::chrono::microseconds(ctx_.cfg.poll_microseconds);
     qp.journal = c->journal ? &c->journal->ring(i) : nullptr;
     qp.recover = reattach;
     if (ctx_.cfg.zero_copy) qp.zero_copy_min = ctx_.cfg.zero_copy_min_bytes;

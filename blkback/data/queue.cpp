@@ -182,6 +182,8 @@ queue::queue(asio::any_io_executor ex, asio_xen::grant_table gt, asio_xen::grant
       idle_(ex),
       trim_(ex),
       pause_(ex),
+      poll_(params.poll),
+      burst_end_cons_(ring_.req_cons()),
       journal_(params.journal),
       memory_wake_(std::make_shared<memory_wake>(ex)),
       fair_(params.fair),
@@ -250,6 +252,10 @@ asio::awaitable<error_code> queue::serve_ring() {
   // look at the ring before the first wait.
   while (!stopping_) {
     auto n = ring_.unconsumed_requests();
+    if (n && *n == 0 && poll_due()) {
+      const bool found = co_await poll_ring();
+      if (found) continue;
+    }
     if (n && *n == 0) {
       // XSA-332: drain, then sleep with the final check, never spin.
       auto more = ring_.final_check_for_requests();
@@ -429,7 +435,62 @@ asio::awaitable<error_code> queue::sleep_for_event() {
     co_return ec;
   }
   event_seen_ = true;
+  if (gap_open_) learn_gap();
   co_return error_code{};
+}
+
+// The ring is empty: notes when a burst ended, and says whether to look
+// at the ring again before sleeping: only right after taking requests
+// (never on a notification that brought nothing: a notify storm does not
+// make us poll), and while ring_poll finds it worth it.
+bool queue::poll_due() {
+  if (poll_.max() == ring_poll::duration::zero()) return false;
+  if (ring_.req_cons() != burst_end_cons_) {
+    burst_end_cons_ = ring_.req_cons();
+    burst_end_ = std::chrono::steady_clock::now();
+    gap_open_ = true;
+  }
+  return took_since_event_ && poll_.window() > ring_poll::duration::zero();
+}
+
+// Looks at the ring once per turn of the io_context, so everything else
+// ready on this thread (other rings, storage completions, stop()) runs
+// between two looks, until a request comes, the window ends or stop().
+// req_event is not re-armed meanwhile: a frontend that publishes within the
+// window needs no notification, and we need no wake-up. True: work found
+// (or a broken ring, which the caller reports).
+asio::awaitable<bool> queue::poll_ring() {
+  const auto start = std::chrono::steady_clock::now();
+  const auto window = poll_.window();
+  auto now = start;
+  bool found = false;
+  while (!stopping_ && !found && now - start < window) {
+    co_await asio::post(ex_, asio::use_awaitable);
+    const auto before = std::exchange(now, std::chrono::steady_clock::now());
+    // Counted as it goes: poll_ns shows a poll that would not end.
+    bump(counters_->poll_ns, static_cast<std::uint64_t>(std::chrono::nanoseconds(now - before).count()));
+    const auto n = ring_.unconsumed_requests();
+    found = !n || *n > 0;
+  }
+  if (stopping_) co_return false;
+  if (found) {
+    bump(counters_->poll_hits);
+    poll_.hit(now - start);
+  } else {
+    bump(counters_->poll_misses);
+    poll_.miss();
+  }
+  co_return found;
+}
+
+// Woken by the frontend after a burst (events that brought nothing may
+// have come between): a request that came within the longest window tells
+// ring_poll a poll would have caught it.
+void queue::learn_gap() {
+  const auto n = ring_.unconsumed_requests();
+  if (!n || *n == 0) return;
+  gap_open_ = false;
+  poll_.slept(std::chrono::steady_clock::now() - burst_end_);
 }
 
 asio::awaitable<void> queue::pause(std::chrono::milliseconds d) {

@@ -33,6 +33,7 @@
 #include "blkback/data/memory.hpp"
 #include "blkback/data/persistent_grants.hpp"
 #include "blkback/data/request_task.hpp"
+#include "blkback/data/ring_poll.hpp"
 #include "blkback/data/stats.hpp"
 #include "blkback/data/throttle.hpp"
 #include "blkback/log.hpp"
@@ -83,6 +84,9 @@ struct queue_params {
   // feature-persistent was negotiated: reads and writes run on pages kept
   // mapped, at most this many (0: not negotiated).
   unsigned persistent_grants = 0;
+  // The longest the ring is looked at again after a burst before it
+  // sleeps ([rings] poll-microseconds, ring_poll.hpp); zero: never.
+  std::chrono::microseconds poll{0};
   // Called (on the queue's thread, once) when the store answers a flush
   // with EOPNOTSUPP: the vbd then withdraws flush and barrier.
   std::function<void()> flush_unsupported;
@@ -163,6 +167,9 @@ class queue {
   std::optional<limited_request> limited(const wire_request& w) const;
   boost::asio::awaitable<asio_xen::error_code> serve_ring();
   boost::asio::awaitable<asio_xen::error_code> sleep_for_event();
+  bool poll_due();
+  boost::asio::awaitable<bool> poll_ring();
+  void learn_gap();
   boost::asio::awaitable<void> pause(std::chrono::milliseconds d);
   boost::asio::awaitable<void> wait_idle();
   boost::asio::awaitable<void> trim_loop();
@@ -246,6 +253,12 @@ class queue {
   boost::asio::steady_timer idle_;   // wakes waits on the queue's own state (wait_idle, run's end)
   boost::asio::steady_timer trim_;   // trim_loop()'s tick
   boost::asio::steady_timer pause_;  // a storm pause
+  ring_poll poll_;
+  // When the ring was last found empty after taking requests (poll_due()),
+  // and req_cons then: the start of the gap ring_poll learns from.
+  std::chrono::steady_clock::time_point burst_end_;
+  std::uint32_t burst_end_cons_ = 0;
+  bool gap_open_ = false;  // no request seen since burst_end_
   ring_journal* journal_ = nullptr;
   std::optional<recovered_ring> recovered_;  // until run() has re-issued it
   recovery_counts recovery_;

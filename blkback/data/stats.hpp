@@ -105,6 +105,9 @@ struct ring_counters {
   // mapped, mapped anew, and dropped.
   stat_counter copy_calls{0}, copy_segments{0}, mapped_req{0}, map_calls{0};
   stat_counter persistent_hits{0}, persistent_maps{0}, persistent_drops{0};
+  // Adaptive polling (ring_poll.hpp): looks after a burst that found a
+  // request, that found none, and the time they took.
+  stat_counter poll_hits{0}, poll_misses{0}, poll_ns{0};
   // Gauges: what holds now.
   stat_counter in_flight{0}, peak_in_flight{0}, slots{0}, cached_bytes{0}, persistent_grants{0};
   std::array<latency_histogram, timed_ops> latency;
@@ -119,6 +122,7 @@ struct ring_counts {
   std::uint64_t fair_waits = 0, throttled_ns = 0;
   std::uint64_t limit_waits = 0, limited_ns = 0;
   std::uint64_t idle_events = 0, storm_pauses = 0, yields = 0;
+  std::uint64_t poll_hits = 0, poll_misses = 0, poll_ns = 0;
   std::uint64_t copy_calls = 0, copy_segments = 0, mapped_req = 0, map_calls = 0;
   std::uint64_t persistent_hits = 0, persistent_maps = 0, persistent_drops = 0;
   std::uint64_t in_flight = 0, peak_in_flight = 0, slots = 0, cached_bytes = 0, persistent_grants = 0;

@@ -53,6 +53,7 @@ void check_defaults(const settings& s) {
   CHECK(s.max_queues == 0);
   CHECK(s.max_indirect_segments == 256);
   CHECK(s.default_protocol == ring_protocol::native);
+  CHECK(s.poll_microseconds == 50);
   CHECK(s.discard == true);
   CHECK(s.resize_poll_seconds == 1);
   CHECK(s.control.socket == "/run/xen-blkbackd/control.sock");
@@ -84,6 +85,7 @@ TEST_CASE("the defaults shown commented out in the shipped file are the real def
                           "rings.max-queues",
                           "rings.max-indirect-segments",
                           "rings.default-protocol",
+                          "rings.poll-microseconds",
                           "io.direct-io",
                           "io.worker-threads",
                           "io.discard",
@@ -140,6 +142,7 @@ max-ring-page-order = 2
 max-queues = 3
 max-indirect-segments = 64
 default-protocol = "x86_32-abi"
+poll-microseconds = 200
 
 [io]
 direct-io = "never"
@@ -179,6 +182,7 @@ sink = "file:/var/log/xen-blkbackd.log"
   CHECK(s.max_queues == 3);
   CHECK(s.max_indirect_segments == 64);
   CHECK(s.default_protocol == ring_protocol::x86_32);
+  CHECK(s.poll_microseconds == 200);
   CHECK(s.direct_io == direct_io_policy::never);
   CHECK(s.worker_threads == 5);
   CHECK(s.discard == false);
@@ -242,6 +246,8 @@ TEST_CASE("the bounds of every number are accepted") {
   CHECK(parse("rings.max-indirect-segments = 0").max_indirect_segments == 0);
   CHECK(parse("rings.max-indirect-segments = 12").max_indirect_segments == 12);
   CHECK(parse("rings.max-indirect-segments = 4096").max_indirect_segments == 4096);
+  CHECK(parse("rings.poll-microseconds = 0").poll_microseconds == 0);
+  CHECK(parse("rings.poll-microseconds = 1000").poll_microseconds == 1000);
   CHECK(parse("io.worker-threads = 256").worker_threads == 256);
   CHECK(parse("io.resize-poll-seconds = 86400").resize_poll_seconds == 86400);
   CHECK(parse("io.sector-size = 0").sector_size == 0);
@@ -368,6 +374,10 @@ TEST_CASE("a number out of range is an error at the value") {
   CHECK(error_of("[rings]\nmax-ring-page-order = 9\n") ==
         "test.toml:2:23: rings.max-ring-page-order must be 0..8, got 9");
   CHECK(error_of("[rings]\nmax-queues = 257\n") == "test.toml:2:14: rings.max-queues must be 0..256, got 257");
+  CHECK(error_of("[rings]\npoll-microseconds = 1001\n") ==
+        "test.toml:2:21: rings.poll-microseconds must be 0..1000, got 1001");
+  CHECK(error_of("[rings]\npoll-microseconds = -1\n") ==
+        "test.toml:2:21: rings.poll-microseconds must be 0..1000, got -1");
   CHECK(error_of("[io]\nworker-threads = 257\n") == "test.toml:2:18: io.worker-threads must be 0..256, got 257");
   CHECK(error_of("[io]\nworker-threads = -1\n") == "test.toml:2:18: io.worker-threads must be 0..256, got -1");
   CHECK(error_of("[io]\nresize-poll-seconds = 86401\n") ==
@@ -487,7 +497,8 @@ TEST_CASE("load_settings names the file in its errors") {
 TEST_CASE("describe() is one line with every setting") {
   CHECK(describe(settings{}) ==
         "types=qdisk domid=xenstore max-ring-page-order=4 max-queues=auto max-indirect-segments=256 "
-        "default-protocol=native direct-io=auto worker-threads=auto discard=true resize-poll-seconds=1 "
+        "default-protocol=native poll-microseconds=50 direct-io=auto worker-threads=auto discard=true "
+        "resize-poll-seconds=1 "
         "sector-size=auto buffer-memory=256MiB journal=true journal-directory=/run/xen-blkbackd "
         "zero-copy=true zero-copy-min-bytes=128KiB persistent-grants=true persistent-grants-per-ring=1056 "
         "nbd.connect-timeout-seconds=10 "
@@ -502,6 +513,7 @@ TEST_CASE("describe() is one line with every setting") {
   s.max_queues = 2;
   s.max_indirect_segments = 0;
   s.default_protocol = ring_protocol::x86_32;
+  s.poll_microseconds = 0;
   s.direct_io = direct_io_policy::always;
   s.worker_threads = 4;
   s.discard = false;
@@ -510,7 +522,8 @@ TEST_CASE("describe() is one line with every setting") {
   s.log = {severity::warning, "syslog"};
   CHECK(describe(s) ==
         "types=qdisk,vbd domid=3 max-ring-page-order=0 max-queues=2 max-indirect-segments=0 "
-        "default-protocol=x86_32-abi direct-io=always worker-threads=4 discard=false resize-poll-seconds=10 "
+        "default-protocol=x86_32-abi poll-microseconds=0 direct-io=always worker-threads=4 discard=false "
+        "resize-poll-seconds=10 "
         "sector-size=auto buffer-memory=3GiB journal=true journal-directory=/run/xen-blkbackd "
         "zero-copy=true zero-copy-min-bytes=128KiB persistent-grants=true persistent-grants-per-ring=1056 "
         "nbd.connect-timeout-seconds=10 "

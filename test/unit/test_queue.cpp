@@ -901,3 +901,112 @@ TEST_CASE("persistent grants: a read-only grant is mapped for its write alone, a
   CHECK(r.tables.mapped_pages() == r.ring_pages);
   CHECK_FALSE(r.stop());
 }
+
+namespace {
+
+// A ring that polls for up to `max` after a burst (queue_params::poll).
+rig polling_rig(std::chrono::microseconds max) {
+  return rig(1, {}, 1 << 20, false, std::uint64_t{1} << 30, {}, [max](auto&, queue_params& p) { p.poll = max; });
+}
+
+// One read, notified as the ring asks, answered: `pause` before it is
+// published teaches the ring that gap (ring_poll::slept).
+void read_once(rig& r, std::uint64_t id, std::chrono::milliseconds pause = {}) {
+  if (pause.count() > 0) r.idle_for(pause);
+  r.submit(make(BLKIF_OP_READ, id, 0, {{r.data_refs[0], 0, 7}}));
+  r.kick();
+  auto rs = r.responses(1);
+  REQUIRE(rs.size() == 1u);
+  CHECK(rs[0].status == BLKIF_RSP_OKAY);
+}
+
+}  // namespace
+
+TEST_CASE("polling: a request published within the window is taken without a notification, req_event unarmed") {
+  rig r = polling_rig(std::chrono::seconds(1));
+  read_once(r, 1);
+  // The ring slept 30 ms after it, then woke to a request: it learns that
+  // a poll of twice that would have caught it.
+  read_once(r, 2, std::chrono::milliseconds(30));
+  const auto idle_before = r.q->stats().idle_events;  // the first kick raced the ring's start
+  // Polling now, after the second: the frontend is not asked to notify
+  // (req_event was not re-armed), and the request is taken all the same.
+  r.submit(make(BLKIF_OP_READ, 3, 0, {{r.data_refs[0], 0, 7}}));
+  CHECK_FALSE(r.front->push_requests());
+  auto rs = r.responses(1);
+  REQUIRE(rs.size() == 1u);
+  CHECK(rs[0].id == 3u);
+  const auto st = r.q->stats();
+  CHECK(st.poll_hits == 1u);
+  CHECK(st.poll_ns > 0u);
+  CHECK(st.idle_events == idle_before);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("polling: an idle ring polls once after its last burst, then costs nothing") {
+  rig r = polling_rig(std::chrono::milliseconds(50));
+  read_once(r, 1);
+  read_once(r, 2, std::chrono::milliseconds(10));
+  r.idle_for(std::chrono::milliseconds(200));
+  const auto st = r.q->stats();
+  CHECK(st.poll_misses == 1u);
+  CHECK(st.poll_ns <= 60'000'000u);
+  r.idle_for(std::chrono::milliseconds(200));
+  CHECK(r.q->stats().poll_ns == st.poll_ns);
+  CHECK(r.q->stats().poll_misses == 1u);
+  // Then it is woken as before.
+  read_once(r, 3);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("polling: stop() ends a poll at once") {
+  rig r = polling_rig(std::chrono::seconds(10));
+  read_once(r, 1);
+  read_once(r, 2, std::chrono::milliseconds(400));  // now a window of 800 ms
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK_FALSE(r.stop());
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(200));
+  CHECK(r.q->stats().poll_hits + r.q->stats().poll_misses == 0u);  // ended by stop(): neither
+}
+
+TEST_CASE("polling: a notify storm on an empty ring starts no poll and is paused as without polling") {
+  queue_tuning t;
+  t.storm_after = 4;
+  t.storm_pause_max = std::chrono::milliseconds(20);
+  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, t,
+        [](auto&, queue_params& p) { p.poll = std::chrono::seconds(1); });
+  read_once(r, 1);
+  read_once(r, 2, std::chrono::milliseconds(20));
+  r.idle_for(std::chrono::milliseconds(100));  // the poll after it misses
+  for (int i = 0; i < 40; ++i) {
+    REQUIRE_FALSE(r.front_evtchn->notify());
+    r.idle_for(std::chrono::milliseconds(2));
+  }
+  const auto st = r.q->stats();
+  CHECK(st.storm_pauses >= 1u);
+  CHECK(st.poll_hits + st.poll_misses == 1u);
+  read_once(r, 3);
+  CHECK_FALSE(r.stop());
+}
+
+TEST_CASE("polling: a guest that publishes within the window is never taken for a notify storm") {
+  queue_tuning t;
+  t.storm_after = 2;
+  rig r(1, {}, 1 << 20, false, std::uint64_t{1} << 30, t,
+        [](auto&, queue_params& p) { p.poll = std::chrono::seconds(1); });
+  read_once(r, 1);
+  read_once(r, 2, std::chrono::milliseconds(20));
+  // Requests published while the ring polls, some notified anyway (a
+  // frontend may notify whenever it likes), each one answered.
+  for (std::uint64_t id = 3; id < 40; ++id) {
+    r.submit(make(BLKIF_OP_READ, id, 0, {{r.data_refs[0], 0, 7}}));
+    (void)r.front->push_requests();
+    if (id % 3 == 0) REQUIRE_FALSE(r.front_evtchn->notify());
+    auto rs = r.responses(1);
+    REQUIRE(rs.size() == 1u);
+  }
+  const auto st = r.q->stats();
+  CHECK(st.poll_hits >= 30u);
+  CHECK(st.storm_pauses == 0u);
+  CHECK_FALSE(r.stop());
+}
