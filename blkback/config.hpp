@@ -163,7 +163,7 @@ struct settings {
   // Requests of at least zero_copy_min_bytes on an O_DIRECT vbd run on the
   // guest's own pages, mapped, instead of a copy ([io] zero-copy,
   // zero-copy-min-bytes; docs/configuration.md).
-  bool zero_copy = true;
+  bool zero_copy = false;
   std::uint64_t zero_copy_min_bytes = std::uint64_t{128} << 10;
   // Offer feature-persistent; the mappings one ring may keep ([io]
   // persistent-grants, persistent-grants-per-ring).

@@ -289,14 +289,14 @@ TEST_CASE("control.socket is an absolute path a unix socket can have, or empty f
 
 TEST_CASE("zero-copy and persistent grants: defaults, values and clear errors") {
   const settings d = parse("");
-  CHECK(d.zero_copy);
+  CHECK_FALSE(d.zero_copy);
   CHECK(d.zero_copy_min_bytes == 128u << 10);
   CHECK(d.persistent_grants);
   CHECK(d.persistent_grants_per_ring == 1056u);
   const settings s = parse(
-      "[io]\nzero-copy = false\nzero-copy-min-bytes = \"0\"\npersistent-grants = false\n"
+      "[io]\nzero-copy = true\nzero-copy-min-bytes = \"0\"\npersistent-grants = false\n"
       "persistent-grants-per-ring = 64\n");
-  CHECK_FALSE(s.zero_copy);
+  CHECK(s.zero_copy);
   CHECK(s.zero_copy_min_bytes == 0u);
   CHECK_FALSE(s.persistent_grants);
   CHECK(s.persistent_grants_per_ring == 64u);
@@ -307,7 +307,7 @@ TEST_CASE("zero-copy and persistent grants: defaults, values and clear errors") 
   CHECK(error_of("[io]\nzero-copy-min-bytes = \"lots\"\n").find("must be a size") != std::string::npos);
   CHECK(error_of("[io]\npersistent-grants-per-ring = 0\n").find("io.persistent-grants-per-ring") != std::string::npos);
   CHECK(error_of("[io]\npersistent-grants = \"yes\"\n").find("io.persistent-grants") != std::string::npos);
-  CHECK(describe(s).find("zero-copy=false zero-copy-min-bytes=0 persistent-grants=false "
+  CHECK(describe(s).find("zero-copy=true zero-copy-min-bytes=0 persistent-grants=false "
                          "persistent-grants-per-ring=64") != std::string::npos);
 }
 
@@ -500,7 +500,7 @@ TEST_CASE("describe() is one line with every setting") {
         "default-protocol=native poll-microseconds=50 direct-io=auto worker-threads=auto discard=true "
         "resize-poll-seconds=1 "
         "sector-size=auto buffer-memory=256MiB journal=true journal-directory=/run/xen-blkbackd "
-        "zero-copy=true zero-copy-min-bytes=128KiB persistent-grants=true persistent-grants-per-ring=1056 "
+        "zero-copy=false zero-copy-min-bytes=128KiB persistent-grants=true persistent-grants-per-ring=1056 "
         "nbd.connect-timeout-seconds=10 "
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
         "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "
@@ -525,7 +525,7 @@ TEST_CASE("describe() is one line with every setting") {
         "default-protocol=x86_32-abi poll-microseconds=0 direct-io=always worker-threads=4 discard=false "
         "resize-poll-seconds=10 "
         "sector-size=auto buffer-memory=3GiB journal=true journal-directory=/run/xen-blkbackd "
-        "zero-copy=true zero-copy-min-bytes=128KiB persistent-grants=true persistent-grants-per-ring=1056 "
+        "zero-copy=false zero-copy-min-bytes=128KiB persistent-grants=true persistent-grants-per-ring=1056 "
         "nbd.connect-timeout-seconds=10 "
         "nbd.reconnect-seconds=30 images.qemu-storage-daemon=qemu-storage-daemon images.start-timeout-seconds=10 "
         "images.runtime-directory=/run/xen-blkbackd/images rbd.cluster=ceph rbd.conf=default rbd.client-id=admin "

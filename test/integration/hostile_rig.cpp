@@ -222,7 +222,7 @@ rig::rig() {
   // each way the daemon moves data, and its limits.
   env_ = std::make_unique<sim_env>(
       "[rings]\nmax-queues = 4\nmax-indirect-segments = 1024\n[io]\nbuffer-memory = \"64MiB\"\n"
-      "zero-copy-min-bytes = \"0\"\npersistent-grants-per-ring = " +
+      "zero-copy = true\nzero-copy-min-bytes = \"0\"\npersistent-grants-per-ring = " +
       std::to_string(persistent_cap) + "\n[log]\nlevel = \"debug\"\n");
   env_->create_guest(victim_domid);
   env_->create_guest(6);

@@ -55,7 +55,7 @@ const std::string config = "[log]\nlevel = \"debug\"\n[io]\nzero-copy-min-bytes 
 }  // namespace
 
 TEST_CASE("zero-copy: large requests of a direct-io-safe disk run on the guest's pages, verified, small ones copied") {
-  sim_env env(config);
+  sim_env env(config + "zero-copy = true\n");
   two_guests(env);
   for (unsigned dom : {5u, 6u}) {
     check_clean(env.run_frontend(dom, {"--devid", "51712", "--rw", "randrw", "--bs", "256k", "--qd", "8", "--ios",
@@ -99,7 +99,7 @@ TEST_CASE("persistent grants: a frontend that asks gets them, its pages are mapp
 }
 
 TEST_CASE("persistent grants off in the configuration: not offered, and the guest is served by copies") {
-  sim_env env(config + "persistent-grants = false\nzero-copy = false\n");
+  sim_env env(config + "persistent-grants = false\n");
   env.create_guest(5);
   env.add_raw_disk(5, env.make_image("direct.img", 16 << 20), true, true);
   start(env);
