@@ -40,14 +40,8 @@ struct grant_stats {
 };
 
 grant_stats grants(sim_env& env, unsigned domid) {
-  auto r = ctl(env, {"stats", "--json", std::to_string(domid) + "/" + std::to_string(xvda)});
-  REQUIRE(r.status == 0);
-  std::string why;
-  auto doc = json::parse(r.out, &why);
-  INFO(r.out);
-  REQUIRE_MESSAGE(doc.has_value(), why);
-  REQUIRE((*doc)["vbds"].items().size() == 1u);
-  return {(*doc)["vbds"].items()[0]["grants"], r.out};
+  auto a = vbd_stats_of(env, domid, xvda);
+  return {a.vbd["grants"], a.text};
 }
 
 const std::string config = "[log]\nlevel = \"debug\"\n[io]\nzero-copy-min-bytes = \"64KiB\"\n";

@@ -25,16 +25,7 @@ constexpr unsigned xvda = 51712;
 const std::string polling_config = "[rings]\npoll-microseconds = 200\n[log]\nlevel = \"debug\"\n";
 
 // The vbd's counters, from `xen-blkbackctl stats --json`.
-json vbd_stats(sim_env& env) {
-  auto r = ctl(env, {"stats", "--json", "5/" + std::to_string(xvda)});
-  REQUIRE(r.status == 0);
-  std::string why;
-  auto doc = json::parse(r.out, &why);
-  INFO(r.out);
-  REQUIRE_MESSAGE(doc.has_value(), why);
-  REQUIRE((*doc)["vbds"].items().size() == 1u);
-  return (*doc)["vbds"].items()[0];
-}
+json vbd_stats(sim_env& env) { return vbd_stats_of(env, 5, xvda).vbd; }
 
 // The daemon's CPU time so far (all threads), in clock ticks.
 long cpu_ticks(pid_t pid) {
