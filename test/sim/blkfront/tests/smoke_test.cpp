@@ -285,8 +285,8 @@ class tiny_backend {
       set_state(XenbusStateClosing);
     } else if (fs == XenbusStateClosed && state_ != XenbusStateClosed) {
       disconnect();
+      ++closes;  // before the frontend can see Closed, exit, and the test count
       set_state(XenbusStateClosed);
-      ++closes;
     } else if (fs == XenbusStateInitialising && state_ == XenbusStateClosed) {
       publish_limits();
     }
