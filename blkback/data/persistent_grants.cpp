@@ -35,10 +35,11 @@ persistent_grants::lookup persistent_grants::get(asio_xen::grant_ref ref, clock:
   return l;
 }
 
-void persistent_grants::put(asio_xen::grant_ref ref) {
+void persistent_grants::put(asio_xen::grant_ref ref, clock::time_point now) {
   auto it = pages_.find(ref);
   if (it == pages_.end() || it->second.users == 0) return;
   page& p = it->second;
+  p.last_used = now;
   if (--p.users == 0) unused_.splice(unused_.end(), used_, p.at);
 }
 
@@ -54,11 +55,11 @@ std::size_t persistent_grants::drop_unused(clock::time_point before) {
   return n;
 }
 
-std::size_t persistent_grants::make_room() {
+std::size_t persistent_grants::make_room(clock::time_point before) {
   if (std::exchange(refused_, 0) == 0) return 0;
   std::size_t n = 0;
   const std::size_t tenth = std::max<std::size_t>(1, capacity_ / 10);
-  while (n < tenth && !unused_.empty()) {
+  while (n < tenth && !unused_.empty() && pages_.find(unused_.front())->second.last_used < before) {
     pages_.erase(unused_.front());  // unmaps
     unused_.pop_front();
     ++n;

@@ -10,6 +10,8 @@
 
 #include <sys/mman.h>
 
+#include <cstdlib>
+#include <ctime>
 #include <optional>
 
 namespace xbd::blkback {
@@ -37,6 +39,15 @@ const char* what(op_kind k) {
   return "request";
 }
 
+// The steady clock to the kernel's tick (CLOCK_MONOTONIC, which
+// steady_clock reads, at a fraction of the cost): when pages were last
+// used, for decisions made in tenths of a second.
+std::chrono::steady_clock::time_point coarse_now() {
+  timespec ts{};
+  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+  return std::chrono::steady_clock::time_point(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
+}
+
 }  // namespace
 
 struct queue::slot {
@@ -59,6 +70,14 @@ struct queue::slot {
   asio_xen::grant_mapping grants;
   std::vector<asio_xen::grant_ref> held;
   std::uint64_t page_charge = 0;
+  // The pages spilled instead (queue::spill_): each one's segment and its
+  // place in `spill`, one page per segment, charged as page_charge.
+  struct spilled_page {
+    std::size_t seg;
+    std::byte* at;
+  };
+  std::vector<spilled_page> spilled;
+  std::unique_ptr<std::byte, decltype(&std::free)> spill{nullptr, &std::free};
   frame_arena frame;  // serve()'s coroutine frame
 
   std::span<std::byte> data() const { return {buf.data, req.length}; }
@@ -132,6 +151,7 @@ asio_xen::result<std::unique_ptr<queue>> queue::connect(const worker& w, const x
                                      std::move(*chan), std::move(lg)));
   q->vec_ = q->chan_->vectored();
   q->zero_copy_ = q->vec_ && params.zero_copy_min && store.props().direct;
+  q->spill_ = store.props().direct && !params.zero_copy_min;
   if (q->vec_ && params.persistent_grants > 0)
     q->persistent_ = std::make_unique<persistent_grants>(q->gnttab_, params.frontend_domid, params.persistent_grants);
   if (rec) q->take_up(std::move(*rec));
@@ -526,8 +546,9 @@ bool queue::trim_idle() {
   // when another vbd waits for memory), and a full set makes some room for
   // the pages it had to refuse (persistent_grants.hpp).
   if (persistent_) {
-    drop_persistent(persistent_->drop_unused(give_back ? now : now - tuning_.persistent_idle));
-    drop_persistent(persistent_->make_room());
+    const auto settled = now - tuning_.persistent_settle;
+    drop_persistent(persistent_->drop_unused(give_back ? settled : now - tuning_.persistent_idle));
+    drop_persistent(persistent_->make_room(settled));
   }
   const bool idle = in_flight_ == 0 && now - last_release_ >= tuning_.idle_after;
   if (idle && !slots_.empty()) {
@@ -633,13 +654,20 @@ request_task queue::serve(slot& s, wire_request w, std::span<const blkif_request
     // back to the persistent grants) before the response.
     if (!map_pages(s)) co_return finish(s, BLKIF_RSP_ERROR);
     const bool read = s.req.kind == op_kind::read;
+    const bool spilled = !s.spilled.empty();
+    if (spilled && !read && !co_await copy_segments(s, false)) {
+      unmap_pages(s);
+      co_return finish(s, BLKIF_RSP_ERROR);
+    }
     ec = co_await s.io.on([&](storage::completion& c) {
       if (read)
         vec_->readv(s.req.offset, s.pieces, c);
       else
         vec_->writev(s.req.offset, s.pieces, c);
     });
+    const bool copied_back = !ec && spilled && read ? co_await copy_segments(s, true) : true;
     unmap_pages(s);
+    if (!copied_back) co_return finish(s, BLKIF_RSP_ERROR);
     if (!ec) bump(read ? counters_->rd_bytes : counters_->wr_bytes, s.req.length);
     fault::at(fault::point::completed);
     co_return finish(s, account(s, ec));
@@ -702,13 +730,15 @@ queue::copy_wait queue::copy_segments(slot& s, bool to_guest) { return {*this, s
 
 void queue::queue_copies(slot& s, bool to_guest, std::coroutine_handle<> waiter) {
   if (batch_.full()) run_copies();  // bounds the scratch; resumes only others
-  auto segs = batch_.add(s.req.segments.size(), waiter, &s.copy_ec);
+  // All its segments to or from its buffer, or its spilled pages alone.
+  const bool spilled = !s.spilled.empty();
+  auto segs = batch_.add(spilled ? s.spilled.size() : s.req.segments.size(), waiter, &s.copy_ec);
   bump(counters_->copy_segments, segs.size());
   std::size_t off = 0;
   const auto dom = static_cast<std::uint16_t>(params_.frontend_domid);
   for (std::size_t i = 0; i < segs.size(); ++i) {
-    const segment& seg = s.req.segments[i];
-    std::byte* local = s.buf.data + off;
+    const segment& seg = s.req.segments[spilled ? s.spilled[i].seg : i];
+    std::byte* local = spilled ? s.spilled[i].at : s.buf.data + off;
     segs[i] = to_guest ? asio_xen::copy_to_guest(dom, seg.gref, seg.offset, local, seg.length)
                        : asio_xen::copy_from_guest(dom, seg.gref, seg.offset, local, seg.length);
     off += seg.length;
@@ -734,14 +764,8 @@ bool queue::map_pages(slot& s) {
   if (persistent_) return map_persistent(s);
   refs_.clear();
   for (const segment& seg : s.req.segments) refs_.push_back(seg.gref);
-  bump(counters_->map_calls);
-  auto m = gnttab_.map(params_.frontend_domid, refs_, s.req.kind == op_kind::read);
-  if (!m) {
-    grant_failed(s, "map", m.error());
-    return false;
-  }
-  s.grants = std::move(*m);
-  std::byte* base = s.grants.bytes().data();
+  std::byte* base = map_own(s);
+  if (base == nullptr) return false;
   for (std::size_t i = 0; i < s.req.segments.size(); ++i)
     add_piece(s, base + i * xen::page_size + s.req.segments[i].offset, s.req.segments[i].length);
   return true;
@@ -749,7 +773,8 @@ bool queue::map_pages(slot& s) {
 
 // Each page from the persistent grants (mapped and kept on first sight);
 // those that cannot be kept (all kept pages in use, or a grant that is
-// not writable) are mapped for this request only, in one call. The budget
+// not writable) are mapped for this request only, in one call, or on an
+// O_DIRECT store without zero-copy copied through bounce pages. The budget
 // the request was charged for its pages goes to the pages kept, or back.
 bool queue::map_persistent(slot& s) {
   const auto now = std::chrono::steady_clock::now();
@@ -770,35 +795,59 @@ bool queue::map_persistent(slot& s) {
     kept += l.mapped_now ? 1 : 0;
   }
   // The pages kept now are the persistent grants' to account for; the
-  // request keeps what its own mapping needs.
-  const std::uint64_t own = refs_.size() * xen::page_size;
+  // request keeps what its own pages need.
+  const std::uint64_t own_bytes = refs_.size() * xen::page_size;
   persistent_charge_ += kept * xen::page_size;
-  buffers_.account().shrink(s.page_charge - own - kept * xen::page_size);
-  s.page_charge = own;
+  buffers_.account().shrink(s.page_charge - own_bytes - kept * xen::page_size);
+  s.page_charge = own_bytes;
   set(counters_->persistent_grants, persistent_->size());
-  if (!refs_.empty()) {
-    bump(counters_->map_calls);
-    auto m = gnttab_.map(params_.frontend_domid, refs_, s.req.kind == op_kind::read);
-    if (!m) {
-      grant_failed(s, "map", m.error());
-      unmap_pages(s);
-      return false;
-    }
-    s.grants = std::move(*m);
+  std::byte* own = nullptr;
+  if (!refs_.empty() && (own = spill_ ? spill_pages(s, refs_.size()) : map_own(s)) == nullptr) {
+    unmap_pages(s);
+    return false;
   }
-  std::size_t own_page = 0;
+  std::size_t next = 0;  // of its own pages
   for (std::size_t i = 0; i < n; ++i) {
-    std::byte* page = pages_[i] ? pages_[i] : s.grants.bytes().data() + xen::page_size * own_page++;
-    add_piece(s, page + s.req.segments[i].offset, s.req.segments[i].length);
+    const segment& seg = s.req.segments[i];
+    std::byte* at = (pages_[i] ? pages_[i] : own + xen::page_size * next++) + seg.offset;
+    if (!pages_[i] && spill_) s.spilled.push_back({i, at});
+    add_piece(s, at, seg.length);
   }
   return true;
 }
 
+// The request's own mapping of the pages in refs_, in one call.
+std::byte* queue::map_own(slot& s) {
+  bump(counters_->map_calls);
+  auto m = gnttab_.map(params_.frontend_domid, refs_, s.req.kind == op_kind::read);
+  if (!m) {
+    grant_failed(s, "map", m.error());
+    return nullptr;
+  }
+  s.grants = std::move(*m);
+  return s.grants.bytes().data();
+}
+
+// Bounce pages for `n` pages that are copied rather than mapped, within
+// the budget the request holds for them (page_charge). On Linux 6.1's
+// gntdev, O_DIRECT on a page mapped for one request can leave its unmap
+// pending after the response (docs/architecture.md, "Moving the data").
+std::byte* queue::spill_pages(slot& s, std::size_t n) {
+  s.spill.reset(static_cast<std::byte*>(std::aligned_alloc(xen::page_size, n * xen::page_size)));
+  if (!s.spill) grant_failed(s, "bounce page", error_code(ENOMEM, boost::system::generic_category()));
+  return s.spill.get();
+}
+
 // Before the response: a guest may reuse or revoke its pages once answered.
 void queue::unmap_pages(slot& s) {
-  for (asio_xen::grant_ref r : s.held) persistent_->put(r);
+  if (!s.held.empty()) {
+    const auto now = coarse_now();
+    for (asio_xen::grant_ref r : s.held) persistent_->put(r, now);
+  }
   s.held.clear();
   s.grants.reset();
+  s.spilled.clear();
+  s.spill.reset();
 }
 
 // One piece of the I/O, joined to the one before when they touch (the

@@ -107,6 +107,9 @@ struct queue_tuning {
   std::chrono::milliseconds storm_pause_max{128};    // the longest pause
   std::chrono::milliseconds idle_after{1000};        // memory unused this long goes back
   std::chrono::milliseconds persistent_idle{60000};  // a persistent grant unused this long is unmapped
+  // ...and none is unmapped sooner than this after its last I/O ended
+  // (persistent_grants::make_room).
+  std::chrono::milliseconds persistent_settle{100};
 };
 
 class queue {
@@ -178,6 +181,8 @@ class queue {
   bool on_guest_pages(const wire_request& w) const;
   bool map_pages(slot& s);
   bool map_persistent(slot& s);
+  std::byte* map_own(slot& s);
+  std::byte* spill_pages(slot& s, std::size_t n);
   void unmap_pages(slot& s);
   void add_piece(slot& s, std::byte* at, std::size_t len);
   void grant_failed(const slot& s, const char* what, asio_xen::error_code ec);
@@ -229,6 +234,10 @@ class queue {
   // they hold.
   storage::vectored_io* vec_ = nullptr;
   bool zero_copy_ = false;
+  // Pages the persistent grants cannot keep go through a bounce page
+  // rather than a mapping of their own when the store is O_DIRECT and
+  // zero-copy was not chosen (docs/architecture.md, "Moving the data").
+  bool spill_ = false;
   std::unique_ptr<persistent_grants> persistent_;
   std::uint64_t persistent_charge_ = 0;
   std::vector<asio_xen::grant_ref> refs_;  // scratch: the refs of one map call
