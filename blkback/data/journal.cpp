@@ -20,7 +20,9 @@ namespace {
 const asio_xen::xen_call_category journal_call{"journal"};
 
 constexpr char file_magic[8] = {'X', 'B', 'D', 'J', 'R', 'N', 'L', '1'};
-constexpr std::uint32_t layout_version = 1;
+// 2: the entries' and records' checks by journal_hash2 (1: journal_hash,
+// still read: a restart after an upgrade finds the old daemon's journal).
+constexpr std::uint32_t layout_version = 2;
 constexpr std::size_t page = 4096;
 
 std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
@@ -100,16 +102,6 @@ struct ring_journal::entry {
 
 namespace {
 
-std::uint32_t record_check(std::uint64_t id, std::uint64_t entry_state, std::uint32_t index, std::uint32_t entry,
-                           std::int16_t status, std::uint8_t op) {
-  std::uint64_t h = journal_hash(bytes_of(id));
-  h = journal_hash(bytes_of(entry_state), h);
-  h = journal_hash(bytes_of(index), h);
-  h = journal_hash(bytes_of(entry), h);
-  h = journal_hash(bytes_of(status), h);
-  return static_cast<std::uint32_t>(journal_hash(bytes_of(op), h));
-}
-
 constexpr std::size_t entry_stride = (sizeof(ring_journal::entry) + 63) / 64 * 64;
 
 std::size_t region_bytes(std::uint32_t ring_size, std::uint32_t max_segments) {
@@ -118,13 +110,36 @@ std::size_t region_bytes(std::uint32_t ring_size, std::uint32_t max_segments) {
                   page);
 }
 
-std::uint64_t entry_check(const ring_journal::entry& e, std::uint64_t state) {
-  std::uint64_t h = journal_hash(bytes_of(e.ring_index));
-  h = journal_hash(bytes_of(state), h);
-  return journal_hash(bytes_of(e.request), h);
+}  // namespace
+
+// Each check covers the fields it guards, in the file's layout.
+std::uint64_t ring_journal::entry_check(const entry& e, std::uint64_t state) const {
+  if (layout_ == 1) {
+    std::uint64_t h = journal_hash(bytes_of(e.ring_index));
+    h = journal_hash(bytes_of(state), h);
+    return journal_hash(bytes_of(e.request), h);
+  }
+  return journal_hash2(bytes_of(e.request), journal_fold(state ^ 0x8EBC6AF09C88C6E3ull, e.ring_index + 1));
 }
 
-}  // namespace
+std::uint32_t ring_journal::record_check(const record& r) const {
+  if (layout_ == 1) {
+    std::uint64_t h = journal_hash(bytes_of(r.id));
+    h = journal_hash(bytes_of(r.entry_state), h);
+    h = journal_hash(bytes_of(r.index), h);
+    h = journal_hash(bytes_of(r.entry), h);
+    h = journal_hash(bytes_of(r.status), h);
+    return static_cast<std::uint32_t>(journal_hash(bytes_of(r.op), h));
+  }
+  const std::uint64_t small = (std::uint64_t{r.index} << 32) ^ (std::uint64_t{r.entry} << 24) ^
+                              (std::uint64_t{static_cast<std::uint16_t>(r.status)} << 8) ^ r.op;
+  const std::uint64_t h = journal_fold(r.id ^ 0x589965CC75374CC3ull, r.entry_state ^ 0x1D8E4E27C47D124Full);
+  return static_cast<std::uint32_t>(journal_fold(h ^ small, 0xA0761D6478BD642Full) | 1);
+}
+
+std::uint64_t ring_journal::descriptors_check(std::span<const blkif_request_segment> d, std::uint64_t state) const {
+  return layout_ == 1 ? journal_hash(std::as_bytes(d), state) : journal_hash2(std::as_bytes(d), state);
+}
 
 static_assert(sizeof(ring_journal::ring_header) == 64);
 static_assert(sizeof(ring_journal::record) == 32);
@@ -169,15 +184,15 @@ void ring_journal::save_descriptors(std::uint32_t i, std::span<const blkif_reque
   if (d.size() > max_segments_) return;  // never: validation bounds them by the same limit
   entry& e = *entry_at(i);
   std::memcpy(descriptors_of(i), d.data(), d.size_bytes());
-  e.descriptors_check = journal_hash(std::as_bytes(d), e.state);
+  e.descriptors_check = descriptors_check(d, e.state);
   store_release(e.descriptors, static_cast<std::uint32_t>(d.size()));
 }
 
 void ring_journal::record_response(std::uint32_t index, std::uint32_t i, std::uint64_t id, std::uint8_t op,
                                    std::int16_t status) {
   record& r = records()[index % size_];
-  const std::uint64_t state = entry_at(i)->state;
-  r = record{id, state, index, i, status, op, 0, record_check(id, state, index, i, status, op)};
+  r = record{id, entry_at(i)->state, index, i, status, op, 0, 0};
+  r.check = record_check(r);
 }
 
 void ring_journal::responded(std::uint32_t index, std::uint32_t i) {
@@ -209,8 +224,7 @@ asio_xen::result<recovered_ring> ring_journal::recover(std::uint32_t shared_rsp_
   // The response just below rsp_prod_pvt: its entry may not have been freed.
   if (p != shared_rsp_prod || c != p) {
     const record& r = records()[(p - 1) % size_];
-    if (r.index == p - 1 && r.entry < size_ &&
-        r.check == record_check(r.id, r.entry_state, r.index, r.entry, r.status, r.op) &&
+    if (r.index == p - 1 && r.entry < size_ && r.check == record_check(r) &&
         load_acquire(entry_at(r.entry)->state) == r.entry_state) {
       store_release(entry_at(r.entry)->state, std::uint64_t{0});
       ++out.answered_unfreed;
@@ -234,7 +248,7 @@ asio_xen::result<recovered_ring> ring_journal::recover(std::uint32_t shared_rsp_
     recovered_request rq{i - 1, e.ring_index, e.request, {}};
     if (const std::uint32_t n = load_acquire(e.descriptors); n > 0) {
       std::span<const blkif_request_segment> d(descriptors_of(i - 1), n);
-      if (n > max_segments_ || e.descriptors_check != journal_hash(std::as_bytes(d), state))
+      if (n > max_segments_ || e.descriptors_check != descriptors_check(d, state))
         return fail("the descriptors of entry " + std::to_string(i - 1) + " fail their check");
       rq.descriptors.assign(d.begin(), d.end());
     }
@@ -252,8 +266,7 @@ asio_xen::result<recovered_ring> ring_journal::recover(std::uint32_t shared_rsp_
       return fail("ring index " + std::to_string(out.requests[k].ring_index) + " in flight twice");
   for (std::uint32_t k = shared_rsp_prod; k != p; ++k) {
     const record& r = records()[k % size_];
-    if (r.index != k || r.check != record_check(r.id, r.entry_state, r.index, r.entry, r.status, r.op))
-      return fail("response " + std::to_string(k) + " fails its check");
+    if (r.index != k || r.check != record_check(r)) return fail("response " + std::to_string(k) + " fails its check");
     out.responses.push_back({k, r.id, r.op, r.status});
   }
   // New entries must never take a state an answered one had: the record
@@ -272,12 +285,13 @@ namespace {
 error_code check_existing(int fd, file_header& want) {
   file_header have{};
   if (::pread(fd, &have, sizeof have, 0) != static_cast<ssize_t>(sizeof have) || have.check != header_check(have) ||
-      std::memcmp(have.magic, file_magic, sizeof file_magic) != 0 || have.version != layout_version ||
-      have.entry_bytes != want.entry_bytes || have.request_bytes != want.request_bytes)
+      std::memcmp(have.magic, file_magic, sizeof file_magic) != 0 || have.version < 1 ||
+      have.version > layout_version || have.entry_bytes != want.entry_bytes || have.request_bytes != want.request_bytes)
     return make_error_code(errc::journal_corrupt);
   if (have.identity != want.identity || have.queues != want.queues || have.ring_size != want.ring_size)
     return make_error_code(errc::journal_stale);
   want.max_segments = have.max_segments;
+  want.version = have.version;
   if (have.region_bytes != region_bytes(want.ring_size, want.max_segments))
     return make_error_code(errc::journal_corrupt);
   return {};
@@ -286,7 +300,8 @@ error_code check_existing(int fd, file_header& want) {
 }  // namespace
 
 asio_xen::result<vbd_journal> vbd_journal::map(const std::filesystem::path& file, const journal_identity& id,
-                                               std::uint32_t ring_size, std::uint32_t max_segments, bool fresh) {
+                                               std::uint32_t ring_size, std::uint32_t max_segments, bool fresh,
+                                               std::uint32_t layout) {
   const std::size_t queues = id.ring_refs.size();
   if (queues == 0 || ring_size == 0) return error_code(EINVAL, boost::system::generic_category());
   const int fd = ::open(file.c_str(), O_RDWR | O_CLOEXEC | (fresh ? O_CREAT | O_TRUNC : 0), 0600);
@@ -299,7 +314,7 @@ asio_xen::result<vbd_journal> vbd_journal::map(const std::filesystem::path& file
   }
   file_header want{};
   std::memcpy(want.magic, file_magic, sizeof want.magic);
-  want.version = layout_version;
+  want.version = layout != 0 ? layout : layout_version;
   want.queues = static_cast<std::uint32_t>(queues);
   want.ring_size = ring_size;
   want.max_segments = max_segments;
@@ -327,18 +342,21 @@ asio_xen::result<vbd_journal> vbd_journal::map(const std::filesystem::path& file
     r.base_ = static_cast<std::byte*>(mem) + page + q * want.region_bytes;
     r.size_ = ring_size;
     r.max_segments_ = want.max_segments;
+    r.layout_ = want.version;
   }
   return j;
 }
 
 asio_xen::result<vbd_journal> vbd_journal::create(const std::filesystem::path& file, const journal_identity& id,
-                                                  std::uint32_t ring_size, std::uint32_t max_segments) {
-  return map(file, id, ring_size, max_segments, true);
+                                                  std::uint32_t ring_size, std::uint32_t max_segments,
+                                                  std::uint32_t layout) {
+  if (layout > layout_version) return error_code(EINVAL, boost::system::generic_category());
+  return map(file, id, ring_size, max_segments, true, layout);
 }
 
 asio_xen::result<vbd_journal> vbd_journal::open(const std::filesystem::path& file, const journal_identity& id,
                                                 std::uint32_t ring_size, std::uint32_t max_segments) {
-  return map(file, id, ring_size, max_segments, false);
+  return map(file, id, ring_size, max_segments, false, 0);
 }
 
 void vbd_journal::remove(const std::filesystem::path& file) {

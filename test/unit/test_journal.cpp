@@ -134,6 +134,60 @@ TEST_CASE("journal: recovery goes on where it left off, and a second cut is reco
   CHECK(rec->responses.size() == 1u);
 }
 
+TEST_CASE("journal: a journal in the previous layout (an upgrade's restart) is recovered, checked and goes on in it") {
+  temp_path f;
+  {
+    auto j = vbd_journal::create(f.path, identity(), ring_size, max_segments, 1);
+    REQUIRE(j.has_value());
+    ring_journal& r = j->ring(0);
+    r.start(0, 0);
+    std::uint32_t rsp = 0;
+    auto e0 = r.take(0, request(1));
+    auto e1 = r.take(1, request(2, BLKIF_OP_INDIRECT));
+    REQUIRE((e0 && e1));
+    const blkif_request_segment d[2] = {{300, 0, 7}, {301, 0, 7}};
+    r.save_descriptors(*e1, d);
+    answer(r, rsp, *e0, 1);
+  }
+  {
+    auto j = vbd_journal::open(f.path, identity(), ring_size, max_segments);
+    REQUIRE(j.has_value());
+    auto rec = j->ring(0).recover(0, 2);
+    REQUIRE(rec.has_value());
+    REQUIRE(rec->requests.size() == 1u);
+    CHECK(rec->requests[0].request.id == 2u);
+    CHECK(rec->requests[0].descriptors.size() == 2u);
+    REQUIRE(rec->responses.size() == 1u);
+    CHECK(rec->responses[0].id == 1u);
+    REQUIRE(j->ring(0).take(2, request(3)));  // written in layout 1 as well
+  }
+  SUBCASE("recovered again") {
+    auto rec = reopen(f, 1, 3);
+    REQUIRE(rec.has_value());
+    REQUIRE(rec->requests.size() == 2u);
+    CHECK(rec->requests[1].request.id == 3u);
+  }
+  SUBCASE("its checks still catch a changed byte") {
+    // request(3)'s sector number (24), found by its value.
+    std::fstream io(f.path, std::ios::in | std::ios::out | std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(io)), {});
+    bool changed = false;
+    for (std::size_t i = 4096; i + 8 <= bytes.size() && !changed; i += 8) {
+      std::uint64_t v;
+      std::memcpy(&v, &bytes[i], 8);
+      if (v == 24) {
+        io.seekp(static_cast<std::streamoff>(i));
+        io.write("\x19", 1);
+        changed = true;
+      }
+    }
+    REQUIRE(changed);
+    io.close();
+    CHECK(reopen(f, 1, 3).error() == make_error_code(errc::journal_corrupt));
+  }
+  CHECK_FALSE(vbd_journal::create(f.path, identity(), ring_size, max_segments, 3).has_value());
+}
+
 TEST_CASE("journal: a cut inside take() leaves the request in the ring, not half in the journal") {
   temp_path f;
   {
