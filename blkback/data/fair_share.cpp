@@ -17,10 +17,9 @@ fair_share::member::~member() {
   if (!share_.waiting_.empty()) share_.wake_locked();
 }
 
-bool fair_share::member::start(std::uint64_t cost, memory_waiter& w, bool overdue) {
+bool fair_share::member::start(std::uint64_t cost, memory_waiter& w, bool overdue, clock::time_point now) {
   fair_share& s = share_;
   std::lock_guard lk(s.mu_);
-  const clock::time_point now = clock::now();
   s.expire_locked(now);
   const bool competing = std::find(s.active_.begin(), s.active_.end(), this) != s.active_.end();
   // Back from idle: no credit for the time away.

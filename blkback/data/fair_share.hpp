@@ -60,8 +60,9 @@ class fair_share : public std::enable_shared_from_this<fair_share> {
 
     // Starts a request of `cost`, or registers `w` to be told when this vbd
     // may (answering false). `overdue`: the ring already waited a whole
-    // grace for this request; it goes now.
-    bool start(std::uint64_t cost, memory_waiter& w, bool overdue = false);
+    // grace for this request; it goes now. `now`: the caller's clock
+    // reading, if it has a recent one (the time of its turn).
+    bool start(std::uint64_t cost, memory_waiter& w, bool overdue = false, clock::time_point now = clock::now());
     // `w` no longer waits (its ring stops).
     void forget(memory_waiter& w);
     // Times a ring of this vbd had to wait for its turn.

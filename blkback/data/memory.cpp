@@ -135,14 +135,14 @@ bool buffer_cache::map(std::uint8_t order, bool ring_idle, memory_waiter& w, chu
   return true;
 }
 
-void buffer_cache::give(chunk c) {
+void buffer_cache::give(chunk c, std::chrono::steady_clock::time_point now) {
   if (c.data == nullptr) return;
   if (account_->pressure() && account_->should_yield()) {
     unmap(c);
     return;
   }
   if (free_.size() <= c.order) free_.resize(c.order + 1u);
-  free_[c.order].push_back({c, std::chrono::steady_clock::now()});
+  free_[c.order].push_back({c, now});
   cached_bytes_ += bytes_of(c.order);
 }
 

@@ -136,8 +136,9 @@ class buffer_cache {
   // A chunk of at least `bytes`: a cached one, or a new one within the
   // budget. nullopt: wait, `w` is told when memory frees up.
   std::optional<chunk> take(std::size_t bytes, bool ring_idle, memory_waiter& w);
-  // Back to the cache, or to the kernel when memory is wanted elsewhere.
-  void give(chunk c);
+  // Back to the cache (unused since `now`), or to the kernel when memory
+  // is wanted elsewhere.
+  void give(chunk c, std::chrono::steady_clock::time_point now = std::chrono::steady_clock::now());
   // Unmaps chunks unused for `idle` or longer (all of them for zero).
   void trim(std::chrono::steady_clock::duration idle);
   std::size_t cached_bytes() const { return cached_bytes_; }

@@ -351,8 +351,11 @@ asio::awaitable<void> queue::reissue() {
     if (barrier) co_await wait_idle();
     slot* s = nullptr;
     bool memory = false;
-    while (!stopping_ && (s = admit(r.request, on_guest_pages(r.request), memory)) == nullptr)
+    while (!stopping_) {
+      turn_start_ = std::chrono::steady_clock::now();  // admit()'s clock
+      if ((s = admit(r.request, on_guest_pages(r.request), memory)) != nullptr) break;
       co_await wait_for_room(memory);
+    }
     // Stopped before all were started: the rest stay in the journal.
     if (s == nullptr) co_return;
     s->entry = r.entry;
@@ -605,7 +608,7 @@ queue::slot* queue::admit(const wire_request& w, bool on_pages, bool& memory) {
     c = *got;
   }
   const std::uint64_t cost = fair_share::request_cost + bytes;
-  if (fair_ && !fair_->start(cost, *memory_wake_, std::exchange(turn_overdue_, false))) {
+  if (fair_ && !fair_->start(cost, *memory_wake_, std::exchange(turn_overdue_, false), turn_start_)) {
     memory = false;
     if (on_pages) buffers_.account().shrink(bytes);
     buffers_.give(c);
@@ -964,7 +967,7 @@ queue::slot& queue::acquire() {
 // The slot and its buffer go back for reuse; trim_loop() returns them to
 // the kernel if they stay unused. A ring waiting for memory tries again.
 void queue::release(slot& s, std::chrono::steady_clock::time_point now) {
-  buffers_.give(std::exchange(s.buf, {}));
+  buffers_.give(std::exchange(s.buf, {}), now);
   if (const std::uint64_t b = std::exchange(s.page_charge, 0)) buffers_.account().shrink(b);
   s.on_pages = false;
   free_.push_back(&s);

@@ -1,5 +1,6 @@
 #include "blkback/ring/abi.hpp"
 
+#include <bit>
 #include <cstring>
 
 namespace xbd::blkback {
@@ -40,6 +41,7 @@ static_assert(offsetof(blkif_request, seg) == x64::seg);
 static_assert(sizeof(blkif_request_segment) == segment_size);
 static_assert(offsetof(blkif_request_segment, first_sect) == segment_first_sect);
 static_assert(offsetof(blkif_request_segment, last_sect) == segment_last_sect);
+static_assert(std::endian::native == std::endian::little);  // the wire's order, copied as is
 static_assert(offsetof(blkif_request_discard, flag) == x64::discard_flag);
 static_assert(offsetof(blkif_request_discard, id) == x64::id);
 static_assert(offsetof(blkif_request_discard, sector_number) == x64::sector_number);
@@ -173,12 +175,9 @@ wire_request decode(std::span<const std::byte, L::request_size> raw) {
       break;
     default:
       r.nr_segments = get<std::uint8_t>(raw, L::nr_segments);
-      for (std::size_t i = 0; i < r.seg.size(); ++i) {
-        const std::size_t at = L::seg + segment_size * i;
-        r.seg[i].gref = get<grant_ref_t>(raw, at);
-        r.seg[i].first_sect = get<std::uint8_t>(raw, at + segment_first_sect);
-        r.seg[i].last_sect = get<std::uint8_t>(raw, at + segment_last_sect);
-      }
+      // The wire's segments are blkif_request_segment's layout (asserted
+      // above), little-endian as we are: one copy of all eleven.
+      std::memcpy(r.seg.data(), raw.data() + L::seg, sizeof r.seg);
       break;
   }
   return r;
