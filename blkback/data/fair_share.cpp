@@ -37,7 +37,7 @@ bool fair_share::member::start(std::uint64_t cost, memory_waiter& w, bool overdu
   }
   if (!competing) s.active_.push_back(this);
   vtime_ += cost;
-  last_start_ = now;
+  touch(now);
   s.advance_locked();
   if (!s.waiting_.empty()) s.wake_locked();
   return true;
@@ -54,7 +54,9 @@ std::uint64_t fair_share::member::waits() const {
 }
 
 void fair_share::expire_locked(clock::time_point now) {
-  const auto n = std::erase_if(active_, [&](const member* a) { return now - a->last_start_ >= grace_; });
+  const auto n = std::erase_if(active_, [&](const member* a) {
+    return now - clock::time_point(clock::duration(a->last_start_.load(std::memory_order_relaxed))) >= grace_;
+  });
   if (n > 0) {
     advance_locked();
     if (!waiting_.empty()) wake_locked();

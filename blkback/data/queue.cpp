@@ -608,7 +608,7 @@ queue::slot* queue::admit(const wire_request& w, bool on_pages, bool& memory) {
     c = *got;
   }
   const std::uint64_t cost = fair_share::request_cost + bytes;
-  if (fair_ && !fair_->start(cost, *memory_wake_, std::exchange(turn_overdue_, false), turn_start_)) {
+  if (fair_ && !fair_turn(cost)) {
     memory = false;
     if (on_pages) buffers_.account().shrink(bytes);
     buffers_.give(c);
@@ -962,6 +962,21 @@ queue::slot& queue::acquire() {
   peak_in_flight_ = std::max(peak_in_flight_, in_flight_);
   set(counters_->in_flight, in_flight_);  // the rest once a turn (end_turn)
   return *s;
+}
+
+// The vbd's turn for a request of `cost` (fair_share.hpp): from the lease
+// this ring holds, or, when it does not cover it, a new lease (or the
+// request's own cost, if larger) bought from the fair share.
+bool queue::fair_turn(std::uint64_t cost) {
+  if (cost <= fair_credit_) {
+    fair_credit_ -= cost;
+    fair_->touch(turn_start_);
+    return true;
+  }
+  const std::uint64_t buy = std::max(cost, fair_share::lease);
+  if (!fair_->start(buy, *memory_wake_, std::exchange(turn_overdue_, false), turn_start_)) return false;
+  fair_credit_ = buy - cost;
+  return true;
 }
 
 // The slot and its buffer go back for reuse; trim_loop() returns them to

@@ -178,6 +178,7 @@ class queue {
   boost::asio::awaitable<void> trim_loop();
   bool trim_idle();
   slot* admit(const wire_request& w, bool on_pages, bool& memory);
+  bool fair_turn(std::uint64_t cost);
   bool on_guest_pages(const wire_request& w) const;
   bool map_pages(slot& s);
   bool map_persistent(slot& s);
@@ -251,11 +252,12 @@ class queue {
   bool stopping_ = false;
   bool turn_end_scheduled_ = false;  // end_turn() is posted
   bool waiting_idle_ = false;
-  bool trimming_ = false;        // trim_loop() runs
-  bool trim_armed_ = false;      // something may go back to the kernel
-  bool waiting_memory_ = false;  // for memory or for the vbd's turn
-  bool turn_overdue_ = false;    // waited a whole grace for the vbd's turn
-  bool event_seen_ = false;      // the last sleep ended with an event
+  bool trimming_ = false;          // trim_loop() runs
+  bool trim_armed_ = false;        // something may go back to the kernel
+  bool waiting_memory_ = false;    // for memory or for the vbd's turn
+  bool turn_overdue_ = false;      // waited a whole grace for the vbd's turn
+  std::uint64_t fair_credit_ = 0;  // what is left of its lease of the vbd's share
+  bool event_seen_ = false;        // the last sleep ended with an event
   bool took_since_event_ = false;
   unsigned idle_events_in_row_ = 0;
   std::chrono::steady_clock::time_point last_release_;

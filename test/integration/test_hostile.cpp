@@ -1297,19 +1297,27 @@ HOSTILE_CASE("hostile: ring: a read into the ring's own page is answered, and th
   auto v = c.vbd();
   // The disk's first page is zeroes, and they land on the ring's header and
   // its first slot. The response is written after them; the next request
-  // needs an explicit notify (the zeroed req_event asks for none).
+  // needs an explicit notify (the zeroed req_event asks for none). Between
+  // our copy and the guest's next push its req_prod reads 0, behind our
+  // req_cons: a ring that looks then (the final check, a poll) finds an
+  // impossible index and halts this ring, as Linux's blkback would; one
+  // that looks after the push goes on. Either is right; the request read
+  // into the ring is answered in both.
   auto r = c.script(v,
                     "pages buf 1 rw\nreq op=read id=1 sector=0 seg=ring:0:0:7\npush\nwait 1 10000\nexpect 1 okay\n"
-                    "req op=read id=2 sector=8 seg=buf:0:0:7\npush\nnotify\nwait 1 10000\nexpect 2 okay\n",
+                    "req op=read id=2 sector=8 seg=buf:0:0:7\npush\nnotify\nwait 1 3000\n",
                     {"--ring-order", "0"});
   INFO(r.output);
-  CHECK(r.status == 0);
   REQUIRE(r.last(1));
-  REQUIRE(r.last(2));
   CHECK(r.last(1)->status == rsp::okay);
-  CHECK(r.last(2)->status == rsp::okay);
-  c.expect_log(v, disconnect_line(2, 8192, 0, 0, 0));
-  c.expect_no_log(v, "this ring is halted");
+  if (r.last(2)) {
+    CHECK(r.status == 0);
+    CHECK(r.last(2)->status == rsp::okay);
+    c.expect_log(v, disconnect_line(2, 8192, 0, 0, 0));
+    c.expect_no_log(v, "this ring is halted");
+  } else {
+    c.expect_log(v, "frontend published an impossible request index; this ring is halted");
+  }
   c.finish();
 }
 
