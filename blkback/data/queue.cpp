@@ -624,6 +624,7 @@ queue::slot* queue::admit(const wire_request& w, bool on_pages, bool& memory) {
 // Reads and writes run on the guest's own pages with persistent grants,
 // or from the size threshold up on an O_DIRECT store; the rest is copied.
 bool queue::on_guest_pages(const wire_request& w) const {
+  if (!persistent_ && !zero_copy_) return false;
   const std::uint8_t op = w.operation == BLKIF_OP_INDIRECT ? w.indirect_op : w.operation;
   if (op != BLKIF_OP_READ && op != BLKIF_OP_WRITE) return false;
   if (data_bound(w) == 0) return false;
@@ -638,7 +639,7 @@ bool queue::on_guest_pages(const wire_request& w) const {
 // One request, from the copy taken out of the ring to its response. Runs
 // eagerly up to its first storage operation, so requests are validated and
 // started in ring order.
-request_task queue::serve(slot& s, wire_request w, std::span<const blkif_request_segment> known) {
+request_task queue::serve(slot& s, const wire_request& w, std::span<const blkif_request_segment> known) {
   validation v = validate(w, params_.limits, std::span(s.segs.get(), max_segments_));
   if (auto* need = std::get_if<needs_indirect>(&v)) v = fetch_indirect(s, w, *need, known);
   if (auto* r = std::get_if<rejected>(&v)) {

@@ -156,7 +156,9 @@ class queue {
   queue(boost::asio::any_io_executor ex, asio_xen::grant_table gt, asio_xen::grant_mapping ring_mem, abi_ring ring,
         asio_xen::event_channel evtchn, const queue_params& params, std::unique_ptr<storage::channel> chan, logger lg);
 
-  request_task serve(slot& s, wire_request w, std::span<const blkif_request_segment> known);
+  // `w` is read before the first suspension only (request_task starts
+  // eagerly): the caller's copy outlives that part.
+  request_task serve(slot& s, const wire_request& w, std::span<const blkif_request_segment> known);
   void take_up(recovered_ring rec);
   boost::asio::awaitable<void> reissue();
   boost::asio::awaitable<void> wait_for_room(bool memory);
