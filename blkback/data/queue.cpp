@@ -212,6 +212,7 @@ queue::queue(asio::any_io_executor ex, asio_xen::grant_table gt, asio_xen::grant
       budget_(params.budget ? params.budget : std::make_shared<log_budget>()) {}
 
 queue::~queue() {
+  for (auto& s : slots_) give_kept(*s, std::chrono::steady_clock::now());
   persistent_.reset();
   buffers_.account().shrink(persistent_charge_);
   buffers_.account().forget(*memory_wake_);
@@ -542,9 +543,13 @@ asio::awaitable<void> queue::trim_loop() {
 // channel lets go of what it keeps. Whether anything is left to trim.
 bool queue::trim_idle() {
   const bool give_back = buffers_.account().should_yield();
+  const auto now = std::chrono::steady_clock::now();
+  const bool idle = in_flight_ == 0 && now - last_release_ >= tuning_.idle_after;
+  // What free slots kept goes to the cache, to be unmapped with the rest.
+  if (give_back || idle)
+    for (slot* f : free_) give_kept(*f, now);
   buffers_.trim(give_back ? std::chrono::steady_clock::duration::zero()
                           : std::chrono::steady_clock::duration(tuning_.idle_after));
-  const auto now = std::chrono::steady_clock::now();
   // Persistent grants unused for a minute are unmapped (all unused ones
   // when another vbd waits for memory), and a full set makes some room for
   // the pages it had to refuse (persistent_grants.hpp).
@@ -553,7 +558,6 @@ bool queue::trim_idle() {
     drop_persistent(persistent_->drop_unused(give_back ? settled : now - tuning_.persistent_idle));
     drop_persistent(persistent_->make_room(settled));
   }
-  const bool idle = in_flight_ == 0 && now - last_release_ >= tuning_.idle_after;
   if (idle && !slots_.empty()) {
     buffers_.account().shrink(slot_charge_ * slots_.size());
     free_.clear();
@@ -603,19 +607,21 @@ queue::slot* queue::admit(const wire_request& w, bool on_pages, bool& memory) {
   if (on_pages) {
     if (!buffers_.account().grow(bytes, ring_idle, *memory_wake_)) return nullptr;
   } else if (bytes) {
-    auto got = buffers_.take(bytes, ring_idle, *memory_wake_);
-    if (!got) return nullptr;
-    c = *got;
+    c = take_buffer(bytes, ring_idle);
+    if (c.data == nullptr && c.order == no_chunk) return nullptr;
   }
   const std::uint64_t cost = fair_share::request_cost + bytes;
   if (fair_ && !fair_turn(cost)) {
     memory = false;
     if (on_pages) buffers_.account().shrink(bytes);
-    buffers_.give(c);
+    keep_buffer(*free_.back(), c);
     return nullptr;
   }
   slot& s = acquire();
-  s.buf = c;
+  if (bytes && !on_pages)
+    s.buf = c;
+  else if (s.buf.data != nullptr)
+    kept_bytes_ -= buffer_cache::bytes_of(s.buf.order);  // kept through this request, unused
   s.on_pages = on_pages;
   s.page_charge = on_pages ? bytes : 0;
   return &s;
@@ -953,7 +959,7 @@ void queue::publish_gauges() {
   set(counters_->in_flight, in_flight_);
   set(counters_->peak_in_flight, peak_in_flight_);
   set(counters_->slots, slots_.size());
-  set(counters_->cached_bytes, buffers_.cached_bytes());
+  set(counters_->cached_bytes, buffers_.cached_bytes() + kept_bytes_);
 }
 
 queue::slot& queue::acquire() {
@@ -963,6 +969,36 @@ queue::slot& queue::acquire() {
   peak_in_flight_ = std::max(peak_in_flight_, in_flight_);
   set(counters_->in_flight, in_flight_);  // the rest once a turn (end_turn)
   return *s;
+}
+
+// A buffer for `bytes`: the one the next free slot kept from its last
+// request when it is of the right size (most are), else one from the
+// cache. A chunk without data: an mmap that failed (the request fails);
+// order no_chunk: the budget says wait.
+buffer_cache::chunk queue::take_buffer(std::size_t bytes, bool ring_idle) {
+  slot& next = *free_.back();
+  if (next.buf.data != nullptr && next.buf.order == buffer_cache::order_for(bytes)) {
+    kept_bytes_ -= buffer_cache::bytes_of(next.buf.order);
+    return std::exchange(next.buf, {});
+  }
+  give_kept(next, turn_start_);
+  auto got = buffers_.take(bytes, ring_idle, *memory_wake_);
+  return got ? *got : buffer_cache::chunk{nullptr, no_chunk};
+}
+
+// A free slot keeps `c` for its next request.
+void queue::keep_buffer(slot& s, buffer_cache::chunk c) {
+  give_kept(s, turn_start_);
+  if (c.data == nullptr) return;
+  s.buf = c;
+  kept_bytes_ += buffer_cache::bytes_of(c.order);
+}
+
+// A free slot's kept buffer back to the cache.
+void queue::give_kept(slot& s, std::chrono::steady_clock::time_point now) {
+  if (s.buf.data == nullptr) return;
+  kept_bytes_ -= buffer_cache::bytes_of(s.buf.order);
+  buffers_.give(std::exchange(s.buf, {}), now);
 }
 
 // The vbd's turn for a request of `cost` (fair_share.hpp): from the lease
@@ -983,7 +1019,12 @@ bool queue::fair_turn(std::uint64_t cost) {
 // The slot and its buffer go back for reuse; trim_loop() returns them to
 // the kernel if they stay unused. A ring waiting for memory tries again.
 void queue::release(slot& s, std::chrono::steady_clock::time_point now) {
-  buffers_.give(std::exchange(s.buf, {}), now);
+  // The buffer stays with the slot for its next request, unless memory is
+  // wanted elsewhere (the cache then decides what goes back).
+  if (s.buf.data != nullptr && !buffers_.account().pressure())
+    kept_bytes_ += buffer_cache::bytes_of(s.buf.order);
+  else
+    buffers_.give(std::exchange(s.buf, {}), now);
   if (const std::uint64_t b = std::exchange(s.page_charge, 0)) buffers_.account().shrink(b);
   s.on_pages = false;
   free_.push_back(&s);

@@ -181,6 +181,10 @@ class queue {
   bool trim_idle();
   slot* admit(const wire_request& w, bool on_pages, bool& memory);
   bool fair_turn(std::uint64_t cost);
+  static constexpr std::uint8_t no_chunk = 0xff;
+  buffer_cache::chunk take_buffer(std::size_t bytes, bool ring_idle);
+  void keep_buffer(slot& s, buffer_cache::chunk c);
+  void give_kept(slot& s, std::chrono::steady_clock::time_point now);
   bool on_guest_pages(const wire_request& w) const;
   bool map_pages(slot& s);
   bool map_persistent(slot& s);
@@ -226,6 +230,7 @@ class queue {
   buffer_cache buffers_;
   std::vector<std::unique_ptr<slot>> slots_;
   std::vector<slot*> free_;
+  std::uint64_t kept_bytes_ = 0;  // buffers free slots keep for their next request
   // The data copies of this turn's requests, run together when it ends.
   copy_batch batch_;
   // Scratch for the indirect pages' copies, grown on demand.
