@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cerrno>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <system_error>
 #include <thread>
@@ -152,8 +153,8 @@ namespace {
 // answer costs seconds per try, times its attempts), and libnbd would call
 // it inside nbd_aio_connect_uri, on the ring's thread, which other vbds'
 // rings share. So a name is resolved here first, on a thread of its own per
-// lookup (lookups of different names never queue behind each other, and a
-// thread still stuck in getaddrinfo at exit holds nothing up: it is
+// name being looked up (different names never queue behind each other, and
+// a thread still stuck in getaddrinfo at exit holds nothing up: it is
 // detached), and libnbd is given the numeric addresses. The lookup tells
 // its end through an eventfd, which the waiting coroutine watches in its
 // socket_watch: the thread never touches the io_context, which may be gone
@@ -190,11 +191,16 @@ class lookup {
  private:
   static void run(const std::shared_ptr<lookup>& self, const std::string& host, const std::string& port);
 
-  // Threads stuck in getaddrinfo are bounded in number: past this many, a
-  // lookup fails at once (and its channel retries later) rather than
-  // piling up threads behind a dead server.
+  // Threads stuck in getaddrinfo are bounded in number: past this many
+  // names, a lookup fails at once (and its channel retries later) rather
+  // than piling up threads behind a dead server.
   static constexpr unsigned max_pending = 64;
   static inline std::atomic<unsigned> pending_{0};
+
+  struct registry {
+    std::mutex m;
+    std::map<std::pair<std::string, std::string>, std::weak_ptr<lookup>> pending;
+  };
 
   const int efd_;
   std::mutex m_;
@@ -204,6 +210,13 @@ class lookup {
 };
 
 std::shared_ptr<lookup> lookup::start(const std::string& host, const std::string& port, std::string& why) {
+  // A name being looked up already is waited for, not looked up again: the
+  // rings of the vbds on one name that does not answer share one thread.
+  // (The registry is never destroyed: a thread may still end after exit.)
+  static auto* const reg = new registry;
+  const std::lock_guard g(reg->m);
+  auto& slot = reg->pending[{host, port}];
+  if (auto l = slot.lock(); l && !l->done()) return l;
   if (pending_.fetch_add(1) >= max_pending) {
     --pending_;
     why = std::to_string(max_pending) + " host name lookups are pending already (the resolver does not answer)";
@@ -223,6 +236,9 @@ std::shared_ptr<lookup> lookup::start(const std::string& host, const std::string
     why = std::string("cannot start a thread to resolve the host name: ") + e.what();
     return nullptr;
   }
+  slot = l;
+  // Names no longer looked up leave the registry.
+  std::erase_if(reg->pending, [](const auto& e) { return e.second.expired(); });
   return l;
 }
 

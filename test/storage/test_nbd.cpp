@@ -385,6 +385,9 @@ TEST_CASE("a channel whose host name lookup hangs holds up no other channel's I/
   xbd::test::resolver::hold(true);
   auto slow_channel = (*slow_store)->open_channel(xbd::blkback::worker{r.io.get_executor(), nullptr}, 8);
   REQUIRE(slow_channel);
+  // A second ring on the same name waits for the same lookup.
+  auto slow_second = (*slow_store)->open_channel(xbd::blkback::worker{r.io.get_executor(), nullptr}, 8);
+  REQUIRE(slow_second);
   // Meanwhile the other channel's I/O goes on as usual: rounds of it, each
   // quick, until 20 of them ended while the lookup hung (it hangs 3 s).
   double worst = 0;
@@ -399,6 +402,7 @@ TEST_CASE("a channel whose host name lookup hangs holds up no other channel's I/
   MESSAGE(rounds_while_hung << " rounds of I/O while a lookup hung, the slowest " << worst << " ms");
   CHECK(rounds_while_hung >= 20);
   CHECK(worst < 500);
+  CHECK(xbd::test::resolver::hanging() == 1);
 
   // Attempts end at the connect timeout and start again; once the name
   // resolves, the slow channel serves.
@@ -410,6 +414,7 @@ TEST_CASE("a channel whose host name lookup hangs holds up no other channel's I/
   REQUIRE(drive(
       r.io, [&] { return d.finished(); }, 5s));
   CHECK_FALSE(d.ec);
+  slow_second->reset();
   slow_channel->reset();
   (*slow_store).reset();
 }
