@@ -81,7 +81,7 @@ class nbd_store final : public store {
 asio::awaitable<asio_xen::result<std::unique_ptr<store>>> open_nbd(const nbd_target& t, const nbd_options& o,
                                                                    std::string& detail) {
   auto cfg = std::make_shared<nbd::channel_config>();
-  cfg->uri = t.uri();
+  cfg->target = t;
   cfg->local_files = !t.tls_psk_file.empty() || !t.tls_certificates.empty();
   cfg->name = t.describe();
   cfg->opt = o;
@@ -93,7 +93,7 @@ asio::awaitable<asio_xen::result<std::unique_ptr<store>>> open_nbd(const nbd_tar
     co_return watch.error();
   }
   auto l = std::make_shared<nbd::link>();
-  error_code ec = co_await nbd::connect(l, *watch, cfg->uri, cfg->local_files, o.connect_timeout, detail);
+  error_code ec = co_await nbd::connect(l, *watch, cfg->target, cfg->local_files, o.connect_timeout, detail);
   if (!ec) ec = probe(l->handle(), o, cfg->props, detail);
   // Goodbye to the server if it is listening (queued and sent if the socket
   // takes it now, never waited for), then closed.

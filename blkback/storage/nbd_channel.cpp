@@ -39,7 +39,7 @@ asio::awaitable<void> core::supervise(std::shared_ptr<core> self) {
     link_ = std::make_shared<link>();
     std::string detail;
     const error_code ec =
-        co_await connect(link_, watch_, cfg_->uri, cfg_->local_files, cfg_->opt.connect_timeout, detail);
+        co_await connect(link_, watch_, cfg_->target, cfg_->local_files, cfg_->opt.connect_timeout, detail);
     if (closing_) co_return;
     if (ec) {
       attempt_failed(detail);

@@ -20,7 +20,7 @@ namespace xbd::blkback::storage::nbd {
 
 // What every channel of one store shares.
 struct channel_config {
-  std::string uri;           // for libnbd
+  nbd_target target;         // for libnbd (nbd_target::uri), its host name resolved by us
   bool local_files = false;  // the URI names TLS files
   std::string name;          // for log lines
   nbd_options opt;

@@ -1,8 +1,19 @@
 #include "blkback/storage/nbd_link.hpp"
 
+#include <arpa/inet.h>
+#include <netdb.h>
 #include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <unistd.h>
+#include <atomic>
 #include <cerrno>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <system_error>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/this_coro.hpp>
@@ -13,6 +24,7 @@ namespace asio = boost::asio;
 using asio_xen::error_code;
 
 const asio_xen::xen_call_category connect_call{"nbd_aio_connect_uri"};
+const asio_xen::xen_call_category resolve_call{"getaddrinfo"};
 
 namespace {
 
@@ -127,56 +139,280 @@ void link::close() {
   h_ = nullptr;
 }
 
-asio::awaitable<error_code> connect(std::shared_ptr<link> l, std::shared_ptr<socket_watch> w, std::string uri,
-                                    bool local_files, std::chrono::milliseconds limit, std::string& detail) {
-  auto fail = [&l, &detail](int fallback) {
-    detail = l->why();
-    return asio_xen::xen_error(connect_call, l->error_number() ? l->error_number() : fallback);
+void link::renew() {
+  close();
+  why_.clear();
+  errno_ = 0;
+  h_ = nbd_create();
+  if (!h_) note_error();
+}
+
+namespace {
+
+// Host name resolution. getaddrinfo blocks (a DNS server that does not
+// answer costs seconds per try, times its attempts), and libnbd would call
+// it inside nbd_aio_connect_uri, on the ring's thread, which other vbds'
+// rings share. So a name is resolved here first, on a thread of its own per
+// name being looked up (different names never queue behind each other, and
+// a thread still stuck in getaddrinfo at exit holds nothing up: it is
+// detached), and libnbd is given the numeric addresses. The lookup tells
+// its end through an eventfd, which the waiting coroutine watches in its
+// socket_watch: the thread never touches the io_context, which may be gone
+// by the time a late answer comes.
+class lookup {
+ public:
+  struct address {
+    std::string host;  // numeric
+    std::string port;  // numeric
   };
-  if (!l->handle()) co_return fail(ENOMEM);
-  nbd_set_request_structured_replies(l->handle(), true);
+
+  // Starts resolving; null (with `why`) if it cannot.
+  static std::shared_ptr<lookup> start(const std::string& host, const std::string& port, std::string& why);
+  explicit lookup(int efd) : efd_(efd) {}
+  ~lookup() { ::close(efd_); }
+  lookup(const lookup&) = delete;
+  lookup& operator=(const lookup&) = delete;
+
+  int fd() const { return efd_; }
+  bool done() {
+    const std::lock_guard g(m_);
+    return done_;
+  }
+  // Once done(): getaddrinfo's result (0: found), and the addresses.
+  int status() {
+    const std::lock_guard g(m_);
+    return status_;
+  }
+  std::vector<address> addresses() {
+    const std::lock_guard g(m_);
+    return addresses_;
+  }
+
+ private:
+  static void run(const std::shared_ptr<lookup>& self, const std::string& host, const std::string& port);
+
+  // Threads stuck in getaddrinfo are bounded in number: past this many
+  // names, a lookup fails at once (and its channel retries later) rather
+  // than piling up threads behind a dead server.
+  static constexpr unsigned max_pending = 64;
+  static inline std::atomic<unsigned> pending_{0};
+
+  struct registry {
+    std::mutex m;
+    std::map<std::pair<std::string, std::string>, std::weak_ptr<lookup>> pending;
+  };
+
+  const int efd_;
+  std::mutex m_;
+  bool done_ = false;
+  int status_ = 0;
+  std::vector<address> addresses_;
+};
+
+std::shared_ptr<lookup> lookup::start(const std::string& host, const std::string& port, std::string& why) {
+  // A name being looked up already is waited for, not looked up again: the
+  // rings of the vbds on one name that does not answer share one thread.
+  // (The registry is never destroyed: a thread may still end after exit.)
+  static auto* const reg = new registry;
+  const std::lock_guard g(reg->m);
+  auto& slot = reg->pending[{host, port}];
+  if (auto l = slot.lock(); l && !l->done()) return l;
+  if (pending_.fetch_add(1) >= max_pending) {
+    --pending_;
+    why = std::to_string(max_pending) + " host name lookups are pending already (the resolver does not answer)";
+    return nullptr;
+  }
+  const int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (efd < 0) {
+    --pending_;
+    why = std::string("eventfd: ") + std::strerror(errno);
+    return nullptr;
+  }
+  auto l = std::make_shared<lookup>(efd);
+  try {
+    std::thread([l, host, port] { run(l, host, port); }).detach();
+  } catch (const std::system_error& e) {
+    --pending_;
+    why = std::string("cannot start a thread to resolve the host name: ") + e.what();
+    return nullptr;
+  }
+  slot = l;
+  // Names no longer looked up leave the registry.
+  std::erase_if(reg->pending, [](const auto& e) { return e.second.expired(); });
+  return l;
+}
+
+void lookup::run(const std::shared_ptr<lookup>& self, const std::string& host, const std::string& port) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  const int r = ::getaddrinfo(host.c_str(), port.c_str(), &hints, &res);
+  std::vector<address> found;
+  for (const addrinfo* p = r == 0 ? res : nullptr; p; p = p->ai_next) {
+    char h[NI_MAXHOST];
+    char s[NI_MAXSERV];
+    // Numeric only: no lookup here. An IPv6 address with a zone
+    // (fe80::1%eth0) cannot be written in an NBD URI: skipped.
+    if (::getnameinfo(p->ai_addr, p->ai_addrlen, h, sizeof h, s, sizeof s, NI_NUMERICHOST | NI_NUMERICSERV) == 0 &&
+        std::strchr(h, '%') == nullptr)
+      found.push_back({h, s});
+  }
+  if (res) ::freeaddrinfo(res);
+  {
+    const std::lock_guard g(self->m_);
+    self->done_ = true;
+    self->status_ = r;
+    self->addresses_ = std::move(found);
+  }
+  const std::uint64_t one = 1;
+  (void)!::write(self->efd_, &one, sizeof one);
+  --pending_;
+}
+
+// A name rather than an address: libnbd would look it up.
+bool needs_lookup(const nbd_target& t) {
+  if (t.via != nbd_target::transport::tcp) return false;
+  unsigned char buf[sizeof(in6_addr)];
+  return ::inet_pton(AF_INET, t.host.c_str(), buf) != 1 && ::inet_pton(AF_INET6, t.host.c_str(), buf) != 1;
+}
+
+// libnbd checks a server's certificate against the host name it was given
+// to connect to; since libnbd 1.22 it can be told the name apart from the
+// address. Without that, a certificate over TLS is checked against the name
+// only if libnbd resolves it itself (PSK has no host name to check).
+bool lookup_keeps_tls_name(const nbd_target& t) {
+#ifdef LIBNBD_HAVE_NBD_SET_TLS_HOSTNAME
+  (void)t;
+  return true;
+#else
+  return !t.tls || t.tls_certificates.empty();
+#endif
+}
+
+struct connect_state {
+  std::shared_ptr<link> l;
+  std::shared_ptr<socket_watch> w;
+  std::shared_ptr<bool> expired;
+  std::chrono::milliseconds limit;
+  std::string* detail;
+};
+
+// The URIs to try in turn: the target's own, or one per address of its
+// host name once resolved (its port, export and query kept).
+asio::awaitable<error_code> resolve(const connect_state& s, const nbd_target& t, std::vector<std::string>& uris) {
+  if (!needs_lookup(t) || !lookup_keeps_tls_name(t)) {
+    uris.push_back(t.uri());
+    co_return error_code{};
+  }
+  const std::string host = t.host.empty() ? "localhost" : t.host;  // as libnbd does
+  std::string why;
+  auto lk = lookup::start(host, t.port, why);
+  if (!lk) {
+    *s.detail = why;
+    co_return asio_xen::xen_error(resolve_call, EAGAIN);
+  }
+  while (!lk->done()) {
+    s.w->watch(lk->fd(), LIBNBD_AIO_DIRECTION_READ, true);
+    const error_code ec = co_await s.w->wait();
+    s.w->forget();
+    if (ec == asio_xen::errc::closed) co_return asio::error::operation_aborted;
+    if (*s.expired && !lk->done()) {
+      *s.detail = "host name \"" + host + "\" not resolved within " + std::to_string(s.limit.count()) + " ms";
+      co_return asio_xen::xen_error(resolve_call, ETIMEDOUT);
+    }
+  }
+  if (const int r = lk->status(); r != 0) {
+    *s.detail = "cannot resolve host name \"" + host + "\": " + ::gai_strerror(r);
+    co_return asio_xen::xen_error(resolve_call, r == EAI_NONAME || r == EAI_NODATA ? EHOSTUNREACH : EAGAIN);
+  }
+  for (const auto& a : lk->addresses()) {
+    nbd_target numeric = t;
+    numeric.host = a.host;
+    numeric.port = a.port;
+    uris.push_back(numeric.uri());
+  }
+  if (uris.empty()) {
+    *s.detail = "host name \"" + host + "\" has no address an NBD URI can name";
+    co_return asio_xen::xen_error(resolve_call, EHOSTUNREACH);
+  }
+  co_return error_code{};
+}
+
+// One connection attempt to `uri`, until negotiated, lost, expired or closed.
+asio::awaitable<error_code> attempt(const connect_state& s, const std::string& uri, const nbd_target& t,
+                                    bool local_files) {
+  link& l = *s.l;
+  auto fail = [&l, &s](int fallback) {
+    *s.detail = l.why();
+    return asio_xen::xen_error(connect_call, l.error_number() ? l.error_number() : fallback);
+  };
+  if (!l.handle()) co_return fail(ENOMEM);
+  nbd_set_request_structured_replies(l.handle(), true);
   // libnbd zeroes every read buffer before the read by default, so that a
   // careless caller cannot leak old heap contents. Ours never shows a failed
   // read's buffer to anyone, and a read buffer only ever held data of the
   // same ring's guest (queue buffers are per ring; unmapped memory comes
   // back zeroed): the zeroing would cost 8 % of the CPU of 1 MiB reads.
-  nbd_set_pread_initialize(l->handle(), false);
-  if (local_files) nbd_set_uri_allow_local_file(l->handle(), true);
-  if (nbd_aio_connect_uri(l->handle(), uri.c_str()) == -1) {
-    l->note_error();
+  nbd_set_pread_initialize(l.handle(), false);
+  if (local_files) nbd_set_uri_allow_local_file(l.handle(), true);
+#ifdef LIBNBD_HAVE_NBD_SET_TLS_HOSTNAME
+  // The certificate is the name's, whichever address it was reached at.
+  if (t.tls && !t.host.empty()) nbd_set_tls_hostname(l.handle(), t.host.c_str());
+#else
+  (void)t;
+#endif
+  if (nbd_aio_connect_uri(l.handle(), uri.c_str()) == -1) {
+    l.note_error();
     co_return fail(EIO);
   }
+  for (;;) {
+    if (l.up()) co_return error_code{};
+    if (l.down()) {
+      l.note_error();
+      co_return fail(ECONNRESET);
+    }
+    s.w->watch(nbd_aio_get_fd(l.handle()), static_cast<unsigned>(nbd_aio_get_direction(l.handle())), true);
+    const error_code ec = co_await s.w->wait();
+    if (ec == asio_xen::errc::closed || !l.handle()) co_return asio::error::operation_aborted;
+    if (*s.expired) {
+      *s.detail = "no NBD handshake with the server within " + std::to_string(s.limit.count()) + " ms";
+      co_return asio_xen::xen_error(connect_call, ETIMEDOUT);
+    }
+    l.step(s.w->ready());
+  }
+}
+
+}  // namespace
+
+asio::awaitable<error_code> connect(std::shared_ptr<link> l, std::shared_ptr<socket_watch> w, nbd_target t,
+                                    bool local_files, std::chrono::milliseconds limit, std::string& detail) {
   // The deadline wakes the wait; the flag is this attempt's own, so a late
   // timer of an attempt that has finished changes nothing but a spurious
   // wake-up (which the waits all tolerate).
-  auto expired = std::make_shared<bool>(false);
+  connect_state s{std::move(l), std::move(w), std::make_shared<bool>(false), limit, &detail};
   asio::steady_timer deadline(co_await asio::this_coro::executor, limit);
-  deadline.async_wait([expired, weak = std::weak_ptr<socket_watch>(w)](const error_code& ec) {
+  deadline.async_wait([expired = s.expired, weak = std::weak_ptr<socket_watch>(s.w)](const error_code& ec) {
     if (ec) return;
     *expired = true;
-    if (auto s = weak.lock()) s->wake();
+    if (auto sw = weak.lock()) sw->wake();
   });
-  error_code result;
-  for (;;) {
-    if (l->up()) break;
-    if (l->down()) {
-      l->note_error();
-      result = fail(ECONNRESET);
-      break;
+  std::vector<std::string> uris;
+  error_code result = co_await resolve(s, t, uris);
+  for (std::size_t i = 0; i < uris.size(); ++i) {
+    if (i > 0) {
+      // The previous address failed before the deadline (refused,
+      // unreachable): the next one, on a new handle (a failed one is
+      // dead), within the same deadline.
+      s.w->forget();
+      s.l->renew();
     }
-    w->watch(nbd_aio_get_fd(l->handle()), static_cast<unsigned>(nbd_aio_get_direction(l->handle())), true);
-    const error_code ec = co_await w->wait();
-    if (ec == asio_xen::errc::closed || !l->handle()) {
-      result = asio::error::operation_aborted;
-      break;
-    }
-    if (*expired) {
-      detail = "no NBD handshake with the server within " + std::to_string(limit.count()) + " ms";
-      result = asio_xen::xen_error(connect_call, ETIMEDOUT);
-      break;
-    }
-    l->step(w->ready());
+    const error_code ec = co_await attempt(s, uris[i], t, local_files);
+    result = ec;
+    if (!ec || ec == asio::error::operation_aborted || ec == boost::system::errc::timed_out) break;
   }
+  if (result && uris.size() > 1 && result != asio::error::operation_aborted)
+    detail += " (the last of " + std::to_string(uris.size()) + " addresses of \"" + t.host + "\")";
   deadline.cancel();
   co_return result;
 }

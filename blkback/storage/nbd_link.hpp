@@ -15,6 +15,7 @@
 
 #include "asio_xen/error.hpp"
 #include "asio_xen/wakeable.hpp"
+#include "blkback/storage/spec.hpp"
 
 #include <libnbd.h>
 #include <boost/asio/any_io_executor.hpp>
@@ -79,6 +80,9 @@ class link {
   // libnbd forgets the commands it still holds without calling their
   // completion callbacks; it never waits on the network here.
   void close();
+  // Closes the handle and starts afresh with a new one (for the next
+  // address of a host name), the recorded error forgotten.
+  void renew();
 
  private:
   nbd_handle* h_;
@@ -87,15 +91,19 @@ class link {
 };
 
 // What connection attempts fail with: libnbd's errno, in a category that
-// names the call.
+// names the call; a host name that cannot be resolved, in getaddrinfo's.
 extern const asio_xen::xen_call_category connect_call;
+extern const asio_xen::xen_call_category resolve_call;
 
-// Connects `l` to `uri` and negotiates, within `limit` (ETIMEDOUT), with `w`
-// watching its socket; operation_aborted once `w` is closed. On failure
-// `detail` says why (libnbd's message). `local_files`: the URI names TLS
-// files, which libnbd reads only if allowed to.
+// Connects `l` to `t` and negotiates, within `limit` (ETIMEDOUT), with `w`
+// watching its socket; operation_aborted once `w` is closed. A host name is
+// resolved first, on a thread of its own and within the same limit (a dead
+// DNS server must not hold the ring's thread), and each of its addresses is
+// tried in turn. On failure `detail` says why (libnbd's message, or the
+// resolver's). `local_files`: the URI names TLS files, which libnbd reads
+// only if allowed to.
 boost::asio::awaitable<asio_xen::error_code> connect(std::shared_ptr<link> l, std::shared_ptr<socket_watch> w,
-                                                     std::string uri, bool local_files, std::chrono::milliseconds limit,
+                                                     nbd_target t, bool local_files, std::chrono::milliseconds limit,
                                                      std::string& detail);
 
 }  // namespace xbd::blkback::storage::nbd

@@ -2,6 +2,7 @@
 #include "blkback/storage/nbd.hpp"
 #include "test/storage/drive.hpp"
 #include "test/storage/nbd_server.hpp"
+#include "test/storage/resolver_shim.hpp"
 #include "test/unit/run.hpp"
 
 #include <doctest/doctest.h>
@@ -315,6 +316,107 @@ TEST_CASE("a refused connection and an unknown export fail the open at once with
   CHECK_FALSE(r.detail.empty());
   target.export_name = "good";
   CHECK_FALSE(r.open(target, quick()));
+}
+
+TEST_CASE("an NBD server named by host name is reached: localhost, and the second address of a name with two") {
+  xbd::test::nbd_server srv([] {
+    server_options o;
+    o.tcp = true;
+    return o;
+  }());
+  // two.test: 127.0.0.2 first, where nothing listens (refused), then
+  // 127.0.0.1, the server's.
+  for (const char* name : {"localhost", xbd::test::resolver::two}) {
+    CAPTURE(name);
+    auto t = srv.target();
+    t.host = name;
+    rig r;
+    const error_code ec = r.open(t, quick());
+    REQUIRE_MESSAGE(!ec, r.detail);
+    CHECK(r.st->name().find(std::string("at ") + name + ":") != std::string::npos);
+    r.open_channel();
+    write_and_verify(r, 1 << 20, 2 << 20, 7);
+  }
+}
+
+TEST_CASE("a host name that does not resolve, or whose resolver does not answer, fails the open within the timeout") {
+  rig r;
+  nbd_target t;
+  t.host = xbd::test::resolver::absent;
+  auto start = clock_type::now();
+  CHECK(r.open(t, quick()));
+  MESSAGE("absent: " << r.detail);
+  CHECK(r.detail.find("cannot resolve host name \"absent.test\"") != std::string::npos);
+  CHECK(ms_since(start) < 1000);
+
+  t.host = xbd::test::resolver::hang;
+  auto o = quick();
+  o.connect_timeout = 500ms;
+  r.detail.clear();
+  start = clock_type::now();
+  CHECK(r.open(t, o) == boost::system::errc::timed_out);
+  const double took = ms_since(start);
+  MESSAGE("hung resolver: " << r.detail << " after " << took << " ms");
+  CHECK(took >= 450);
+  CHECK(took < 1500);  // the resolver hangs 3 s
+  CHECK(r.detail.find("not resolved within 500 ms") != std::string::npos);
+  xbd::test::resolver::release();
+}
+
+TEST_CASE("a channel whose host name lookup hangs holds up no other channel's I/O on the same thread") {
+  xbd::test::nbd_server good({});
+  xbd::test::nbd_server named([] {
+    server_options o;
+    o.tcp = true;
+    return o;
+  }());
+  rig r;  // one io_context, one thread: a worker's rings
+  REQUIRE_FALSE(r.open(good.target(), quick()));
+  r.open_channel();
+  auto slow_target = named.target();
+  slow_target.host = xbd::test::resolver::slow;
+  auto o = quick();
+  o.connect_timeout = 1s;
+  auto slow_store = xbd::test::run(r.io, open_nbd(slow_target, o, r.detail), 5s);
+  REQUIRE(slow_store);
+  REQUIRE(*slow_store);
+
+  // From now on slow.test hangs; the slow channel starts connecting.
+  xbd::test::resolver::hold(true);
+  auto slow_channel = (*slow_store)->open_channel(xbd::blkback::worker{r.io.get_executor(), nullptr}, 8);
+  REQUIRE(slow_channel);
+  // A second ring on the same name waits for the same lookup.
+  auto slow_second = (*slow_store)->open_channel(xbd::blkback::worker{r.io.get_executor(), nullptr}, 8);
+  REQUIRE(slow_second);
+  // Meanwhile the other channel's I/O goes on as usual: rounds of it, each
+  // quick, until 20 of them ended while the lookup hung (it hangs 3 s).
+  double worst = 0;
+  int rounds_while_hung = 0;
+  const auto give_up = clock_type::now() + 2s;
+  for (std::uint64_t round = 0; rounds_while_hung < 20 && clock_type::now() < give_up; ++round) {
+    const auto start = clock_type::now();
+    write_and_verify(r, 0, 256 << 10, 100 + round);
+    worst = std::max(worst, ms_since(start));
+    if (xbd::test::resolver::hanging() > 0) ++rounds_while_hung;
+  }
+  MESSAGE(rounds_while_hung << " rounds of I/O while a lookup hung, the slowest " << worst << " ms");
+  CHECK(rounds_while_hung >= 20);
+  CHECK(worst < 500);
+  CHECK(xbd::test::resolver::hanging() == 1);
+
+  // Attempts end at the connect timeout and start again; once the name
+  // resolves, the slow channel serves.
+  xbd::test::resolver::hold(false);
+  xbd::test::resolver::release();
+  std::vector<std::byte> back(4096);
+  op_done d;
+  (*slow_channel)->read(0, back, d);
+  REQUIRE(drive(
+      r.io, [&] { return d.finished(); }, 5s));
+  CHECK_FALSE(d.ec);
+  slow_second->reset();
+  slow_channel->reset();
+  (*slow_store).reset();
 }
 
 TEST_CASE("a server that accepts but never answers fails the open within the connect timeout") {
