@@ -389,7 +389,12 @@ int run(int argc, char** argv) {
 
   // Let each worker finish what was posted to it (the rings' last clean-up)
   // and end by itself; one that does not within a few seconds is stopped.
-  for (auto& w : workers) w->guard.reset();
+  // Every vbd is gone by now: nothing is in flight on a worker's io_uring,
+  // whose reaper would otherwise wait for the next completion.
+  for (auto& w : workers) {
+    if (w->aux) asio::post(w->ioc, [aux = w->aux] { aux->close(); });
+    w->guard.reset();
+  }
   for (auto& w : workers) {
     for (int i = 0; i < 500 && !w->done; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
     if (!w->done) {

@@ -184,11 +184,13 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
     }
   }
 
-  // Waits for the eventfd while operations are in flight. It may outlive
-  // them (reap_ready() can take the last one): it then waits until the next
-  // one's completion signals, or until the ring closes.
+  // Waits for the eventfd from the first operation until the ring closes
+  // (the destructor wakes it): started once, not once per turn, which cost
+  // a coroutine's start per turn (~70 instructions per 4 KiB read). With
+  // nothing in flight no completion signals, so an idle ring's reaper
+  // sleeps.
   static asio::awaitable<void> reap(std::shared_ptr<impl> self) {
-    while (self->in_flight > 0 && !self->closed) {
+    while (!self->closed) {
       error_code ec = co_await self->wake->wait();
       if (ec || self->closed) break;
       std::uint64_t count;
@@ -196,7 +198,6 @@ struct aux_ring::impl : std::enable_shared_from_this<aux_ring::impl> {
       self->reap_ready();
     }
     self->reaping = false;
-    if (self->in_flight > 0 && !self->closed) self->start_reaper();
   }
 };
 
@@ -217,7 +218,9 @@ asio_xen::result<std::shared_ptr<aux_ring>> aux_ring::create(asio::any_io_execut
   return std::shared_ptr<aux_ring>(new aux_ring(std::move(i)));
 }
 
-aux_ring::~aux_ring() {
+aux_ring::~aux_ring() { close(); }
+
+void aux_ring::close() {
   // The owners drained before this; anything still in the kernel completes
   // there and is forgotten.
   impl_->closed = true;

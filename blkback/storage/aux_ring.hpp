@@ -45,6 +45,12 @@ class aux_ring {
   aux_ring(const aux_ring&) = delete;
   aux_ring& operator=(const aux_ring&) = delete;
 
+  // Ends the reaper's wait, on the executor's thread, once nothing is in
+  // flight any more (the worker's last clean-up): its io_context then runs
+  // out of work. Later submissions complete with errc::closed. The
+  // destructor closes as well.
+  void close();
+
   void fdatasync(int fd, aux_completion& done);
   // preadv(2) and pwritev(2) at `offset`; `v` stays valid until completed.
   // They may move less than asked (the caller continues; 0 at the end of
