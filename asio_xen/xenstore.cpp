@@ -84,6 +84,9 @@ class libxenstore_driver final : public xs_driver {
     if (!xs_rm(h_, t, path.c_str())) return xen_error(call::xs_rm);
     return {};
   }
+  // A list longer than one 4 KiB reply: xs_directory gets E2BIG and lists
+  // again with XS_DIRECTORY_PART, within the transaction too, as xenstored
+  // 4.17 allows (test/integration/test_xenstore.cpp holds it to that).
   result<std::vector<std::string>> directory(transaction_id t, const std::string& path) override {
     unsigned n = 0;
     std::unique_ptr<char*, free_deleter> v(xs_directory(h_, t, path.c_str(), &n));

@@ -29,7 +29,13 @@ logger& backend_log() {
 std::vector<unsigned> numeric_children(asio_xen::xenstore& xs, const std::string& path) {
   std::vector<unsigned> out;
   auto names = xs.directory(path);
-  if (!names) return out;
+  if (!names) {
+    // ENOENT: the directory went between two listings. Anything else hides
+    // the devices below it until the next scan, so it is said.
+    if (names.error() != boost::system::errc::no_such_file_or_directory)
+      XBD_LOG(backend_log(), warning) << "cannot list " << path << ": " << names.error().what();
+    return out;
+  }
   for (const auto& n : *names) {
     auto v = asio_xen::parse_value<unsigned>(n);
     if (v) out.push_back(*v);
