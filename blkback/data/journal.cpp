@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstring>
 
 namespace xbd::blkback {
@@ -112,6 +113,27 @@ std::size_t region_bytes(std::uint32_t ring_size, std::uint32_t max_segments) {
 
 }  // namespace
 
+namespace {
+
+// What recovery reads of a request, which layout 2's check covers: a
+// direct request's header and its segments (validate() reads nothing else
+// of it: nr_segments, within the bytes, decides how many), anything else
+// whole.
+std::size_t checked_bytes(const wire_request& w) {
+  switch (w.operation) {
+    case BLKIF_OP_READ:
+    case BLKIF_OP_WRITE:
+    case BLKIF_OP_WRITE_BARRIER:
+    case BLKIF_OP_FLUSH_DISKCACHE:
+      return offsetof(wire_request, seg) +
+             sizeof(blkif_request_segment) * std::min<std::size_t>(w.nr_segments, w.seg.size());
+    default:
+      return sizeof(wire_request);
+  }
+}
+
+}  // namespace
+
 // Each check covers the fields it guards, in the file's layout.
 std::uint64_t ring_journal::entry_check(const entry& e, std::uint64_t state) const {
   if (layout_ == 1) {
@@ -119,7 +141,8 @@ std::uint64_t ring_journal::entry_check(const entry& e, std::uint64_t state) con
     h = journal_hash(bytes_of(state), h);
     return journal_hash(bytes_of(e.request), h);
   }
-  return journal_hash2(bytes_of(e.request), journal_fold(state ^ 0x8EBC6AF09C88C6E3ull, e.ring_index + 1));
+  return journal_hash2(bytes_of(e.request).first(checked_bytes(e.request)),
+                       journal_fold(state ^ 0x8EBC6AF09C88C6E3ull, e.ring_index + 1));
 }
 
 std::uint32_t ring_journal::record_check(const record& r) const {
@@ -141,6 +164,8 @@ std::uint64_t ring_journal::descriptors_check(std::span<const blkif_request_segm
   return layout_ == 1 ? journal_hash(std::as_bytes(d), state) : journal_hash2(std::as_bytes(d), state);
 }
 
+static_assert(sizeof(wire_request) % 8 == 0 && offsetof(wire_request, seg) % 8 == 0 &&
+              sizeof(blkif_request_segment) == 8);  // journal_hash2's words
 static_assert(sizeof(ring_journal::ring_header) == 64);
 static_assert(sizeof(ring_journal::record) == 32);
 
