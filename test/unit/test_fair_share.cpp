@@ -86,6 +86,18 @@ TEST_CASE("fair share: a vbd competes for its grace after each start and not aft
   CHECK(t.s->grace() == 50ms);
 }
 
+TEST_CASE("fair share: a request started from a lease (touch) keeps its vbd competing as a start would") {
+  heavy_and_light t(50ms);
+  t.hold_heavy_back();
+  // The light vbd's ring starts requests from the lease it bought: no
+  // start(), a touch each. After two graces it still holds the heavy one.
+  for (int i = 0; i < 4; ++i) {
+    std::this_thread::sleep_for(25ms);
+    t.light->touch(fair_share::clock::now());
+  }
+  CHECK_FALSE(t.heavy->start(mib, t.hw));
+}
+
 TEST_CASE("fair share: a ring that waited a whole grace in vain goes, and the vbd that held it back loses its turn") {
   heavy_and_light t;
   t.hold_heavy_back();
