@@ -39,23 +39,18 @@ const char* what(op_kind k) {
   return "request";
 }
 
-// steady_clock::now() without libstdc++'s out-of-line wrapper: the same
-// CLOCK_MONOTONIC reading (through the vDSO), for the hot path's one or two
-// readings per request.
-std::chrono::steady_clock::time_point precise_now() {
+// The steady clock (CLOCK_MONOTONIC, which steady_clock reads) straight
+// through the vDSO, without libstdc++'s out-of-line wrapper: the hot path
+// reads it once or twice per request. CLOCK_MONOTONIC_COARSE is the same
+// clock to the kernel's tick, cheaper still: when pages were last used, for
+// decisions made in tenths of a second.
+std::chrono::steady_clock::time_point monotonic(clockid_t id) {
   timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC, &ts);
+  ::clock_gettime(id, &ts);
   return std::chrono::steady_clock::time_point(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
 }
-
-// The steady clock to the kernel's tick (CLOCK_MONOTONIC, which
-// steady_clock reads, at a fraction of the cost): when pages were last
-// used, for decisions made in tenths of a second.
-std::chrono::steady_clock::time_point coarse_now() {
-  timespec ts{};
-  ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
-  return std::chrono::steady_clock::time_point(std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec));
-}
+std::chrono::steady_clock::time_point precise_now() { return monotonic(CLOCK_MONOTONIC); }
+std::chrono::steady_clock::time_point coarse_now() { return monotonic(CLOCK_MONOTONIC_COARSE); }
 
 }  // namespace
 
@@ -362,7 +357,7 @@ asio::awaitable<void> queue::reissue() {
     slot* s = nullptr;
     bool memory = false;
     while (!stopping_) {
-      turn_start_ = std::chrono::steady_clock::now();  // admit()'s clock
+      turn_start_ = precise_now();  // admit()'s clock
       if ((s = admit(r.request, on_guest_pages(r.request), memory)) != nullptr) break;
       co_await wait_for_room(memory);
     }
