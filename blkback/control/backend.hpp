@@ -26,7 +26,7 @@ class backend {
   boost::asio::awaitable<void> run();
   void shutdown();
   // Every connected vbd compares its backing size with what it published
-  // (SIGHUP, and every resize-poll-seconds when configured).
+  // (SIGHUP).
   void check_sizes();
 
   // Devices being served now.

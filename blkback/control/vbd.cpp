@@ -971,13 +971,22 @@ void vbd::check_size() {
   if (watch_) watch_->poke();
 }
 
+void vbd::poll_size() {
+  if (!conn_ || !store_ || check_size_) return;
+  const auto size = store_->current_size();
+  const bool news = size ? size_unreadable_ || whole_sectors(*size) != published_sectors_ : !size_unreadable_;
+  if (news) check_size();
+}
+
 void vbd::apply_resize() {
   if (!conn_ || !store_) return;
   auto size = store_->current_size();
   if (!size) {
-    XBD_LOG(log_, warning) << "cannot read the size of " << store_->name() << ": " << size.error().what();
+    if (!std::exchange(size_unreadable_, true))
+      XBD_LOG(log_, warning) << "cannot read the size of " << store_->name() << ": " << size.error().what();
     return;
   }
+  if (std::exchange(size_unreadable_, false)) XBD_LOG(log_, info) << "the size of " << store_->name() << " reads again";
   const std::uint64_t sectors = whole_sectors(*size);
   if (sectors == published_sectors_) return;
   XBD_LOG(log_, info) << "resized: " << published_sectors_ << " -> " << sectors << " sectors";

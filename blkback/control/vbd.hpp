@@ -95,8 +95,13 @@ class vbd {
   void shutdown();
   // The guest may have died (@releaseDomain fired): check.
   void check_domain();
-  // The backing store may have been resized (SIGHUP, or the poll timer).
+  // The backing store may have been resized (SIGHUP): the device's
+  // coroutine looks.
   void check_size();
+  // The poll timer's look: the size compared here, the coroutine woken only
+  // when it changed or cannot be read (an idle vbd costs a stat, not a
+  // step through xenstore).
+  void poll_size();
   // A ring's store refused a flush with EOPNOTSUPP (posted by the ring):
   // withdraw flush and barrier from the frontend.
   void flush_unsupported();
@@ -198,6 +203,8 @@ class vbd {
   bool shutdown_ = false;
   bool check_domain_ = false;
   bool check_size_ = false;
+  // apply_resize() could not read the size: said once until it can again.
+  bool size_unreadable_ = false;
   bool withdraw_flush_ = false;
   // What a store's own resize notice (any thread) reaches through a post
   // to our executor: gone with us, so a late notice finds nothing.

@@ -326,6 +326,46 @@ TEST_CASE("a grown image is noticed without a signal, by default") {
   CHECK(eventually([&] { return env.read(backend(5) + "/sectors") == std::to_string((12 << 20) / 512); }, 5s));
 }
 
+// What the kernel counts of a process's write-family system calls
+// (/proc/PID/io `syscw`): the daemon's only writes while idle would be to
+// xenstore, its log, or an event channel.
+static std::uint64_t write_calls(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/io");
+  std::string key;
+  std::uint64_t value = 0;
+  while (in >> key >> value)
+    if (key == "syscw:") return value;
+  return 0;
+}
+
+TEST_CASE("idle vbds cost no xenstore traffic: the size poll looks at the files only") {
+  sim_env env;
+  env.create_guest(5);
+  std::string devids;
+  for (unsigned i = 0; i < 16; ++i) {
+    const std::string vdev = std::string("xvd") + static_cast<char>('a' + i);
+    const auto devid =
+        add_disk(env, 5, env.make_image("idle" + std::to_string(i) + ".img", 1 << 20), true, false, vdev);
+    devids += (devids.empty() ? "" : ",") + std::to_string(devid);
+  }
+  env.start_daemon();
+  auto fe = env.start_frontend(5, {"--devid", devids, "--rw", "none", "--hold", "0"}, "hold");
+  REQUIRE(both_connected(env, 5, xvda + 15 * 16));
+  REQUIRE(both_connected(env, 5, xvda));
+  std::this_thread::sleep_for(1s);
+  // resize-poll-seconds is 1: three polls of 16 vbds. Each used to step the
+  // vbd through xenstore (three requests, a write each).
+  const auto before = write_calls(env.daemon().pid());
+  std::this_thread::sleep_for(3s);
+  const auto writes = write_calls(env.daemon().pid()) - before;
+  CHECK(writes < 16);
+  // The poll still notices a grown image.
+  std::filesystem::resize_file(env.dir() / "idle3.img", 2 << 20);
+  CHECK(eventually([&] { return env.read(backend(5, xvda + 3 * 16) + "/sectors") == "4096"; }, 5s));
+  fe->signal(SIGTERM);
+  (void)fe->wait(10s);
+}
+
 TEST_CASE("a cdrom is served read-only with VDISK_CDROM") {
   sim_env env;
   env.create_guest(5);
