@@ -81,7 +81,7 @@ struct queue::slot {
     std::byte* at;
   };
   std::vector<spilled_page> spilled;
-  std::unique_ptr<std::byte, decltype(&std::free)> spill{nullptr, &std::free};
+  buffer_cache::chunk spill;
   frame_arena frame;  // serve()'s coroutine frame
 
   std::span<std::byte> data() const { return {buf.data, req.length}; }
@@ -849,14 +849,23 @@ std::byte* queue::map_own(slot& s) {
   return s.grants.bytes().data();
 }
 
-// Bounce pages for `n` pages that are copied rather than mapped, within
-// the budget the request holds for them (page_charge). On Linux 6.1's
-// gntdev, O_DIRECT on a page mapped for one request can leave its unmap
-// pending after the response (docs/architecture.md, "Moving the data").
+// Bounce pages for `n` pages that are copied rather than mapped, from the
+// ring's buffer cache. On Linux 6.1's gntdev, O_DIRECT on a page mapped for
+// one request can leave its unmap pending after the response
+// (docs/architecture.md, "Moving the data"). The request was charged for
+// mapping these pages (page_charge); the chunk carries its own charge
+// instead, taken first so that the budget is never shown room that is not
+// there. A ring past its persistent set is busy: it waits for nobody here.
 std::byte* queue::spill_pages(slot& s, std::size_t n) {
-  s.spill.reset(static_cast<std::byte*>(std::aligned_alloc(xen::page_size, n * xen::page_size)));
-  if (!s.spill) grant_failed(s, "bounce page", error_code(ENOMEM, boost::system::generic_category()));
-  return s.spill.get();
+  const std::size_t bytes = n * xen::page_size;
+  s.spill = buffers_.take(bytes, true, *memory_wake_).value_or(buffer_cache::chunk{});
+  if (s.spill.data == nullptr) {
+    grant_failed(s, "bounce page", error_code(ENOMEM, boost::system::generic_category()));
+    return nullptr;
+  }
+  buffers_.account().shrink(bytes);
+  s.page_charge -= bytes;
+  return s.spill.data;
 }
 
 // Before the response: a guest may reuse or revoke its pages once answered.
@@ -868,7 +877,7 @@ void queue::unmap_pages(slot& s) {
   s.held.clear();
   s.grants.reset();
   s.spilled.clear();
-  s.spill.reset();
+  if (s.spill.data != nullptr) buffers_.give(std::exchange(s.spill, {}), coarse_now());
 }
 
 // One piece of the I/O, joined to the one before when they touch (the
