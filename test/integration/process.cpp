@@ -95,6 +95,22 @@ void process::signal(int sig) {
   if (running()) ::kill(pid_, sig);
 }
 
+bool process::pause(std::chrono::milliseconds limit) {
+  if (!running()) return false;
+  ::kill(pid_, SIGSTOP);
+  const auto stat = "/proc/" + std::to_string(pid_) + "/stat";
+  return eventually(
+      [&] {
+        // The state is the field after the command's closing parenthesis.
+        std::ifstream in(stat);
+        std::string line;
+        std::getline(in, line);
+        const auto end = line.rfind(')');
+        return end != std::string::npos && end + 2 < line.size() && line[end + 2] == 'T';
+      },
+      limit);
+}
+
 std::optional<int> process::wait(std::chrono::milliseconds limit) {
   eventually([&] { return !running(); }, limit);
   return status_;

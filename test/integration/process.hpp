@@ -3,7 +3,9 @@
 #pragma once
 
 #include <sys/types.h>
+
 #include <chrono>
+#include <csignal>
 #include <filesystem>
 #include <optional>
 #include <string>
@@ -24,6 +26,10 @@ class process {
   pid_t pid() const { return pid_; }
   bool running();
   void signal(int sig);
+  // SIGSTOP, then waits (bounded) until the kernel shows it stopped, so that
+  // it handles nothing more until resume(). False if it did not stop.
+  bool pause(std::chrono::milliseconds limit = std::chrono::seconds(5));
+  void resume() { signal(SIGCONT); }
   // Exit status (or 128+signal), or nullopt if it did not end in time.
   std::optional<int> wait(std::chrono::milliseconds limit);
   std::string output() const;

@@ -51,6 +51,7 @@ class driver_domain {
   // themselves).
   ~driver_domain() {
     if (devd_ && devd_->running()) {
+      devd_->resume();  // if a failed check left it paused
       devd_->signal(SIGTERM);
       (void)devd_->wait(10s);
     }
@@ -76,6 +77,22 @@ class driver_domain {
   }
 
   void start_daemon() { env_.start_daemon({}, env()); }
+
+  // `xl block-detach` (safe remove) of a guest's disk served here. libxl
+  // reads the backend state only after a watch event, and xl devd removes
+  // the directory as soon as it reads Closed with online 0: when devd wins
+  // (a loaded machine), libxl finds the node gone and fails, real libxl as
+  // well. Holding devd until libxl has read Closed gives the order libxl
+  // counts on, and leaves it to the daemon alone to reach Closed.
+  xbd::sim::remove_result block_detach(unsigned guest, unsigned devid) {
+    REQUIRE(devd_);
+    REQUIRE(devd_->pause());
+    xbd::sim::remove_options o{10s, xbd::sim::remove_mode::safe};
+    o.on_closed = [&] { devd_->resume(); };
+    auto r = env_.toolstack().remove_disk(guest, devid, o);
+    devd_->resume();  // also when the wait failed
+    return r;
+  }
 
   // A disk of `guest` served here: `xl block-attach guest 'backend=storage, ...'`.
   void add_disk(unsigned guest, const std::filesystem::path& image, const std::string& vdev = "xvda") {
@@ -167,17 +184,22 @@ TEST_CASE("dom0 unplugs a driver domain's disks, idle and connected: the daemon 
   dd.start_daemon();
   auto fe = env.start_frontend(5, {"--devid", std::to_string(xvdb), "--rw", "none", "--hold", "0"}, "hold");
   REQUIRE(both_connected(env, 5, xvdb));
-  REQUIRE(env.read(backend(5, xvda) + "/state") == xenbus::init_wait);
+  REQUIRE(eventually([&] { return env.read(backend(5, xvda) + "/state") == xenbus::init_wait; }));
+  // xl devd has taken up both disks. It reads state and online when it
+  // handles an event, not when the event fired: events still queued behind
+  // its spawn for xvda would read as the unplug, and xvda removed while it
+  // counted one disk of the guest would end the guest's device model.
+  REQUIRE(dd.devd_shows("added " + backend(5, xvdb)));
 
-  auto idle = env.toolstack().remove_disk(5, xvda, {10s, xbd::sim::remove_mode::safe});
-  CHECK(idle.ok());
+  auto idle = dd.block_detach(5, xvda);
+  CHECK_MESSAGE(idle.ok(), idle.error);
   CHECK(idle.closed);
   CHECK_FALSE(env.read(backend(5, xvda)).has_value());
   CHECK(dd.devd_shows("removed " + backend(5, xvda)));
   CHECK(env.read("/local/domain/3/device-model/5/state") == "running");  // xvdb still needs it
 
-  auto connected = env.toolstack().remove_disk(5, xvdb, {10s, xbd::sim::remove_mode::safe});
-  CHECK(connected.ok());
+  auto connected = dd.block_detach(5, xvdb);
+  CHECK_MESSAGE(connected.ok(), connected.error);
   CHECK(fe->wait(10s) == 0);
   CHECK_FALSE(env.read(backend(5, xvdb)).has_value());
   CHECK(env.log_shows("[d5/51728 xvdb] unplugged by the toolstack"));

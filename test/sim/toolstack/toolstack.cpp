@@ -368,7 +368,7 @@ bool initiate_remove(xs_client& xs, const device& dev, bool forced) {
 // collects what happened; `remove` returns with result.error set when libxl
 // would report failure.
 void generic_remove(xs_client& xs, const device& dev, force_flag force, std::chrono::milliseconds timeout,
-                    remove_result& result) {
+                    const std::function<void()>& on_closed, remove_result& result) {
   const std::string be = dev.be_path();
   const std::string state_path = be + "/state";
 
@@ -412,6 +412,7 @@ void generic_remove(xs_client& xs, const device& dev, force_flag force, std::chr
     result.timed_out = false;
     break;
   }
+  if (on_closed) on_closed();
 
   // device_hotplug: a backend in a driver domain removes its own directory;
   // libxl waits for that. Nothing else runs for a qdisk backend.
@@ -784,7 +785,7 @@ remove_result toolstack::remove_disk(unsigned domid, std::uint32_t devid, const 
     }
     return result;
   }
-  generic_remove(xs_, dev, force, opts.timeout, result);
+  generic_remove(xs_, dev, force, opts.timeout, opts.on_closed, result);
   return result;
 }
 

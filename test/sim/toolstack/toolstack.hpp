@@ -136,6 +136,13 @@ struct remove_options {
   // LIBXL_DESTROY_TIMEOUT (10 s) per wait. In `remove` mode there may be two.
   std::chrono::milliseconds timeout{10000};
   remove_mode mode = remove_mode::remove;
+  // Called once the wait has read Closed (libxl's device_backend_callback),
+  // before the wait for a driver domain to remove the backend directory.
+  // libxl reads the state only after each watch event, so an xl devd that
+  // removes the directory right after the backend's Closed can win and make
+  // the wait see the node removed (an error, as with real libxl). A test
+  // that holds xl devd until here orders the two as libxl expects.
+  std::function<void()> on_closed{};
 };
 
 struct remove_result {
