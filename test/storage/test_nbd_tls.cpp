@@ -46,18 +46,19 @@ struct psk_server {
   }
 };
 
-// A server on 127.0.0.1 with a certificate for `name`, which checks ours.
+// A server on 127.0.0.1 with a certificate for `name`, which checks ours
+// if `verify_peer`.
 struct x509_server {
   temp_dir dir;
   xbd::test::x509_dirs certs;
   nbd_server srv;
 
-  explicit x509_server(const std::string& name)
+  explicit x509_server(const std::string& name, bool verify_peer = true)
       : certs(xbd::test::make_x509(dir.path(), name)), srv([&] {
           server_options o;
           o.tcp = true;
           o.tls_certificates = certs.server;
-          o.tls_verify_peer = true;
+          o.tls_verify_peer = verify_peer;
           return o;
         }()) {}
 
@@ -210,7 +211,11 @@ TEST_CASE("X.509 from libnbd's default directory: verified against the host name
     r.open_channel();
     write_and_verify(r, 0, 1 << 20, 22);
   }
+  // Without a CA there, libnbd would take any server: one whose
+  // certificate no CA of ours signed, and which checks no client.
   fs::remove(home.path() / ".pki" / "libnbd" / "ca-cert.pem");
+  x509_server stranger("localhost", false);
+  t.port = stranger.srv.target().port;
   {
     ordinary_user u(home.path());
     rig r;
@@ -293,23 +298,27 @@ TEST_CASE("a missing or unreadable tls-psk-file fails the open before connecting
 }
 
 TEST_CASE("a certificates directory without a CA, or half a client pair, fails the open before connecting") {
-  x509_server s("localhost");
-  auto t = s.target("localhost");
-  // Without ca-cert.pem libnbd would skip the directory and take the
-  // server unchecked.
-  fs::remove(s.certs.client / "ca-cert.pem");
+  // Without ca-cert.pem libnbd would skip the directory and take any
+  // server: one whose certificate no CA of ours signed, and which checks
+  // no client.
+  x509_server stranger("localhost", false);
+  temp_dir mine;
+  const auto ours = xbd::test::make_x509(mine.path(), "localhost");
+  fs::remove(ours.client / "ca-cert.pem");
+  auto t = stranger.target("localhost");
+  t.tls_certificates = ours.client.string();
   rig r;
   CHECK(open_fails(r, t) == boost::system::errc::no_such_file_or_directory);
   CHECK(has(r.detail, "the tls-certificates directory \"" + t.tls_certificates + "\" has no usable ca-cert.pem"));
   CHECK(has(r.detail, "would accept any server"));
 
-  fs::copy_file(s.dir.path() / "ca-cert.pem", s.certs.client / "ca-cert.pem");
-  fs::remove(s.certs.client / "client-key.pem");
+  fs::copy_file(mine.path() / "ca-cert.pem", ours.client / "ca-cert.pem");
+  fs::remove(ours.client / "client-key.pem");
   rig half;
   CHECK(open_fails(half, t));
   CHECK(has(half.detail, "has client-cert.pem but no readable client-key.pem"));
 
-  t.tls_certificates = (s.dir.path() / "nowhere").string();
+  t.tls_certificates = (mine.path() / "nowhere").string();
   rig missing;
   CHECK(open_fails(missing, t) == boost::system::errc::no_such_file_or_directory);
   CHECK(has(missing.detail, "cannot use the tls-certificates directory \"" + t.tls_certificates + "\""));
