@@ -1,5 +1,7 @@
 #include "blkback/storage/nbd_link.hpp"
 
+#include "blkback/storage/nbd_tls.hpp"
+
 #include <arpa/inet.h>
 #include <netdb.h>
 #include <sys/epoll.h>
@@ -25,6 +27,7 @@ using asio_xen::error_code;
 
 const asio_xen::xen_call_category connect_call{"nbd_aio_connect_uri"};
 const asio_xen::xen_call_category resolve_call{"getaddrinfo"};
+const asio_xen::xen_call_category tls_call{"TLS credentials"};
 
 namespace {
 
@@ -280,13 +283,15 @@ bool needs_lookup(const nbd_target& t) {
 // libnbd checks a server's certificate against the host name it was given
 // to connect to; since libnbd 1.22 it can be told the name apart from the
 // address. Without that, a certificate over TLS is checked against the name
-// only if libnbd resolves it itself (PSK has no host name to check).
+// only if libnbd resolves it itself. Certificates are used whenever the URI
+// names no PSK file (from tls-certificates, or libnbd's default directory);
+// a PSK has no host name to check.
 bool lookup_keeps_tls_name(const nbd_target& t) {
 #ifdef LIBNBD_HAVE_NBD_SET_TLS_HOSTNAME
   (void)t;
   return true;
 #else
-  return !t.tls || t.tls_certificates.empty();
+  return !t.tls || !t.tls_psk_file.empty();
 #endif
 }
 
@@ -343,8 +348,8 @@ asio::awaitable<error_code> resolve(const connect_state& s, const nbd_target& t,
 asio::awaitable<error_code> attempt(const connect_state& s, const std::string& uri, const nbd_target& t,
                                     bool local_files) {
   link& l = *s.l;
-  auto fail = [&l, &s](int fallback) {
-    *s.detail = l.why();
+  auto fail = [&l, &s, &t](int fallback) {
+    *s.detail = explain_failure(t, l.why());
     return asio_xen::xen_error(connect_call, l.error_number() ? l.error_number() : fallback);
   };
   if (!l.handle()) co_return fail(ENOMEM);
@@ -359,8 +364,6 @@ asio::awaitable<error_code> attempt(const connect_state& s, const std::string& u
 #ifdef LIBNBD_HAVE_NBD_SET_TLS_HOSTNAME
   // The certificate is the name's, whichever address it was reached at.
   if (t.tls && !t.host.empty()) nbd_set_tls_hostname(l.handle(), t.host.c_str());
-#else
-  (void)t;
 #endif
   if (nbd_aio_connect_uri(l.handle(), uri.c_str()) == -1) {
     l.note_error();
@@ -390,6 +393,9 @@ asio::awaitable<error_code> connect(std::shared_ptr<link> l, std::shared_ptr<soc
   // The deadline wakes the wait; the flag is this attempt's own, so a late
   // timer of an attempt that has finished changes nothing but a spurious
   // wake-up (which the waits all tolerate).
+  // Credentials that cannot be used fail here, before a connection that
+  // libnbd would make without them (nbd_tls.hpp says why).
+  if (int err = 0; !(detail = check_tls_credentials(t, err)).empty()) co_return asio_xen::xen_error(tls_call, err);
   connect_state s{std::move(l), std::move(w), std::make_shared<bool>(false), limit, &detail};
   asio::steady_timer deadline(co_await asio::this_coro::executor, limit);
   deadline.async_wait([expired = s.expired, weak = std::weak_ptr<socket_watch>(s.w)](const error_code& ec) {

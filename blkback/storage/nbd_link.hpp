@@ -91,17 +91,20 @@ class link {
 };
 
 // What connection attempts fail with: libnbd's errno, in a category that
-// names the call; a host name that cannot be resolved, in getaddrinfo's.
+// names the call; a host name that cannot be resolved, in getaddrinfo's;
+// TLS credential files that cannot be used (nbd_tls.hpp), in their own.
 extern const asio_xen::xen_call_category connect_call;
 extern const asio_xen::xen_call_category resolve_call;
+extern const asio_xen::xen_call_category tls_call;
 
 // Connects `l` to `t` and negotiates, within `limit` (ETIMEDOUT), with `w`
 // watching its socket; operation_aborted once `w` is closed. A host name is
 // resolved first, on a thread of its own and within the same limit (a dead
 // DNS server must not hold the ring's thread), and each of its addresses is
-// tried in turn. On failure `detail` says why (libnbd's message, or the
-// resolver's). `local_files`: the URI names TLS files, which libnbd reads
-// only if allowed to.
+// tried in turn. TLS credentials are checked first (nbd_tls.hpp). On
+// failure `detail` says why (libnbd's message, explained if about TLS, or
+// the resolver's). `local_files`: the URI names TLS files, which libnbd
+// reads only if allowed to.
 boost::asio::awaitable<asio_xen::error_code> connect(std::shared_ptr<link> l, std::shared_ptr<socket_watch> w,
                                                      nbd_target t, bool local_files, std::chrono::milliseconds limit,
                                                      std::string& detail);

@@ -395,6 +395,14 @@ nbd_parse parse_nbd_uri(std::string_view t) {
   }
   if (unix_socket && !have_socket)
     return nbd_problem("NBD URI " + q + " names no socket: expected " + scheme + ":///EXPORT?socket=/PATH");
+  // libnbd would use the PSK and ignore the certificates without a word.
+  if (!n.tls_psk_file.empty() && !n.tls_certificates.empty())
+    return nbd_problem("NBD URI " + q + " gives both tls-psk-file and tls-certificates: name one");
+  // Without a user libnbd takes $LOGNAME or the login name, which a service
+  // has none of (getlogin_r fails without a terminal).
+  if (!n.tls_psk_file.empty() && !username)
+    return nbd_problem("NBD URI " + q + " gives a tls-psk-file but no user: write " + scheme +
+                       "://USER@... or add tls-username=USER (the PSK identity)");
   if (username) n.tls_username = std::move(*username);
   return {std::move(n), {}};
 }

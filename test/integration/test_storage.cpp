@@ -9,6 +9,7 @@
 #include <csignal>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 using namespace xbd::test;
@@ -78,6 +79,19 @@ run_result tool(sim_env& env, std::vector<std::string> argv) {
   return run(std::move(argv), {}, env.dir() / "tool.log", 60s);
 }
 
+// A PSK file ("USER:KEY", the key in hex) with a new random key; the key.
+std::string write_psk_file(const std::filesystem::path& file, const std::string& user) {
+  std::ifstream random("/dev/urandom", std::ios::binary);
+  std::string key;
+  for (int i = 0; i < 32; ++i) {
+    const auto b = static_cast<unsigned char>(random.get());
+    key += "0123456789abcdef"[b >> 4];
+    key += "0123456789abcdef"[b & 0xf];
+  }
+  std::ofstream(file) << user << ":" << key << "\n";
+  return key;
+}
+
 }  // namespace
 
 TEST_CASE("storage: verified reads, writes, flushes and discards through an NBD export on a unix socket") {
@@ -107,6 +121,39 @@ TEST_CASE("storage: an NBD export over TCP in QEMU's nbd:HOST:PORT spelling") {
   auto r = env.run_frontend(
       5, {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "16", "--ios", "2000", "--verify"});
   check_clean(r);
+}
+
+TEST_CASE("storage: a disk on nbds:// with a PSK serves verified I/O, a wrong key is refused, no key is logged") {
+  sim_env env;  // the log at debug: everything the daemon might say
+  env.create_guest(5);
+  const auto psk = env.dir() / "server.psk";
+  const std::string key = write_psk_file(psk, "xen");
+  const auto wrong = env.dir() / "wrong.psk";
+  const std::string wrong_key = write_psk_file(wrong, "xen");
+  const std::string port = std::to_string(20000 + ((::getpid() + 7919) % 20000));
+  process server({bin("nbdkit"), "--foreground", "--exit-with-parent", "-i", "127.0.0.1", "-p", port, "--tls=require",
+                  "--tls-psk=" + psk.string(), "memory", "32M"},
+                 {}, env.dir() / "tls.log");
+  const std::string uri = "nbds://xen@127.0.0.1:" + port + "/?tls-psk-file=";
+  REQUIRE(eventually([&] { return tool(env, {"nbdinfo", "--size", uri + psk.string()}).status == 0; }, 10s));
+  env.add_disk(5, uri + psk.string());
+  env.add_disk(5, uri + wrong.string(), "xvdb");
+  env.start_daemon();
+  auto r = env.run_frontend(5, {"--devid", "51712", "--rw", "randrw", "--bs", "4096", "--qd", "16", "--ios", "2000",
+                                "--flush-every", "16", "--discard-pct", "10", "--verify"});
+  check_clean(r);
+  std::optional<std::string> refused;
+  REQUIRE(eventually([&] { return (refused = env.read(backend(5, xvdb) + "/error")).has_value(); }, 15s));
+  CHECK(refused->find("TLS with a pre-shared key failed") != std::string::npos);
+  CHECK(env.stop_daemon() == 0);
+  const std::string log = env.daemon_log();
+  CHECK(log.find("over TLS") != std::string::npos);
+  CHECK(log.find("pre-shared key failed") != std::string::npos);
+  CHECK(log.find(key) == std::string::npos);
+  CHECK(log.find(wrong_key) == std::string::npos);
+  // Nor a piece of either key long enough to matter.
+  for (const auto& k : {key, wrong_key})
+    for (std::size_t at = 0; at + 16 <= k.size(); at += 8) CHECK(log.find(k.substr(at, 16)) == std::string::npos);
 }
 
 TEST_CASE("storage: an NBD server killed mid-workload and restarted: requests wait and the guest sees no error") {

@@ -1,6 +1,8 @@
 // An nbdkit of a test's own, in a private directory, on a unix socket or on a
-// free TCP port of 127.0.0.1; killed (if still running) and its directory
-// removed when the object goes. Every wait is bounded.
+// free TCP port of 127.0.0.1, with TLS or without; killed (if still
+// running) and its directory removed when the object goes. Every wait is
+// bounded. Also the TLS credentials for it: PSK files and X.509
+// certificates, made at test time.
 #pragma once
 
 #include "blkback/storage/spec.hpp"
@@ -34,6 +36,11 @@ class nbd_server {
     std::vector<std::string> filters;                     // "error", "delay", ...
     std::vector<std::string> plugin = {"memory", "64M"};  // the plugin and its parameters
     std::vector<std::string> params;                      // the filters' parameters
+    // TLS (nbdkit-tls(1)): required with a PSK file or a certificates
+    // directory (x509_dirs::server), refused (--tls=off) with neither.
+    std::filesystem::path tls_psk;
+    std::filesystem::path tls_certificates;
+    bool tls_verify_peer = false;  // the client must show a certificate of the CA's
   };
 
   explicit nbd_server(options o);
@@ -68,5 +75,20 @@ class nbd_server {
 
 // A free TCP port on 127.0.0.1 (free when asked: a race nobody else here runs).
 unsigned free_tcp_port();
+
+// A PSK file as nbdkit and libnbd read it ("USER:KEY", the key in hex) with
+// a new random key for `user`; the key, for tests that look for it.
+std::string write_psk_file(const std::filesystem::path& file, const std::string& user);
+
+// X.509 credentials made with openssl under `dir`: a CA of their own, the
+// server's directory as nbdkit reads it (ca-cert.pem, server-cert.pem for
+// `server_name`, server-key.pem) and the client's as libnbd reads it
+// (ca-cert.pem, client-cert.pem, client-key.pem). Throws with openssl's
+// words if it fails (openssl missing among them).
+struct x509_dirs {
+  std::filesystem::path server;
+  std::filesystem::path client;
+};
+x509_dirs make_x509(const std::filesystem::path& dir, const std::string& server_name);
 
 }  // namespace xbd::test

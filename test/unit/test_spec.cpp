@@ -351,6 +351,16 @@ TEST_SUITE("params: refusals") {
     refused("raw:nbds://a@h/e?tls-username=b", {"twice"});
   }
 
+  TEST_CASE("a PSK file without a user, or with certificates too, is refused") {
+    // libnbd would take the login name, which a service has none of.
+    refused("raw:nbds://h/e?tls-psk-file=/k", {"no user", "nbds://USER@", "tls-username=USER"});
+    refused("raw:nbds+unix:///e?socket=/s&tls-psk-file=/k", {"no user", "nbds+unix://USER@"});
+    CHECK(accepted_nbd("raw:nbds://h/e?tls-psk-file=/k&tls-username=a").tls_username == "a");
+    // libnbd would use the PSK and ignore the certificates.
+    refused("raw:nbds://a@h/e?tls-psk-file=/k&tls-certificates=/c", {"both", "name one"});
+    CHECK(accepted_nbd("raw:nbds://h/e?tls-certificates=/c").tls_username.empty());
+  }
+
   TEST_CASE("malformed percent escapes and fragments are refused") {
     refused("raw:nbd://h/a%2", {"'%'"});
     refused("raw:nbd://h/a%zz", {"'%'"});
