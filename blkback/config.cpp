@@ -83,6 +83,7 @@ constexpr known_key layout[] = {
     {"io", "worker-threads"},
     {"io", "discard"},
     {"io", "resize-poll-seconds"},
+    {"io", "open-timeout-seconds"},
     {"io", "sector-size"},
     {"io", "buffer-memory"},
     {"io", "journal"},
@@ -391,6 +392,7 @@ void read_io(reader& r, const toml::table* t, settings& s) {
   r.read(t, "io", "worker-threads", 0, limits::max_worker_threads, s.worker_threads);
   r.read(t, "io", "discard", s.discard);
   r.read(t, "io", "resize-poll-seconds", 0, limits::max_resize_poll_seconds, s.resize_poll_seconds);
+  r.read(t, "io", "open-timeout-seconds", 1, limits::max_open_timeout_seconds, s.open_timeout_seconds);
   if (const auto v = r.integer(t, "io", "sector-size")) {
     if (v->second != 0 && !valid_sector_size(v->second))
       r.problem(*v->first,
@@ -653,6 +655,7 @@ std::string describe(const settings& s) {
   d += " worker-threads=" + or_auto(s.worker_threads);
   d += std::string(" discard=") + (s.discard ? "true" : "false");
   d += " resize-poll-seconds=" + std::to_string(s.resize_poll_seconds);
+  d += " open-timeout-seconds=" + std::to_string(s.open_timeout_seconds);
   d += " sector-size=" + or_auto(s.sector_size);
   d += " buffer-memory=" + format_size(s.buffer_memory);
   d += std::string(" journal=") + (s.journal ? "true" : "false");

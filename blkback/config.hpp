@@ -52,6 +52,7 @@ inline constexpr unsigned direct_segments = 11;
 // xen.h: DOMID_FIRST_RESERVED - 1.
 inline constexpr unsigned max_domid = 0x7FEF;
 inline constexpr unsigned max_resize_poll_seconds = 24 * 60 * 60;
+inline constexpr unsigned max_open_timeout_seconds = 60 * 60;
 // The buffer memory budget: room for one largest request (4096 segments of
 // 4 KiB) at the least, and an upper bound no host will meet by mistake.
 inline constexpr std::uint64_t min_buffer_memory = std::uint64_t{16} << 20;
@@ -149,6 +150,10 @@ struct settings {
   bool discard = true;
   // 0 = look at the backing size only on SIGHUP.
   unsigned resize_poll_seconds = 1;
+  // How long opening a local file or device (and reading its size) may
+  // take before its vbd gives up: a file system that does not answer
+  // (blkback/storage/off_thread.hpp). 1..3600.
+  unsigned open_timeout_seconds = 30;
   // The logical sector size advertised (`sector-size`): 0 = decided per
   // connection from the store and the frontend (docs/protocol.md), else
   // 512, 1024, 2048 or 4096 for every vbd without its own

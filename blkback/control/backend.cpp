@@ -93,7 +93,7 @@ void backend::shutdown() {
 
 void backend::check_sizes() {
   for (auto& [id, e] : devices_)
-    if (!e.finished) e.device->check_size();
+    if (!e.finished) e.device->poll_size(ex_);
 }
 
 asio::awaitable<void> backend::poll_sizes() {
@@ -101,11 +101,9 @@ asio::awaitable<void> backend::poll_sizes() {
   while (!shutdown_) {
     timer.expires_after(std::chrono::seconds(ctx_.cfg.resize_poll_seconds));
     co_await timer.async_wait(asio::as_tuple(asio::use_awaitable));
-    if (shutdown_) break;
     // The cheap look (vbd::poll_size): with a thousand idle vbds a step of
     // each through xenstore every second was most of the daemon's idle CPU.
-    for (auto& [id, e] : devices_)
-      if (!e.finished) e.device->poll_size();
+    if (!shutdown_) check_sizes();
   }
 }
 

@@ -2,6 +2,7 @@
 
 #include <boost/asio/as_tuple.hpp>
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <boost/asio/experimental/channel.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
@@ -97,6 +98,7 @@ vbd::~vbd() = default;
 
 void vbd::shutdown() {
   shutdown_ = true;
+  open_stop_.stop();
   if (watch_) watch_->poke();
 }
 
@@ -289,7 +291,7 @@ asio::awaitable<void> vbd::run() {
   auto known = ctx_.xs.is_domain_introduced(id_.frontend_domid);
   domain_was_known_ = known && *known;
   if (auto p = co_await open_store(*keys)) {
-    fail(*p);
+    if (!shutdown_) fail(*p);  // at shutdown the guest-visible state stays as it is
     co_return;
   }
   if (auto p = co_await resume_or_publish()) {
@@ -355,6 +357,7 @@ bool vbd::watch_keys() {
 asio::awaitable<std::optional<vbd::problem>> vbd::open_store(const backend_keys& keys) {
   storage::open_request req{keys.spec, std::to_string(id_.frontend_domid) + "-" + std::to_string(id_.devid),
                             keys.choices.writable, ctx_.cfg.direct_io, keys.direct_io};
+  req.stop = &open_stop_;
   opened_with_ = req;
   const std::string what = storage::describe(keys.spec);
   std::string detail;
@@ -824,6 +827,7 @@ asio::awaitable<std::optional<vbd::problem>> vbd::reopen_buffered(std::uint32_t 
   XBD_LOG(log_, warning) << store_->name() << ": O_DIRECT dropped: it needs " << store_->props().io_alignment
                          << "-byte units and the frontend gets " << sector << "-byte sectors";
   auto old = std::exchange(store_, std::move(opened->st));
+  req.stop = &open_stop_;
   opened_with_ = req;
   co_await old->close();
   co_return std::nullopt;
@@ -971,16 +975,55 @@ void vbd::check_size() {
   if (watch_) watch_->poke();
 }
 
-void vbd::poll_size() {
+void vbd::poll_size(const asio::any_io_executor& ex) {
   if (!conn_ || !store_ || check_size_) return;
-  const auto size = store_->current_size();
+  auto read = store_->size_reader();
+  if (!read) {
+    size_read(store_->current_size());
+    return;
+  }
+  const std::chrono::seconds bound(ctx_.cfg.open_timeout_seconds);
+  if (probe_busy_->exchange(true)) {
+    if (!std::exchange(probe_stall_said_, true))
+      XBD_LOG(log_, warning) << "the size of " << store_->name()
+                             << " is still being read: its file system does not answer";
+    return;
+  }
+  probe_stall_said_ = false;
+  auto call = [read = std::move(read), busy = probe_busy_] {
+    auto size = read();
+    busy->store(false);
+    return size;
+  };
+  asio::co_spawn(ex, probe_size(self_, std::move(call), bound), asio::detached);
+}
+
+asio::awaitable<void> vbd::probe_size(std::weak_ptr<vbd*> self, std::function<asio_xen::result<std::uint64_t>()> read,
+                                      std::chrono::seconds bound) {
+  auto [end, size] =
+      co_await storage::run_off_thread<asio_xen::result<std::uint64_t>>(std::move(read), bound, nullptr, false);
+  auto v = self.lock();
+  if (!v) co_return;  // the vbd is gone meanwhile
+  vbd& d = **v;
+  if (end == storage::off_thread_end::timed_out && !std::exchange(d.probe_stall_said_, true))
+    XBD_LOG(d.log_, warning) << "reading the size of " << (d.store_ ? d.store_->name() : std::string("the store"))
+                             << ": " << storage::describe_stall(end, bound);
+  if (size && d.conn_ && d.store_) d.size_read(std::move(*size));
+}
+
+// A size read: the device's coroutine is woken only for news.
+void vbd::size_read(asio_xen::result<std::uint64_t> size) {
   const bool news = size ? size_unreadable_ || whole_sectors(*size) != published_sectors_ : !size_unreadable_;
-  if (news) check_size();
+  if (!news || check_size_) return;
+  probed_size_ = std::move(size);
+  check_size();
 }
 
 void vbd::apply_resize() {
   if (!conn_ || !store_) return;
-  auto size = store_->current_size();
+  // Read off the control thread when it may block; asked now when not.
+  auto size = probed_size_ ? std::move(*probed_size_) : store_->current_size();
+  probed_size_.reset();
   if (!size) {
     if (!std::exchange(size_unreadable_, true))
       XBD_LOG(log_, warning) << "cannot read the size of " << store_->name() << ": " << size.error().what();

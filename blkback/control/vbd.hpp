@@ -22,6 +22,7 @@
 #include "blkback/log.hpp"
 #include "blkback/platform.hpp"
 #include "blkback/ring/abi.hpp"
+#include "blkback/storage/off_thread.hpp"
 #include "blkback/storage/storage.hpp"
 
 #include <boost/asio/any_io_executor.hpp>
@@ -98,10 +99,12 @@ class vbd {
   // The backing store may have been resized (SIGHUP): the device's
   // coroutine looks.
   void check_size();
-  // The poll timer's look: the size compared here, the coroutine woken only
-  // when it changed or cannot be read (an idle vbd costs a stat, not a
-  // step through xenstore).
-  void poll_size();
+  // The poll timer's look, and SIGHUP's: the size compared here, the
+  // coroutine woken only when it changed or cannot be read (an idle vbd
+  // costs a stat, not a step through xenstore). A size that can take a file
+  // system's time is read on a thread of its own (storage/off_thread.hpp),
+  // one read at a time; `ex` is the control thread's.
+  void poll_size(const boost::asio::any_io_executor& ex);
   // A ring's store refused a flush with EOPNOTSUPP (posted by the ring):
   // withdraw flush and barrier from the frontend.
   void flush_unsupported();
@@ -174,6 +177,10 @@ class vbd {
   std::optional<problem> start_queues(const transport& t, boost::asio::any_io_executor control, bool reattach);
   std::optional<problem> publish_disk();
   boost::asio::awaitable<std::optional<problem>> connect(bool reattach);
+  void size_read(asio_xen::result<std::uint64_t> size);
+  static boost::asio::awaitable<void> probe_size(std::weak_ptr<vbd*> self,
+                                                 std::function<asio_xen::result<std::uint64_t>()> read,
+                                                 std::chrono::seconds bound);
   void apply_resize();
   boost::asio::awaitable<void> disconnect();
   boost::asio::awaitable<void> release_queues(std::shared_ptr<connection> c);
@@ -205,6 +212,14 @@ class vbd {
   bool check_size_ = false;
   // apply_resize() could not read the size: said once until it can again.
   bool size_unreadable_ = false;
+  // What a size read off the control thread found, for apply_resize().
+  std::optional<asio_xen::result<std::uint64_t>> probed_size_;
+  // A size read is running (or stuck) on its thread; and whether a stuck
+  // one was said.
+  std::shared_ptr<std::atomic<bool>> probe_busy_ = std::make_shared<std::atomic<bool>>(false);
+  // Ends the wait for an open its file system does not answer (shutdown).
+  storage::off_thread_stop open_stop_;
+  bool probe_stall_said_ = false;
   bool withdraw_flush_ = false;
   // What a store's own resize notice (any thread) reaches through a post
   // to our executor: gone with us, so a late notice finds nothing.

@@ -10,6 +10,7 @@
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 #include <cerrno>
 #include <fstream>
@@ -179,29 +180,77 @@ class local_channel final : public channel, public vectored_io {
   std::vector<op*> free_;
 };
 
+// The descriptor, shared with a size read that may still be running on a
+// thread of its own (off_thread.hpp) when the store goes: closed by the last.
+struct shared_fd {
+  explicit shared_fd(int f) : fd(f) {}
+  ~shared_fd() { ::close(fd); }
+  shared_fd(const shared_fd&) = delete;
+  shared_fd& operator=(const shared_fd&) = delete;
+  const int fd;
+};
+
+asio_xen::result<std::uint64_t> size_of(int fd, std::uint32_t logical_sector) {
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return asio_xen::xen_error(fstat_call);
+  std::uint64_t size = static_cast<std::uint64_t>(st.st_size);
+  if (S_ISBLK(st.st_mode) && ::ioctl(fd, BLKGETSIZE64, &size) != 0) return asio_xen::xen_error(ioctl_call);
+  return size - size % logical_sector;
+}
+
+// Whether `fd` (a regular file) lives on a file system whose calls can
+// sleep until a server answers: network file systems and FUSE. A local
+// disk's or a block device's fstat(2) does not wait for anyone.
+bool on_remote_fs(int fd, const struct stat& st) {
+  if (!S_ISREG(st.st_mode)) return false;
+  struct statfs fs {};
+  if (::fstatfs(fd, &fs) != 0) return true;  // cannot tell: be careful
+  switch (static_cast<unsigned long>(fs.f_type)) {
+    case 0x6969:      // NFS
+    case 0x65735546:  // FUSE
+    case 0xFF534D42:  // CIFS
+    case 0xFE534D42:  // SMB2
+    case 0x517B:      // SMB
+    case 0x00C36400:  // CephFS
+    case 0x01021997:  // 9p
+    case 0x5346414F:  // AFS
+    case 0x6B414653:  // kAFS
+    case 0x7461636F:  // OCFS2
+    case 0x01161970:  // GFS2
+    case 0x47504653:  // GPFS
+    case 0x0BD00BD0:  // Lustre
+      return true;
+    default:
+      return false;
+  }
+}
+
 class local_store final : public store {
  public:
-  local_store(int fd, std::filesystem::path path, properties p, bool block_device)
-      : fd_(fd), path_(std::move(path)), props_(p), block_device_(block_device) {}
+  local_store(int fd, std::filesystem::path path, properties p, bool block_device, bool remote)
+      : fd_(std::make_shared<shared_fd>(fd)),
+        path_(std::move(path)),
+        props_(p),
+        block_device_(block_device),
+        remote_(remote) {}
   ~local_store() override {
     if (ioctls_) ioctls_->join();
-    ::close(fd_);
   }
 
   const properties& props() const override { return props_; }
   std::string name() const override { return path_.string(); }
-  asio_xen::result<std::uint64_t> current_size() const override {
-    struct stat st {};
-    if (::fstat(fd_, &st) != 0) return asio_xen::xen_error(fstat_call);
-    std::uint64_t size = static_cast<std::uint64_t>(st.st_size);
-    if (S_ISBLK(st.st_mode) && ::ioctl(fd_, BLKGETSIZE64, &size) != 0) return asio_xen::xen_error(ioctl_call);
-    return size - size % props_.logical_sector;
+  asio_xen::result<std::uint64_t> current_size() const override { return size_of(fd_->fd, props_.logical_sector); }
+  // fstat(2) on a file system that does not answer does not return (on a
+  // local one it does: no thread for those).
+  std::function<asio_xen::result<std::uint64_t>()> size_reader() const override {
+    if (!remote_) return {};
+    return [fd = fd_, sector = props_.logical_sector] { return size_of(fd->fd, sector); };
   }
   asio_xen::result<std::unique_ptr<channel>> open_channel(const worker& w, unsigned depth) override {
     return std::unique_ptr<channel>(new local_channel(*this, w, depth));
   }
 
-  int fd() const { return fd_; }
+  int fd() const { return fd_->fd; }
   bool block_device() const { return block_device_; }
   // The device's own thread for its blocking ioctls, started on first use.
   asio::thread_pool& ioctls() {
@@ -210,10 +259,11 @@ class local_store final : public store {
   }
 
  private:
-  int fd_;
+  std::shared_ptr<const shared_fd> fd_;
   std::filesystem::path path_;
   properties props_;
   bool block_device_;
+  bool remote_;
   std::unique_ptr<asio::thread_pool> ioctls_;
 };
 
@@ -351,7 +401,7 @@ asio_xen::result<std::unique_ptr<store>> open_local(const std::filesystem::path&
     return ec;
   }
   if (opt.writable) probe_discard(*fd, st, p);
-  return std::unique_ptr<store>(new local_store(*fd, path, p, S_ISBLK(st.st_mode)));
+  return std::unique_ptr<store>(new local_store(*fd, path, p, S_ISBLK(st.st_mode), on_remote_fs(*fd, st)));
 }
 
 }  // namespace storage

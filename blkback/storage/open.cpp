@@ -5,6 +5,7 @@
 #include "blkback/storage/image_server.hpp"
 #include "blkback/storage/local.hpp"
 #include "blkback/storage/nbd.hpp"
+#include "blkback/storage/off_thread.hpp"
 #include "blkback/storage/rbd.hpp"
 #include "blkback/storage/storage.hpp"
 
@@ -16,6 +17,8 @@ namespace asio = boost::asio;
 using asio_xen::error_code;
 
 namespace {
+
+const asio_xen::xen_call_category open_call{"open"};
 
 // An image served by its own qemu-storage-daemon: the NBD store in front,
 // the server behind it, gone together (the store first: its connections
@@ -97,19 +100,40 @@ asio::awaitable<asio_xen::result<opened>> open_image(open_request req, const set
   co_return out;
 }
 
+// A local file or device, opened on a thread of its own (off_thread.hpp):
+// a file system that does not answer holds up this vbd alone.
+asio::awaitable<asio_xen::result<opened>> open_file(const open_request& req, const settings& cfg, std::string& detail) {
+  const open_mode mode = choose_open_mode(req.policy, req.key);
+  struct result {
+    asio_xen::result<std::unique_ptr<store>> st;
+    std::string warning;
+  };
+  const local_options lo{req.writable, mode.direct};
+  auto call = [path = req.spec.path, lo] {
+    result r{asio_xen::result<std::unique_ptr<store>>(std::unique_ptr<store>()), {}};
+    r.st = open_local(path, lo, &r.warning);
+    return r;
+  };
+  const std::chrono::seconds bound(cfg.open_timeout_seconds);
+  auto [end, got] = co_await run_off_thread<result>(std::move(call), bound, req.stop);
+  if (end != off_thread_end::done) {
+    detail = describe_stall(end, bound);
+    co_return asio_xen::xen_error(open_call, end == off_thread_end::timed_out ? ETIMEDOUT : EAGAIN);
+  }
+  if (!got->st) co_return got->st.error();
+  opened out;
+  out.mode = mode.reason;
+  out.warning = std::move(got->warning);
+  out.st = std::move(*got->st);
+  co_return out;
+}
+
 }  // namespace
 
 asio::awaitable<asio_xen::result<opened>> open(open_request req, const settings& cfg, std::string& detail) {
   switch (req.spec.where) {
-    case disk_spec::kind::local: {
-      const open_mode mode = choose_open_mode(req.policy, req.key);
-      opened out;
-      out.mode = mode.reason;
-      auto st = open_local(req.spec.path, {req.writable, mode.direct}, &out.warning);
-      if (!st) co_return st.error();
-      out.st = std::move(*st);
-      co_return out;
-    }
+    case disk_spec::kind::local:
+      co_return co_await open_file(req, cfg, detail);
     case disk_spec::kind::nbd: {
       const nbd_target target = req.spec.nbd;
       const nbd_options nopt = nbd_options_from(cfg, req.writable);

@@ -46,6 +46,8 @@ struct worker {
 
 namespace storage {
 
+class off_thread_stop;
+
 // What the protocol advertises, as the store found it.
 struct properties {
   std::uint64_t size = 0;               // bytes, whole logical sectors
@@ -125,6 +127,10 @@ class store {
   // through current_size() (SIGHUP, [io] resize-poll-seconds).
   // NOLINTNEXTLINE(performance-unnecessary-value-param): a driver that watches keeps it
   virtual void watch_size(std::function<void()> changed) { (void)changed; }
+  // For a store whose current_size() can block (a file on a file system
+  // that may stop answering): the same read, safe to run on a thread of its
+  // own and to outlive the store. Empty: current_size() never blocks.
+  virtual std::function<asio_xen::result<std::uint64_t>()> size_reader() const { return {}; }
   // What it is, for log lines: a path, an export.
   virtual std::string name() const = 0;
   // A channel for a ring on `w` with at most `depth` operations in flight.
@@ -142,6 +148,9 @@ struct open_request {
   bool writable = true;
   direct_io_policy policy = direct_io_policy::follow_key;
   direct_io_key key = direct_io_key::absent;
+  // Ends the wait for a local open that its file system does not answer
+  // (the daemon stops); null: only the bound ends it.
+  off_thread_stop* stop = nullptr;
 };
 
 struct opened {

@@ -90,6 +90,7 @@ TEST_CASE("the defaults shown commented out in the shipped file are the real def
                           "io.worker-threads",
                           "io.discard",
                           "io.resize-poll-seconds",
+                          "io.open-timeout-seconds",
                           "io.sector-size",
                           "io.buffer-memory",
                           "io.journal",
@@ -250,6 +251,8 @@ TEST_CASE("the bounds of every number are accepted") {
   CHECK(parse("rings.poll-microseconds = 1000").poll_microseconds == 1000);
   CHECK(parse("io.worker-threads = 256").worker_threads == 256);
   CHECK(parse("io.resize-poll-seconds = 86400").resize_poll_seconds == 86400);
+  CHECK(parse("io.open-timeout-seconds = 1").open_timeout_seconds == 1);
+  CHECK(parse("io.open-timeout-seconds = 3600").open_timeout_seconds == 3600);
   CHECK(parse("io.sector-size = 0").sector_size == 0);
   CHECK(parse("io.sector-size = 512").sector_size == 512);
   CHECK(parse("io.sector-size = 4096").sector_size == 4096);
@@ -382,6 +385,8 @@ TEST_CASE("a number out of range is an error at the value") {
   CHECK(error_of("[io]\nworker-threads = -1\n") == "test.toml:2:18: io.worker-threads must be 0..256, got -1");
   CHECK(error_of("[io]\nresize-poll-seconds = 86401\n") ==
         "test.toml:2:23: io.resize-poll-seconds must be 0..86400, got 86401");
+  CHECK(error_of("[io]\nopen-timeout-seconds = 0\n") ==
+        "test.toml:2:24: io.open-timeout-seconds must be 1..3600, got 0");
   CHECK(error_of("[io]\nsector-size = 1000\n") ==
         "test.toml:2:15: io.sector-size must be 0 (from the store), 512, 1024, 2048 or 4096, got 1000");
   CHECK(error_of("[io]\nsector-size = 8192\n") ==
@@ -498,7 +503,7 @@ TEST_CASE("describe() is one line with every setting") {
   CHECK(describe(settings{}) ==
         "types=qdisk domid=xenstore max-ring-page-order=4 max-queues=auto max-indirect-segments=256 "
         "default-protocol=native poll-microseconds=50 direct-io=auto worker-threads=auto discard=true "
-        "resize-poll-seconds=1 "
+        "resize-poll-seconds=1 open-timeout-seconds=30 "
         "sector-size=auto buffer-memory=256MiB journal=true journal-directory=/run/xen-blkbackd "
         "zero-copy=false zero-copy-min-bytes=128KiB persistent-grants=true persistent-grants-per-ring=1056 "
         "nbd.connect-timeout-seconds=10 "
@@ -523,7 +528,7 @@ TEST_CASE("describe() is one line with every setting") {
   CHECK(describe(s) ==
         "types=qdisk,vbd domid=3 max-ring-page-order=0 max-queues=2 max-indirect-segments=0 "
         "default-protocol=x86_32-abi poll-microseconds=0 direct-io=always worker-threads=4 discard=false "
-        "resize-poll-seconds=10 "
+        "resize-poll-seconds=10 open-timeout-seconds=30 "
         "sector-size=auto buffer-memory=3GiB journal=true journal-directory=/run/xen-blkbackd "
         "zero-copy=false zero-copy-min-bytes=128KiB persistent-grants=true persistent-grants-per-ring=1056 "
         "nbd.connect-timeout-seconds=10 "

@@ -7,22 +7,29 @@
 //   xbd-faultyfs MOUNTPOINT BACKING RULES EVENTS
 //
 // RULES, one per line: `read|write|discard OFFSET LENGTH ACTION` or
-// `flush ACTION`, where ACTION is eio, enospc, eopnotsupp, eof (a read ends
-// at OFFSET) or delay:MS (the request waits MS milliseconds first). EVENTS
-// gets a line per request as it arrives ("read OFFSET LENGTH"), so a test
-// knows when a request is at the disk. "ready" is printed once mounted;
-// SIGTERM unmounts.
+// `flush|open|getattr ACTION`, where ACTION is eio, enospc, eopnotsupp, eof
+// (a read ends at OFFSET) or delay:MS (the request waits MS milliseconds
+// first: with a long one, a file system that does not answer). `open` and
+// `getattr` are disk.img's (an fstat on it past the kernel's one-second
+// attribute cache asks getattr; an event line only when a rule applies).
+// SIGUSR1 reads RULES again. EVENTS gets a line per request as it arrives
+// ("read OFFSET LENGTH"), so a test knows
+// when a request is at the disk. "ready" is printed once mounted; SIGTERM
+// unmounts.
 #define FUSE_USE_VERSION 35
 #include <fuse3/fuse.h>
 
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <atomic>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <mutex>
+#include <optional>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -38,7 +45,10 @@ struct rule {
 };
 
 int backing = -1;
+const char* rules_path = nullptr;
+std::mutex rules_lock;
 std::vector<rule> rules;
+volatile std::sig_atomic_t reload = 0;
 std::FILE* events = nullptr;
 std::mutex events_lock;
 constexpr const char* file_name = "/disk.img";
@@ -49,16 +59,26 @@ void event(const char* op, off_t off, std::size_t len) {
   std::fflush(events);
 }
 
-// The first rule for `op` whose range meets [off, off + len), or nullptr.
-const rule* match(const std::string& op, off_t off, std::size_t len) {
+bool load_rules(const char* path);
+
+bool rangeless(const std::string& op) { return op == "flush" || op == "open" || op == "getattr"; }
+
+// The first rule for `op` whose range meets [off, off + len), if any.
+std::optional<rule> match(const std::string& op, off_t off, std::size_t len) {
+  const std::lock_guard g(rules_lock);
+  if (reload) {
+    reload = 0;
+    rules.clear();
+    (void)load_rules(rules_path);
+  }
   for (const auto& r : rules)
-    if (r.op == op && (op == "flush" || (off < r.offset + r.length && r.offset < off + static_cast<off_t>(len))))
-      return &r;
-  return nullptr;
+    if (r.op == op && (rangeless(op) || (off < r.offset + r.length && r.offset < off + static_cast<off_t>(len))))
+      return r;
+  return std::nullopt;
 }
 
 // 0 to go on with the request, or the negative errno to answer.
-int apply(const rule* r) {
+int apply(const std::optional<rule>& r) {
   if (!r) return 0;
   if (r->action.starts_with("delay:")) {
     std::this_thread::sleep_for(std::chrono::milliseconds(std::stoul(r->action.substr(6))));
@@ -78,6 +98,10 @@ int fs_getattr(const char* path, struct stat* st, fuse_file_info*) {
     return 0;
   }
   if (std::strcmp(path, file_name) != 0) return -ENOENT;
+  if (const auto r = match("getattr", 0, 0)) {
+    event("getattr", 0, 0);  // only when a rule applies: stat is frequent
+    if (int e = apply(r); e < 0) return e;
+  }
   struct stat b {};
   if (::fstat(backing, &b) != 0) return -errno;
   st->st_mode = S_IFREG | 0644;
@@ -90,6 +114,8 @@ int fs_getattr(const char* path, struct stat* st, fuse_file_info*) {
 
 int fs_open(const char* path, fuse_file_info* fi) {
   if (std::strcmp(path, file_name) != 0) return -ENOENT;
+  event("open", 0, 0);
+  if (int e = apply(match("open", 0, 0)); e < 0) return e;
   fi->direct_io = 1;
   return 0;
 }
@@ -97,7 +123,7 @@ int fs_open(const char* path, fuse_file_info* fi) {
 int fs_read(const char* path, char* buf, std::size_t len, off_t off, fuse_file_info*) {
   if (std::strcmp(path, file_name) != 0) return -ENOENT;
   event("read", off, len);
-  const rule* r = match("read", off, len);
+  const auto r = match("read", off, len);
   if (r && r->action == "eof") len = off < r->offset ? static_cast<std::size_t>(r->offset - off) : 0;
   if (int e = apply(r); e < 0) return e;
   const ssize_t n = ::pread(backing, buf, len, off);
@@ -141,7 +167,7 @@ bool load_rules(const char* path) {
     std::istringstream ls(line);
     rule r;
     if (!(ls >> r.op) || r.op.starts_with("#")) continue;
-    if (r.op == "flush") {
+    if (rangeless(r.op)) {
       ls >> r.action;
     } else {
       long long o = 0, l = 0;
@@ -164,6 +190,8 @@ int main(int argc, char** argv) {
   }
   backing = ::open(argv[2], O_RDWR | O_CLOEXEC);
   if (backing < 0) return std::perror(argv[2]), 1;
+  rules_path = argv[3];
+  std::signal(SIGUSR1, [](int) { reload = 1; });
   if (!load_rules(argv[3])) return std::fprintf(stderr, "%s: unreadable or bad rules\n", argv[3]), 1;
   events = std::fopen(argv[4], "a");
   if (!events) return std::perror(argv[4]), 1;

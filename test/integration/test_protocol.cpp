@@ -101,6 +101,18 @@ struct faulty_disk {
     ::umount2(mount.c_str(), MNT_DETACH);
   }
   std::filesystem::path image() const { return mount / "disk.img"; }
+  // New rules, in force from the file system's next request.
+  void set_rules(const std::string& rules) {
+    std::ofstream(dir / "rules") << rules;
+    server->signal(SIGUSR1);
+  }
+  // Whether a request `what` ("open 0 0") has reached the file system.
+  bool saw(const std::string& what) const {
+    std::ifstream in(dir / "events");
+    for (std::string line; std::getline(in, line);)
+      if (line == what) return true;
+    return false;
+  }
 };
 
 }  // namespace
@@ -191,6 +203,83 @@ TEST_CASE("a malformed force-sector-size closes that vbd with an error node, and
   CHECK(env.log_shows("[d5/51712 xvda] force-sector-size \"3000\" is not 0, 512, 1024, 2048 or 4096"));
   (void)bad->wait(20s);
   check_clean(env.run_frontend(6, {"--devid", "51712", "--rw", "randrw", "--ios", "200", "--verify"}));
+}
+
+// A file system that stops answering (a hard-mounted NFS whose server is
+// gone): its calls sleep in the kernel. They run off the control thread
+// (blkback/storage/off_thread.hpp), so the other vbds go on.
+TEST_CASE("an open its file system does not answer holds up its own vbd alone, which fails past the bound") {
+  sim_env env("[io]\nopen-timeout-seconds = 3\n");
+  faulty_disk disk(env, "open delay:15000\n", 8 << 20);
+  if (!disk.why_not.empty()) {
+    MESSAGE("skipped: " << disk.why_not);
+    return;
+  }
+  env.create_guest(5);
+  add_disk(env, 5, disk.image());
+  env.start_daemon();
+  REQUIRE(eventually([&] { return disk.saw("open 0 0"); }, 10s));
+  // While that open sleeps, another guest's disk is served (the control
+  // thread used to sleep with it, for as long as the file system took).
+  env.create_guest(6);
+  add_disk(env, 6, env.make_image("fine.img", 8 << 20));
+  check_clean(env.run_frontend(6, {"--devid", "51712", "--rw", "randrw", "--ios", "100", "--verify"}, 12s));
+  CHECK(eventually(
+      [&] {
+        return env.read(backend(5) + "/error").value_or("").find("did not answer within 3 s") != std::string::npos;
+      },
+      10s));
+  CHECK(env.read(backend(5) + "/state") == xenbus::closed);
+}
+
+TEST_CASE("SIGTERM while an open sleeps in its file system: the daemon finishes at once and leaves the vbd as it was") {
+  sim_env env("[io]\nopen-timeout-seconds = 600\n");
+  faulty_disk disk(env, "open delay:15000\n", 8 << 20);
+  if (!disk.why_not.empty()) {
+    MESSAGE("skipped: " << disk.why_not);
+    return;
+  }
+  env.create_guest(5);
+  add_disk(env, 5, disk.image());
+  env.start_daemon();
+  REQUIRE(eventually([&] { return disk.saw("open 0 0"); }, 10s));
+  const auto state = env.read(backend(5) + "/state");
+  env.daemon().signal(SIGTERM);
+  // Its last line long before the file system answers. (The process is
+  // reaped only after that: the kernel keeps a thread in an unanswered
+  // FUSE or NFS request, and with it the process, whatever we do.)
+  CHECK(env.log_shows("info exiting", 8s));
+  CHECK(env.stop_daemon() == std::optional<int>(0));
+  CHECK(env.read(backend(5) + "/state") == state);
+  CHECK_FALSE(env.read(backend(5) + "/error"));
+}
+
+TEST_CASE("a size read its file system does not answer holds up nothing else, and a later resize is still seen") {
+  sim_env env;
+  faulty_disk disk(env, "", 8 << 20);
+  if (!disk.why_not.empty()) {
+    MESSAGE("skipped: " << disk.why_not);
+    return;
+  }
+  env.create_guest(5);
+  add_disk(env, 5, disk.image());
+  env.start_daemon();
+  auto fe = env.start_frontend(5, {"--devid", "51712", "--rw", "none", "--hold", "0"}, "hold");
+  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == xenbus::connected; }));
+  // fstat past the kernel's one-second attribute cache now asks getattr,
+  // which sleeps; the resize poll asks every second.
+  disk.set_rules("getattr delay:20000\n");
+  REQUIRE(eventually([&] { return disk.saw("getattr 0 0"); }, 10s));
+  env.create_guest(6);
+  add_disk(env, 6, env.make_image("fine.img", 8 << 20));
+  check_clean(env.run_frontend(6, {"--devid", "51712", "--rw", "randrw", "--ios", "100", "--verify"}, 12s));
+  CHECK(env.log_shows("is still being read: its file system does not answer"));
+  // The file system answers again, and the file has grown.
+  disk.set_rules("");
+  std::filesystem::resize_file(disk.dir / "backing.img", 12 << 20);
+  CHECK(eventually([&] { return env.read(backend(5) + "/sectors") == std::to_string((12 << 20) / 512); }, 30s));
+  fe->signal(SIGTERM);
+  (void)fe->wait(10s);
 }
 
 TEST_CASE("a store that cannot flush: EOPNOTSUPP, and feature-flush-cache and feature-barrier withdrawn once") {
