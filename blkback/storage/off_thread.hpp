@@ -86,8 +86,10 @@ std::string describe_stall(off_thread_end end, std::chrono::seconds bound);
 // given, may end the wait early. `counted`: the call counts against
 // max_pending (a caller that bounds its own calls need not).
 template <class T, class F>
-boost::asio::awaitable<std::pair<off_thread_end, std::optional<T>>> run_off_thread(
-    F fn, std::chrono::milliseconds bound, off_thread_stop* stop = nullptr, bool counted = true) {
+boost::asio::awaitable<std::pair<off_thread_end, std::optional<T>>> run_off_thread(F fn,
+                                                                                   std::chrono::milliseconds bound,
+                                                                                   off_thread_stop* stop = nullptr,
+                                                                                   bool counted = true) {
   using st = off_thread_detail::state<T>;
   if (stop && stop->stopped()) co_return std::pair{off_thread_end::stopped, std::optional<T>{}};
   const int efd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

@@ -115,6 +115,26 @@ struct faulty_disk {
   }
 };
 
+// Guest 5's disk on `disk`, and the daemon started; false (said) where the
+// file system cannot be had.
+bool serve_faulty(sim_env& env, const faulty_disk& disk) {
+  if (!disk.why_not.empty()) {
+    MESSAGE("skipped: " << disk.why_not);
+    return false;
+  }
+  env.create_guest(5);
+  add_disk(env, 5, disk.image());
+  env.start_daemon();
+  return true;
+}
+
+// Guest 5 connected and idle, until its frontend is stopped.
+std::unique_ptr<process> hold_connected(sim_env& env) {
+  auto fe = env.start_frontend(5, {"--devid", "51712", "--rw", "none", "--hold", "0"}, "hold");
+  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == xenbus::connected; }));
+  return fe;
+}
+
 }  // namespace
 
 TEST_CASE("a frontend without feature-large-sector-size gets 512-byte sectors from a 4Kn device, O_DIRECT dropped") {
@@ -211,13 +231,7 @@ TEST_CASE("a malformed force-sector-size closes that vbd with an error node, and
 TEST_CASE("an open its file system does not answer holds up its own vbd alone, which fails past the bound") {
   sim_env env("[io]\nopen-timeout-seconds = 3\n");
   faulty_disk disk(env, "open delay:15000\n", 8 << 20);
-  if (!disk.why_not.empty()) {
-    MESSAGE("skipped: " << disk.why_not);
-    return;
-  }
-  env.create_guest(5);
-  add_disk(env, 5, disk.image());
-  env.start_daemon();
+  if (!serve_faulty(env, disk)) return;
   REQUIRE(eventually([&] { return disk.saw("open 0 0"); }, 10s));
   // While that open sleeps, another guest's disk is served (the control
   // thread used to sleep with it, for as long as the file system took).
@@ -235,13 +249,7 @@ TEST_CASE("an open its file system does not answer holds up its own vbd alone, w
 TEST_CASE("SIGTERM while an open sleeps in its file system: the daemon finishes at once and leaves the vbd as it was") {
   sim_env env("[io]\nopen-timeout-seconds = 600\n");
   faulty_disk disk(env, "open delay:15000\n", 8 << 20);
-  if (!disk.why_not.empty()) {
-    MESSAGE("skipped: " << disk.why_not);
-    return;
-  }
-  env.create_guest(5);
-  add_disk(env, 5, disk.image());
-  env.start_daemon();
+  if (!serve_faulty(env, disk)) return;
   REQUIRE(eventually([&] { return disk.saw("open 0 0"); }, 10s));
   const auto state = env.read(backend(5) + "/state");
   env.daemon().signal(SIGTERM);
@@ -257,15 +265,8 @@ TEST_CASE("SIGTERM while an open sleeps in its file system: the daemon finishes 
 TEST_CASE("a size read its file system does not answer holds up nothing else, and a later resize is still seen") {
   sim_env env;
   faulty_disk disk(env, "", 8 << 20);
-  if (!disk.why_not.empty()) {
-    MESSAGE("skipped: " << disk.why_not);
-    return;
-  }
-  env.create_guest(5);
-  add_disk(env, 5, disk.image());
-  env.start_daemon();
-  auto fe = env.start_frontend(5, {"--devid", "51712", "--rw", "none", "--hold", "0"}, "hold");
-  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == xenbus::connected; }));
+  if (!serve_faulty(env, disk)) return;
+  auto fe = hold_connected(env);
   // fstat past the kernel's one-second attribute cache now asks getattr,
   // which sleeps; the resize poll asks every second.
   disk.set_rules("getattr delay:20000\n");
@@ -285,15 +286,8 @@ TEST_CASE("a size read its file system does not answer holds up nothing else, an
 TEST_CASE("a store that cannot flush: EOPNOTSUPP, and feature-flush-cache and feature-barrier withdrawn once") {
   sim_env env;
   faulty_disk disk(env, "flush eopnotsupp\n", 8 << 20);
-  if (!disk.why_not.empty()) {
-    MESSAGE("skipped: " << disk.why_not);
-    return;
-  }
-  env.create_guest(5);
-  add_disk(env, 5, disk.image());
-  env.start_daemon();
-  auto fe = env.start_frontend(5, {"--devid", "51712", "--rw", "none", "--hold", "0"}, "hold");
-  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == xenbus::connected; }));
+  if (!serve_faulty(env, disk)) return;
+  auto fe = hold_connected(env);
   CHECK(env.read(backend(5) + "/feature-flush-cache") == "1");
   CHECK(env.read(backend(5) + "/feature-barrier") == "1");
   fe->signal(SIGTERM);
@@ -360,8 +354,7 @@ TEST_CASE("a grown block device is noticed without a signal, by default") {
   env.create_guest(5);
   add_disk(env, 5, loop.dev);
   env.start_daemon();
-  auto fe = env.start_frontend(5, {"--devid", "51712", "--rw", "none", "--hold", "0"}, "hold");
-  REQUIRE(eventually([&] { return env.read(backend(5) + "/state") == xenbus::connected; }));
+  auto fe = hold_connected(env);
   CHECK(env.read(backend(5) + "/sectors") == std::to_string((8 << 20) / 512));
   std::filesystem::resize_file(file, 12 << 20);
   REQUIRE(loop.update_capacity());

@@ -94,25 +94,7 @@ struct rig {
   // `depth` in flight at a time; every operation's error, in order.
   std::vector<error_code> transfer(bool write, std::uint64_t base, std::span<std::byte> data, std::size_t chunk,
                                    unsigned depth) {
-    std::vector<error_code> out;
-    for (std::size_t first = 0; first < data.size(); first += chunk * depth) {
-      std::vector<op_done> done(std::min<std::size_t>(depth, (data.size() - first + chunk - 1) / chunk));
-      for (std::size_t i = 0; i < done.size(); ++i) {
-        const std::size_t at = first + i * chunk;
-        auto piece = data.subspan(at, std::min(chunk, data.size() - at));
-        if (write)
-          this->write(base + at, piece, done[i]);
-        else
-          read(base + at, piece, done[i]);
-      }
-      REQUIRE(all_finished(done));
-      for (const auto& d : done) {
-        CHECK(d.calls == 1);
-        CHECK_FALSE(d.inline_call);
-        out.push_back(d.ec);
-      }
-    }
-    return out;
+    return xbd::test::transfer_in_batches<op_done>(*this, write, base, data, chunk, depth);
   }
   bool all_ok(const std::vector<error_code>& v) {
     return std::all_of(v.begin(), v.end(), [](const error_code& e) { return !e; });

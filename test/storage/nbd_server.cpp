@@ -83,19 +83,7 @@ void nbd_server::kill() {
 }
 
 void nbd_server::pause() {
-  if (!proc_) return;
-  proc_->signal(SIGSTOP);
-  const auto stat = "/proc/" + std::to_string(proc_->pid()) + "/stat";
-  const bool stopped = eventually(
-      [&] {
-        std::ifstream in(stat);
-        std::string line;
-        std::getline(in, line);
-        const auto end = line.rfind(')');
-        return end != std::string::npos && end + 2 < line.size() && line[end + 2] == 'T';
-      },
-      std::chrono::seconds(5));
-  if (!stopped) throw std::runtime_error("nbdkit did not stop");
+  if (proc_ && !proc_->pause()) throw std::runtime_error("nbdkit did not stop");
 }
 
 void nbd_server::resume() {
