@@ -827,7 +827,6 @@ asio::awaitable<std::optional<vbd::problem>> vbd::reopen_buffered(std::uint32_t 
   XBD_LOG(log_, warning) << store_->name() << ": O_DIRECT dropped: it needs " << store_->props().io_alignment
                          << "-byte units and the frontend gets " << sector << "-byte sectors";
   auto old = std::exchange(store_, std::move(opened->st));
-  req.stop = &open_stop_;
   opened_with_ = req;
   co_await old->close();
   co_return std::nullopt;
