@@ -243,7 +243,8 @@ TEST_CASE("an open its file system does not answer holds up its own vbd alone, w
         return env.read(backend(5) + "/error").value_or("").find("did not answer within 3 s") != std::string::npos;
       },
       10s));
-  CHECK(env.read(backend(5) + "/state") == xenbus::closed);
+  // The error node is written first, then the state.
+  CHECK(eventually([&] { return env.read(backend(5) + "/state") == xenbus::closed; }));
 }
 
 TEST_CASE("SIGTERM while an open sleeps in its file system: the daemon finishes at once and leaves the vbd as it was") {
