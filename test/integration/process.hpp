@@ -60,6 +60,10 @@ std::string descriptor_kinds(pid_t pid);
 // Resident memory (VmRSS), KiB.
 std::size_t resident_kib(pid_t pid);
 
+// A TCP port on 127.0.0.1 that nothing listens on when asked (the kernel
+// picks it; a server started right after takes it).
+unsigned free_tcp_port();
+
 // Polls `pred` until it holds or `limit` passes.
 template <class Pred>
 bool eventually(Pred pred, std::chrono::milliseconds limit = std::chrono::seconds(10)) {

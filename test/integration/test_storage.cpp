@@ -111,8 +111,8 @@ TEST_CASE("storage: verified reads, writes, flushes and discards through an NBD 
 TEST_CASE("storage: an NBD export over TCP in QEMU's nbd:HOST:PORT spelling") {
   sim_env env;
   env.create_guest(5);
-  // A port of our own choosing from the ephemeral range, by pid.
-  const std::string port = std::to_string(20000 + (::getpid() % 20000));
+  // A port the kernel found free (one derived from the pid once collided).
+  const std::string port = std::to_string(free_tcp_port());
   process server({bin("nbdkit"), "--foreground", "--exit-with-parent", "-i", "127.0.0.1", "-p", port, "memory", "32M"},
                  {}, env.dir() / "tcp.log");
   REQUIRE(eventually([&] { return tool(env, {"nbdinfo", "--size", "nbd://127.0.0.1:" + port}).status == 0; }, 10s));
@@ -130,7 +130,7 @@ TEST_CASE("storage: a disk on nbds:// with a PSK serves verified I/O, a wrong ke
   const std::string key = write_psk_file(psk, "xen");
   const auto wrong = env.dir() / "wrong.psk";
   const std::string wrong_key = write_psk_file(wrong, "xen");
-  const std::string port = std::to_string(20000 + ((::getpid() + 7919) % 20000));
+  const std::string port = std::to_string(free_tcp_port());
   process server({bin("nbdkit"), "--foreground", "--exit-with-parent", "-i", "127.0.0.1", "-p", port, "--tls=require",
                   "--tls-psk=" + psk.string(), "memory", "32M"},
                  {}, env.dir() / "tls.log");

@@ -23,21 +23,6 @@ temp_dir::~temp_dir() {
   std::filesystem::remove_all(path_, ignored);
 }
 
-unsigned free_tcp_port() {
-  const int s = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  if (s < 0 || ::bind(s, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
-      ::getsockname(s, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
-    if (s >= 0) ::close(s);
-    throw std::runtime_error("no free TCP port");
-  }
-  ::close(s);
-  return ntohs(a.sin_port);
-}
-
 nbd_server::nbd_server(options o) : opt_(std::move(o)) {
   if (opt_.tcp) port_ = free_tcp_port();
   start();

@@ -73,9 +73,6 @@ class nbd_server {
   std::unique_ptr<process> proc_;
 };
 
-// A free TCP port on 127.0.0.1 (free when asked: a race nobody else here runs).
-unsigned free_tcp_port();
-
 // A PSK file as nbdkit and libnbd read it ("USER:KEY", the key in hex) with
 // a new random key for `user`; the key, for tests that look for it.
 std::string write_psk_file(const std::filesystem::path& file, const std::string& user);
