@@ -13,6 +13,10 @@
 // that thread). The opens stuck at once are bounded; past that, an open
 // fails at once as `too_many` rather than piling up threads behind a dead
 // server (size reads are not counted: a vbd runs one at a time).
+// The threads are kept for reuse while they are idle (off_thread_detail::
+// start): the resize poll checks every vbd on a network file system each
+// second, and a thread started and ended per check cost more than the check.
+// A call never waits for a busy thread: with none idle, another starts.
 // docs/storage.md, "When the file system does not answer".
 #pragma once
 
@@ -29,6 +33,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -63,6 +68,14 @@ inline constexpr unsigned max_pending = 256;
 bool reserve();
 void release();
 
+// Runs `task` on an idle thread of the pool, or on a new one if none is
+// idle; false if no thread could be started. A thread idle for
+// idle_linger ends. The task is destroyed on the thread that ran it.
+inline constexpr std::chrono::seconds idle_linger{30};
+bool start(std::function<void()> task);
+// Threads of the pool that exist now, busy or idle (for tests).
+unsigned threads();
+
 template <class T>
 struct state {
   explicit state(int fd) : efd(fd) {}
@@ -96,18 +109,20 @@ boost::asio::awaitable<std::pair<off_thread_end, std::optional<T>>> run_off_thre
   if (efd < 0) co_return std::pair{off_thread_end::no_thread, std::optional<T>{}};
   auto s = std::make_shared<st>(efd);
   if (counted && !off_thread_detail::reserve()) co_return std::pair{off_thread_end::too_many, std::optional<T>{}};
-  try {
-    std::thread([s, fn = std::move(fn), counted]() mutable {
-      T v = fn();
-      {
-        const std::lock_guard g(s->m);
-        s->value.emplace(std::move(v));
-      }
-      const std::uint64_t one = 1;
-      (void)!::write(s->efd, &one, sizeof one);
-      if (counted) off_thread_detail::release();
-    }).detach();
-  } catch (const std::system_error&) {
+  // Shared, so that a move-only `fn` fits in a std::function.
+  auto call = std::make_shared<F>(std::move(fn));
+  const bool started = off_thread_detail::start([s, call = std::move(call), counted]() mutable {
+    T v = (*call)();
+    call.reset();
+    {
+      const std::lock_guard g(s->m);
+      s->value.emplace(std::move(v));
+    }
+    const std::uint64_t one = 1;
+    (void)!::write(s->efd, &one, sizeof one);
+    if (counted) off_thread_detail::release();
+  });
+  if (!started) {
     if (counted) off_thread_detail::release();
     co_return std::pair{off_thread_end::no_thread, std::optional<T>{}};
   }

@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <thread>
 
 using namespace xbd::blkback::storage;
@@ -95,4 +96,43 @@ TEST_CASE("off_thread: past max_pending hung calls the next fails at once, and u
     if (!ran) std::this_thread::sleep_for(50ms);
   }
   CHECK(ran);
+}
+
+TEST_CASE("off_thread: idle threads are reused, and a hung one never delays the next call") {
+  asio::io_context ioc;
+  // One check after another, as the resize poll makes them: a handful of
+  // threads serve them all, not one thread each (threads idle from an
+  // earlier case in this process may serve some).
+  const unsigned idle_before = off_thread_detail::threads();
+  std::mutex m;
+  std::set<std::thread::id> ids;
+  for (int i = 0; i < 200; ++i) {
+    auto [end, v] = xbd::test::run(ioc, run_off_thread<int>(
+                                            [&] {
+                                              const std::lock_guard l(m);
+                                              ids.insert(std::this_thread::get_id());
+                                              return i;
+                                            },
+                                            2s, nullptr, false));
+    REQUIRE(end == off_thread_end::done);
+    CHECK(v == i);
+  }
+  CHECK(ids.size() <= idle_before + 8);
+  CHECK(off_thread_detail::threads() <= idle_before + 8);
+
+  // Every thread of the pool hangs: the next call gets a thread of its own.
+  auto g = std::make_shared<gate>();
+  const unsigned before = off_thread_detail::threads();
+  for (unsigned i = 0; i <= before; ++i)
+    REQUIRE(xbd::test::run(ioc, run_off_thread<int>(
+                                    [g] {
+                                      g->wait();
+                                      return 0;
+                                    },
+                                    1ms, nullptr, false))
+                .first == off_thread_end::timed_out);
+  auto [end, four] = xbd::test::run(ioc, run_off_thread<int>([] { return 4; }, 2s));
+  CHECK(end == off_thread_end::done);
+  CHECK(four == 4);
+  g->release();
 }
