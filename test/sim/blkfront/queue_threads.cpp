@@ -15,11 +15,14 @@ namespace xbd::sim::blkfront {
 
 workload_spec lane_spec(const workload_spec& w, unsigned i, unsigned n) {
   workload_spec l = w;
-  const std::uint64_t blocks = w.bs ? w.region_bytes / w.bs : 0;
-  const std::uint64_t first = blocks * i / n, last = blocks * (i + 1) / n;
-  l.region_offset = w.region_offset + first * w.bs;
-  l.region_bytes = (last - first) * w.bs;
+  // Blocks and budgets are shared alike (the remainder to the first
+  // lanes), so that a budget of one I/O per block (the prefill) covers
+  // every lane's blocks exactly.
   auto share = [&](std::uint64_t total) { return total / n + (i < total % n ? 1 : 0); };
+  const std::uint64_t blocks = w.bs ? w.region_bytes / w.bs : 0;
+  const std::uint64_t first = i * (blocks / n) + std::min<std::uint64_t>(i, blocks % n);
+  l.region_offset = w.region_offset + first * w.bs;
+  l.region_bytes = share(blocks) * w.bs;
   // A budget of 0 means "no limit" to the workload: a lane with no share
   // gets no blocks instead.
   if (w.max_ios) l.max_ios = share(w.max_ios);

@@ -28,9 +28,9 @@
 
 namespace xbd::sim::blkfront {
 
-// Lane `i` of `n`: blocks [B*i/n, B*(i+1)/n) of the region's B, and its
-// share of --ios and of --bytes in whole blocks (the remainder to the
-// first lanes; a lane whose share is 0 issues nothing). --flush-every and
+// Lane `i` of `n`: a contiguous share of the region's blocks, and its
+// share of --ios and of --bytes in whole blocks (each split evenly, the
+// remainder to the first lanes; a lane whose share is 0 issues nothing). --flush-every and
 // --barrier-every count the lane's own writes. Lane 0 keeps the seed; the
 // others' differ.
 workload_spec lane_spec(const workload_spec& w, unsigned i, unsigned n);

@@ -1028,3 +1028,14 @@ TEST_CASE("queue threads: a backend that leaves during the run ends every thread
   CHECK(has(r.out, "\"end\":\"backend_closed\""));
   CHECK(r.seconds < 5.0);
 }
+
+TEST_CASE("queue threads: a prefilled region, each thread writing its own blocks, verifies every read") {
+  world w;
+  auto r = w.blkfront({"--queue-threads", "--queues", "3", "--rw", "randread", "--verify", "--prefill",
+                       "--verify-unwritten", "stamped", "--size", "1m", "--qd", "4", "--ios", "600"});
+  INFO(r.out);
+  CHECK(r.status == 0);
+  CHECK(has(r.out, "\"prefill_ios\":256"));
+  CHECK(has(r.out, "\"mismatches\":0"));
+  CHECK(has(r.out, "\"blocks_checked\":600,"));
+}

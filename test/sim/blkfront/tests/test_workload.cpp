@@ -329,6 +329,14 @@ TEST_CASE("queue threads: the lanes split the region into contiguous shares, and
     }
   }
   CHECK(sectors.size() == 10);
+
+  // One I/O per block (the prefill): each lane's budget is its blocks.
+  for (unsigned i = 0; i < 3; ++i) {
+    workload_spec all = spec(false, 10);
+    all.max_ios = 10;
+    const workload_spec l = lane_spec(all, i, 3);
+    CHECK(l.max_ios * l.bs == l.region_bytes);
+  }
 }
 
 TEST_CASE("queue threads: the lanes' statistics add up, but they ran side by side: the longest run time") {
