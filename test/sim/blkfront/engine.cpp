@@ -16,6 +16,7 @@ bool diagnostics_on = true;
 }  // namespace
 
 void set_diagnostics(bool on) { diagnostics_on = on; }
+bool diagnostics() { return diagnostics_on; }
 
 std::uint64_t run_stats::total_mismatches() const {
   std::uint64_t n = 0;
@@ -73,6 +74,8 @@ std::string_view to_string(run_end e) {
       return "backend_closed";
     case run_end::setup_failed:
       return "setup_failed";
+    case run_end::aborted:
+      return "aborted";
   }
   return "?";
 }
@@ -561,6 +564,12 @@ std::string engine::describe(queue_state& qs) {
   return out;
 }
 
+std::vector<std::string> engine::describe_queues() {
+  std::vector<std::string> out;
+  for (auto& q : states_) out.push_back(describe(*q));
+  return out;
+}
+
 run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_stats& st, const watch_fn& on_watch) {
   const auto start = clock::now();
   for (auto& s : states_) s->last_progress = start;
@@ -607,6 +616,7 @@ run_end engine::run(workload& w, std::optional<clock::time_point> deadline, run_
     if (drain_until) timeout = std::min(timeout, std::chrono::ceil<std::chrono::milliseconds>(*drain_until - now));
     const wait_result r = platform_.wait(timeout);
     st.events += r.ports.size();
+    if (r.wake) return finish(run_end::aborted);
     if (r.signal && !stopping) {
       stopping = true;
       end = run_end::interrupted;

@@ -27,6 +27,7 @@ using clock = std::chrono::steady_clock;
 // Protocol errors and mismatches are also written to stderr as they happen
 // (the summary keeps only the first few); unit tests turn that off.
 void set_diagnostics(bool on);
+bool diagnostics();
 
 struct engine_params {
   const abi* layout = nullptr;
@@ -107,6 +108,10 @@ enum class run_end {
   stalled,         // requests outstanding and no response for response_timeout
   backend_closed,  // the backend left Connected; what was in flight is lost
   setup_failed,
+  // --queue-threads: another queue's thread ended the run (its own end says
+  // why); what was in flight here is abandoned. The platform's wake
+  // descriptor is readable only for that (queue_threads.hpp).
+  aborted,
 };
 std::string_view to_string(run_end e);
 
@@ -126,6 +131,10 @@ class engine {
   std::size_t shared_data_pages() const;
   // How many of them the backend holds (nullopt: the platform cannot tell).
   std::optional<std::size_t> held_pages() const;
+
+  // For a stall report: one line per queue, our view of the ring and the
+  // platform's of the port.
+  std::vector<std::string> describe_queues();
 
   // Called when a xenstore watch fires; returning true abandons the run.
   using watch_fn = std::function<bool()>;

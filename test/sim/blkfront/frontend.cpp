@@ -167,7 +167,8 @@ bool frontend::connect(connection& c, std::string& err, std::vector<std::string>
   }
   c.queues.clear();
   for (unsigned i = 0; i < c.neg.queues; ++i) {
-    auto q = make_ring_queue(p_, backend_id_, i, c.neg.ring_pages, c.layout->slot_size(), err);
+    platform& qp = i < queue_platforms_.size() ? *queue_platforms_[i] : p_;
+    auto q = make_ring_queue(qp, backend_id_, i, c.neg.ring_pages, c.layout->slot_size(), err);
     if (!q) return false;
     c.queues.push_back(std::move(q));
   }

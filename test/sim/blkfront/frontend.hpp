@@ -45,6 +45,12 @@ class frontend {
  public:
   frontend(xenstore& xs, platform& p, const options& o) : xs_(xs), p_(p), o_(o) {}
 
+  // Queue i's ring pages and event channel go through `ps[i]` instead
+  // (--queue-threads: a port is delivered to the handle that bound it, so
+  // each queue's thread waits on a handle of its own). Queues past the end
+  // use the frontend's platform.
+  void set_queue_platforms(std::vector<platform*> ps) { queue_platforms_ = std::move(ps); }
+
   // Reads `backend` and `backend-id` from the frontend directory (or takes
   // them from the options) and starts watching the backend's state.
   bool discover(std::string& err);
@@ -84,6 +90,7 @@ class frontend {
 
   xenstore& xs_;
   platform& p_;
+  std::vector<platform*> queue_platforms_;
   std::optional<unsigned> rings_held_;
   const options& o_;
   std::string frontend_dir_, backend_dir_;

@@ -107,6 +107,10 @@ Workload:
                           its data (needs feature-barrier; --bs <= 44k)
   --bs SIZE               bytes per I/O, multiple of 512 and of sector-size (4k)
   --qd N                  I/Os in flight per queue (1)
+  --queue-threads         drive each queue from a thread of its own (its own
+                          event-channel handle, a contiguous share of the
+                          region, of --ios and --bytes); default: one
+                          thread serves every queue
   --runtime SEC           stop issuing after SEC seconds
   --bytes SIZE            stop after SIZE bytes issued
   --ios N                 stop after N I/Os issued (default without any limit:
@@ -365,6 +369,7 @@ parse_result parse_options(const std::vector<std::string>& args) {
       {"--prefill", {false, flag(o.prefill)}},
       {"--same-page", {false, flag(o.same_page)}},
       {"--fresh-grants", {false, flag(o.fresh_grants)}},
+      {"--queue-threads", {false, flag(o.queue_threads)}},
       {"--run-id",
        {true,
         [&](const std::string& v) {
@@ -437,6 +442,9 @@ parse_result parse_options(const std::vector<std::string>& args) {
   if (!o.runtime && o.bytes == 0 && o.ios == 0) o.runtime = 5.0;
   if ((o.script || o.raw_file) && !o.rw_given) o.workload = false;
   if (o.script && o.raw_file) return "--script and --raw-file exclude each other";
+  // A script drives the rings itself, from one thread.
+  if (o.queue_threads && (o.script || o.raw_file)) return "--queue-threads excludes --script and --raw-file";
+  if (o.queue_threads && o.devids.size() > 1) return "--queue-threads takes one device";
   if (o.devids.size() > 1) {
     if (o.workload || o.script || o.raw_file)
       return "several devices are only connected and held: give --rw none and no script";

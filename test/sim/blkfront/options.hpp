@@ -55,6 +55,9 @@ struct options {
   // Each request's data and indirect pages granted for it alone, access
   // ended after its response (Linux's blkfront without persistent grants).
   bool fresh_grants = false;
+  // Each queue's share of the workload on a thread of its own, waiting on
+  // its own event-channel handle (queue_threads.hpp).
+  bool queue_threads = false;
   unwritten_policy unwritten = unwritten_policy::any;
   discard_policy discarded = discard_policy::zero;
   bool prefill = false;

@@ -71,6 +71,7 @@ struct wait_result {
   std::vector<std::uint32_t> ports;  // fired event channels, already unmasked
   bool xenstore = false;             // a xenstore watch fired
   bool signal = false;               // SIGINT/SIGTERM has asked us to stop (in every wait from then on)
+  bool wake = false;                 // the platform's wake descriptor is readable (another thread calls)
 };
 
 class platform {

@@ -8,6 +8,7 @@
 
 #include "blkfront/engine.hpp"
 #include "blkfront/frontend.hpp"
+#include "blkfront/queue_threads.hpp"
 #include "blkfront/script.hpp"
 #include "blkfront/stop.hpp"
 #include "blkfront/summary.hpp"
@@ -34,6 +35,10 @@ struct program {
   stop_control stop;
   xenstore xs;
   std::unique_ptr<xen_platform> plat;
+  // --queue-threads: one platform (event-channel and gntshr handles) per
+  // queue we may negotiate, for the queue's thread to wait on; they hold
+  // the queues' ports and pages, so they outlive the engines.
+  std::vector<std::unique_ptr<xen_platform>> queue_plats;
   std::unique_ptr<frontend> fe;
   std::unique_ptr<generation_tracker> tracker;
   std::uint64_t region_offset = 0, region_bytes = 0;
@@ -41,7 +46,8 @@ struct program {
   // close handshake is done, as Linux's blkfront ends its persistent grants
   // only then (blkif_free): a backend may hold them until it disconnects.
   std::unique_ptr<script_runner> script;
-  std::unique_ptr<engine> eng;
+  // One engine over every queue; with --queue-threads one per queue.
+  std::vector<std::unique_ptr<engine>> engines;
 
   explicit program(const options& opts) : o(opts) {}
 
@@ -121,8 +127,7 @@ struct program {
     return w;
   }
 
-  // Returns false when the remaining cycles must be skipped.
-  bool run_workload(connection& c, bool first_cycle) {
+  engine_params params(const connection& c) const {
     engine_params p;
     p.layout = c.layout.get();
     p.handle = static_cast<std::uint16_t>(o.devid);
@@ -141,15 +146,50 @@ struct program {
     p.same_page = o.same_page;
     p.fresh_grants = o.fresh_grants;
     p.persistent = o.persistent && c.features.persistent;  // blkif.h: when both ends set the key
-    eng = std::make_unique<engine>(*plat, c.queue_ptrs(), p, tracker.get());
-    engine& e = *eng;
-    std::string err;
-    if (!e.prepare(err)) return setup_failed(err);
-    s.effective_qd = e.effective_qd();
-    s.requests_per_io = e.requests_per_io();
-    s.indirect_in_use = e.uses_indirect();
-    auto watch = [this] { return fe->backend_left(); };
+    return p;
+  }
 
+  // The engines of this cycle, prepared: one over all queues, or with
+  // --queue-threads one per queue on that queue's platform.
+  bool make_engines(const connection& c) {
+    const engine_params p = params(c);
+    engines.clear();
+    if (!o.queue_threads) engines.push_back(std::make_unique<engine>(*plat, c.queue_ptrs(), p, tracker.get()));
+    for (std::size_t i = 0; o.queue_threads && i < c.queues.size(); ++i)
+      engines.push_back(std::make_unique<engine>(*queue_plats.at(i), std::vector{c.queues[i].get()}, p, tracker.get()));
+    std::string err;
+    for (auto& e : engines)
+      if (!e->prepare(err)) return setup_failed(err);
+    s.effective_qd = engines[0]->effective_qd();
+    s.requests_per_io = engines[0]->requests_per_io();
+    s.indirect_in_use = engines[0]->uses_indirect();
+    return true;
+  }
+
+  // One run of workload `w`: on this thread, or split across the queue
+  // threads (queue_threads.hpp).
+  run_end drive(const workload_spec& w, std::optional<clock::time_point> deadline, run_stats& st) {
+    auto watch = [this] { return fe->backend_left(); };
+    if (!o.queue_threads) {
+      workload wl(w);
+      return engines[0]->run(wl, deadline, st, watch);
+    }
+    std::vector<lane> lanes(engines.size());
+    for (unsigned i = 0; i < lanes.size(); ++i) {
+      lanes[i].eng = engines[i].get();
+      lanes[i].plat = queue_plats.at(i).get();
+      lanes[i].spec = lane_spec(w, i, static_cast<unsigned>(lanes.size()));
+    }
+    std::string err;
+    const run_end end = run_lanes(*plat, lanes, deadline, watch, err);
+    st = merge_lanes(lanes);
+    if (end == run_end::setup_failed) setup_failed(err);
+    return end;
+  }
+
+  // Returns false when the remaining cycles must be skipped.
+  bool run_workload(connection& c, bool first_cycle) {
+    if (!make_engines(c)) return false;
     if (o.prefill && first_cycle) {
       workload_spec w = spec();
       w.random = false;
@@ -159,10 +199,9 @@ struct program {
       w.barrier_every = 0;
       w.max_bytes = 0;
       w.max_ios = region_bytes / o.bs;
-      workload fill(w);
       run_stats ps;
       log("prefilling " + std::to_string(w.max_ios) + " blocks");
-      const run_end end = e.run(fill, std::nullopt, ps, watch);
+      const run_end end = drive(w, std::nullopt, ps);
       s.prefill_ios = ps.ops[1];
       // Only what went wrong counts: the prefill is not part of the measurement.
       s.stats.io_errors += ps.io_errors;
@@ -174,12 +213,11 @@ struct program {
       }
     }
 
-    workload w(spec());
     std::optional<clock::time_point> deadline;
     if (o.runtime)
       deadline = clock::now() + std::chrono::duration_cast<clock::duration>(std::chrono::duration<double>(*o.runtime));
     run_stats rs;
-    const run_end end = e.run(w, deadline, rs, watch);
+    const run_end end = drive(spec(), deadline, rs);
     s.stats.merge(rs);
     if (end != run_end::completed) {
       s.end = std::string(to_string(end));
@@ -262,6 +300,7 @@ struct program {
     s.verify = o.verify;
     s.same_page = o.same_page;
     s.fresh_grants = o.fresh_grants;
+    s.queue_threads = o.queue_threads;
     s.run_id = o.run_id ? *o.run_id : (std::uint64_t{std::random_device{}()} << 32 | std::random_device{}());
     s.protocol = o.protocol_key ? *o.protocol_key : o.write_protocol_key ? o.protocol : "(none)";
     s.devices = o.devids.size();
@@ -297,7 +336,11 @@ struct program {
   // many it still held, counted, not judged (summary.hpp).
   void count_held_after_close() {
     const auto rings = fe->rings_held_at_close();
-    const auto data = eng ? eng->held_pages() : std::optional<std::size_t>(0);
+    std::optional<std::size_t> data = 0;
+    for (const auto& e : engines) {
+      const auto h = e->held_pages();
+      data = data && h ? std::optional(*data + *h) : std::nullopt;
+    }
     const auto pools = script ? script->held_pages() : std::optional<std::size_t>(0);
     if (!rings || !data || !pools) return;
     s.held_after_close = s.held_after_close.value_or(0) + *rings + *data + *pools;
@@ -310,6 +353,11 @@ struct program {
     xs.set_watchdog(&stop);
     plat = std::make_unique<xen_platform>(&xs, &stop);
     if (!plat->open(err)) return setup_failed(err);
+    for (unsigned i = 0; o.queue_threads && i < o.wishes.queues; ++i) {
+      // No xenstore: only the main thread talks to it (queue_threads.hpp).
+      queue_plats.push_back(std::make_unique<xen_platform>(nullptr, &stop));
+      if (!queue_plats.back()->open(err)) return setup_failed("queue thread " + std::to_string(i) + ": " + err);
+    }
     return true;
   }
 
@@ -482,6 +530,9 @@ struct program {
     std::string err;
     if (!open_platform()) return;
     fe = std::make_unique<frontend>(xs, *plat, o);
+    std::vector<platform*> qps;
+    for (auto& p : queue_plats) qps.push_back(p.get());
+    fe->set_queue_platforms(std::move(qps));
     if (!fe->discover(err)) return (void)setup_failed(err);
     s.frontend = fe->frontend_dir();
     s.backend = fe->backend_dir();
@@ -530,7 +581,7 @@ struct program {
       // A backend that stopped answering requests gets a short close.
       close(c, s.end == "stalled" ? std::min(o.timeout, close_grace) : o.timeout);
       count_held_after_close();
-      eng.reset();
+      engines.clear();
       script.reset();
       if (last || interrupted()) return;
       ++s.reconnects;

@@ -110,7 +110,7 @@ std::string to_json(const summary& s) {
   j.field("discard_secure", s.discard_secure).field("barrier_every", s.barrier_every);
   j.field("bs", s.bs).field("qd", s.qd);
   j.field("effective_qd", s.effective_qd).field("verify", s.verify).field("same_page", s.same_page);
-  j.field("fresh_grants", s.fresh_grants);
+  j.field("fresh_grants", s.fresh_grants).field("queue_threads", s.queue_threads);
   j.field("run_id", hex64(s.run_id)).field("prefill_ios", s.prefill_ios);
   j.field("cycles", s.cycles);
   j.end_object();

@@ -43,6 +43,7 @@ struct summary {
   bool verify = false;
   bool same_page = false;
   bool fresh_grants = false;
+  bool queue_threads = false;
   // Pages (rings, data, script pools) the backend still held when it was
   // Closed, summed over the cycles; nullopt if never known. Reported only:
   // ending access then is deferred by gntshr, not refused.

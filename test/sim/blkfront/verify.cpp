@@ -184,12 +184,14 @@ check_result check_block(std::span<const std::byte> block, std::uint64_t lba, st
 generation_tracker::generation_tracker(std::uint64_t blocks) : committed_(blocks, 0) {}
 
 std::uint32_t generation_tracker::next_generation(std::uint64_t block) const {
+  std::lock_guard lk(mu_);
   std::uint32_t g = committed_.at(block);
   if (auto it = maybe_.find(block); it != maybe_.end() && !it->second.empty()) g = std::max(g, it->second.back());
   return g + 1;
 }
 
 void generation_tracker::write_completed(std::uint64_t block, std::uint32_t generation, bool ok) {
+  std::lock_guard lk(mu_);
   if (ok) {
     committed_.at(block) = generation;
     maybe_.erase(block);
@@ -200,6 +202,7 @@ void generation_tracker::write_completed(std::uint64_t block, std::uint32_t gene
 }
 
 void generation_tracker::discard_completed(std::uint64_t block, bool ok) {
+  std::lock_guard lk(mu_);
   if (!ok) {
     discards_[block] |= maybe_discarded_bit;
     return;
@@ -216,6 +219,7 @@ void generation_tracker::discard_completed(std::uint64_t block, bool ok) {
 }
 
 expectation generation_tracker::expect(std::uint64_t block) const {
+  std::lock_guard lk(mu_);
   expectation e;
   e.committed = committed_.at(block);
   if (auto it = maybe_.find(block); it != maybe_.end()) e.maybe = it->second;

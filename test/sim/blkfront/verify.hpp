@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <mutex>
 #include <span>
 #include <string_view>
 #include <unordered_map>
@@ -91,6 +92,11 @@ check_result check_block(std::span<const std::byte> block, std::uint64_t lba, st
 // Generations per verify block of the region, in memory. Callers never have
 // two requests on one block in flight (the workload's block locks), so a
 // block's state only changes when its single in-flight write completes.
+// With --queue-threads each thread works on blocks of its own, so no two
+// threads touch one block's entries; the maps are shared, though (an
+// insert may rehash), so every call takes a lock. A span that expect()
+// hands out stays valid: the map's nodes do not move, and only the thread
+// that owns the block changes its vector.
 class generation_tracker {
  public:
   explicit generation_tracker(std::uint64_t blocks);
@@ -108,6 +114,7 @@ class generation_tracker {
   std::vector<std::uint32_t> committed_;
   std::unordered_map<std::uint64_t, std::vector<std::uint32_t>> maybe_;
   std::unordered_map<std::uint64_t, std::uint8_t> discards_;  // only blocks a discard touched
+  mutable std::mutex mu_;
 };
 
 }  // namespace xbd::sim::blkfront

@@ -242,12 +242,13 @@ wait_result xen_platform::wait(std::chrono::milliseconds timeout) {
   // The stop descriptor stays readable once a signal came: poll it only
   // until then, so that the bounded waits of a stopping run still sleep.
   const bool stopping = stop_requested().has_value();
-  pollfd fds[3] = {{xenevtchn_fd(evtchn_), POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}};
+  pollfd fds[4] = {{xenevtchn_fd(evtchn_), POLLIN, 0}, {-1, POLLIN, 0}, {-1, POLLIN, 0}, {wake_fd_, POLLIN, 0}};
   if (xs_) fds[1].fd = xs_->fd();
   if (stop_ && !stopping) fds[2].fd = stop_->stop_fd();
-  int n = ::poll(fds, 3, static_cast<int>(timeout.count()));
+  int n = ::poll(fds, 4, static_cast<int>(timeout.count()));
   r.signal = stop_requested().has_value();
   if (n <= 0) return r;
+  r.wake = (fds[3].revents & POLLIN) != 0;
 
   // One pending() per readable poll: the descriptor may block when nothing
   // is pending, so never call it unprompted. Unmask right away; ring.h's

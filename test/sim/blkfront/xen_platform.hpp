@@ -60,11 +60,15 @@ class xenstore {
 
 class xen_platform final : public platform {
  public:
-  // `xs` is polled for watch events; `stop` (may be null) for signals.
+  // `xs` (may be null) is polled for watch events; `stop` (may be null) for
+  // signals.
   xen_platform(xenstore* xs, const stop_control* stop) : xs_(xs), stop_(stop) {}
   ~xen_platform() override;
 
   bool open(std::string& err);
+  // A descriptor every wait also polls (-1: none); readable, it ends the
+  // wait with `wake` set. Never read here: the owner drains it, or not.
+  void set_wake_fd(int fd) { wake_fd_ = fd; }
   shared_pages share(std::uint32_t domid, unsigned count, bool writable) override;
   bound_port bind_unbound_port(std::uint32_t domid) override;
   bool notify(std::uint32_t port) override;
@@ -87,6 +91,7 @@ class xen_platform final : public platform {
   const stop_control* stop_;
   xenevtchn_handle* evtchn_ = nullptr;
   xengntdev_handle* gntshr_ = nullptr;
+  int wake_fd_ = -1;
   std::string last_error_;
 };
 

@@ -182,6 +182,14 @@ TEST_CASE("--fresh-grants is a flag, goes with --persistent and --verify, and ex
   CHECK(error_of(parse({"--fresh-grants", "--same-page", "--rw", "read"})).find("--fresh-grants") != std::string::npos);
 }
 
+TEST_CASE("--queue-threads is a flag, off by default, and excludes scripts and several devices") {
+  CHECK(std::get<options>(parse({"--queue-threads", "--queues", "2", "--verify", "--rw", "randrw"})).queue_threads);
+  CHECK_FALSE(std::get<options>(parse({})).queue_threads);
+  CHECK(error_of(parse({"--queue-threads", "--script", "s.txt"})).find("--queue-threads") != std::string::npos);
+  CHECK(error_of(parse({"--queue-threads", "--devid", "51728", "--rw", "none"})).find("one device") !=
+        std::string::npos);
+}
+
 TEST_CASE("several devices: a list or the option again, only connected and held") {
   auto o = std::get<options>(parse({"--devid", "51728,51744", "--devid", "51760", "--rw", "none"}));
   CHECK(o.devids == std::vector<std::uint32_t>{51712, 51728, 51744, 51760});

@@ -4,6 +4,7 @@
 #include <set>
 #include <vector>
 
+#include "blkfront/queue_threads.hpp"
 #include "blkfront/workload.hpp"
 
 using namespace xbd::sim::blkfront;
@@ -280,4 +281,77 @@ TEST_CASE("every Nth write is a barrier write, and reads and discards do not cou
   // still be due).
   CHECK(flushes + 1 >= writes / 4);
   CHECK(flushes <= writes / 4);
+}
+
+TEST_CASE("queue threads: the lanes split the region into contiguous shares, and the budgets") {
+  workload_spec w = spec(true, 10, 8192);
+  w.region_offset = 1 << 20;
+  w.max_ios = 7;
+  w.max_bytes = 0;
+  std::uint64_t next_offset = w.region_offset, ios = 0;
+  std::set<std::uint64_t> seeds;
+  for (unsigned i = 0; i < 3; ++i) {
+    const workload_spec l = lane_spec(w, i, 3);
+    CHECK(l.region_offset == next_offset);
+    CHECK(l.region_bytes % w.bs == 0);
+    CHECK(l.region_bytes >= 3 * w.bs);
+    next_offset = l.region_offset + l.region_bytes;
+    ios += l.max_ios;
+    CHECK(l.max_bytes == 0);
+    seeds.insert(l.seed);
+  }
+  CHECK(next_offset == w.region_offset + w.region_bytes);
+  CHECK(ios == 7);
+  CHECK(seeds.size() == 3);
+  CHECK(lane_spec(w, 0, 3).seed == w.seed);
+  CHECK(lane_spec(w, 0, 3).max_ios == 3);  // the remainder goes to the first lanes
+
+  // A lane whose budget share is 0 gets no blocks ("no limit" it is not).
+  w.max_ios = 1;
+  const workload_spec idle = lane_spec(w, 1, 2);
+  CHECK(idle.region_bytes == 0);
+  workload none(idle);
+  CHECK_FALSE(none.next());
+  w.max_ios = 0;
+  w.max_bytes = 3 * 8192;
+  CHECK(lane_spec(w, 0, 2).max_bytes == 2 * 8192);
+  CHECK(lane_spec(w, 1, 2).max_bytes == 8192);
+
+  // The lanes' blocks never overlap: every block goes to exactly one.
+  std::set<std::uint64_t> sectors;
+  for (unsigned i = 0; i < 4; ++i) {
+    workload_spec l = lane_spec(spec(false, 10), i, 4);
+    l.max_ios = l.region_bytes / l.bs;
+    workload lw(l);
+    while (auto io = lw.next()) {
+      CHECK(sectors.insert(io->sector).second);
+      lw.complete(*io);
+    }
+  }
+  CHECK(sectors.size() == 10);
+
+  // One I/O per block (the prefill): each lane's budget is its blocks.
+  for (unsigned i = 0; i < 3; ++i) {
+    workload_spec all = spec(false, 10);
+    all.max_ios = 10;
+    const workload_spec l = lane_spec(all, i, 3);
+    CHECK(l.max_ios * l.bs == l.region_bytes);
+  }
+}
+
+TEST_CASE("queue threads: the lanes' statistics add up, but they ran side by side: the longest run time") {
+  std::vector<lane> lanes(2);
+  lanes[0].stats.ops[0] = 100;
+  lanes[0].stats.seconds = 2.0;
+  lanes[0].stats.latency.record(1000);
+  lanes[1].stats.ops[0] = 50;
+  lanes[1].stats.ops[1] = 7;
+  lanes[1].stats.seconds = 2.5;
+  lanes[1].stats.protocol_error("queue 1: something");
+  const run_stats all = merge_lanes(lanes);
+  CHECK(all.ops[0] == 150);
+  CHECK(all.ops[1] == 7);
+  CHECK(all.seconds == doctest::Approx(2.5));
+  CHECK(all.latency.count() == 1);
+  CHECK(all.protocol_errors == 1);
 }
