@@ -2,6 +2,8 @@
 
 #include <condition_variable>
 #include <deque>
+#include <system_error>
+#include <thread>
 
 namespace xbd::blkback::storage::off_thread_detail {
 

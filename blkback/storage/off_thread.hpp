@@ -38,7 +38,6 @@
 #include <mutex>
 #include <optional>
 #include <string>
-#include <thread>
 #include <utility>
 
 namespace xbd::blkback::storage {
