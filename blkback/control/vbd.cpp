@@ -11,8 +11,6 @@
 #include <iomanip>
 #include <sstream>
 
-#include <malloc.h>
-
 namespace xbd::blkback {
 
 namespace asio = boost::asio;
@@ -1092,7 +1090,7 @@ asio::awaitable<void> vbd::release_queues(std::shared_ptr<connection> c) {
   for (std::size_t i = 0; i < c->queues.size(); ++i)
     asio::post(c->workers[i].ex, [c, control, q = std::shared_ptr<queue>(std::move(c->queues[i]))]() mutable {
       q.reset();
-      ::malloc_trim(0);
+      return_free_heap();
       asio::post(control, [c] { (void)c->exited.try_send(error_code{}, error_code{}); });
     });
   asio::steady_timer bound(control, std::chrono::seconds(10));

@@ -1,5 +1,6 @@
 #include "blkback/data/memory.hpp"
 
+#include <malloc.h>
 #include <sys/mman.h>
 
 #include <algorithm>
@@ -163,6 +164,20 @@ void buffer_cache::trim(std::chrono::steady_clock::duration idle) {
 void buffer_cache::unmap(chunk c) {
   ::munmap(c.data, bytes_of(c.order));
   account_->shrink(bytes_of(c.order));
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define XBD_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define XBD_ASAN 1
+#endif
+#endif
+
+void return_free_heap() {
+#ifndef XBD_ASAN
+  ::malloc_trim(0);
+#endif
 }
 
 }  // namespace xbd::blkback

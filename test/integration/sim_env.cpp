@@ -1,5 +1,7 @@
 #include "test/integration/sim_env.hpp"
 
+#include <doctest/doctest.h>
+
 #include <fcntl.h>
 #include <unistd.h>
 #include <csignal>
@@ -19,6 +21,18 @@ std::string with_key(std::string toml, const std::string& table, const std::stri
   const auto at = toml.find(header);
   if (at != std::string::npos) return toml.insert(at + header.size(), line);
   return toml + "\n" + header + line;
+}
+
+// What a sanitizer said in a daemon's log, from its first line: the test
+// sees only the guest's side of it (a backend that stopped answering).
+std::string sanitizer_report(const std::string& log) {
+  for (const char* mark : {"ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:"}) {
+    const auto at = log.find(mark);
+    if (at == std::string::npos) continue;
+    const auto line = log.rfind('\n', at);
+    return log.substr(line == std::string::npos ? 0 : line + 1, 4000);
+  }
+  return {};
 }
 
 // Each test's daemon keeps its journals, its image servers' sockets and
@@ -50,6 +64,7 @@ sim_env::~sim_env() {
     if (!daemon_->wait(std::chrono::seconds(10))) daemon_->signal(SIGKILL);
   }
   daemon_.reset();
+  if (const std::string report = sanitizer_report(daemon_log()); !report.empty()) FAIL_CHECK("the daemon: " << report);
   ts_.reset();
   // Keep every run's logs (daemon, frontends, xenstored trace) for later
   // reading: the simulation directory itself goes with the fixture.

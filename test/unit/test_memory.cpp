@@ -4,8 +4,10 @@
 
 #include <doctest/doctest.h>
 
+#include <atomic>
 #include <chrono>
 #include <thread>
+#include <vector>
 
 using namespace xbd::blkback;
 
@@ -186,4 +188,21 @@ TEST_CASE("buffer cache: a vbd over its share gives chunks back instead of cachi
   hog.give(*h2);  // nobody waits now: cached
   CHECK(hog.cached_bytes() == 16 * kib);
   victim.give(*v);
+}
+
+// The first call in the process from several threads at once: under
+// AddressSanitizer, glibc's malloc_trim set its heap up racily and crashed
+// a daemon whose two workers released a vbd's queues together.
+TEST_CASE("memory: the free heap is returned from many threads at once, first calls included") {
+  std::atomic<int> ready{0};
+  std::vector<std::thread> threads;
+  constexpr int n = 8;
+  for (int i = 0; i < n; ++i)
+    threads.emplace_back([&ready] {
+      ready.fetch_add(1);
+      while (ready.load() < n) std::this_thread::yield();
+      for (int k = 0; k < 20; ++k) return_free_heap();
+    });
+  for (auto& t : threads) t.join();
+  CHECK(ready.load() == n);
 }
