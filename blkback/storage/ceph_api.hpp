@@ -56,7 +56,6 @@ namespace xbd::blkback::storage::rbd {
 // clang-format on
 
 struct ceph_api {
-// NOLINTNEXTLINE(bugprone-macro-parentheses): `name` is a declarator, not an expression
 #define XBD_CEPH_MEMBER(lib, name) decltype(&::name) name = nullptr;
   XBD_CEPH_FUNCTIONS(XBD_CEPH_MEMBER)
 #undef XBD_CEPH_MEMBER
