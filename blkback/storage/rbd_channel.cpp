@@ -107,28 +107,26 @@ void core::submit(op_kind k, std::uint64_t offset, std::uint64_t length, std::by
   o->box = &box_;
   o->keep = shared_from_this();
   rbd_completion_t c = nullptr;
-  int r = ceph().rbd_aio_create_completion(o, &core::finished, &c);
+  int r = rbd_aio_create_completion(o, &core::finished, &c);
   if (r == 0) {
     rbd_image_t img = cfg_->image;
     char* data = reinterpret_cast<char*>(buf);
     const int n = static_cast<int>(pieces.size());
     switch (k) {
       case op_kind::read:
-        r = n ? ceph().rbd_aio_readv(img, pieces.data(), n, offset, c)
-              : ceph().rbd_aio_read(img, offset, length, data, c);
+        r = n ? rbd_aio_readv(img, pieces.data(), n, offset, c) : rbd_aio_read(img, offset, length, data, c);
         break;
       case op_kind::write:
-        r = n ? ceph().rbd_aio_writev(img, pieces.data(), n, offset, c)
-              : ceph().rbd_aio_write(img, offset, length, data, c);
+        r = n ? rbd_aio_writev(img, pieces.data(), n, offset, c) : rbd_aio_write(img, offset, length, data, c);
         break;
       case op_kind::flush:
-        r = ceph().rbd_aio_flush(img, c);
+        r = rbd_aio_flush(img, c);
         break;
       case op_kind::discard:
-        r = ceph().rbd_aio_discard(img, offset, length, c);
+        r = rbd_aio_discard(img, offset, length, c);
         break;
     }
-    if (r < 0) ceph().rbd_aio_release(c);  // refused at once: no callback will come
+    if (r < 0) rbd_aio_release(c);  // refused at once: no callback will come
   }
   if (r < 0) {
     o->ec = errno_code(-r);
@@ -161,8 +159,8 @@ void zero_from(op& o, std::uint64_t at) {
 // slot first: once posted, the slot is the ring's, and the channel may go.
 void core::finished(rbd_completion_t c, void* arg) {
   op* o = static_cast<op*>(arg);
-  const ssize_t r = ceph().rbd_aio_get_return_value(c);
-  ceph().rbd_aio_release(c);
+  const ssize_t r = rbd_aio_get_return_value(c);
+  rbd_aio_release(c);
   // A read that ran past the end of a shrunk image comes back short; the
   // rest reads as zeroes, as a block device's would.
   if (o->kind == op_kind::read && r >= 0 && static_cast<std::uint64_t>(r) < o->length)

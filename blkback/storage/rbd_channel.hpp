@@ -32,9 +32,9 @@
 #pragma once
 
 #include "blkback/data/log_budget.hpp"
-#include "blkback/storage/ceph_api.hpp"
 #include "blkback/storage/storage.hpp"
 
+#include <rbd/librbd.h>
 #include <boost/asio/any_io_executor.hpp>
 
 #include <memory>

@@ -13,7 +13,6 @@ using asio_xen::error_code;
 
 namespace {
 
-const asio_xen::xen_call_category load_call{"dlopen"};
 const asio_xen::xen_call_category create_call{"rados_create2"};
 const asio_xen::xen_call_category conf_call{"rados_conf_read_file"};
 const asio_xen::xen_call_category set_call{"rados_conf_set"};
@@ -61,7 +60,7 @@ std::string cluster::describe() const { return "cluster " + key_.name + " as cli
 
 cluster::~cluster() {
   if (!h_) return;
-  ceph().rados_shutdown(h_);
+  rados_shutdown(h_);
   --live_handles;
   XBD_LOG(lg(), info) << "rbd: disconnected from " << describe();
 }
@@ -121,7 +120,7 @@ std::string cluster::refusal(int r) const {
 error_code cluster::connect(std::string& detail) {
   error_code ec = configure(detail);
   if (!ec) {
-    if (const int r = ceph().rados_connect(h_); r < 0) {
+    if (const int r = rados_connect(h_); r < 0) {
       detail = refusal(r);
       ec = asio_xen::xen_error(connect_call, -r);
     }
@@ -141,8 +140,7 @@ error_code cluster::connect(std::string& detail) {
 // command line: ceph.conf first, then the spec's options, then the
 // daemon's timeouts (ours win, so that a stopping daemon is never held).
 error_code cluster::configure(std::string& detail) {
-  if (!load_ceph(detail)) return asio_xen::xen_error(load_call, ELIBACC);
-  int r = ceph().rados_create2(&h_, key_.name.c_str(), ("client." + key_.client_id).c_str(), 0);
+  int r = rados_create2(&h_, key_.name.c_str(), ("client." + key_.client_id).c_str(), 0);
   if (r < 0) {
     h_ = nullptr;
     detail = "cannot create a librados handle for client." + key_.client_id + " (" + words(r) + ")";
@@ -151,13 +149,13 @@ error_code cluster::configure(std::string& detail) {
   ++live_handles;
   // Without a conf the search is only a convenience: options may name
   // mon_host and the key themselves (QEMU does the same).
-  r = ceph().rados_conf_read_file(h_, key_.conf.empty() ? nullptr : key_.conf.c_str());
+  r = rados_conf_read_file(h_, key_.conf.empty() ? nullptr : key_.conf.c_str());
   if (r < 0 && !key_.conf.empty()) {
     detail = "cannot read " + key_.conf + " (rados_conf_read_file: " + words(r) + ")";
     return asio_xen::xen_error(conf_call, -r);
   }
   for (const auto& [name, value] : key_.options) {
-    if ((r = ceph().rados_conf_set(h_, name.c_str(), value.c_str())) < 0) {
+    if ((r = rados_conf_set(h_, name.c_str(), value.c_str())) < 0) {
       detail = "librados refuses the spec's option " + name + " (rados_conf_set: " + words(r) + ")";
       return asio_xen::xen_error(set_call, -r);
     }
@@ -171,7 +169,7 @@ error_code cluster::configure(std::string& detail) {
     ours.emplace_back("rados_mon_op_timeout", seconds(key_.op_timeout));
   }
   for (const auto& [name, value] : ours) {
-    if ((r = ceph().rados_conf_set(h_, name, value.c_str())) < 0) {
+    if ((r = rados_conf_set(h_, name, value.c_str())) < 0) {
       detail = std::string("librados refuses ") + name + " = " + value + " (rados_conf_set: " + words(r) + ")";
       return asio_xen::xen_error(set_call, -r);
     }

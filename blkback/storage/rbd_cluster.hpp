@@ -15,8 +15,9 @@
 #pragma once
 
 #include "asio_xen/error.hpp"
-#include "blkback/storage/ceph_api.hpp"
 #include "blkback/storage/rbd_thread.hpp"
+
+#include <rados/librados.h>
 
 #include <chrono>
 #include <compare>

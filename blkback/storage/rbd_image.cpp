@@ -60,16 +60,16 @@ asio_xen::result<std::shared_ptr<image>> image::open(const cluster_key& key, con
 
 // Pool, namespace, image, snapshot, each refused in its own words.
 error_code image::open_handle(const image_spec& s, std::string& detail) {
-  int r = ceph().rados_ioctx_create(cluster_->handle(), s.pool.c_str(), &io_);
+  int r = rados_ioctx_create(cluster_->handle(), s.pool.c_str(), &io_);
   if (r < 0) {
     io_ = nullptr;
     detail = r == -ENOENT ? "pool '" + s.pool + "' does not exist (rados_ioctx_create: " + words(r) + ")"
                           : "cannot use pool '" + s.pool + "' (rados_ioctx_create: " + words(r) + ")";
     return asio_xen::xen_error(ioctx_call, -r);
   }
-  if (!s.ns.empty()) ceph().rados_ioctx_set_namespace(io_, s.ns.c_str());
-  r = s.writable ? ceph().rbd_open(io_, s.image.c_str(), &h_, nullptr)
-                 : ceph().rbd_open_read_only(io_, s.image.c_str(), &h_, nullptr);
+  if (!s.ns.empty()) rados_ioctx_set_namespace(io_, s.ns.c_str());
+  r = s.writable ? rbd_open(io_, s.image.c_str(), &h_, nullptr)
+                 : rbd_open_read_only(io_, s.image.c_str(), &h_, nullptr);
   if (r < 0) {
     h_ = nullptr;
     if (r == -ENOENT)
@@ -81,14 +81,14 @@ error_code image::open_handle(const image_spec& s, std::string& detail) {
       detail = "cannot open image '" + s.image + "' in " + where(s) + " (rbd_open: " + words(r) + ")";
     return asio_xen::xen_error(open_call, -r);
   }
-  if (!s.snapshot.empty() && (r = ceph().rbd_snap_set(h_, s.snapshot.c_str())) < 0) {
+  if (!s.snapshot.empty() && (r = rbd_snap_set(h_, s.snapshot.c_str())) < 0) {
     detail = r == -ENOENT
                  ? "image '" + s.image + "' has no snapshot '" + s.snapshot + "' (rbd_snap_set: " + words(r) + ")"
                  : "cannot open snapshot '" + s.snapshot + "' (rbd_snap_set: " + words(r) + ")";
     return asio_xen::xen_error(snap_call, -r);
   }
   rbd_image_info_t info{};
-  if ((r = ceph().rbd_stat(h_, &info, sizeof info)) < 0) {
+  if ((r = rbd_stat(h_, &info, sizeof info)) < 0) {
     detail = "cannot read the image's size (rbd_stat: " + words(r) + ")";
     return asio_xen::xen_error(stat_call, -r);
   }
@@ -100,11 +100,11 @@ error_code image::open_handle(const image_spec& s, std::string& detail) {
 // See the header: ask the lock's owner, if there is one.
 error_code image::check_lock(const image_spec& s, progress& p, std::string& detail) {
   std::uint64_t features = 0;
-  if (ceph().rbd_get_features(h_, &features) < 0 || (features & RBD_FEATURE_EXCLUSIVE_LOCK) == 0) return {};
+  if (rbd_get_features(h_, &features) < 0 || (features & RBD_FEATURE_EXCLUSIVE_LOCK) == 0) return {};
   rbd_lock_mode_t mode{};
   char* owners[8];
   std::size_t n = 8;
-  const int r = ceph().rbd_lock_get_owners(h_, &mode, owners, &n);
+  const int r = rbd_lock_get_owners(h_, &mode, owners, &n);
   if (r == -ENOENT) return {};  // nobody holds it
   if (r == -EBUSY) {
     // Held, but not by librbd's lock machinery: an advisory `rbd lock add`
@@ -118,7 +118,7 @@ error_code image::check_lock(const image_spec& s, progress& p, std::string& deta
     return {};
   }
   const std::string owner = n > 0 ? owners[0] : "another client";
-  ceph().rbd_lock_get_owners_cleanup(owners, n);
+  rbd_lock_get_owners_cleanup(owners, n);
   p.set("asking the image lock's owner (" + owner + ") to give the lock up");
   return ask_owner(s, owner, detail);
 }
@@ -126,11 +126,11 @@ error_code image::check_lock(const image_spec& s, progress& p, std::string& deta
 // With a handle of our own, which takes the lock and gives it back at once.
 error_code image::ask_owner(const image_spec& s, const std::string& owner, std::string& detail) {
   rbd_image_t probe = nullptr;
-  int r = ceph().rbd_open(io_, s.image.c_str(), &probe, nullptr);
+  int r = rbd_open(io_, s.image.c_str(), &probe, nullptr);
   if (r == 0) {
-    r = ceph().rbd_lock_acquire(probe, RBD_LOCK_MODE_EXCLUSIVE);
-    if (r == 0) ceph().rbd_lock_release(probe);
-    ceph().rbd_close(probe);
+    r = rbd_lock_acquire(probe, RBD_LOCK_MODE_EXCLUSIVE);
+    if (r == 0) rbd_lock_release(probe);
+    rbd_close(probe);
   }
   if (r == 0) {
     XBD_LOG(lg(), info) << s.describe << ": " << owner << " held the image's lock and gives it up on request";
@@ -154,8 +154,8 @@ std::string image::lockers() {
   std::size_t tag_len = sizeof tag, clients_len = sizeof clients, cookies_len = sizeof cookies,
               addrs_len = sizeof addrs;
   int exclusive = 0;
-  const ssize_t n = ceph().rbd_list_lockers(h_, &exclusive, tag, &tag_len, clients, &clients_len, cookies, &cookies_len,
-                                            addrs, &addrs_len);
+  const ssize_t n =
+      rbd_list_lockers(h_, &exclusive, tag, &tag_len, clients, &clients_len, cookies, &cookies_len, addrs, &addrs_len);
   if (n <= 0) return "rbd lock ls names it";
   std::string out;
   const char *c = clients, *k = cookies, *a = addrs;
@@ -170,7 +170,7 @@ std::string image::lockers() {
 }
 
 error_code image::watch(std::string& detail) {
-  const int r = ceph().rbd_update_watch(h_, &watch_handle_, &image::updated, this);
+  const int r = rbd_update_watch(h_, &watch_handle_, &image::updated, this);
   if (r < 0) {
     detail = "cannot watch the image for resizes (rbd_update_watch: " + words(r) + ")";
     return asio_xen::xen_error(watch_call, -r);
@@ -211,7 +211,7 @@ void image::refresh() {
       dirty_ = false;
     }
     std::uint64_t bytes = 0;
-    const int r = ceph().rbd_get_size(h_, &bytes);
+    const int r = rbd_get_size(h_, &bytes);
     std::lock_guard lk(m_);
     if (r < 0) {
       XBD_LOG(lg(), debug) << name_ << ": cannot read the new size (rbd_get_size: " << words(r) << ")";
@@ -233,18 +233,18 @@ void image::shut() {
   }
   // No callback runs once rbd_update_unwatch has returned, and the
   // refresher is the last user of the handle besides us.
-  if (watching_) ceph().rbd_update_unwatch(h_, watch_handle_);
+  if (watching_) rbd_update_unwatch(h_, watch_handle_);
   watching_ = false;
   {
     std::unique_lock lk(m_);
     idle_.wait(lk, [this] { return !refreshing_; });
   }
   if (h_) {
-    const int r = ceph().rbd_close(h_);
+    const int r = rbd_close(h_);
     if (r < 0) XBD_LOG(lg(), warning) << name_ << ": rbd_close: " << words(r);
   }
   h_ = nullptr;
-  if (io_) ceph().rados_ioctx_destroy(io_);
+  if (io_) rados_ioctx_destroy(io_);
   io_ = nullptr;
   cluster_.reset();
 }

@@ -34,8 +34,9 @@
 #pragma once
 
 #include "asio_xen/error.hpp"
-#include "blkback/storage/ceph_api.hpp"
 #include "blkback/storage/rbd_cluster.hpp"
+
+#include <rbd/librbd.h>
 
 #include <atomic>
 #include <condition_variable>
